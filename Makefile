@@ -1,0 +1,68 @@
+# galore-serve: `make serve` starts the service on the default model, `make test` runs the tests.
+# Each target does its own setup from scratch: virtual environment in .venv, generated code, archives, config.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: test serve venv clean prometheus protos archive
+
+venv: $(STAMP)
+
+# torch/torchvision first and alone: pip takes the pinned builds from local disk.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[dev]' --config-settings editable_mode=compat
+	touch $(STAMP)
+
+test: $(STAMP) prometheus protos archive
+	$(PY) -m pytest -q tests
+
+# Debian's prometheus (with promtool) for the real scrape test; skipped when already on PATH or apt is unusable
+# (the tests then skip, saying so).
+prometheus:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo -n ); \
+	  command -v apt-get >/dev/null && $$SUDO apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends prometheus \
+	  || echo "prometheus not installed: tests/observability scrape and promtool checks will skip"; }
+
+# ---- serving: generated protobuf code, model archive, TorchServe + gateway (see README "Serve") ----
+PROTOS := $(wildcard protos/galore/v1/*.proto) $(wildcard protos/torchserve/*.proto)
+PROTO_STAMP := galore_api/.generated
+ARCHIVE := model_store/efficientnet_lite0.mar
+ARCHIVE_DEPS := $(PROTO_STAMP) $(wildcard model_store/*.py handlers/*.py) deploy/torchserve/model-config.yaml
+# Local ports (override on the command line, e.g. `make serve GRPC_PORT=50052`).
+GRPC_PORT ?= 50051
+GATEWAY_METRICS_PORT ?= 9091
+TS_REST_PORT ?= 8080
+TS_MANAGEMENT_PORT ?= 8081
+TS_METRICS_PORT ?= 8082
+TS_GRPC_PORT ?= 7070
+TS_GRPC_MANAGEMENT_PORT ?= 7071
+SERVE_FLAGS ?=
+
+protos: $(PROTO_STAMP)
+
+# galore_api/ is generated (git-ignored): galore_api.v1.explainer_pb2(_grpc), galore_api.torchserve.*
+$(PROTO_STAMP): $(PROTOS) | $(STAMP)
+	rm -rf galore_api && mkdir -p galore_api/v1 galore_api/torchserve
+	$(PY) -m grpc_tools.protoc -Igalore_api/v1=protos/galore/v1 -Igalore_api/torchserve=protos/torchserve \
+	  --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+	touch galore_api/__init__.py galore_api/v1/__init__.py galore_api/torchserve/__init__.py $@
+
+archive: $(ARCHIVE)
+
+$(ARCHIVE): $(ARCHIVE_DEPS) | $(STAMP)
+	$(PY) -m model_store.build default --out model_store
+
+serve: $(ARCHIVE)
+	$(PY) -m galore_gateway.local --model-store model_store --run-dir .run $(SERVE_FLAGS) \
+	  --grpc-port $(GRPC_PORT) --gateway-metrics-port $(GATEWAY_METRICS_PORT) --rest-port $(TS_REST_PORT) \
+	  --management-port $(TS_MANAGEMENT_PORT) --metrics-port $(TS_METRICS_PORT) \
+	  --ts-grpc-port $(TS_GRPC_PORT) --ts-grpc-management-port $(TS_GRPC_MANAGEMENT_PORT)
+
+clean:
+	rm -rf $(VENV) build *.egg-info galore_api .run $(ARCHIVE)

@@ -1,0 +1,122 @@
+"""Attribution functions a(.) over a feature map F, from head-only gradients, batched over all targets (§V-A).
+
+Every function takes ``fn(f, ids)`` mapping features ``f`` ``(N, D, h, w)`` of rows ``ids`` ``(N,)`` (indices into
+F's rows, so ``fn`` knows each row's targets) to target values ``(N, T)`` (rows independent, e.g. the head followed
+by a per-row gather of logits) and ``F`` ``(R, D, h, w)``, and returns raw maps
+``(R, T, h, w)``: one map per row and target, before clipping or normalisation. All R x T gradients come from ONE
+backward pass: F is replicated to ``(R*T, D, h, w)`` rows so that row (r, t) only carries target t.
+
+Example:
+    >>> import torch
+    >>> head = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    >>> F = torch.rand(2, 4, 5, 5)
+    >>> maps = gradient_x_activation(lambda f, ids: head(f)[:, :2], F)   # targets: classes 0 and 1
+    >>> maps.shape
+    torch.Size([2, 2, 5, 5])
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .options import Attribution
+
+TargetFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (N, D, h, w), ids (N,) -> (N, T)
+
+
+def _replicate(F: torch.Tensor, T: int) -> torch.Tensor:
+    R, D, h, w = F.shape
+    return F[:, None].expand(R, T, D, h, w).reshape(R * T, D, h, w)  # (R*T, D, h, w)
+
+
+def target_gradients(fn: TargetFn, F: torch.Tensor, ids: torch.Tensor | None = None, create_graph: bool = False
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """d fn(F)[r, t] / d F[r] for every row and target: returns (grads (R*T, D, h, w), leaf Frep)."""
+    R = F.shape[0]
+    ids = torch.arange(R, device=F.device) if ids is None else ids
+    with torch.no_grad():
+        T = fn(F[:1], ids[:1]).shape[1]
+    Frep = _replicate(F.detach(), T).clone().requires_grad_(True)
+    with torch.enable_grad():
+        values = fn(Frep, ids.repeat_interleave(T)).reshape(R, T, T).diagonal(dim1=1, dim2=2)  # (R, T): own target
+        (grads,) = torch.autograd.grad(values.sum(), Frep, create_graph=create_graph, allow_unused=True)
+    if grads is None:
+        grads = torch.zeros_like(Frep)
+    return grads, Frep
+
+
+def gradient_x_activation(fn: TargetFn, F: torch.Tensor) -> torch.Tensor:
+    """Eq. (18): a_ij = <grad_F g_p, F>_ij, summed over channels. (R, D, h, w) -> (R, T, h, w)."""
+    R, D, h, w = F.shape
+    grads, Frep = target_gradients(fn, F)
+    return (grads * Frep.detach()).sum(1).reshape(R, -1, h, w)
+
+
+def grad_cam(fn: TargetFn, F: torch.Tensor) -> torch.Tensor:
+    """Eq. (20) before its ReLU: sum_k w_k F_ijk with w_k the spatial mean of the gradient.
+
+    The ReLU of eq. (20) is the engine's negative clipping (on by default), so the raw map stays comparable
+    with Captum's ``LayerGradCam(relu_attributions=False)``.
+    """
+    R, D, h, w = F.shape
+    grads, Frep = target_gradients(fn, F)
+    weights = grads.mean(dim=(2, 3), keepdim=True)  # (R*T, D, 1, 1)
+    return (weights * Frep.detach()).sum(1).reshape(R, -1, h, w)
+
+
+def integrated_gradients(fn: TargetFn, F: torch.Tensor, steps: int = 50, chunk: int = 10) -> torch.Tensor:
+    """Eq. (19) with zero reference F^0 = 0: (F / Omega) . sum_{k=1..Omega} grad g_p(k/Omega F), per location.
+
+    Steps are processed ``chunk`` at a time to bound memory: (R, D, h, w) -> (R, T, h, w).
+    """
+    R, D, h, w = F.shape
+    total = None
+    for start in range(1, steps + 1, chunk):
+        alphas = torch.arange(start, min(start + chunk, steps + 1), device=F.device, dtype=F.dtype) / steps
+        K = alphas.numel()
+        path = (alphas[:, None, None, None, None] * F[None]).reshape(K * R, D, h, w)  # (K*R, D, h, w)
+        grads, _ = target_gradients(fn, path, torch.arange(R, device=F.device).repeat(K))  # (K*R*T, D, h, w)
+        T = grads.shape[0] // (K * R)
+        summed = grads.reshape(K, R * T, D, h, w).sum(0)  # (R*T, D, h, w)
+        total = summed if total is None else total + summed
+    return (total / steps * _replicate(F, T)).sum(1).reshape(R, T, h, w)
+
+
+def gradient_hessian(fn: TargetFn, F: torch.Tensor, locations_per_pass: int = 16) -> torch.Tensor:
+    """NeurIPS 2019 eq. (2): a_ij = grad_ij^T F_ij + 1/2 F_ij^T H_ij F_ij, H_ij the (D x D) Hessian block at (i, j).
+
+    The quadratic term uses Hessian-vector products with v = F restricted to one location, batched over
+    ``locations_per_pass`` locations per double-backward (``is_grads_batched``); never one call per Hessian entry.
+    """
+    R, D, h, w = F.shape
+    grads, Frep = target_gradients(fn, F, create_graph=True)
+    first = (grads.detach() * Frep.detach()).sum(1)  # (R*T, h, w)
+    quad = torch.zeros_like(first).reshape(first.shape[0], h * w)  # (R*T, h*w)
+    if grads.requires_grad:
+        Fd = Frep.detach().reshape(-1, D, h * w)  # (R*T, D, h*w)
+        for start in range(0, h * w, locations_per_pass):
+            locs = torch.arange(start, min(start + locations_per_pass, h * w), device=F.device)
+            K = locs.numel()
+            v = torch.zeros((K,) + Fd.shape, device=F.device, dtype=F.dtype)  # (K, R*T, D, h*w)
+            v[torch.arange(K), :, :, locs] = Fd[:, :, locs].permute(2, 0, 1)
+            (hvp,) = torch.autograd.grad(grads, Frep, grad_outputs=v.reshape((K,) + Frep.shape),
+                                         retain_graph=True, is_grads_batched=True, allow_unused=True)
+            if hvp is None:
+                break
+            hvp = hvp.reshape(K, -1, D, h * w)[torch.arange(K), :, :, locs]  # (K, R*T, D)
+            quad[:, locs] = (hvp * Fd[:, :, locs].permute(2, 0, 1)).sum(-1).T
+    return (first + 0.5 * quad.reshape(first.shape)).reshape(R, -1, h, w)
+
+
+def attribute(method: Attribution, fn: TargetFn, F: torch.Tensor, ig_steps: int = 50) -> torch.Tensor:
+    """Dispatch on ``method``: (R, D, h, w) -> raw maps (R, T, h, w)."""
+    if method is Attribution.GRADIENT_X_ACTIVATION:
+        return gradient_x_activation(fn, F)
+    if method is Attribution.GRAD_CAM:
+        return grad_cam(fn, F)
+    if method is Attribution.INTEGRATED_GRADIENTS:
+        return integrated_gradients(fn, F, steps=ig_steps)
+    if method is Attribution.GRADIENT_HESSIAN:
+        return gradient_hessian(fn, F)
+    raise ValueError(f"unknown attribution {method}")

@@ -1,0 +1,74 @@
+"""One error hierarchy for the whole service, and the single table that maps it to wire codes.
+
+The core raises these; the TorchServe handler turns them into a per-image status, and the gateway and REST
+layer read the code *name* from that status, so no transport keeps its own mapping.
+
+Example:
+    >>> err = InvalidArgument("options.top_e", "must be >= dim (V), got top_e=2, dim=3")
+    >>> err.code, err.http_status, str(err)
+    ('INVALID_ARGUMENT', 400, 'options.top_e: must be >= dim (V), got top_e=2, dim=3')
+"""
+from __future__ import annotations
+
+# code name -> (gRPC status code number, HTTP status). gRPC numbers follow google.rpc.Code.
+STATUS_TABLE: dict[str, tuple[int, int]] = {
+    "OK": (0, 200),
+    "INVALID_ARGUMENT": (3, 400),
+    "DEADLINE_EXCEEDED": (4, 504),
+    "NOT_FOUND": (5, 404),
+    "RESOURCE_EXHAUSTED": (8, 413),
+    "FAILED_PRECONDITION": (9, 412),
+    "UNIMPLEMENTED": (12, 501),
+    "INTERNAL": (13, 500),
+    "UNAVAILABLE": (14, 503),
+    "UNSUPPORTED_MEDIA_TYPE": (3, 415),  # gRPC has no media types; a wrong one is an invalid argument there
+}
+
+
+class GaloreError(Exception):
+    """Base of every error the project raises on purpose. ``field`` names the offending request field."""
+
+    code = "INTERNAL"
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+        self.message = message
+
+    @property
+    def grpc_code(self) -> int:
+        return STATUS_TABLE[self.code][0]
+
+    @property
+    def http_status(self) -> int:
+        return STATUS_TABLE[self.code][1]
+
+
+class InvalidArgument(GaloreError):
+    """The request itself is wrong: bad shape or dtype, unknown class, V > E, bad threshold, bad enum."""
+
+    code = "INVALID_ARGUMENT"
+
+
+class UnsupportedMediaType(GaloreError):
+    """The request's content type is not one the service reads."""
+
+    code = "UNSUPPORTED_MEDIA_TYPE"
+
+
+class FailedPrecondition(GaloreError):
+    """The request is well formed but the model cannot serve it (easiness without a hardness predictor)."""
+
+    code = "FAILED_PRECONDITION"
+
+
+class ResourceExhausted(GaloreError):
+    """Too many pixels, bytes, images or targets for the configured limits."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
+class ModelError(GaloreError):
+    """The model cannot be split or loaded as configured (bad layer name, unsupported architecture)."""
+
+    code = "FAILED_PRECONDITION"

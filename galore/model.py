@@ -1,0 +1,141 @@
+"""Split a classifier at one feature layer F into backbone (image -> F) and head (F -> logits).
+
+Every GALORE attribution is taken at F, so only the head is ever differentiated (§V-C). The split is done on the
+torch.fx graph of the model in eval mode, so any torchvision classifier (ResNet, VGG, AlexNet, DenseNet,
+EfficientNet, MobileNetV2/V3) and the default EfficientNet-Lite0 split without per-family code.
+
+Example:
+    >>> import torch, torchvision
+    >>> split = split_classifier(torchvision.models.resnet18().eval())
+    >>> split.layer, split.feature_shape
+    ('layer4.1.relu_1', (512, 7, 7))
+    >>> F = split.backbone(torch.zeros(2, 3, 224, 224))   # (B, D, h, w)
+    >>> split.head(F).shape                                # (B, C)
+    torch.Size([2, 1000])
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+from torchvision.models.feature_extraction import NodePathTracer
+
+from .errors import ModelError
+
+_POOL_MODULES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+_POOL_FUNCTIONS = {
+    torch.nn.functional.max_pool2d, torch.nn.functional.avg_pool2d, torch.nn.functional.adaptive_avg_pool2d,
+    torch.nn.functional.adaptive_max_pool2d, torch.max_pool2d, torch.adaptive_avg_pool1d,
+}
+
+
+@dataclass(frozen=True)
+class SplitModel:
+    """backbone: (B, 3, S, S) -> F (B, D, h, w); head: F -> (B, P) logits. ``layer`` is F's node name."""
+
+    backbone: nn.Module
+    head: nn.Module
+    layer: str
+    feature_shape: tuple[int, int, int]  # (D, h, w) at input_size
+    input_size: int
+
+    def to(self, device: torch.device) -> "SplitModel":
+        return SplitModel(self.backbone.to(device), self.head.to(device), self.layer, self.feature_shape,
+                          self.input_size)
+
+
+def split_classifier(model: nn.Module, layer: str | None = None, input_size: int = 224) -> SplitModel:
+    """Split ``model`` (put in eval mode) at ``layer``, by default the last spatial feature map before pooling.
+
+    ``layer`` may be a graph node name (``layer4.2.relu_2``) or a module name (``layer4``, ``features.29``); a
+    module name means the last node inside that module.
+    """
+    model = model.eval()
+    tracer = NodePathTracer()
+    graph = tracer.trace(model)
+    gm = fx.GraphModule(tracer.root, graph)
+    names = {node: tracer.node_to_qualname.get(node, node.name) for node in graph.nodes}
+    ShapeProp(gm).propagate(torch.zeros(1, 3, input_size, input_size))
+    (out_node,) = [n for n in graph.nodes if n.op == "output"]
+    logits = out_node.args[0]
+    cut = _find_node(graph, names, layer) if layer else _last_feature_map(gm, graph, logits)
+    meta = cut.meta.get("tensor_meta")
+    if meta is None or len(meta.shape) != 4:
+        raise ModelError("layer", f"{names[cut]!r} is not a (B, D, h, w) feature map")
+    (x_node,) = [n for n in graph.nodes if n.op == "placeholder"]
+    backbone = _subgraph(gm, {x_node: "x"}, cut)
+    head = _subgraph(gm, {cut: "F"}, logits)
+    return SplitModel(backbone, head, names[cut], tuple(meta.shape[1:]), input_size)
+
+
+def _find_node(graph: fx.Graph, names: dict, layer: str) -> fx.Node:
+    matches = [n for n in graph.nodes if names[n] == layer or names[n].startswith(layer + ".")]
+    matches = [n for n in matches if n.op != "get_attr"]
+    if not matches:
+        raise ModelError("layer", f"no node or module named {layer!r} in the model")
+    return matches[-1]
+
+
+def _is_pool(gm: fx.GraphModule, node: fx.Node) -> bool:
+    if node.op == "call_module":
+        return isinstance(gm.get_submodule(node.target), _POOL_MODULES)
+    return node.op == "call_function" and node.target in _POOL_FUNCTIONS
+
+
+def _last_feature_map(gm: fx.GraphModule, graph: fx.Graph, logits: fx.Node) -> fx.Node:
+    """The last non-pooling node with a spatial (h, w > 1) 4-D output that is a clean cut to the logits."""
+    for node in reversed(list(graph.nodes)):
+        meta = node.meta.get("tensor_meta")
+        if node.op in ("placeholder", "output", "get_attr") or meta is None or not hasattr(meta, "shape"):
+            continue
+        if len(meta.shape) == 4 and meta.shape[2] > 1 and meta.shape[3] > 1 and not _is_pool(gm, node):
+            try:
+                _needed(logits, {node})
+                return node
+            except ModelError:
+                continue
+    raise ModelError("layer", "found no spatial feature map in the model; name one explicitly")
+
+
+def _needed(output: fx.Node, inputs: set[fx.Node]) -> set[fx.Node]:
+    """Nodes that compute ``output`` from ``inputs``; raises if the cut leaks another path from the image."""
+    seen: set[fx.Node] = set()
+    stack = [output]
+    while stack:
+        node = stack.pop()
+        if node in seen or node in inputs:
+            continue
+        if _is_batch_size(node):  # x.size(0): the batch size, rebound to the cut's input in _subgraph
+            seen.add(node)
+            continue
+        if node.op == "placeholder":
+            raise ModelError("layer", "the chosen layer is not a cut point: the head also reads the image")
+        seen.add(node)
+        stack.extend(node.all_input_nodes)
+    return seen
+
+
+def _is_batch_size(node: fx.Node) -> bool:
+    """``x.size(0)`` on the image, as EfficientNet-Lite's flatten does; it carries no image content."""
+    return (node.op == "call_method" and node.target == "size" and len(node.args) == 2 and node.args[1] == 0
+            and isinstance(node.args[0], fx.Node) and node.args[0].op == "placeholder")
+
+
+def _subgraph(gm: fx.GraphModule, inputs: dict[fx.Node, str], output: fx.Node) -> fx.GraphModule:
+    keep = _needed(output, set(inputs))
+    graph = fx.Graph()
+    env = {node: graph.placeholder(name) for node, name in inputs.items()}
+    first = next(iter(env.values()))
+    for node in gm.graph.nodes:
+        if node in keep and _is_batch_size(node) and node.args[0] not in env:
+            env[node] = graph.call_method("size", (first, 0))
+        elif node in keep:
+            env[node] = graph.node_copy(node, lambda n: env[n])
+    graph.output(env[output])
+    sub = fx.GraphModule(gm, graph)
+    sub.graph.eliminate_dead_code()
+    sub.recompile()
+    return sub.eval()

@@ -1,0 +1,95 @@
+"""Image -> network input, and the exact inverse geometry for masks (resize shorter side, centre crop).
+
+Example:
+    >>> import torch
+    >>> prep = Preprocess(resize=256, crop=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    >>> x, geo = prep(torch.zeros(3, 300, 451, dtype=torch.uint8))
+    >>> x.shape, geo.crop_box_original()[0] > 0
+    (torch.Size([3, 224, 224]), True)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
+
+from .errors import InvalidArgument
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where the network's crop lies in the original image.
+
+    The crop's pixel (u, v) (0 <= u, v < crop) covers original x in [(left + u) / scale, (left + u + 1) / scale),
+    y likewise with ``top``; ``scale`` = resized / original size.
+    """
+
+    height: int  # H0, original image
+    width: int  # W0
+    scale_y: float  # resized height / H0
+    scale_x: float
+    top: int  # crop offset inside the resized image
+    left: int
+    crop: int
+
+    def crop_box_original(self) -> tuple[float, float, float, float]:
+        """(x0, y0, x1, y1) of the crop in original pixel coordinates (continuous)."""
+        return (self.left / self.scale_x, self.top / self.scale_y,
+                (self.left + self.crop) / self.scale_x, (self.top + self.crop) / self.scale_y)
+
+    def sample_grid(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """For each original pixel centre, its position in the crop as grid_sample coordinates in [-1, 1].
+
+        Returns grid (H0, W0, 2) (x, y order) and inside (H0, W0) bool: the pixel centre lies in the crop.
+        """
+        ys = (torch.arange(self.height, device=device, dtype=torch.float32) + 0.5) * self.scale_y - self.top
+        xs = (torch.arange(self.width, device=device, dtype=torch.float32) + 0.5) * self.scale_x - self.left
+        gy = ys / self.crop * 2 - 1  # (H0,)
+        gx = xs / self.crop * 2 - 1  # (W0,)
+        grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1)  # (H0, W0, 2)
+        inside = (gy.abs() <= 1)[:, None] & (gx.abs() <= 1)[None, :]
+        return grid, inside
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Resize the shorter side to ``resize`` (bilinear, antialiased), centre-crop ``crop``, normalise."""
+
+    resize: int = 256
+    crop: int = 224
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, Geometry]:
+        """image (3, H0, W0) uint8 RGB -> ((3, crop, crop) float32 normalised, Geometry)."""
+        if not isinstance(image, torch.Tensor) or image.dtype != torch.uint8:
+            raise InvalidArgument("image", f"expected a torch.uint8 tensor, got {getattr(image, 'dtype', type(image))}")
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise InvalidArgument("image", f"expected shape (3, H, W) RGB, got {tuple(image.shape)}")
+        _, h0, w0 = image.shape
+        if min(h0, w0) < 1:
+            raise InvalidArgument("image", f"empty image {w0}x{h0}")
+        short = min(h0, w0)
+        rh, rw = (self.resize, max(1, int(self.resize * w0 / h0))) if h0 == short else \
+            (max(1, int(self.resize * h0 / w0)), self.resize)
+        if min(rh, rw) < self.crop:
+            raise InvalidArgument("image", f"aspect ratio too extreme: {w0}x{h0} resizes below the {self.crop} crop")
+        resized = TF.resize(image, [rh, rw], antialias=True)
+        top, left = int(round((rh - self.crop) / 2.0)), int(round((rw - self.crop) / 2.0))
+        x = resized[:, top:top + self.crop, left:left + self.crop].float().div_(255)
+        x = TF.normalize(x, list(self.mean), list(self.std))
+        return x, Geometry(h0, w0, rh / h0, rw / w0, top, left, self.crop)
+
+
+def upsample_to_original(grid_map: torch.Tensor, geo: Geometry) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bilinear upsampling of a feature-grid map to the ORIGINAL image.
+
+    grid_map (h, w) on the feature grid covering the crop -> (values (H0, W0), inside (H0, W0) bool); values
+    outside the crop are 0.
+    """
+    grid, inside = geo.sample_grid(grid_map.device)
+    values = F.grid_sample(grid_map[None, None].float(), grid[None], mode="bilinear", padding_mode="border",
+                           align_corners=False)[0, 0]  # (H0, W0)
+    return values * inside, inside
