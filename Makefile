@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test serve venv clean prometheus protos archive
+.PHONY: test serve venv clean prometheus protos archive chromium
 
 venv: $(STAMP)
 
@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
-test: $(STAMP) prometheus protos archive
-	$(PY) -m pytest -q tests
+test: $(STAMP) prometheus chromium protos archive
+	$(PY) -m pytest -q --doctest-modules galore tests
 
 # Debian's prometheus (with promtool) for the real scrape test; skipped when already on PATH or apt is unusable
 # (the tests then skip, saying so).
@@ -28,6 +28,15 @@ prometheus:
 	  command -v apt-get >/dev/null && $$SUDO apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends prometheus \
 	  || echo "prometheus not installed: tests/observability scrape and promtool checks will skip"; }
+
+# Debian's chromium renders the HTML report in tests/client (headless screenshot); skipped when already on PATH
+# or apt is unusable (that test then skips, saying so).
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo -n ); \
+	  command -v apt-get >/dev/null && $$SUDO apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends chromium \
+	  || echo "chromium not installed: the HTML report screenshot test in tests/client will skip"; }
 
 # ---- serving: generated protobuf code, model archive, TorchServe + gateway (see README "Serve") ----
 PROTOS := $(wildcard protos/galore/v1/*.proto) $(wildcard protos/torchserve/*.proto)

@@ -4,7 +4,7 @@ Example:
     >>> import torch
     >>> logits = torch.tensor([[2.0, 0.0, 0.0]])
     >>> round(float(softmax_score(logits)), 4), round(float(certainty_score(logits)), 4)
-    (0.7870, 0.4377)
+    (0.787, 0.3942)
 """
 from __future__ import annotations
 

@@ -50,18 +50,20 @@ class Target(enum.Enum):
 
 @dataclass(frozen=True)
 class Threshold:
-    """How a heatmap becomes a mask (eqs. 6, 8, 9): exactly one of the two is set.
+    """How a heatmap becomes a mask (eqs. 6, 8, 9): at most one of the two is given; neither means coverage 0.1.
 
     coverage: fraction in (0, 1] of the image's pixels kept (the top ones), as in the authors' evaluation.
     absolute: T in [0, 1), applied to the map divided by its own maximum.
     """
 
-    coverage: float | None = 0.1
+    coverage: float | None = None
     absolute: float | None = None
 
     def __post_init__(self):
-        if (self.coverage is None) == (self.absolute is None):
-            raise InvalidArgument("threshold", "set exactly one of coverage or absolute")
+        if self.coverage is None and self.absolute is None:
+            object.__setattr__(self, "coverage", 0.1)
+        elif self.coverage is not None and self.absolute is not None:
+            raise InvalidArgument("threshold", "set only one of coverage or absolute")
         if self.coverage is not None and not (0.0 < self.coverage <= 1.0):
             raise InvalidArgument("threshold.coverage", f"must be in (0, 1], got {self.coverage}")
         if self.absolute is not None and not (0.0 <= self.absolute < 1.0):

@@ -76,7 +76,7 @@ class Preprocess:
             (max(1, int(self.resize * h0 / w0)), self.resize)
         if min(rh, rw) < self.crop:
             raise InvalidArgument("image", f"aspect ratio too extreme: {w0}x{h0} resizes below the {self.crop} crop")
-        resized = TF.resize(image, [rh, rw], antialias=True)
+        resized = image if (rh, rw) == (h0, w0) else TF.resize(image, [rh, rw], antialias=True)
         top, left = int(round((rh - self.crop) / 2.0)), int(round((rw - self.crop) / 2.0))
         x = resized[:, top:top + self.crop, left:left + self.crop].float().div_(255)
         x = TF.normalize(x, list(self.mean), list(self.std))
