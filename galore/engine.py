@@ -34,7 +34,7 @@ from .errors import FailedPrecondition, GaloreError, InvalidArgument
 from .model import SplitModel, split_classifier
 from .options import Attribution, ExplainOptions, Kind, Score
 from .preprocess import Geometry, Preprocess
-from .regions import equal_size_regions, regions
+from .regions import Measured, equal_size_regions
 from .results import (Attributive, ClassScore, Counterfactual, ExemplarSide, ImageResult, Insecurity)
 
 
@@ -206,10 +206,14 @@ class Engine:
         if jobs:
             self._forward(jobs, pending)
             clock.lap("forward")
+            with torch.no_grad():  # one head pass for every query image's prediction and score
+                logits = self.split.head(torch.stack([job.feats.F for job in jobs]))  # (B, C)
+                hard = (self.hardness.head(torch.stack([job.feats.Fs for job in jobs]))
+                        if self.hardness is not None else None)  # (B, 1)
             live = []
-            for job in jobs:
+            for b, job in enumerate(jobs):
                 try:
-                    self._predict(job, results[job.index])
+                    self._predict(job, results[job.index], logits[b:b + 1], None if hard is None else hard[b:b + 1])
                     live.append(job)
                 except GaloreError as err:
                     results[job.index] = ImageResult(error=err)
@@ -281,16 +285,15 @@ class Engine:
     def _features_of(self, key: str) -> _Features:
         return self._cache[key] if key.startswith("sha1:") else next(f for k, f in self._bank.values() if k == key)
 
-    def _predict(self, job: _Job, result: ImageResult) -> None:
-        """Top classes, y*, s(x), counter classes; builds the job's attribution rows."""
+    def _predict(self, job: _Job, result: ImageResult, logits: torch.Tensor, hard: torch.Tensor | None) -> None:
+        """Top classes, y*, s(x), counter classes from logits (1, C) [and hardness logit (1, 1)]; builds the job's
+        attribution rows."""
         opts = job.request.options
-        with torch.no_grad():
-            logits = self.split.head(job.feats.F[None])  # (1, C)
-            probs = logits.softmax(-1)[0]
-            if opts.score is Score.EASINESS:
-                score = easiness_score(self.hardness.head(job.feats.Fs[None]))[0]
-            else:
-                score = SELF_REFERENTIAL[opts.score](logits)[0]
+        probs = logits.softmax(-1)[0]
+        if opts.score is Score.EASINESS:
+            score = easiness_score(hard)[0]
+        else:
+            score = SELF_REFERENTIAL[opts.score](logits)[0]
         k = min(max(opts.top_k, opts.top_e, 2), len(self.labels))
         top = torch.topk(probs, k)
         ranked = top.indices.tolist()
@@ -349,21 +352,31 @@ class Engine:
                 row.maps, row.score, row.inverse_score = maps[i, :len(row.classes)], s_maps[i], inv_maps[i]
 
     def _explain_one(self, job: _Job, result: ImageResult) -> None:
-        opts, q, geo, y = job.request.options, job.rows[0], job.feats.geo, job.predicted
+        """Table I maps of one image; every single-image map is upsampled and thresholded in one batch."""
+        opts, q, y = job.request.options, job.rows[0], job.predicted
         pred = q.of([y])[0]
-        for kind, attr in ((Kind.ATTRIBUTIVE, "attributive"), (Kind.SELF_AWARE, "self_aware")):
+        heats, keys = [], []
+        for kind in (Kind.ATTRIBUTIVE, Kind.SELF_AWARE):
             if kind in opts.kinds:
-                heat = combine(TABLE_I[kind], pred, None, q.score, q.inverse_score)
-                setattr(result, attr, Attributive(y, regions(heat[None], geo, opts.threshold)[0]))
+                heats.append(combine(TABLE_I[kind], pred, None, q.score, q.inverse_score))  # eqs. (3), (4)
+                keys.append(kind)
         if Kind.DELIBERATIVE in opts.kinds:
             candidates = torch.topk(job.probs, opts.top_e).indices.tolist()
             for V in opts.dims:
-                tuples = list(itertools.combinations(candidates, V))  # the ambiguity set A = (C choose V)
-                heats = torch.stack([combine(TABLE_I[Kind.DELIBERATIVE], None, q.of(t), q.score, q.inverse_score)
-                                     for t in tuples])  # (|A|, h, w), eqs. (5)/(12)
-                found = [Insecurity(t, r) for t, r in zip(tuples, regions(heats, geo, opts.threshold))]
-                found.sort(key=lambda ins: ins.region.strength, reverse=True)
-                result.deliberative[V] = found[:opts.max_insecurities]
+                for t in itertools.combinations(candidates, V):  # the ambiguity set A = (C choose V)
+                    heats.append(combine(TABLE_I[Kind.DELIBERATIVE], None, q.of(t), q.score, q.inverse_score))
+                    keys.append((V, t))  # eqs. (5), (12)
+        if heats:
+            measured = Measured(torch.stack(heats), job.feats.geo, opts.threshold)
+            for V in opts.dims if Kind.DELIBERATIVE in opts.kinds else ():
+                ranked = sorted((m for m, key in enumerate(keys) if isinstance(key, tuple) and key[0] == V),
+                                key=lambda m: measured.strengths[m], reverse=True)[:opts.max_insecurities]
+                result.deliberative[V] = [Insecurity(keys[m][1], measured.region(m)) for m in ranked]
+            for m, key in enumerate(keys):
+                if key is Kind.ATTRIBUTIVE:
+                    result.attributive = Attributive(y, measured.region(m))
+                elif key is Kind.SELF_AWARE:
+                    result.self_aware = Attributive(y, measured.region(m))
         if Kind.COUNTERFACTUAL in opts.kinds:
             result.counterfactual = self._counterfactual(job, pred)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
 from .errors import InvalidArgument
@@ -83,13 +82,35 @@ class Preprocess:
         return x, Geometry(h0, w0, rh / h0, rw / w0, top, left, self.crop)
 
 
-def upsample_to_original(grid_map: torch.Tensor, geo: Geometry) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bilinear upsampling of a feature-grid map to the ORIGINAL image.
+def _axis_weights(n_out: int, scale: float, offset: int, crop: int, n_grid: int, device) -> torch.Tensor:
+    """(n_out, n_grid) bilinear weights (align_corners=False, border clamp) of original pixel centres along one axis;
+    rows of pixels outside the crop are 0."""
+    pos = (torch.arange(n_out, device=device, dtype=torch.float32) + 0.5) * scale - offset  # crop pixel coords
+    u = (pos / crop * n_grid - 0.5).clamp(0, n_grid - 1)  # grid coords, clamped like padding_mode="border"
+    i0 = u.floor().long()
+    i1 = (i0 + 1).clamp(max=n_grid - 1)
+    w1 = u - i0
+    weights = torch.zeros(n_out, n_grid, device=device)
+    weights.scatter_add_(1, i0[:, None], (1 - w1)[:, None])
+    weights.scatter_add_(1, i1[:, None], w1[:, None])
+    inside = (pos >= 0) & (pos < crop)
+    return weights * inside[:, None]
 
-    grid_map (h, w) on the feature grid covering the crop -> (values (H0, W0), inside (H0, W0) bool); values
-    outside the crop are 0.
+
+def upsample_to_original(grid_maps: torch.Tensor, geo: Geometry) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bilinear upsampling of feature-grid maps to the ORIGINAL image.
+
+    grid_maps (..., h, w) on the feature grid covering the crop -> (values (..., H0, W0), inside (H0, W0) bool);
+    values outside the crop are 0. Bilinear interpolation is separable, so this is Ry @ map @ Rx^T with
+    (H0, h) and (W0, w) weight matrices: the same numbers as ``grid_sample`` on ``geo.sample_grid``.
     """
-    grid, inside = geo.sample_grid(grid_map.device)
-    values = F.grid_sample(grid_map[None, None].float(), grid[None], mode="bilinear", padding_mode="border",
-                           align_corners=False)[0, 0]  # (H0, W0)
-    return values * inside, inside
+    ry, rx = interpolation_weights(geo, *grid_maps.shape[-2:], grid_maps.device)
+    values = ry @ grid_maps.float() @ rx.T  # (..., H0, W0)
+    inside = (ry.sum(1) > 0)[:, None] & (rx.sum(1) > 0)[None, :]
+    return values, inside
+
+
+def interpolation_weights(geo: Geometry, h: int, w: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Separable bilinear weights from an (h, w) feature grid to original pixels: (H0, h) and (W0, w)."""
+    return (_axis_weights(geo.height, geo.scale_y, geo.top, geo.crop, h, device),
+            _axis_weights(geo.width, geo.scale_x, geo.left, geo.crop, w, device))

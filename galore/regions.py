@@ -14,14 +14,13 @@ from __future__ import annotations
 import torch
 
 from .options import Threshold
-from .preprocess import Geometry, upsample_to_original
+from .preprocess import Geometry, interpolation_weights, upsample_to_original
 from .results import Region
 
 
 def _upsample(maps: torch.Tensor, geo: Geometry) -> tuple[torch.Tensor, torch.Tensor]:
     """(M, h, w) -> values (M, H0, W0) with 0 outside the crop, inside (H0, W0)."""
-    values, inside = zip(*(upsample_to_original(m, geo) for m in maps))
-    return torch.stack(values), inside[0]
+    return upsample_to_original(maps, geo)
 
 
 def _keep_counts(values: torch.Tensor, inside: torch.Tensor, threshold: Threshold) -> torch.Tensor:
@@ -37,29 +36,65 @@ def _keep_counts(values: torch.Tensor, inside: torch.Tensor, threshold: Threshol
 
 def _cut(values: torch.Tensor, count: int, grid_map: torch.Tensor) -> Region:
     """The ``count`` largest pixels of values (H0, W0) as a Region with eq. (15) strength."""
-    H0, W0 = values.shape
-    flat = values.flatten()
-    mask = torch.zeros(H0 * W0, dtype=torch.bool, device=values.device)
-    if count > 0:
-        top = torch.topk(flat, count, sorted=False)
-        mask[top.indices] = True
-        strength = float(top.values.mean())
-    else:
-        strength = 0.0
-    mask = mask.reshape(H0, W0)
+    top = torch.topk(values.flatten(), count, sorted=False) if count > 0 else None
+    return _region(values.shape, top.indices if top else None, float(top.values.mean()) if top else 0.0, grid_map)
+
+
+def _region(shape: torch.Size, indices: torch.Tensor | None, strength: float, grid_map: torch.Tensor) -> Region:
+    H0, W0 = shape
+    mask = torch.zeros(H0 * W0, dtype=torch.bool, device=grid_map.device)
     bbox = None
-    if count > 0:
-        rows, cols = mask.any(1).nonzero()[:, 0], mask.any(0).nonzero()[:, 0]
-        bbox = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
-    return Region(mask=mask.cpu(), heatmap=grid_map.detach().float().cpu(), strength=strength,
-                  pixel_count=int(count), bbox=bbox)
+    if indices is not None and indices.numel() > 0:
+        mask[indices] = True
+        rows, cols = indices // W0, indices % W0
+        bbox = (int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1)
+    return Region(mask=mask.reshape(H0, W0).cpu(), heatmap=grid_map.detach().float().cpu(), strength=strength,
+                  pixel_count=0 if indices is None else int(indices.numel()), bbox=bbox)
+
+
+class Measured:
+    """Maps (M, h, w) of one image upsampled and thresholded together: ``strengths`` (M,) for every map (eq. 15),
+    masks built only for the maps asked for with ``region(m)`` (deliberation ranks many, returns few).
+
+    Only the crop's window of the original image is computed: pixels outside it are 0 and never selected.
+    """
+
+    def __init__(self, maps: torch.Tensor, geo: Geometry, threshold: Threshold):
+        ry, rx = interpolation_weights(geo, *maps.shape[-2:], maps.device)
+        rows, cols = (ry.sum(1) > 0).nonzero()[:, 0], (rx.sum(1) > 0).nonzero()[:, 0]
+        y0, x0 = int(rows[0]), int(cols[0])
+        values = ry[rows] @ maps.float() @ rx[cols].T  # (M, Hc, Wc): the crop's window
+        inside = torch.ones(values.shape[1:], dtype=torch.bool, device=maps.device)
+        self.maps, self.shape, self.width = maps, (geo.height, geo.width), geo.width
+        self._window = (y0, x0, values.shape[2])
+        self.counts = _keep_counts(values, inside, threshold).tolist()  # (M,)
+        k = max(self.counts)
+        self._top = torch.topk(values.flatten(1), k, dim=1, sorted=False) if k > 0 else None  # (M, k)
+        self.strengths = [self._selected(m)[1] for m in range(len(maps))]
+
+    def _selected(self, m: int) -> tuple[torch.Tensor | None, float]:
+        """Window indices of map m's ``counts[m]`` largest pixels and their mean (eq. 15)."""
+        c = self.counts[m]
+        if c == 0:
+            return None, 0.0
+        values, indices = self._top.values[m], self._top.indices[m]
+        if c < values.numel():  # a map with fewer kept pixels than the largest count: its c best of the k
+            best = torch.topk(values, c, sorted=False).indices
+            values, indices = values[best], indices[best]
+        return indices, float(values.mean())
+
+    def region(self, m: int) -> Region:
+        indices, strength = self._selected(m)
+        if indices is not None:
+            y0, x0, wc = self._window
+            indices = (indices // wc + y0) * self.width + indices % wc + x0  # window -> original flat index
+        return _region(self.shape, indices, strength, self.maps[m])
 
 
 def regions(maps: torch.Tensor, geo: Geometry, threshold: Threshold) -> list[Region]:
     """Feature-grid maps (M, h, w) of one image -> M regions in original pixels, each thresholded on its own."""
-    values, inside = _upsample(maps, geo)
-    counts = _keep_counts(values, inside, threshold)
-    return [_cut(v, int(k), m) for v, k, m in zip(values, counts, maps)]
+    measured = Measured(maps, geo, threshold)
+    return [measured.region(m) for m in range(len(maps))]
 
 
 def equal_size_regions(sides: list[tuple[torch.Tensor, Geometry]], threshold: Threshold) -> list[Region]:
