@@ -1,0 +1,26 @@
+#!/bin/sh
+# galore-serve container entrypoint. First argument picks the role:
+#   torchserve (default)  TorchServe in the foreground with the container config and the built-in model archive
+#   gateway [ARGS]        the gRPC gateway: python -m galore_gateway ARGS
+#   anything else         executed as is (e.g. `bash`, `galore models ...`)
+set -eu
+
+config_dir="${GALORE_CONFIG_DIR:-/home/model-server/config}"
+role="${1:-torchserve}"
+[ "$#" -gt 0 ] && shift
+
+case "$role" in
+  torchserve)
+    mkdir -p "${LOG_LOCATION:-/tmp/logs}"
+    exec torchserve --foreground --ncs \
+      --ts-config "$config_dir/config.properties" \
+      --log-config "$config_dir/log4j2.xml" \
+      "$@"
+    ;;
+  gateway)
+    exec python -m galore_gateway "$@"
+    ;;
+  *)
+    exec "$role" "$@"
+    ;;
+esac
