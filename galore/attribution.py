@@ -46,26 +46,31 @@ def target_gradients(fn: TargetFn, F: torch.Tensor, ids: torch.Tensor | None = N
     return grads, Frep
 
 
-def gradient_x_activation(fn: TargetFn, F: torch.Tensor) -> torch.Tensor:
+def _out(contrib: torch.Tensor, R: int, per_channel: bool) -> torch.Tensor:
+    """Per-channel contributions (R*T, D, h, w) -> (R, T, D, h, w) if ``per_channel`` else summed (R, T, h, w)."""
+    RT, D, h, w = contrib.shape
+    return contrib.reshape(R, RT // R, D, h, w) if per_channel else contrib.sum(1).reshape(R, RT // R, h, w)
+
+
+def gradient_x_activation(fn: TargetFn, F: torch.Tensor, per_channel: bool = False) -> torch.Tensor:
     """Eq. (18): a_ij = <grad_F g_p, F>_ij, summed over channels. (R, D, h, w) -> (R, T, h, w)."""
-    R, D, h, w = F.shape
     grads, Frep = target_gradients(fn, F)
-    return (grads * Frep.detach()).sum(1).reshape(R, -1, h, w)
+    return _out(grads * Frep.detach(), F.shape[0], per_channel)
 
 
-def grad_cam(fn: TargetFn, F: torch.Tensor) -> torch.Tensor:
+def grad_cam(fn: TargetFn, F: torch.Tensor, per_channel: bool = False) -> torch.Tensor:
     """Eq. (20) before its ReLU: sum_k w_k F_ijk with w_k the spatial mean of the gradient.
 
     The ReLU of eq. (20) is the engine's negative clipping (on by default), so the raw map stays comparable
     with Captum's ``LayerGradCam(relu_attributions=False)``.
     """
-    R, D, h, w = F.shape
     grads, Frep = target_gradients(fn, F)
     weights = grads.mean(dim=(2, 3), keepdim=True)  # (R*T, D, 1, 1)
-    return (weights * Frep.detach()).sum(1).reshape(R, -1, h, w)
+    return _out(weights * Frep.detach(), F.shape[0], per_channel)
 
 
-def integrated_gradients(fn: TargetFn, F: torch.Tensor, steps: int = 50, chunk: int = 10) -> torch.Tensor:
+def integrated_gradients(fn: TargetFn, F: torch.Tensor, steps: int = 50, chunk: int = 10,
+                         per_channel: bool = False) -> torch.Tensor:
     """Eq. (19) with zero reference F^0 = 0: (F / Omega) . sum_{k=1..Omega} grad g_p(k/Omega F), per location.
 
     Steps are processed ``chunk`` at a time to bound memory: (R, D, h, w) -> (R, T, h, w).
@@ -80,21 +85,22 @@ def integrated_gradients(fn: TargetFn, F: torch.Tensor, steps: int = 50, chunk: 
         T = grads.shape[0] // (K * R)
         summed = grads.reshape(K, R * T, D, h, w).sum(0)  # (R*T, D, h, w)
         total = summed if total is None else total + summed
-    return (total / steps * _replicate(F, T)).sum(1).reshape(R, T, h, w)
+    return _out(total / steps * _replicate(F, T), R, per_channel)
 
 
-def gradient_hessian(fn: TargetFn, F: torch.Tensor, locations_per_pass: int = 16) -> torch.Tensor:
+def gradient_hessian(fn: TargetFn, F: torch.Tensor, locations_per_pass: int = 16,
+                     per_channel: bool = False) -> torch.Tensor:
     """NeurIPS 2019 eq. (2): a_ij = grad_ij^T F_ij + 1/2 F_ij^T H_ij F_ij, H_ij the (D x D) Hessian block at (i, j).
 
     The quadratic term uses Hessian-vector products with v = F restricted to one location, batched over
     ``locations_per_pass`` locations per double-backward (``is_grads_batched``); never one call per Hessian entry.
+    Channel k contributes grad_k F_k + 1/2 F_k (H_ij F_ij)_k.
     """
     R, D, h, w = F.shape
     grads, Frep = target_gradients(fn, F, create_graph=True)
-    first = (grads.detach() * Frep.detach()).sum(1)  # (R*T, h, w)
-    quad = torch.zeros_like(first).reshape(first.shape[0], h * w)  # (R*T, h*w)
+    Fd = Frep.detach().reshape(-1, D, h * w)  # (R*T, D, h*w)
+    quad = torch.zeros_like(Fd)  # (R*T, D, h*w): F_k (H_ij F_ij)_k per location
     if grads.requires_grad:
-        Fd = Frep.detach().reshape(-1, D, h * w)  # (R*T, D, h*w)
         for start in range(0, h * w, locations_per_pass):
             locs = torch.arange(start, min(start + locations_per_pass, h * w), device=F.device)
             K = locs.numel()
@@ -105,18 +111,20 @@ def gradient_hessian(fn: TargetFn, F: torch.Tensor, locations_per_pass: int = 16
             if hvp is None:
                 break
             hvp = hvp.reshape(K, -1, D, h * w)[torch.arange(K), :, :, locs]  # (K, R*T, D)
-            quad[:, locs] = (hvp * Fd[:, :, locs].permute(2, 0, 1)).sum(-1).T
-    return (first + 0.5 * quad.reshape(first.shape)).reshape(R, -1, h, w)
+            quad[:, :, locs] = (hvp * Fd[:, :, locs].permute(2, 0, 1)).permute(1, 2, 0)
+    contrib = grads.detach() * Frep.detach() + 0.5 * quad.reshape(Frep.shape)
+    return _out(contrib, R, per_channel)
 
 
-def attribute(method: Attribution, fn: TargetFn, F: torch.Tensor, ig_steps: int = 50) -> torch.Tensor:
-    """Dispatch on ``method``: (R, D, h, w) -> raw maps (R, T, h, w)."""
+def attribute(method: Attribution, fn: TargetFn, F: torch.Tensor, ig_steps: int = 50,
+              per_channel: bool = False) -> torch.Tensor:
+    """Dispatch on ``method``: (R, D, h, w) -> raw maps (R, T, h, w), or (R, T, D, h, w) per channel."""
     if method is Attribution.GRADIENT_X_ACTIVATION:
-        return gradient_x_activation(fn, F)
+        return gradient_x_activation(fn, F, per_channel)
     if method is Attribution.GRAD_CAM:
-        return grad_cam(fn, F)
+        return grad_cam(fn, F, per_channel)
     if method is Attribution.INTEGRATED_GRADIENTS:
-        return integrated_gradients(fn, F, steps=ig_steps)
+        return integrated_gradients(fn, F, steps=ig_steps, per_channel=per_channel)
     if method is Attribution.GRADIENT_HESSIAN:
-        return gradient_hessian(fn, F)
+        return gradient_hessian(fn, F, per_channel=per_channel)
     raise ValueError(f"unknown attribution {method}")

@@ -340,14 +340,14 @@ class Engine:
                 s = score_fn(logits) if score_fn is not None else torch.zeros_like(values[:, 0])
                 return torch.cat([values, s[:, None]], dim=1)
 
-            raw = attribute(method, targets, F, steps)  # (R, T + 1, h, w)
+            raw = attribute(method, targets, F, steps, per_channel=clip)  # (R, T + 1[, D], h, w)
             raw_s = raw[:, T]
             if score is Score.EASINESS:
                 Fs = torch.stack([r.feats.Fs for r in rows])
-                raw_s = attribute(method, lambda f, ids: easiness_score(self.hardness.head(f))[:, None], Fs, steps)[:, 0]
-                raw_s = _resize(raw_s, F.shape[-2:])
-            maps = _post(raw[:, :T], clip, norm)
-            s_maps, inv_maps = _post(raw_s, clip, norm), _post(-raw_s, clip, norm)  # a(1 - s) = -a(s) pre-clip
+                raw_s = attribute(method, lambda f, ids: easiness_score(self.hardness.head(f))[:, None], Fs, steps,
+                                  per_channel=clip)[:, 0]
+            maps = _class_maps(raw[:, :T], clip, norm)
+            s_maps, inv_maps = _score_maps(raw_s, clip, norm, F.shape[-2:])
             for i, row in enumerate(rows):
                 row.maps, row.score, row.inverse_score = maps[i, :len(row.classes)], s_maps[i], inv_maps[i]
 
@@ -399,14 +399,40 @@ class Engine:
         return Counterfactual(job.predicted, C, query, exemplars, strength, len(others) == len(C))
 
 
-def _post(raw: torch.Tensor, clip: bool, normalize: bool) -> torch.Tensor:
-    """m(a): clip negatives to 0 (authors' code; eq. 20's ReLU) and/or min-max normalise per map (§V-A)."""
-    out = raw.clamp_min(0) if clip else raw
-    if normalize:
-        lo = out.amin(dim=(-2, -1), keepdim=True)
-        hi = out.amax(dim=(-2, -1), keepdim=True)
-        out = (out - lo) / (hi - lo).clamp_min(torch.finfo(out.dtype).tiny)
-    return out
+CLIP_FLOOR = 1e-7  # what the authors' code writes over negative class attributions: "clipped to ~0"
+
+
+def _class_maps(raw: torch.Tensor, clip: bool, normalize: bool) -> torch.Tensor:
+    """m(a) for class targets. raw (R, T, D, h, w) per channel when ``clip``, else (R, T, h, w) summed.
+
+    clip (default, authors' code): negative attributions become CLIP_FLOOR, so a class without evidence at a
+    location damps a product instead of zeroing it. normalize: per-map min-max to [0, 1] (§V-A)."""
+    out = raw.sum(2) if clip else raw
+    if clip:
+        out = torch.where(out < 0, torch.full_like(out, CLIP_FLOOR), out)
+    return _minmax(out) if normalize else out
+
+
+def _score_maps(raw: torch.Tensor, clip: bool, normalize: bool, size: torch.Size
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a(s), a(1 - s)) maps (R, h, w) from the score's raw attribution (R[, D], h_s, w_s).
+
+    Since 1 - s has the opposite gradient, a(1 - s) = -a(s) per channel (Table I's s <- 1 - s). With ``clip`` each
+    keeps only its positive channel contributions, as the authors' hardness attribution clips gradients before
+    summing over channels: a(s) = sum_k relu(c_k), a(1 - s) = sum_k relu(-c_k). Without it both are signed sums.
+    A hardness predictor whose grid differs from F's is resized bilinearly to F's grid."""
+    if clip:
+        pos, neg = raw.clamp_min(0).sum(1), (-raw).clamp_min(0).sum(1)
+    else:
+        pos, neg = raw, -raw
+    pos, neg = _resize(pos, size), _resize(neg, size)
+    return (_minmax(pos), _minmax(neg)) if normalize else (pos, neg)
+
+
+def _minmax(maps: torch.Tensor) -> torch.Tensor:
+    lo = maps.amin(dim=(-2, -1), keepdim=True)
+    hi = maps.amax(dim=(-2, -1), keepdim=True)
+    return (maps - lo) / (hi - lo).clamp_min(torch.finfo(maps.dtype).tiny)
 
 
 def _resize(maps: torch.Tensor, size: torch.Size) -> torch.Tensor:

@@ -156,3 +156,20 @@ def test_easiness_with_hardness_predictor():
         expected = 1 - torch.sigmoid(hardness(x[None]))[0, 0]  # eq. (23)
     assert res.error is None and res.score == pytest.approx(float(expected), rel=1e-5)
     assert res.deliberative[2] and res.counterfactual.query.heatmap.shape == (2, 2)
+
+
+@pytest.mark.parametrize("size", [(300, 451), (640, 427), (224, 224), (97, 500)])
+def test_separable_upsampling_equals_grid_sample(size):
+    img = torch.zeros(3, *size, dtype=torch.uint8)
+    _, geo = Preprocess()(img)
+    maps = torch.rand(3, 7, 7)
+    from galore.preprocess import upsample_to_original
+    values, inside = upsample_to_original(maps, geo)
+    grid, _ = geo.sample_grid(maps.device)
+    ref = torch.nn.functional.grid_sample(maps[:, None], grid[None].expand(3, -1, -1, -1), mode="bilinear",
+                                          padding_mode="border", align_corners=False)[:, 0]
+    torch.testing.assert_close(values[:, inside], ref[:, inside], rtol=1e-5, atol=1e-6)
+    assert bool((values[:, ~inside] == 0).all())
+    x0, y0, x1, y1 = geo.crop_box_original()
+    ys, xs = inside.nonzero(as_tuple=True)
+    assert x0 - 1 <= int(xs.min()) and int(xs.max()) <= x1 and y0 - 1 <= int(ys.min()) and int(ys.max()) <= y1

@@ -33,8 +33,12 @@ def a_softmax_score(f=F):
     return (p[y] * (Wn[y] - p @ Wn) * f).reshape(2, 2)
 
 
-def relu(x):
+def relu(x):  # confidence maps: positive channel contributions only (one channel here)
     return np.maximum(x, 0)
+
+
+def clipc(x):  # class maps: negative attributions become 1e-7, as in the authors' code
+    return np.where(x < 0, 1e-7, x)
 
 
 def comp(x):  # eq. (10)
@@ -66,7 +70,7 @@ def test_attributive_eq3(tiny_engine):
 
 def test_self_aware_eq4(tiny_engine):
     res = explain(tiny_engine, kinds=frozenset({Kind.SELF_AWARE}))
-    np.testing.assert_allclose(grid(res.self_aware.region), relu(a_logit(0)) * relu(a_softmax_score()),
+    np.testing.assert_allclose(grid(res.self_aware.region), clipc(a_logit(0)) * relu(a_softmax_score()),
                                rtol=1e-4, atol=1e-7)
 
 
@@ -76,10 +80,11 @@ def test_deliberative_eq5_eq12_use_one_minus_s(tiny_engine):
     assert inverse.max() > 0 and relu(a_softmax_score()).max() > 0
     pairs = {ins.class_ids: grid(ins.region) for ins in res.deliberative[2]}
     assert set(pairs) == {(0, 1), (0, 2), (1, 2)}  # all V-subsets of the top-E classes
-    np.testing.assert_allclose(pairs[(0, 1)], relu(a_logit(0)) * relu(a_logit(1)) * inverse, rtol=1e-4, atol=1e-8)
+    np.testing.assert_allclose(pairs[(0, 1)], clipc(a_logit(0)) * clipc(a_logit(1)) * inverse, rtol=1e-4, atol=1e-8)
     (triple,) = res.deliberative[3]
     assert triple.class_ids == (0, 1, 2)
-    expected = relu(a_logit(0)) * relu(a_logit(1)) * relu(a_logit(2)) * inverse  # eq. (12)
+    expected = clipc(a_logit(0)) * clipc(a_logit(1)) * clipc(a_logit(2)) * inverse  # eq. (12)
+    assert a_logit(2)[0, 1] < 0 < expected[0, 1]  # a negative class attribution damps the product, never zeroes it
     np.testing.assert_allclose(grid(triple.region), expected, rtol=1e-4, atol=1e-8)
     strengths = [ins.region.strength for ins in res.deliberative[2]]
     assert strengths == sorted(strengths, reverse=True)
@@ -89,7 +94,7 @@ def test_counterfactual_eq10_eq11_runner_up(tiny_engine):
     res = explain(tiny_engine, kinds=frozenset({Kind.COUNTERFACTUAL}))
     cf = res.counterfactual
     assert (cf.predicted_id, cf.counter_ids, cf.complete) == (0, (1,), False)
-    expected = relu(a_logit(0)) * comp(relu(a_logit(1))) * relu(a_softmax_score())  # eq. (11)
+    expected = clipc(a_logit(0)) * comp(clipc(a_logit(1))) * relu(a_softmax_score())  # eq. (11)
     np.testing.assert_allclose(grid(cf.query), expected, rtol=1e-4, atol=1e-8)
     assert cf.exemplars[0].region is None and "no exemplar" in cf.exemplars[0].missing_reason
     assert cf.strength == pytest.approx(cf.query.strength)
@@ -102,11 +107,11 @@ def test_multiclass_counterfactual_eq14_eq17_equal_masks(tiny_engine):
                                                         counter_classes=(1, 2)), exemplars={1: ex1, 2: ex2})
     (res,) = tiny_engine.explain([req])
     cf = res.counterfactual
-    expected = relu(a_logit(0)) * comp(relu(a_logit(1))) * comp(relu(a_logit(2))) * relu(a_softmax_score())
+    expected = clipc(a_logit(0)) * comp(clipc(a_logit(1))) * comp(clipc(a_logit(2))) * relu(a_softmax_score())
     np.testing.assert_allclose(grid(cf.query), expected, rtol=1e-4, atol=1e-8)
     # exemplar side v: D(x^v, y^v, C'_v), C'_v = C \ {y^v} + {y*}, with x^v's own s(x^v) (eq. 13)
     f1 = np.array([0.8, 0.2, 0.2, 0.2])
-    side1 = relu(a_logit(1, f1)) * comp(relu(a_logit(2, f1))) * comp(relu(a_logit(0, f1))) * relu(a_softmax_score(f1))
+    side1 = clipc(a_logit(1, f1)) * comp(clipc(a_logit(2, f1))) * comp(clipc(a_logit(0, f1))) * relu(a_softmax_score(f1))
     np.testing.assert_allclose(grid(cf.exemplars[0].region), side1, rtol=1e-4, atol=1e-8)
     counts = {cf.query.pixel_count} | {e.region.pixel_count for e in cf.exemplars}
     assert len(counts) == 1 and counts.pop() > 0  # equal-size masks, note under eq. (16)
@@ -128,7 +133,7 @@ def test_counterfactual_eq16_two_sides(tiny_engine):
 def test_probability_target_and_gradcam_and_ig(tiny_engine):
     res = explain(tiny_engine, kinds=frozenset({Kind.ATTRIBUTIVE}), target=Target.PROBABILITY)
     expected = P[0] * (Wn[0] - P @ Wn) * F  # d h_0 / dF times F
-    np.testing.assert_allclose(grid(res.attributive.region), relu(expected.reshape(2, 2)), rtol=1e-4, atol=1e-8)
+    np.testing.assert_allclose(grid(res.attributive.region), clipc(expected.reshape(2, 2)), rtol=1e-4, atol=1e-8)
     res = explain(tiny_engine, kinds=frozenset({Kind.ATTRIBUTIVE}), attribution=Attribution.GRAD_CAM)
     np.testing.assert_allclose(grid(res.attributive.region), Wn[0].mean() * F.reshape(2, 2), rtol=1e-5)  # eq. (20)
     res = explain(tiny_engine, kinds=frozenset({Kind.ATTRIBUTIVE}), attribution=Attribution.INTEGRATED_GRADIENTS)
@@ -159,3 +164,17 @@ def test_equal_size_side_without_evidence_is_empty():
     q, e = equal_size_regions([(torch.tensor([[1.0, 2.0], [0.0, 3.0]]), geo), (torch.zeros(2, 2), geo)],
                               Threshold(coverage=0.5))
     assert (q.pixel_count, e.pixel_count, e.strength) == (8, 0, 0.0)
+
+
+def test_confidence_maps_keep_positive_channel_contributions():
+    """Authors' hardness attribution: gradients are clipped per channel before summing. Channel contributions
+    (+3, -1) at one location give a(s) = 3 and a(1 - s) = 1, where the summed map would give 2 and 0."""
+    from galore.engine import _class_maps, _score_maps
+
+    raw = torch.tensor([3.0, -1.0]).reshape(1, 2, 1, 1)  # (R, D, h, w)
+    pos, neg = _score_maps(raw, clip=True, normalize=False, size=torch.Size([1, 1]))
+    assert (float(pos), float(neg)) == (3.0, 1.0)
+    pos, neg = _score_maps(raw.sum(1), clip=False, normalize=False, size=torch.Size([1, 1]))  # paper: signed sum
+    assert (float(pos), float(neg)) == (2.0, -2.0)
+    classes = _class_maps(torch.tensor([1.0, -3.0]).reshape(1, 1, 2, 1, 1), clip=True, normalize=False)
+    assert float(classes) == pytest.approx(1e-7)  # summed -2 -> the ~0 floor
