@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test serve venv clean prometheus protos archive chromium
+.PHONY: test serve venv clean prometheus protos archive chromium java
 
 venv: $(STAMP)
 
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
-test: $(STAMP) prometheus chromium protos archive
+test: $(STAMP) prometheus chromium java protos archive
 	$(PY) -m pytest -q --doctest-modules galore tests
 
 # Debian's prometheus (with promtool) for the real scrape test; skipped when already on PATH or apt is unusable
@@ -67,7 +67,14 @@ archive: $(ARCHIVE)
 $(ARCHIVE): $(ARCHIVE_DEPS) | $(STAMP)
 	$(PY) -m model_store.build default --out model_store
 
-serve: $(ARCHIVE)
+# TorchServe's frontend needs Java 17 (Debian: openjdk-17-jre-headless).
+java:
+	@command -v java >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo -n ); \
+	  $$SUDO apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends openjdk-17-jre-headless; }
+
+serve: java $(ARCHIVE)
 	$(PY) -m galore_gateway.local --model-store model_store --run-dir .run $(SERVE_FLAGS) \
 	  --grpc-port $(GRPC_PORT) --gateway-metrics-port $(GATEWAY_METRICS_PORT) --rest-port $(TS_REST_PORT) \
 	  --management-port $(TS_MANAGEMENT_PORT) --metrics-port $(TS_METRICS_PORT) \

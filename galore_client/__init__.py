@@ -1,0 +1,1 @@
+"""Client side of galore-serve: gRPC/REST client (``client``), CLI, report rendering and load tester."""

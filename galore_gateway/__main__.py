@@ -1,0 +1,46 @@
+"""``python -m galore_gateway``: the galore.v1.Explainer gRPC gateway in front of TorchServe."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+from prometheus_client import start_http_server
+
+from .config import GatewayConfig
+from .metrics import REGISTRY
+from .server import serve
+
+
+def parse_args(argv=None) -> GatewayConfig:
+    parser = argparse.ArgumentParser(prog="python -m galore_gateway", description=__doc__)
+    parser.add_argument("--listen", default="127.0.0.1:50051", help="gRPC address to serve")
+    parser.add_argument("--metrics-port", type=int, default=9091, help="Prometheus /metrics port; 0: off")
+    parser.add_argument("--metrics-host", default="127.0.0.1",
+                        help="address /metrics listens on (0.0.0.0 in a pod, so Prometheus can scrape it)")
+    parser.add_argument("--ts-config", help="TorchServe config.properties: gRPC ports and size limits")
+    parser.add_argument("--torchserve-inference", help="TorchServe gRPC inference host:port (default 127.0.0.1:7070)")
+    parser.add_argument("--torchserve-management", help="TorchServe gRPC management host:port (default :7071)")
+    parser.add_argument("--model", default="efficientnet_lite0", help="TorchServe model name")
+    parser.add_argument("--ts-key-file", help="TorchServe key_file.json, when TorchServe token auth is on")
+    parser.add_argument("--default-timeout", type=float, default=120.0, help="seconds, when the caller sets none")
+    args = parser.parse_args(argv)
+    overrides = dict(listen=args.listen, metrics_host=args.metrics_host, metrics_port=args.metrics_port,
+                     model=args.model, default_timeout_s=args.default_timeout,
+                     torchserve_inference=args.torchserve_inference, torchserve_management=args.torchserve_management,
+                     torchserve_key_file=args.ts_key_file)
+    if args.ts_config:
+        return GatewayConfig.with_torchserve_config(args.ts_config, **overrides)
+    return GatewayConfig(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def main(argv=None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s gateway %(levelname)s %(message)s")
+    config = parse_args(argv)
+    if config.metrics_port:
+        start_http_server(config.metrics_port, addr=config.metrics_host, registry=REGISTRY)
+    asyncio.run(serve(config))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Gateway settings, parsed once from the command line and TorchServe's config.properties."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+TORCHSERVE_DEFAULT_MAX_BYTES = 6553500  # TorchServe's default max_request_size / max_response_size
+ENVELOPE_BYTES = 4096  # room for the PredictionsRequest wrapper around the caller's bytes
+
+
+def read_properties(path: str | Path) -> dict[str, str]:
+    """Java .properties subset TorchServe uses: ``key=value`` lines, ``#`` comments."""
+    values = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", "!")) and "=" in line:
+            key, value = line.split("=", 1)
+            values[key.strip()] = value.strip()
+    return values
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """listen: gRPC address served; metrics_port: Prometheus /metrics on 127.0.0.1 (0 = off).
+
+    Byte limits follow TorchServe's max_request_size / max_response_size so both hops accept the same sizes.
+    default_timeout_s: deadline for the TorchServe call when the caller sets none.
+    """
+
+    listen: str = "127.0.0.1:50051"
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9091
+    torchserve_inference: str = "127.0.0.1:7070"
+    torchserve_management: str = "127.0.0.1:7071"
+    model: str = "efficientnet_lite0"
+    torchserve_key_file: str | None = None  # TorchServe's key_file.json when its token authorization is on
+    max_request_bytes: int = TORCHSERVE_DEFAULT_MAX_BYTES
+    max_response_bytes: int = TORCHSERVE_DEFAULT_MAX_BYTES
+    default_timeout_s: float = 120.0
+    health_poll_s: float = 1.0
+    shutdown_grace_s: float = 10.0
+
+    def __post_init__(self):
+        if self.max_request_bytes <= ENVELOPE_BYTES or self.max_response_bytes <= ENVELOPE_BYTES:
+            raise ValueError(f"max_request_bytes and max_response_bytes must exceed {ENVELOPE_BYTES}")
+        if self.default_timeout_s <= 0 or self.health_poll_s <= 0 or self.shutdown_grace_s < 0:
+            raise ValueError("timeouts must be positive")
+
+    @property
+    def caller_max_request_bytes(self) -> int:
+        """Largest ExplainRequest the gateway accepts: TorchServe's limit minus the envelope."""
+        return self.max_request_bytes - ENVELOPE_BYTES
+
+    @classmethod
+    def with_torchserve_config(cls, path: str | Path, **overrides) -> "GatewayConfig":
+        """Takes the TorchServe addresses and size limits from its config.properties, then ``overrides``."""
+        props = read_properties(path)
+        values = {}
+        for kind, default_port in (("inference", 7070), ("management", 7071)):
+            host = props.get(f"grpc_{kind}_address", "127.0.0.1")
+            values[f"torchserve_{kind}"] = f"{host}:{props.get(f'grpc_{kind}_port', default_port)}"
+        if "max_request_size" in props:
+            values["max_request_bytes"] = int(props["max_request_size"])
+        if "max_response_size" in props:
+            values["max_response_bytes"] = int(props["max_response_size"])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)

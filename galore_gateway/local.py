@@ -1,0 +1,220 @@
+"""``python -m galore_gateway.local``: TorchServe + gateway on localhost, in the foreground (``make serve``).
+
+Renders deploy/torchserve/config.properties with the chosen ports into the run directory, starts TorchServe
+(quiet log4j2 config, no config snapshots, token auth and model API off unless asked) and the gateway, and stops
+both on Ctrl-C / SIGTERM. The end-to-end tests use ``LocalService`` with free ports and a temporary run dir.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+REPO = Path(__file__).resolve().parent.parent
+TS_DEPLOY = REPO / "deploy" / "torchserve"
+HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Loopback ports of one local deployment."""
+
+    grpc: int = 50051  # gateway galore.v1.Explainer
+    gateway_metrics: int = 9091
+    rest: int = 8080  # TorchServe inference REST
+    management: int = 8081
+    metrics: int = 8082  # TorchServe Prometheus metrics
+    ts_grpc: int = 7070
+    ts_grpc_management: int = 7071
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    model_store: Path
+    run_dir: Path
+    model: str = "efficientnet_lite0"
+    ports: Ports = field(default_factory=Ports)
+    token_auth: bool = False
+    model_api: bool = False
+    quiet: bool = True
+
+    @property
+    def ts_config(self) -> Path:
+        return self.run_dir / "config.properties"
+
+
+def render_ts_config(config: LocalConfig) -> Path:
+    """Writes run_dir/config.properties: the deploy template with this deployment's ports and paths."""
+    p = config.ports
+    overrides = {
+        "inference_address": f"http://{HOST}:{p.rest}",
+        "management_address": f"http://{HOST}:{p.management}",
+        "metrics_address": f"http://{HOST}:{p.metrics}",
+        "grpc_inference_address": HOST, "grpc_inference_port": str(p.ts_grpc),
+        "grpc_management_address": HOST, "grpc_management_port": str(p.ts_grpc_management),
+        "metrics_config": str(TS_DEPLOY / "metrics.yaml"),
+        "model_store": str(config.model_store.resolve()),
+        "disable_token_authorization": str(not config.token_auth).lower(),
+        "enable_model_api": str(config.model_api).lower(),
+    }
+    lines, seen = [], set()
+    for line in (TS_DEPLOY / "config.properties").read_text(encoding="utf-8").splitlines():
+        key = line.split("=", 1)[0].strip()
+        if "=" in line and not line.lstrip().startswith("#") and key in overrides:
+            line, _ = f"{key}={overrides[key]}", seen.add(key)
+        lines.append(line)
+    lines += [f"{key}={value}" for key, value in overrides.items() if key not in seen]
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    config.ts_config.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return config.ts_config
+
+
+class LocalService:
+    """Starts TorchServe and the gateway as child process groups; ``stop`` ends both (and only those)."""
+
+    def __init__(self, config: LocalConfig):
+        self.config = config
+        self.torchserve: subprocess.Popen | None = None
+        self.gateway: subprocess.Popen | None = None
+
+    def _env(self) -> dict[str, str]:
+        tmp = self.config.run_dir / "tmp"  # TorchServe keeps its pid file in the temp dir: one per deployment
+        tmp.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, TMPDIR=str(tmp), TEMP=str(tmp), LOG_LOCATION=str(self.config.run_dir / "logs"),
+                   METRICS_LOCATION=str(self.config.run_dir / "logs"))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        return env
+
+    def start(self) -> None:
+        c = self.config
+        archive = c.model_store / f"{c.model}.mar"
+        if not archive.is_file():
+            raise FileNotFoundError(f"{archive} not found; run `make archive`")
+        ts_config = render_ts_config(c)
+        bindir = Path(sys.executable).parent
+        cmd = [str(bindir / "torchserve"), "--start", "--foreground", "--ncs", "--model-store",
+               str(c.model_store.resolve()), "--models", f"{c.model}={c.model}.mar", "--ts-config", str(ts_config)]
+        cmd += [] if c.token_auth else ["--disable-token-auth"]
+        cmd += ["--enable-model-api"] if c.model_api else []
+        cmd += ["--log-config", str(TS_DEPLOY / "log4j2.xml")] if c.quiet else []
+        env = self._env()
+        self.torchserve = subprocess.Popen(cmd, cwd=c.run_dir, env=env, start_new_session=True)
+        self.gateway = subprocess.Popen(
+            [sys.executable, "-m", "galore_gateway", "--listen", f"{HOST}:{c.ports.grpc}",
+             "--metrics-port", str(c.ports.gateway_metrics), "--ts-config", str(ts_config), "--model", c.model]
+            + (["--ts-key-file", str(c.run_dir / "key_file.json")] if c.token_auth else []),
+            cwd=REPO, env=env, start_new_session=True)
+
+    def wait_serving(self, timeout_s: float = 300.0) -> None:
+        """Blocks until the gateway's health check says SERVING; raises if a process exits or time runs out."""
+        deadline = time.monotonic() + timeout_s
+        with grpc.insecure_channel(f"{HOST}:{self.config.ports.grpc}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                for name, proc in (("torchserve", self.torchserve), ("gateway", self.gateway)):
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"{name} exited with code {proc.returncode}")
+                try:
+                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == \
+                            health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.5)
+        raise TimeoutError(f"service not SERVING after {timeout_s:.0f} s")
+
+    @staticmethod
+    def _end(proc: subprocess.Popen | None, grace_s: float) -> None:
+        if proc is None or proc.poll() is not None and not _group_alive(proc.pid):
+            return
+        _signal_group(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+        deadline = time.monotonic() + grace_s
+        while _group_alive(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _group_alive(proc.pid):
+            _signal_group(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        """Gateway first (drains its RPCs), then TorchServe and its workers."""
+        self._end(self.gateway, grace_s)
+        self._end(self.torchserve, grace_s)
+
+    def __enter__(self) -> "LocalService":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def main(argv=None) -> None:
+    d = Ports()
+    parser = argparse.ArgumentParser(prog="python -m galore_gateway.local", description=__doc__)
+    parser.add_argument("--model-store", type=Path, default=REPO / "model_store")
+    parser.add_argument("--run-dir", type=Path, default=REPO / ".run", help="config, logs and temp files")
+    parser.add_argument("--model", default="efficientnet_lite0", help="archive <model>.mar in --model-store")
+    for name, default in d.__dict__.items():
+        flag = {"grpc": "grpc-port", "gateway_metrics": "gateway-metrics-port", "rest": "rest-port",
+                "management": "management-port", "metrics": "metrics-port", "ts_grpc": "ts-grpc-port",
+                "ts_grpc_management": "ts-grpc-management-port"}[name]
+        parser.add_argument(f"--{flag}", dest=name, type=int, default=default)
+    parser.add_argument("--enable-token-auth", action="store_true", help="TorchServe token authorization on")
+    parser.add_argument("--enable-model-api", action="store_true", help="TorchServe model (un)registration API on")
+    parser.add_argument("--verbose", action="store_true", help="TorchServe's default (verbose) logging")
+    args = parser.parse_args(argv)
+    ports = Ports(**{name: getattr(args, name) for name in d.__dict__})
+    config = LocalConfig(model_store=args.model_store, run_dir=args.run_dir.resolve(), model=args.model,
+                         ports=ports, token_auth=args.enable_token_auth, model_api=args.enable_model_api,
+                         quiet=not args.verbose)
+    service = LocalService(config)
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
+    service.start()
+    print(f"galore: gRPC Explain on {HOST}:{ports.grpc}, REST http://{HOST}:{ports.rest}/predictions/{args.model}, "
+          f"metrics :{ports.gateway_metrics} (gateway) :{ports.metrics} (TorchServe). Ctrl-C stops.", flush=True)
+    failed = False
+    try:
+        while not stopping:
+            if service.torchserve.poll() is not None or service.gateway.poll() is not None:
+                print("galore: a process exited; stopping", file=sys.stderr, flush=True)
+                failed = True
+                break
+            time.sleep(0.5)
+    finally:
+        service.stop()
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""The grpc.aio server: ``galore.v1.Explainer`` forwarding to TorchServe, plus health and reflection.
+
+``Explain`` and ``GetModelInfo`` are registered with identity (de)serializers: the caller's request bytes go to
+the handler as they are and the handler's response bytes come back as they are. The gateway only reads the
+response's first field (the request-level status) to choose the gRPC status code.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from galore_api.v1 import explainer_pb2 as pb
+
+from . import metrics
+from .config import GatewayConfig
+from .torchserve import TorchServeClient
+
+logger = logging.getLogger(__name__)
+SERVICE = pb.DESCRIPTOR.services_by_name["Explainer"].full_name  # "galore.v1.Explainer"
+TRANSPORT = "grpc"
+_CODE_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+class ExplainerGateway:
+    """Implements Explain / GetModelInfo on raw bytes."""
+
+    def __init__(self, config: GatewayConfig, torchserve: TorchServeClient):
+        self.config = config
+        self.torchserve = torchserve
+        self.images = metrics.images_rate(config.model)
+
+    def _timeout(self, context: grpc.aio.ServicerContext) -> float:
+        remaining = context.time_remaining()
+        return self.config.default_timeout_s if remaining is None else max(remaining, 0.001)
+
+    async def _forward(self, rpc: str, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """Calls the handler; TorchServe failures become UNAVAILABLE / DEADLINE_EXCEEDED / their own code."""
+        try:
+            return await self.torchserve.call(rpc, request, self._timeout(context))
+        except grpc.aio.AioRpcError as err:
+            code = err.code()
+            if code == grpc.StatusCode.UNAVAILABLE:
+                message = f"TorchServe at {self.config.torchserve_inference} is unavailable: {err.details()}"
+            elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                message = "deadline exceeded while TorchServe was explaining"
+            else:
+                message = f"TorchServe: {err.details()}"
+            await context.abort(code, message)
+
+    async def _observe(self, rpc: str, request: bytes, context, on_answer) -> bytes:
+        labels = {"model": self.config.model}
+        start = time.perf_counter()
+        status = "INTERNAL"
+        metrics.INFLIGHT.labels(**labels).inc()
+        try:
+            answer = await self._forward(rpc, request, context)
+            status = on_answer(answer)
+            if status != "OK":
+                await self._abort_with_status(answer, context)
+            return answer
+        except asyncio.CancelledError:
+            status = "CANCELLED"
+            raise
+        except grpc.aio.AbortError:
+            status = context.code().name if context.code() is not None else status
+            raise
+        finally:
+            metrics.INFLIGHT.labels(**labels).dec()
+            metrics.REQUEST_SECONDS.labels(transport=TRANSPORT, **labels).observe(time.perf_counter() - start)
+            metrics.REQUESTS_TOTAL.labels(transport=TRANSPORT, status=status, **labels).inc()
+
+    async def _abort_with_status(self, answer: bytes, context) -> None:
+        head = pb.ExplainResponseHead.FromString(answer)
+        # grpc_code was filled by the handler from galore.errors.STATUS_TABLE (the one table); the gateway does
+        # not import the torch-based core.
+        code = _CODE_BY_NUMBER.get(head.status.grpc_code, grpc.StatusCode.UNKNOWN)
+        context.set_trailing_metadata((("galore-field", head.status.field), ("galore-code", head.status.code)))
+        message = f"{head.status.field}: {head.status.message}" if head.status.field else head.status.message
+        await context.abort(code, message)
+
+    def _explain_status(self, answer: bytes) -> str:
+        head = pb.ExplainResponseHead.FromString(answer)
+        code = head.status.code or "OK"
+        if code == "OK":
+            self.images.add(sum(1 for _ in head.images))
+        return code
+
+    async def explain(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return await self._observe("Explain", request, context, self._explain_status)
+
+    async def get_model_info(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return await self._observe("GetModelInfo", request, context, lambda answer: "OK")
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(SERVICE, {
+            "Explain": grpc.unary_unary_rpc_method_handler(self.explain),
+            "GetModelInfo": grpc.unary_unary_rpc_method_handler(self.get_model_info),
+        })
+
+
+async def watch_health(torchserve: TorchServeClient, servicer: health.aio.HealthServicer, poll_s: float) -> None:
+    """SERVING (overall and for galore.v1.Explainer) exactly while the TorchServe model has a READY worker."""
+    last = None
+    while True:
+        ready = await torchserve.model_ready()
+        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        if status != last:
+            for name in ("", SERVICE):
+                await servicer.set(name, status)
+            logger.info("health: %s", health_pb2.HealthCheckResponse.ServingStatus.Name(status))
+            last = status
+        await asyncio.sleep(poll_s)
+
+
+async def serve(config: GatewayConfig, ready: asyncio.Event | None = None) -> None:
+    """Runs until SIGTERM/SIGINT, then reports NOT_SERVING and drains for ``shutdown_grace_s``."""
+    torchserve = TorchServeClient(config)
+    gateway = ExplainerGateway(config, torchserve)
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", config.caller_max_request_bytes),
+        ("grpc.max_send_message_length", config.max_response_bytes),
+        ("grpc.so_reuseport", 0),
+    ])
+    server.add_generic_rpc_handlers((gateway.handler(),))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", SERVICE):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection(
+        (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+    if server.add_insecure_port(config.listen) == 0:
+        raise OSError(f"cannot listen on {config.listen}")
+    await server.start()
+    watcher = asyncio.create_task(watch_health(torchserve, health_servicer, config.health_poll_s))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    logger.info("galore gateway on %s -> TorchServe %s (model %s)", config.listen, config.torchserve_inference,
+                config.model)
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    logger.info("shutting down (grace %.1f s)", config.shutdown_grace_s)
+    watcher.cancel()
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(config.shutdown_grace_s)
+    await torchserve.close()

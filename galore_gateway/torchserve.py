@@ -1,0 +1,78 @@
+"""Persistent gRPC channel to TorchServe: forwards handler calls and reports model readiness."""
+from __future__ import annotations
+
+import json
+import os
+
+import grpc
+
+from galore_api.torchserve import inference_pb2, inference_pb2_grpc, management_pb2, management_pb2_grpc
+
+from .config import ENVELOPE_BYTES, GatewayConfig
+
+RPC_KEY = "galore-rpc"  # the handler's key for the call name (handlers/wire.py)
+
+
+class KeyFile:
+    """TorchServe's key_file.json (token authorization on): re-read whenever TorchServe rewrites it."""
+
+    def __init__(self, path: str | None):
+        self.path = path
+        self._stamp: float | None = None
+        self._keys: dict[str, str] = {}
+
+    def metadata(self, api: str) -> tuple[tuple[str, str], ...]:
+        """``(("authorization", "Bearer <key>"),)`` for api "inference" or "management"; () when auth is off."""
+        if self.path is None:
+            return ()
+        try:
+            stamp = os.stat(self.path).st_mtime
+            if stamp != self._stamp:
+                with open(self.path, encoding="utf-8") as handle:
+                    keys = json.load(handle)
+                self._keys = {name: entry.get("key", "") for name, entry in keys.items() if isinstance(entry, dict)}
+                self._stamp = stamp
+        except (OSError, ValueError):
+            return ()
+        key = self._keys.get(api)
+        return (("authorization", f"Bearer {key}"),) if key else ()
+
+
+class TorchServeClient:
+    """One channel per TorchServe API, opened once and shared by all RPCs."""
+
+    def __init__(self, config: GatewayConfig):
+        self.config = config
+        self.keys = KeyFile(config.torchserve_key_file)
+        options = [
+            ("grpc.max_send_message_length", config.max_request_bytes),
+            ("grpc.max_receive_message_length", config.max_response_bytes + ENVELOPE_BYTES),
+        ]
+        self._inference_channel = grpc.aio.insecure_channel(config.torchserve_inference, options=options)
+        self._management_channel = grpc.aio.insecure_channel(config.torchserve_management)
+        self._inference = inference_pb2_grpc.InferenceAPIsServiceStub(self._inference_channel)
+        self._management = management_pb2_grpc.ManagementAPIsServiceStub(self._management_channel)
+
+    async def call(self, rpc: str, body: bytes, timeout_s: float) -> bytes:
+        """Runs one handler call; returns the handler's bytes unchanged. Raises grpc.aio.AioRpcError."""
+        request = inference_pb2.PredictionsRequest(
+            model_name=self.config.model, input={RPC_KEY: rpc.encode(), "body": body})
+        response = await self._inference.Predictions(request, timeout=timeout_s,
+                                                     metadata=self.keys.metadata("inference"))
+        return response.prediction
+
+    async def model_ready(self, timeout_s: float = 2.0) -> bool:
+        """True when TorchServe reports at least one READY worker for the model."""
+        try:
+            answer = await self._management.DescribeModel(
+                management_pb2.DescribeModelRequest(model_name=self.config.model), timeout=timeout_s,
+                metadata=self.keys.metadata("management"))
+            described = json.loads(answer.msg)
+        except (grpc.aio.AioRpcError, ValueError):
+            return False
+        return any(worker.get("status") == "READY"
+                   for model in described for worker in model.get("workers", []))
+
+    async def close(self) -> None:
+        await self._inference_channel.close()
+        await self._management_channel.close()

@@ -1,0 +1,189 @@
+"""galore.v1 protobuf <-> galore engine objects. Pure translation; every check names the request field."""
+from __future__ import annotations
+
+import enum
+
+import numpy as np
+import torch
+
+from galore.errors import STATUS_TABLE, GaloreError, InvalidArgument
+from galore.options import Attribution, ExplainOptions, Kind, Score, Target, Threshold
+from galore.results import Attributive, Counterfactual, ImageResult, Insecurity, Region
+from galore_api.v1 import explainer_pb2 as pb
+
+# proto enum prefix of each galore enum; the value names after the prefix equal the galore member names.
+_PREFIX = {
+    Kind: "EXPLANATION_KIND_",
+    Attribution: "ATTRIBUTION_FUNCTION_",
+    Score: "CONFIDENCE_SCORE_",
+    Target: "ATTRIBUTION_TARGET_",
+}
+_PROTO_ENUM = {
+    Kind: pb.ExplanationKind,
+    Attribution: pb.AttributionFunction,
+    Score: pb.ConfidenceScore,
+    Target: pb.AttributionTarget,
+}
+MAX_IG_STEPS = 1000
+
+
+def to_galore_enum(galore_enum: type[enum.Enum], number: int, field: str, default=None):
+    """Proto enum number -> galore enum member; UNSPECIFIED (0) -> ``default``; unknown numbers are errors."""
+    if number == 0:
+        if default is None:
+            raise InvalidArgument(field, "UNSPECIFIED is not allowed here")
+        return default
+    proto_enum = _PROTO_ENUM[galore_enum]
+    try:
+        name = proto_enum.Name(number)
+    except ValueError:
+        raise InvalidArgument(field, f"unknown {proto_enum.DESCRIPTOR.name} value {number}") from None
+    return galore_enum[name.removeprefix(_PREFIX[galore_enum])]
+
+
+def to_proto_enum(member: enum.Enum | str) -> int:
+    """galore enum member (or its value string) -> proto enum number."""
+    for galore_enum, prefix in _PREFIX.items():
+        if isinstance(member, galore_enum):
+            return _PROTO_ENUM[galore_enum].Value(prefix + member.name)
+        if isinstance(member, str):
+            for candidate in galore_enum:
+                if member in (candidate.value, candidate.name):
+                    return _PROTO_ENUM[galore_enum].Value(prefix + candidate.name)
+    raise ValueError(f"no proto enum for {member!r}")
+
+
+def _count(value: int, field: str, default: int, upper: int | None = None) -> int:
+    if value < 0:
+        raise InvalidArgument(field, f"must be >= 0 (0 = default {default}), got {value}")
+    if upper is not None and value > upper:
+        raise InvalidArgument(field, f"must be <= {upper}, got {value}")
+    return value or default
+
+
+def _threshold(message: pb.ExplainOptions) -> Threshold:
+    if not message.HasField("threshold"):
+        return Threshold()
+    rule = message.threshold.WhichOneof("rule")
+    if rule == "coverage":
+        value = message.threshold.coverage
+        if not 0.0 < value <= 1.0:
+            raise InvalidArgument("options.threshold.coverage", f"must be in (0, 1], got {value}")
+        return Threshold(coverage=value, absolute=None)
+    if rule == "absolute":
+        value = message.threshold.absolute
+        if not 0.0 <= value < 1.0:
+            raise InvalidArgument("options.threshold.absolute", f"must be in [0, 1), got {value}")
+        return Threshold(coverage=None, absolute=value)
+    return Threshold()
+
+
+def _kinds(message: pb.ExplainOptions) -> frozenset[Kind]:
+    kinds = [to_galore_enum(Kind, k, f"options.kinds[{i}]") for i, k in enumerate(message.kinds)]
+    if message.prediction_only:
+        if kinds:
+            raise InvalidArgument("options.prediction_only", "set either prediction_only or kinds, not both")
+        return frozenset()
+    return frozenset(kinds) if kinds else frozenset(Kind)
+
+
+def to_options(message: pb.ExplainOptions, counter_ids: tuple[int, ...], num_classes: int) -> ExplainOptions:
+    """ExplainOptions proto -> galore ExplainOptions (counter classes already resolved to ids)."""
+    defaults = ExplainOptions()
+    # defaults shrink to models with fewer classes than the default E / top-k
+    top_e = _count(message.top_e, "options.top_e", min(defaults.top_e, num_classes), num_classes)
+    top_k = _count(message.top_k, "options.top_k", min(defaults.top_k, num_classes), num_classes)
+    for i, v in enumerate(message.dims):
+        if v < 2 or v > top_e:
+            raise InvalidArgument(f"options.dims[{i}]", f"V must be in [2, top_e={top_e}], got {v}")
+    return ExplainOptions(
+        kinds=_kinds(message),
+        attribution=to_galore_enum(Attribution, message.attribution, "options.attribution", defaults.attribution),
+        score=to_galore_enum(Score, message.score, "options.score", defaults.score),
+        target=to_galore_enum(Target, message.target, "options.target", defaults.target),
+        clip_negative=message.clip_negative if message.HasField("clip_negative") else defaults.clip_negative,
+        normalize=message.normalize,
+        top_e=top_e,
+        dims=tuple(sorted(set(message.dims))) or defaults.dims,
+        max_insecurities=_count(message.max_insecurities, "options.max_insecurities", defaults.max_insecurities),
+        counter_classes=counter_ids,
+        threshold=_threshold(message),
+        include_heatmaps=message.include_heatmaps,
+        top_k=top_k,
+        ig_steps=_count(message.ig_steps, "options.ig_steps", defaults.ig_steps, MAX_IG_STEPS),
+    )
+
+
+def status(error: GaloreError | None) -> pb.Status:
+    """A GaloreError (or None for success) -> Status, codes from galore.errors.STATUS_TABLE."""
+    if error is None:
+        grpc_code, http_status = STATUS_TABLE["OK"]
+        return pb.Status(code="OK", grpc_code=grpc_code, http_status=http_status)
+    return pb.Status(code=error.code, grpc_code=error.grpc_code, http_status=error.http_status,
+                     message=error.message, field=error.field)
+
+
+def mask(bool_mask: torch.Tensor, pixel_count: int, bbox) -> pb.Mask:
+    """(H, W) bool tensor -> bit-packed row-major Mask (MSB first, as numpy.packbits)."""
+    height, width = bool_mask.shape
+    bits = np.packbits(bool_mask.detach().to("cpu", torch.bool).numpy().reshape(-1))
+    message = pb.Mask(width=width, height=height, bits=bits.tobytes(), pixel_count=int(pixel_count))
+    if bbox is not None:
+        x0, y0, x1, y1 = (int(v) for v in bbox)
+        message.bbox.CopyFrom(pb.BoundingBox(x0=x0, y0=y0, x1=x1, y1=y1))
+    return message
+
+
+def region(value: Region, include_heatmap: bool) -> pb.Region:
+    message = pb.Region(mask=mask(value.mask, value.pixel_count, value.bbox), strength=float(value.strength))
+    if include_heatmap and value.heatmap is not None:
+        heat = value.heatmap.detach().to("cpu", torch.float32)
+        message.heatmap.CopyFrom(pb.Heatmap(height=heat.shape[0], width=heat.shape[1],
+                                            values=heat.reshape(-1).tolist()))
+    return message
+
+
+def _attributive(value: Attributive, labels, heat: bool) -> pb.Attributive:
+    return pb.Attributive(class_id=value.class_id, label=labels[value.class_id], region=region(value.region, heat))
+
+
+def _insecurity(value: Insecurity, labels, heat: bool) -> pb.Insecurity:
+    return pb.Insecurity(class_ids=list(value.class_ids), labels=[labels[c] for c in value.class_ids],
+                         region=region(value.region, heat))
+
+
+def _counterfactual(value: Counterfactual, labels, heat: bool) -> pb.Counterfactual:
+    message = pb.Counterfactual(predicted_id=value.predicted_id, counter_ids=list(value.counter_ids),
+                                query=region(value.query, heat), strength=float(value.strength),
+                                complete=bool(value.complete))
+    for side in value.exemplars:
+        item = message.exemplars.add(class_id=side.class_id, label=labels[side.class_id],
+                                     exemplar_key=side.exemplar_key or "", missing_reason=side.missing_reason)
+        if side.region is not None:
+            item.region.CopyFrom(region(side.region, heat))
+    return message
+
+
+def image_explanation(image_id: str, result: ImageResult, labels, include_heatmaps: bool) -> pb.ImageExplanation:
+    """One engine result -> ImageExplanation (its own status; no explanation fields when it failed)."""
+    message = pb.ImageExplanation(id=image_id, status=status(result.error))
+    if result.error is not None:
+        return message
+    message.width, message.height = result.width, result.height
+    for c in result.top_classes:
+        message.top_classes.add(class_id=c.class_id, label=c.label, probability=float(c.probability))
+    message.score = float(result.score)
+    if result.score_name:
+        message.score_kind = to_proto_enum(result.score_name if isinstance(result.score_name, str)
+                                           else result.score_name)
+    if result.attributive is not None:
+        message.attributive.CopyFrom(_attributive(result.attributive, labels, include_heatmaps))
+    if result.self_aware is not None:
+        message.self_aware.CopyFrom(_attributive(result.self_aware, labels, include_heatmaps))
+    for dim in sorted(result.deliberative):
+        group = message.deliberative.add(dim=dim)
+        ranked = sorted(result.deliberative[dim], key=lambda item: item.region.strength, reverse=True)
+        group.insecurities.extend(_insecurity(item, labels, include_heatmaps) for item in ranked)
+    if result.counterfactual is not None:
+        message.counterfactual.CopyFrom(_counterfactual(result.counterfactual, labels, include_heatmaps))
+    return message

@@ -1,0 +1,64 @@
+"""TorchServe entry point (the archive's ``--handler``): builds the engine once, answers each batch.
+
+TorchServe calls ``handle(data, context)`` with one dict per request of the dynamic batch; we return exactly one
+bytes item per request and set each request's HTTP status and content type.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+from PIL import Image
+
+from handlers.config import HandlerConfig
+from handlers.metrics import WorkerMetrics
+from handlers.model import build_engine
+from handlers.service import ExplainService
+
+logger = logging.getLogger(__name__)
+
+
+class GaloreHandler:
+    """TorchServe custom handler: ``initialize`` once per worker, ``handle`` once per batch."""
+
+    def __init__(self):
+        self.service: ExplainService | None = None
+        self.initialized = False
+
+    def initialize(self, context) -> None:
+        properties = context.system_properties
+        model_dir = properties.get("model_dir")
+        config = HandlerConfig.from_model_yaml(getattr(context, "model_yaml_config", None), model_dir)
+        Image.MAX_IMAGE_PIXELS = config.limits.max_pixels  # Pillow's decompression-bomb guard
+        gpu = properties.get("gpu_id")
+        device = f"cuda:{gpu}" if gpu is not None and _cuda_available() else "cpu"
+        engine = build_engine(config, device)
+        self.service = ExplainService(engine, config, context.model_name)
+        self.initialized = True
+        logger.info("galore handler ready: model=%s device=%s pid=%d", context.model_name, device, os.getpid())
+
+    def handle(self, data: list[dict], context) -> list[bytes]:
+        metrics = WorkerMetrics(context, context.model_name)
+        answers = self.service.answer_batch(data, context, metrics)
+        for idx, answer in enumerate(answers):
+            context.set_response_status(answer.http_status, answer.phrase, idx)
+            context.set_response_content_type(idx, answer.media_type)
+        return [answer.body for answer in answers]
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+_service = GaloreHandler()
+
+
+def handle(data, context):
+    """Module-level entry TorchServe calls; initializes on first use (data is None on the load ping)."""
+    if not _service.initialized:
+        _service.initialize(context)
+    if data is None:
+        return None
+    return _service.handle(data, context)

@@ -1,0 +1,53 @@
+"""Builds the worker's engine from the handler config, and loads the archive's exemplar bank once."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from galore.errors import InvalidArgument
+
+from .config import DEFAULT_MODEL, HandlerConfig
+from .decode import decode_image
+
+logger = logging.getLogger(__name__)
+BANK_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
+
+def read_labels(path: str) -> list[str]:
+    """One label per line, in class-id order; blank lines are not allowed."""
+    labels = Path(path).read_text(encoding="utf-8").splitlines()
+    if not labels or any(not label.strip() for label in labels):
+        raise InvalidArgument("handler.labels", f"{path}: need one non-empty label per line")
+    return [label.strip() for label in labels]
+
+
+def build_engine(config: HandlerConfig, device: str):
+    """``galore.Engine`` for ``config.model``: the default EfficientNet-Lite0 or a torchvision classifier."""
+    from galore import Engine
+
+    if config.model == DEFAULT_MODEL and config.state_dict is None:
+        engine = Engine.default(device=device)
+    else:
+        if config.labels is None:
+            raise InvalidArgument("handler.labels", f"a label file is required for {config.model}")
+        engine = Engine.from_torchvision(
+            config.model, state_dict=config.state_dict, labels=read_labels(config.labels), layer=config.layer,
+            hardness_arch=config.hardness_arch, hardness_state_dict=config.hardness_state_dict, device=device)
+    if config.exemplar_bank:
+        load_exemplar_bank(engine, Path(config.exemplar_bank), config)
+    return engine
+
+
+def load_exemplar_bank(engine, folder: Path, config: HandlerConfig) -> int:
+    """Adds every ``folder/class_name/*.jpg`` to the engine's bank (the engine caches their features)."""
+    count = 0
+    for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+        class_id = engine.class_id(class_dir.name)
+        for image_path in sorted(class_dir.iterdir()):
+            if image_path.suffix.lower() not in BANK_SUFFIXES:
+                continue
+            key = f"bank/{class_dir.name}/{image_path.name}"
+            engine.add_exemplar(class_id, decode_image(image_path.read_bytes(), key, config.limits), key=key)
+            count += 1
+    logger.info("exemplar bank: %d images from %s", count, folder)
+    return count

@@ -1,0 +1,125 @@
+"""A generic torchvision archive (state dict + labels + hardness predictor + exemplar bank), built by the real
+build script and loaded by TorchServe's own Python model loader, the way a worker loads it."""
+from __future__ import annotations
+
+import sys
+import zipfile
+
+import pytest
+import torch
+import torchvision
+from skimage import data
+
+from galore_api.v1 import explainer_pb2 as pb
+from model_store.build import BuildError, build_torchvision
+
+from .conftest import encode
+
+LABELS = ["apple", "banana", "cherry"]
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tv")
+    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), folder / "w.pt")
+    torch.save(torchvision.models.resnet18(num_classes=1).state_dict(), folder / "h.pt")
+    (folder / "labels.txt").write_text("\n".join(LABELS) + "\n")
+    for label, photo in (("banana", data.coffee()), ("cherry", data.astronaut())):
+        (folder / "bank" / label).mkdir(parents=True)
+        (folder / "bank" / label / "one.jpg").write_bytes(encode(photo))
+    mar = build_torchvision(folder / "out", "resnet18", folder / "w.pt", folder / "labels.txt", name="fruit",
+                            hardness_arch="resnet18", hardness_state_dict=folder / "h.pt",
+                            exemplar_bank=folder / "bank", batch_size=4)
+    return folder, mar
+
+
+@pytest.fixture(scope="module")
+def worker(archive):
+    """TorchServe's Python model loader on the extracted archive (what model_service_worker does)."""
+    from ts.model_loader import ModelLoaderFactory
+
+    folder, mar = archive
+    model_dir = folder / "model"
+    with zipfile.ZipFile(mar) as zipped:
+        zipped.extractall(model_dir)
+    sys.path.insert(0, str(model_dir))
+    try:
+        service = ModelLoaderFactory.get_model_loader().load(
+            "fruit", str(model_dir), "galore_handler.py", None, 4, limit_max_image_pixels=True)
+        yield service
+    finally:
+        sys.path.remove(str(model_dir))
+
+
+def run(service, requests: list[tuple[dict, dict]]) -> list[tuple[int, bytes]]:
+    """One TorchServe batch: (input dict, headers) per request -> (HTTP status, body) per request."""
+    from ts.context import RequestProcessor
+
+    service.context.request_processor = [RequestProcessor(headers) for _, headers in requests]
+    bodies = service._entry_point([row for row, _ in requests], service.context)
+    return [(service.context.get_response_status(i)[0], body) for i, body in enumerate(bodies)]
+
+
+def explain(service, request: pb.ExplainRequest) -> pb.ExplainResponse:
+    [(status, body)] = run(service, [({"galore-rpc": b"Explain", "body": request.SerializeToString()}, {})])
+    return pb.ExplainResponse.FromString(body)
+
+
+def test_archive_carries_weights_labels_bank_and_batching(archive):
+    _, mar = archive
+    with zipfile.ZipFile(mar) as zipped:
+        names = set(zipped.namelist())
+        config = zipped.read("model-config.yaml").decode()
+    assert {"weights.pt", "hardness.pt", "labels.txt", "exemplars/banana/one.jpg", "exemplars/cherry/one.jpg",
+            "galore_handler.py", "handlers/service.py", "galore_api/v1/explainer_pb2.py"} <= names
+    assert "batchSize: 4" in config and "maxBatchDelay: 20" in config and "exemplar_bank: exemplars" in config
+
+
+def test_model_info_of_the_torchvision_archive(worker):
+    [(status, body)] = run(worker, [({"galore-rpc": b"GetModelInfo", "body": b""}, {})])
+    info = pb.ModelInfo.FromString(body)
+    assert status == 200 and info.name == "fruit" and info.architecture == "resnet18"
+    assert [c.label for c in info.classes] == LABELS
+    assert list(info.exemplar_class_ids) == [1, 2] and info.has_hardness_predictor
+    assert pb.CONFIDENCE_SCORE_EASINESS in info.scores and info.max_batch_size == 4
+
+
+def test_bank_exemplar_and_easiness(worker):
+    photo = encode(data.chelsea())
+    first = explain(worker, pb.ExplainRequest(images=[pb.Image(data=photo)],
+                                              options=pb.ExplainOptions(prediction_only=True, top_k=3)))
+    predicted = first.images[0].top_classes[0].class_id
+    counter = 2 if predicted == 1 else 1
+    options = pb.ExplainOptions(kinds=[pb.EXPLANATION_KIND_COUNTERFACTUAL], score=pb.CONFIDENCE_SCORE_EASINESS,
+                                top_e=3, counter_classes=[pb.CounterClass(class_id=counter)])
+    image = explain(worker, pb.ExplainRequest(images=[pb.Image(data=photo)], options=options)).images[0]
+    assert image.status.code == "OK" and image.score_kind == pb.CONFIDENCE_SCORE_EASINESS
+    assert 0.0 <= image.score <= 1.0
+    side = image.counterfactual.exemplars[0]
+    assert side.exemplar_key == f"bank/{LABELS[counter]}/one.jpg" and image.counterfactual.complete
+    bank_photo = (data.coffee() if counter == 1 else data.astronaut()).shape
+    assert (side.region.mask.height, side.region.mask.width) == bank_photo[:2]
+
+
+def test_batch_of_mixed_formats_gets_one_answer_each(worker):
+    photo = encode(data.chelsea())
+    answers = run(worker, [
+        ({"body": photo}, {"Content-Type": "image/jpeg"}),
+        ({"body": b"nope"}, {"Content-Type": "text/plain"}),
+        ({"body": b'{"images": [{"data": "AAAA"}]}'}, {"Content-Type": "application/json"}),
+    ])
+    assert [status for status, _ in answers] == [200, 415, 400]
+
+
+def test_build_rejects_bad_inputs(archive, tmp_path):
+    folder, _ = archive
+    (tmp_path / "bad.pt").write_bytes(b"not a state dict")
+    with pytest.raises(BuildError, match="--state-dict"):
+        build_torchvision(tmp_path, "resnet18", tmp_path / "bad.pt", folder / "labels.txt")
+    with pytest.raises(BuildError, match="--arch"):
+        build_torchvision(tmp_path, "resnet9000", folder / "w.pt", folder / "labels.txt")
+    (tmp_path / "bank" / "durian").mkdir(parents=True)
+    with pytest.raises(BuildError, match="durian"):
+        build_torchvision(tmp_path, "resnet18", folder / "w.pt", folder / "labels.txt",
+                          exemplar_bank=tmp_path / "bank")

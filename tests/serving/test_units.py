@@ -1,0 +1,149 @@
+"""Serving pieces without servers: mask packing, enum mapping, limits, configs, sliding rate."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from galore.errors import InvalidArgument, ResourceExhausted
+from galore.options import Attribution, Kind, Score, Target
+from galore_api.v1 import explainer_pb2 as pb
+from galore_client.client import decode_mask
+from galore_gateway.config import ENVELOPE_BYTES, GatewayConfig
+from galore_gateway.local import LocalConfig, Ports, render_ts_config
+from galore_gateway.metrics import SlidingRate
+from handlers import convert
+from handlers.config import HandlerConfig, Limits
+from handlers.decode import decode_image
+from handlers.wire import parse_explain_json
+
+
+def test_mask_bits_are_row_major_msb_first():
+    mask = torch.zeros(2, 5, dtype=torch.bool)
+    mask[0, 0] = mask[0, 4] = mask[1, 2] = True  # bits 0, 4, 7 of 10
+    packed = convert.mask(mask, 3, (0, 0, 5, 2))
+    assert packed.bits == bytes([0b10001001, 0b00000000])
+    assert (packed.width, packed.height, packed.pixel_count) == (5, 2, 3)
+    assert np.array_equal(decode_mask(packed), mask.numpy())
+
+
+def test_empty_mask_has_no_bbox():
+    packed = convert.mask(torch.zeros(3, 3, dtype=torch.bool), 0, None)
+    assert not packed.HasField("bbox") and packed.bits == b"\x00\x00"
+
+
+@pytest.mark.parametrize("galore_enum", [Kind, Attribution, Score, Target])
+def test_every_engine_enum_has_a_proto_value_and_back(galore_enum):
+    for member in galore_enum:
+        number = convert.to_proto_enum(member)
+        assert number > 0
+        assert convert.to_galore_enum(galore_enum, number, "f") is member
+        assert convert.to_proto_enum(member.value) == number
+
+
+def test_unspecified_takes_the_default_and_unknown_numbers_name_the_field():
+    assert convert.to_galore_enum(Score, 0, "options.score", Score.CERTAINTY) is Score.CERTAINTY
+    with pytest.raises(InvalidArgument) as caught:
+        convert.to_galore_enum(Score, 42, "options.score", Score.SOFTMAX)
+    assert caught.value.field == "options.score"
+    with pytest.raises(InvalidArgument) as caught:
+        convert.to_options(pb.ExplainOptions(kinds=[pb.EXPLANATION_KIND_UNSPECIFIED]), (), 1000)
+    assert caught.value.field == "options.kinds[0]"
+
+
+def test_options_defaults_and_counts():
+    options = convert.to_options(pb.ExplainOptions(), (), 1000)
+    assert options.kinds == frozenset(Kind) and options.top_k == 5 and options.dims == (2,)
+    assert options.clip_negative is True and options.threshold.coverage == 0.1
+    options = convert.to_options(pb.ExplainOptions(prediction_only=True, clip_negative=False, dims=[3, 2, 3],
+                                                   threshold=pb.Threshold(absolute=0.5)), (7,), 1000)
+    assert options.kinds == frozenset() and options.clip_negative is False and options.dims == (2, 3)
+    assert options.threshold.absolute == 0.5 and options.threshold.coverage is None
+    assert options.counter_classes == (7,)
+    for bad, field in ((pb.ExplainOptions(top_k=-1), "options.top_k"), (pb.ExplainOptions(top_k=1001), "options.top_k"),
+                       (pb.ExplainOptions(ig_steps=5000), "options.ig_steps"),
+                       (pb.ExplainOptions(threshold=pb.Threshold(absolute=1.0)), "options.threshold.absolute"),
+                       (pb.ExplainOptions(prediction_only=True, kinds=[1]), "options.prediction_only")):
+        with pytest.raises(InvalidArgument) as caught:
+            convert.to_options(bad, (), 1000)
+        assert caught.value.field == field
+
+
+def _png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (10, 20, 30)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_decode_gives_chw_uint8_rgb_and_enforces_limits():
+    image = decode_image(_png(7, 3), "images[0].data", Limits())
+    assert image.shape == (3, 3, 7) and image.dtype == torch.uint8
+    assert image[:, 0, 0].tolist() == [10, 20, 30]
+    with pytest.raises(ResourceExhausted) as caught:
+        decode_image(_png(7, 3), "images[2].data", Limits(max_pixels=20))
+    assert caught.value.field == "images[2].data" and "21 pixels" in caught.value.message
+    with pytest.raises(ResourceExhausted):
+        decode_image(_png(7, 3), "x", Limits(max_image_bytes=10))
+    with pytest.raises(InvalidArgument):
+        decode_image(_png(7, 3)[:40], "x", Limits())
+
+
+def test_handler_config_is_validated_and_paths_resolved(tmp_path):
+    config = HandlerConfig.from_model_yaml(
+        {"batchSize": 4, "handler": {"model": "resnet50", "state_dict": "w.pt", "labels": "l.txt",
+                                     "limits": {"max_pixels": 100}}}, str(tmp_path))
+    assert config.state_dict == str(tmp_path / "w.pt") and config.batch_size == 4
+    assert config.limits == Limits(max_pixels=100)
+    with pytest.raises(InvalidArgument) as caught:
+        HandlerConfig.from_model_yaml({"handler": {"modle": "x"}}, str(tmp_path))
+    assert caught.value.field == "handler" and "modle" in caught.value.message
+    with pytest.raises(InvalidArgument) as caught:
+        Limits(max_images_per_request=0)
+    assert caught.value.field == "handler.limits.max_images_per_request"
+
+
+def test_gateway_takes_ports_and_size_limits_from_the_torchserve_config(tmp_path):
+    config = LocalConfig(model_store=tmp_path, run_dir=tmp_path / "run", ports=Ports(1, 2, 3, 4, 5, 6, 7))
+    path = render_ts_config(config)
+    text = path.read_text()
+    assert "inference_address=http://127.0.0.1:3\n" in text and "grpc_management_port=7\n" in text
+    assert "disable_token_authorization=true\n" in text and "enable_model_api=false\n" in text
+    gateway = GatewayConfig.with_torchserve_config(path, listen="127.0.0.1:9")
+    assert (gateway.torchserve_inference, gateway.torchserve_management) == ("127.0.0.1:6", "127.0.0.1:7")
+    assert gateway.max_request_bytes == gateway.max_response_bytes == 104857600
+    assert gateway.caller_max_request_bytes == 104857600 - ENVELOPE_BYTES
+
+
+def test_sliding_rate_forgets_old_events():
+    now = [100.0]
+    rate = SlidingRate(window_s=10.0, clock=lambda: now[0])
+    rate.add(30)
+    now[0] = 105.0
+    rate.add(20)
+    assert rate.per_second() == 5.0
+    now[0] = 112.0
+    assert rate.per_second() == 2.0
+
+
+@pytest.mark.parametrize("body, field", [
+    ('{"options": {"score": "CONFIDENCE_SCORE_NOPE"}}', "options.score"),
+    ('{"options": {"topE": 1.5}}', "options.topE"),
+    ('{"options": {"counterClasses": [{"classId": "x"}]}}', "options.counterClasses.classId"),
+    ('{"imagez": []}', "body"),
+    ('{"images": [', "body"),
+    (b"\xff\xfe", "body"),
+])
+def test_malformed_json_names_the_field(body, field):
+    with pytest.raises(InvalidArgument) as caught:
+        parse_explain_json(body)
+    assert caught.value.field == field and "malformed JSON" in caught.value.message
+
+
+def test_json_mapping_reads_base64_images_and_enums():
+    request = parse_explain_json('{"images": [{"data": "AQID", "id": "a"}], '
+                                 '"options": {"kinds": ["EXPLANATION_KIND_COUNTERFACTUAL"], "topE": 3}}')
+    assert request.images[0].data == b"\x01\x02\x03" and request.images[0].id == "a"
+    assert list(request.options.kinds) == [pb.EXPLANATION_KIND_COUNTERFACTUAL] and request.options.top_e == 3
