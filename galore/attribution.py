@@ -2,9 +2,10 @@
 
 Every function takes ``fn(f, ids)`` mapping features ``f`` ``(N, D, h, w)`` of rows ``ids`` ``(N,)`` (indices into
 F's rows, so ``fn`` knows each row's targets) to target values ``(N, T)`` (rows independent, e.g. the head followed
-by a per-row gather of logits) and ``F`` ``(R, D, h, w)``, and returns raw maps
-``(R, T, h, w)``: one map per row and target, before clipping or normalisation. All R x T gradients come from ONE
-backward pass: F is replicated to ``(R*T, D, h, w)`` rows so that row (r, t) only carries target t.
+by a per-row gather of logits) and ``F`` ``(R, D, h, w)``. It returns raw maps ``(R, T, h, w)``, before clipping or
+normalisation, and with ``split_last=True`` also the last target's per-channel contributions ``(R, D, h, w)``
+(the engine clips the confidence map per channel). All R x T gradients come from ONE head forward over the R rows
+and ONE batched vector-Jacobian product over the T targets (``is_grads_batched``).
 
 Example:
     >>> import torch
@@ -23,54 +24,51 @@ import torch
 from .options import Attribution
 
 TargetFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (N, D, h, w), ids (N,) -> (N, T)
+Maps = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
-def _replicate(F: torch.Tensor, T: int) -> torch.Tensor:
-    R, D, h, w = F.shape
-    return F[:, None].expand(R, T, D, h, w).reshape(R * T, D, h, w)  # (R*T, D, h, w)
+def target_gradients(fn: TargetFn, F: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+    """d fn(F)[r, t] / d F[r] for every row r and target t: (R, D, h, w) -> (R, T, D, h, w).
 
-
-def target_gradients(fn: TargetFn, F: torch.Tensor, ids: torch.Tensor | None = None, create_graph: bool = False
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """d fn(F)[r, t] / d F[r] for every row and target: returns (grads (R*T, D, h, w), leaf Frep)."""
+    One head forward on the R rows; the T one-hot cotangents go through one batched backward (rows are independent,
+    so cotangent t gives every row's gradient of its own target t)."""
     R = F.shape[0]
     ids = torch.arange(R, device=F.device) if ids is None else ids
-    with torch.no_grad():
-        T = fn(F[:1], ids[:1]).shape[1]
-    Frep = _replicate(F.detach(), T).clone().requires_grad_(True)
+    leaf = F.detach().requires_grad_(True)
     with torch.enable_grad():
-        values = fn(Frep, ids.repeat_interleave(T)).reshape(R, T, T).diagonal(dim1=1, dim2=2)  # (R, T): own target
-        (grads,) = torch.autograd.grad(values.sum(), Frep, create_graph=create_graph, allow_unused=True)
-    if grads is None:
-        grads = torch.zeros_like(Frep)
-    return grads, Frep
+        values = fn(leaf, ids)  # (R, T)
+        T = values.shape[1]
+        cotangents = torch.eye(T, device=F.device, dtype=values.dtype)[:, None, :].expand(T, R, T)  # (T, R, T)
+        (grads,) = torch.autograd.grad(values, leaf, grad_outputs=cotangents, is_grads_batched=True,
+                                       allow_unused=True)
+    if grads is None:  # the targets do not depend on F
+        return torch.zeros((R, T) + F.shape[1:], device=F.device, dtype=F.dtype)
+    return grads.transpose(0, 1)  # (R, T, D, h, w)
 
 
-def _out(contrib: torch.Tensor, R: int, per_channel: bool) -> torch.Tensor:
-    """Per-channel contributions (R*T, D, h, w) -> (R, T, D, h, w) if ``per_channel`` else summed (R, T, h, w)."""
-    RT, D, h, w = contrib.shape
-    return contrib.reshape(R, RT // R, D, h, w) if per_channel else contrib.sum(1).reshape(R, RT // R, h, w)
+def _out(contrib: torch.Tensor, split_last: bool) -> Maps:
+    """Per-channel contributions (R, T, D, h, w) -> summed maps (R, T, h, w) [, last target's (R, D, h, w)]."""
+    maps = contrib.sum(2)
+    return (maps, contrib[:, -1]) if split_last else maps
 
 
-def gradient_x_activation(fn: TargetFn, F: torch.Tensor, per_channel: bool = False) -> torch.Tensor:
+def gradient_x_activation(fn: TargetFn, F: torch.Tensor, split_last: bool = False) -> Maps:
     """Eq. (18): a_ij = <grad_F g_p, F>_ij, summed over channels. (R, D, h, w) -> (R, T, h, w)."""
-    grads, Frep = target_gradients(fn, F)
-    return _out(grads * Frep.detach(), F.shape[0], per_channel)
+    return _out(target_gradients(fn, F) * F[:, None], split_last)
 
 
-def grad_cam(fn: TargetFn, F: torch.Tensor, per_channel: bool = False) -> torch.Tensor:
+def grad_cam(fn: TargetFn, F: torch.Tensor, split_last: bool = False) -> Maps:
     """Eq. (20) before its ReLU: sum_k w_k F_ijk with w_k the spatial mean of the gradient.
 
     The ReLU of eq. (20) is the engine's negative clipping (on by default), so the raw map stays comparable
     with Captum's ``LayerGradCam(relu_attributions=False)``.
     """
-    grads, Frep = target_gradients(fn, F)
-    weights = grads.mean(dim=(2, 3), keepdim=True)  # (R*T, D, 1, 1)
-    return _out(weights * Frep.detach(), F.shape[0], per_channel)
+    weights = target_gradients(fn, F).mean(dim=(3, 4), keepdim=True)  # (R, T, D, 1, 1)
+    return _out(weights * F[:, None], split_last)
 
 
 def integrated_gradients(fn: TargetFn, F: torch.Tensor, steps: int = 50, chunk: int = 10,
-                         per_channel: bool = False) -> torch.Tensor:
+                         split_last: bool = False) -> Maps:
     """Eq. (19) with zero reference F^0 = 0: (F / Omega) . sum_{k=1..Omega} grad g_p(k/Omega F), per location.
 
     Steps are processed ``chunk`` at a time to bound memory: (R, D, h, w) -> (R, T, h, w).
@@ -81,23 +79,30 @@ def integrated_gradients(fn: TargetFn, F: torch.Tensor, steps: int = 50, chunk: 
         alphas = torch.arange(start, min(start + chunk, steps + 1), device=F.device, dtype=F.dtype) / steps
         K = alphas.numel()
         path = (alphas[:, None, None, None, None] * F[None]).reshape(K * R, D, h, w)  # (K*R, D, h, w)
-        grads, _ = target_gradients(fn, path, torch.arange(R, device=F.device).repeat(K))  # (K*R*T, D, h, w)
-        T = grads.shape[0] // (K * R)
-        summed = grads.reshape(K, R * T, D, h, w).sum(0)  # (R*T, D, h, w)
+        grads = target_gradients(fn, path, torch.arange(R, device=F.device).repeat(K))  # (K*R, T, D, h, w)
+        summed = grads.reshape((K, R) + grads.shape[1:]).sum(0)  # (R, T, D, h, w)
         total = summed if total is None else total + summed
-    return _out(total / steps * _replicate(F, T), R, per_channel)
+    return _out(total / steps * F[:, None], split_last)
 
 
-def gradient_hessian(fn: TargetFn, F: torch.Tensor, locations_per_pass: int = 16,
-                     per_channel: bool = False) -> torch.Tensor:
+def gradient_hessian(fn: TargetFn, F: torch.Tensor, locations_per_pass: int = 16, split_last: bool = False) -> Maps:
     """NeurIPS 2019 eq. (2): a_ij = grad_ij^T F_ij + 1/2 F_ij^T H_ij F_ij, H_ij the (D x D) Hessian block at (i, j).
 
     The quadratic term uses Hessian-vector products with v = F restricted to one location, batched over
     ``locations_per_pass`` locations per double-backward (``is_grads_batched``); never one call per Hessian entry.
-    Channel k contributes grad_k F_k + 1/2 F_k (H_ij F_ij)_k.
+    Channel k contributes grad_k F_k + 1/2 F_k (H_ij F_ij)_k. Each target needs its own Hessian, so here F is
+    replicated to (R*T) rows, row (r, t) carrying target t only.
     """
     R, D, h, w = F.shape
-    grads, Frep = target_gradients(fn, F, create_graph=True)
+    ids = torch.arange(R, device=F.device)
+    with torch.no_grad():
+        T = fn(F[:1], ids[:1]).shape[1]
+    Frep = F.detach()[:, None].expand(R, T, D, h, w).reshape(R * T, D, h, w).clone().requires_grad_(True)
+    with torch.enable_grad():
+        own = fn(Frep, ids.repeat_interleave(T)).reshape(R, T, T).diagonal(dim1=1, dim2=2)  # (R, T)
+        (grads,) = torch.autograd.grad(own.sum(), Frep, create_graph=True, allow_unused=True)
+    if grads is None:
+        grads = torch.zeros_like(Frep)
     Fd = Frep.detach().reshape(-1, D, h * w)  # (R*T, D, h*w)
     quad = torch.zeros_like(Fd)  # (R*T, D, h*w): F_k (H_ij F_ij)_k per location
     if grads.requires_grad:
@@ -112,19 +117,19 @@ def gradient_hessian(fn: TargetFn, F: torch.Tensor, locations_per_pass: int = 16
                 break
             hvp = hvp.reshape(K, -1, D, h * w)[torch.arange(K), :, :, locs]  # (K, R*T, D)
             quad[:, :, locs] = (hvp * Fd[:, :, locs].permute(2, 0, 1)).permute(1, 2, 0)
-    contrib = grads.detach() * Frep.detach() + 0.5 * quad.reshape(Frep.shape)
-    return _out(contrib, R, per_channel)
+    contrib = grads.detach() * Frep.detach() + 0.5 * quad.reshape(Frep.shape)  # (R*T, D, h, w)
+    return _out(contrib.reshape(R, T, D, h, w), split_last)
 
 
 def attribute(method: Attribution, fn: TargetFn, F: torch.Tensor, ig_steps: int = 50,
-              per_channel: bool = False) -> torch.Tensor:
-    """Dispatch on ``method``: (R, D, h, w) -> raw maps (R, T, h, w), or (R, T, D, h, w) per channel."""
+              split_last: bool = False) -> Maps:
+    """Dispatch on ``method``: (R, D, h, w) -> raw maps (R, T, h, w) [, last target per channel (R, D, h, w)]."""
     if method is Attribution.GRADIENT_X_ACTIVATION:
-        return gradient_x_activation(fn, F, per_channel)
+        return gradient_x_activation(fn, F, split_last)
     if method is Attribution.GRAD_CAM:
-        return grad_cam(fn, F, per_channel)
+        return grad_cam(fn, F, split_last)
     if method is Attribution.INTEGRATED_GRADIENTS:
-        return integrated_gradients(fn, F, steps=ig_steps, per_channel=per_channel)
+        return integrated_gradients(fn, F, steps=ig_steps, split_last=split_last)
     if method is Attribution.GRADIENT_HESSIAN:
-        return gradient_hessian(fn, F, per_channel=per_channel)
+        return gradient_hessian(fn, F, split_last=split_last)
     raise ValueError(f"unknown attribution {method}")

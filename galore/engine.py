@@ -72,17 +72,20 @@ class _Features:
 
 @dataclass
 class _Row:
-    """One image's attribution job: which classes (in slot order) and whether its score map is needed."""
+    """One feature map's attribution job: the classes whose maps it needs (slot order) and its score maps.
+
+    An exemplar shared by several images of the batch is ONE row: the union of what they need."""
 
     feats: _Features
-    classes: list[int]
-    slot: dict[int, int] = field(default_factory=dict)
-    maps: torch.Tensor | None = None  # (len(classes), h, w) post-processed class maps
+    slot: dict[int, int] = field(default_factory=dict)  # class id -> slot, in first-needed order
+    maps: torch.Tensor | None = None  # (len(slot), h, w) post-processed class maps
     score: torch.Tensor | None = None  # (h, w) m(a(s))
     inverse_score: torch.Tensor | None = None  # (h, w) m(a(1 - s))
 
-    def __post_init__(self):
-        self.slot = {c: i for i, c in enumerate(self.classes)}
+    def need(self, classes: Sequence[int]) -> "_Row":
+        for c in classes:
+            self.slot.setdefault(c, len(self.slot))
+        return self
 
     def of(self, classes: Sequence[int]) -> torch.Tensor:
         return self.maps[[self.slot[c] for c in classes]]  # (V, h, w)
@@ -99,7 +102,8 @@ class _Job:
     score: float = 0.0
     predicted: int = -1
     counters: tuple[int, ...] = ()
-    rows: list[_Row] = field(default_factory=list)  # query row first, then one per exemplar present
+    query: _Row | None = None
+    exemplar_rows: dict[int, _Row] = field(default_factory=dict)  # counter class -> its exemplar's row
 
 
 class Engine:
@@ -210,14 +214,15 @@ class Engine:
                 logits = self.split.head(torch.stack([job.feats.F for job in jobs]))  # (B, C)
                 hard = (self.hardness.head(torch.stack([job.feats.Fs for job in jobs]))
                         if self.hardness is not None else None)  # (B, 1)
-            live = []
+            live, rows = [], {}
             for b, job in enumerate(jobs):
                 try:
-                    self._predict(job, results[job.index], logits[b:b + 1], None if hard is None else hard[b:b + 1])
+                    self._predict(job, results[job.index], logits[b:b + 1], None if hard is None else hard[b:b + 1],
+                                  rows)
                     live.append(job)
                 except GaloreError as err:
                     results[job.index] = ImageResult(error=err)
-            self._attribute(live)
+            self._attribute(rows)
             clock.lap("attribution")
             for job in live:
                 self._explain_one(job, results[job.index])
@@ -285,9 +290,10 @@ class Engine:
     def _features_of(self, key: str) -> _Features:
         return self._cache[key] if key.startswith("sha1:") else next(f for k, f in self._bank.values() if k == key)
 
-    def _predict(self, job: _Job, result: ImageResult, logits: torch.Tensor, hard: torch.Tensor | None) -> None:
-        """Top classes, y*, s(x), counter classes from logits (1, C) [and hardness logit (1, 1)]; builds the job's
-        attribution rows."""
+    def _predict(self, job: _Job, result: ImageResult, logits: torch.Tensor, hard: torch.Tensor | None,
+                 rows: dict[tuple, dict[int, _Row]]) -> None:
+        """Top classes, y*, s(x), counter classes from logits (1, C) [and hardness logit (1, 1)]; registers the
+        job's attribution rows in ``rows`` (attribution group -> feature map id -> row)."""
         opts = job.request.options
         probs = logits.softmax(-1)[0]
         if opts.score is Score.EASINESS:
@@ -314,24 +320,22 @@ class Engine:
                 raise InvalidArgument("options.counter_classes", f"class {job.predicted} "
                                       f"({self.labels[job.predicted]!r}) is the prediction itself")
             classes += list(job.counters)
-        job.rows = [_Row(job.feats, list(dict.fromkeys(classes)))]
+        group = rows.setdefault(_group(opts), {})
+        job.query = group.setdefault(id(job.feats), _Row(job.feats)).need(classes)
         for c in job.counters:
             if c in job.exemplar_keys:
-                others = [o for o in job.counters if o != c] + [job.predicted]  # C'_v of eq. (13)
-                job.rows.append(_Row(self._features_of(job.exemplar_keys[c]), [c] + others))
+                feats = self._features_of(job.exemplar_keys[c])
+                row = group.setdefault(id(feats), _Row(feats))  # shared by every image using this exemplar
+                job.exemplar_rows[c] = row.need([c] + _others(job, c))
 
-    def _attribute(self, jobs: list[_Job]) -> None:
-        """Raw attribution maps for every row of every job: one batched head pass per (method, target, score)."""
-        groups: dict[tuple, list[_Row]] = {}
-        for job in jobs:
-            o = job.request.options
-            groups.setdefault((o.attribution, o.target, o.score, o.ig_steps, o.clip_negative, o.normalize),
-                              []).extend(job.rows)
-        for (method, target, score, steps, clip, norm), rows in groups.items():
-            T = max(len(r.classes) for r in rows)
-            F = torch.stack([r.feats.F for r in rows])  # (R, D, h, w)
-            idx = torch.tensor([r.classes + [r.classes[0]] * (T - len(r.classes)) for r in rows],
-                               device=self.device)  # (R, T), padded with a repeat (its map is ignored)
+    def _attribute(self, rows: dict[tuple, dict[int, _Row]]) -> None:
+        """Attribution maps for every row: one head forward + one batched backward per attribution group."""
+        for (method, target, score, steps, clip, norm), by_feats in rows.items():
+            rows_ = list(by_feats.values())
+            T = max(len(r.slot) for r in rows_)
+            F = torch.stack([r.feats.F for r in rows_])  # (R, D, h, w)
+            padded = [list(r.slot) + [next(iter(r.slot))] * (T - len(r.slot)) for r in rows_]
+            idx = torch.tensor(padded, device=self.device)  # (R, T), padded with a repeat (its map is ignored)
             score_fn = SELF_REFERENTIAL.get(score)
 
             def targets(f: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:  # (N, D, h, w), (N,) -> (N, T + 1)
@@ -340,20 +344,19 @@ class Engine:
                 s = score_fn(logits) if score_fn is not None else torch.zeros_like(values[:, 0])
                 return torch.cat([values, s[:, None]], dim=1)
 
-            raw = attribute(method, targets, F, steps, per_channel=clip)  # (R, T + 1[, D], h, w)
-            raw_s = raw[:, T]
+            raw, raw_s = attribute(method, targets, F, steps, split_last=True)  # (R, T + 1, h, w), (R, D, h, w)
             if score is Score.EASINESS:
-                Fs = torch.stack([r.feats.Fs for r in rows])
-                raw_s = attribute(method, lambda f, ids: easiness_score(self.hardness.head(f))[:, None], Fs, steps,
-                                  per_channel=clip)[:, 0]
+                Fs = torch.stack([r.feats.Fs for r in rows_])
+                _, raw_s = attribute(method, lambda f, ids: easiness_score(self.hardness.head(f))[:, None], Fs,
+                                     steps, split_last=True)
             maps = _class_maps(raw[:, :T], clip, norm)
-            s_maps, inv_maps = _score_maps(raw_s, clip, norm, F.shape[-2:])
-            for i, row in enumerate(rows):
-                row.maps, row.score, row.inverse_score = maps[i, :len(row.classes)], s_maps[i], inv_maps[i]
+            s_maps, inv_maps = _score_maps(raw_s if clip else raw_s.sum(1), clip, norm, F.shape[-2:])
+            for i, row in enumerate(rows_):
+                row.maps, row.score, row.inverse_score = maps[i, :len(row.slot)], s_maps[i], inv_maps[i]
 
     def _explain_one(self, job: _Job, result: ImageResult) -> None:
         """Table I maps of one image; every single-image map is upsampled and thresholded in one batch."""
-        opts, q, y = job.request.options, job.rows[0], job.predicted
+        opts, q, y = job.request.options, job.query, job.predicted
         pred = q.of([y])[0]
         heats, keys = [], []
         for kind in (Kind.ATTRIBUTIVE, Kind.SELF_AWARE):
@@ -382,11 +385,10 @@ class Engine:
 
     def _counterfactual(self, job: _Job, pred: torch.Tensor) -> Counterfactual:
         """Eqs. (13)-(14) with equal-size masks; strength eq. (16) / (17) over the sides present."""
-        recipe, q, C = TABLE_I[Kind.COUNTERFACTUAL], job.rows[0], job.counters
-        sides = [(combine(recipe, pred, q.of(C), q.score, None), job.feats.geo)]
-        for row in job.rows[1:]:
-            sides.append((combine(recipe, row.of(row.classes[:1])[0], row.of(row.classes[1:]), row.score, None),
-                          row.feats.geo))
+        recipe, q, C = TABLE_I[Kind.COUNTERFACTUAL], job.query, job.counters
+        sides = [(combine(recipe, pred, q.of(C), q.score, None), job.feats.geo)]  # D(x, y*, C), eq. (14)
+        for c, row in job.exemplar_rows.items():  # D(x^v, y^v, C'_v), in counter order
+            sides.append((combine(recipe, row.of([c])[0], row.of(_others(job, c)), row.score, None), row.feats.geo))
         query, *others = equal_size_regions(sides, job.request.options.threshold)
         exemplar_regions = iter(others)
         exemplars = tuple(
@@ -399,17 +401,25 @@ class Engine:
         return Counterfactual(job.predicted, C, query, exemplars, strength, len(others) == len(C))
 
 
+def _group(o: ExplainOptions) -> tuple:
+    """Options that change the attribution maps: rows of one group share one batched head pass."""
+    return o.attribution, o.target, o.score, o.ig_steps, o.clip_negative, o.normalize
+
+
+def _others(job: _Job, c: int) -> list[int]:
+    """C'_v of eq. (13) for counter class c: the other counter classes and the prediction y*."""
+    return [o for o in job.counters if o != c] + [job.predicted]
+
+
 CLIP_FLOOR = 1e-7  # what the authors' code writes over negative class attributions: "clipped to ~0"
 
 
 def _class_maps(raw: torch.Tensor, clip: bool, normalize: bool) -> torch.Tensor:
-    """m(a) for class targets. raw (R, T, D, h, w) per channel when ``clip``, else (R, T, h, w) summed.
+    """m(a) for class targets, raw (R, T, h, w).
 
     clip (default, authors' code): negative attributions become CLIP_FLOOR, so a class without evidence at a
     location damps a product instead of zeroing it. normalize: per-map min-max to [0, 1] (§V-A)."""
-    out = raw.sum(2) if clip else raw
-    if clip:
-        out = torch.where(out < 0, torch.full_like(out, CLIP_FLOOR), out)
+    out = torch.where(raw < 0, torch.full_like(raw, CLIP_FLOOR), raw) if clip else raw
     return _minmax(out) if normalize else out
 
 

@@ -173,3 +173,20 @@ def test_separable_upsampling_equals_grid_sample(size):
     x0, y0, x1, y1 = geo.crop_box_original()
     ys, xs = inside.nonzero(as_tuple=True)
     assert x0 - 1 <= int(xs.min()) and int(xs.max()) <= x1 and y0 - 1 <= int(ys.min()) and int(ys.max()) <= y1
+
+
+def test_shared_exemplar_is_one_row_and_each_image_gets_its_own_sides(lite_engine):
+    """Two images with different predictions share one exemplar: its features and attribution row are shared,
+    but each image's exemplar side uses its own C'_v = C minus y^v plus its own y* (eq. 13)."""
+    ex = photo("chelsea")
+    reqs = [ImageRequest(photo(name), ExplainOptions(kinds=frozenset({Kind.COUNTERFACTUAL}), counter_classes=(281,)),
+                         exemplars={281: ex}) for name in ("coffee", "rocket")]
+    together = lite_engine.explain(reqs)
+    for req, mixed in zip(reqs, together):
+        (alone,) = lite_engine.explain([req])
+        a, b = alone.counterfactual.exemplars[0].region, mixed.counterfactual.exemplars[0].region
+        torch.testing.assert_close(a.heatmap, b.heatmap, rtol=1e-4, atol=1e-12)
+        assert a.pixel_count == b.pixel_count > 0
+    sides = [r.counterfactual.exemplars[0].region.heatmap for r in together]
+    assert together[0].counterfactual.predicted_id != together[1].counterfactual.predicted_id
+    assert not torch.allclose(sides[0], sides[1])  # C'_v contains each image's own prediction

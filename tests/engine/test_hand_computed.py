@@ -176,5 +176,5 @@ def test_confidence_maps_keep_positive_channel_contributions():
     assert (float(pos), float(neg)) == (3.0, 1.0)
     pos, neg = _score_maps(raw.sum(1), clip=False, normalize=False, size=torch.Size([1, 1]))  # paper: signed sum
     assert (float(pos), float(neg)) == (2.0, -2.0)
-    classes = _class_maps(torch.tensor([1.0, -3.0]).reshape(1, 1, 2, 1, 1), clip=True, normalize=False)
+    classes = _class_maps(torch.tensor([-2.0]).reshape(1, 1, 1, 1), clip=True, normalize=False)
     assert float(classes) == pytest.approx(1e-7)  # summed -2 -> the ~0 floor
