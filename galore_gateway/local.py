@@ -91,6 +91,9 @@ class LocalService:
         env = dict(os.environ, TMPDIR=str(tmp), TEMP=str(tmp), LOG_LOCATION=str(self.config.run_dir / "logs"),
                    METRICS_LOCATION=str(self.config.run_dir / "logs"))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        # One torch intra-op thread per worker unless the caller says otherwise: measured 5-10x more images/s
+        # than torch's default (one thread per core) on the 2-core machine (BENCHMARKS.md, "Threads").
+        env.setdefault("OMP_NUM_THREADS", "1")
         return env
 
     def start(self) -> None:

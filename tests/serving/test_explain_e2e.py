@@ -137,4 +137,4 @@ def test_model_info(grpc_client):
     assert set(info.attributions) == set(pb.AttributionFunction.values()) - {0}
     assert info.limits.max_images_per_request == 16 and info.limits.max_pixels == 40_000_000
     assert info.limits.max_request_bytes == info.limits.max_response_bytes == 104857600
-    assert info.max_batch_size == 8
+    assert info.max_batch_size == 4  # batchSize of deploy/torchserve/model-config.yaml
