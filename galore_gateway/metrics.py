@@ -14,14 +14,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 REGISTRY = CollectorRegistry()
 
 REQUEST_SECONDS = Histogram(
-    "galore_request_duration_seconds", "Gateway end-to-end latency of one RPC, seconds.",
+    "galore_request_duration_seconds", "Gateway end-to-end latency of one Explain RPC, seconds.",
     ["model", "transport"], registry=REGISTRY,
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0))
 REQUESTS_TOTAL = Counter(
-    "galore_requests_total", "RPCs answered by the gateway, by status code name (OK, INVALID_ARGUMENT, ...).",
+    "galore_requests_total", "Explain RPCs answered by the gateway, by status code name (OK, INVALID_ARGUMENT, ...).",
     ["model", "transport", "status"], registry=REGISTRY)
 INFLIGHT = Gauge(
-    "galore_inflight_requests", "RPCs the gateway is currently serving.", ["model"], registry=REGISTRY)
+    "galore_inflight_requests", "Explain RPCs the gateway is currently serving.", ["model"], registry=REGISTRY)
 IMAGES_PER_SECOND = Gauge(
     "galore_images_per_second", "Images answered through the gateway per second over a sliding window.",
     ["model"], registry=REGISTRY)
