@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import platform
-import socket
 import tempfile
 import time
 from contextlib import contextmanager
@@ -26,7 +25,7 @@ import torch
 from galore_client import loadtest
 from galore_client.load_report import LoadSummary
 from galore_client.load_transports import GrpcSender, RestSender, sample_images
-from galore_gateway.local import LocalConfig, LocalService, Ports
+from galore_gateway.local import LocalConfig, LocalService, Ports, free_ports
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -49,18 +48,6 @@ def machine() -> str:
     return (f"{platform.machine()}, {psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
             f"{'CUDA' if torch.cuda.is_available() else 'no GPU'}; load average {load1:.1f} / {load5:.1f}")
 
-
-def free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def build_archive(settings: ServeSettings, out: Path) -> Path:

@@ -75,7 +75,8 @@ def service(tmp_path_factory):
     """A real deployment (TorchServe + gateway on free loopback ports) for this package only: started by the first
     test that needs it, stopped when this package's tests end, so it never runs beside tests/serving's."""
     from galore_gateway.local import LocalConfig, LocalService, Ports
-    from tests.serving.conftest import MODEL, REPO, _newest_source, free_ports
+    from galore_gateway.local import free_ports
+    from tests.serving.conftest import MODEL, REPO, _newest_source
 
     archive = REPO / "model_store" / f"{MODEL}.mar"
     store = archive.parent

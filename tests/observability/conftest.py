@@ -3,7 +3,6 @@
 package is done (package scope, so it is gone before other packages start their own)."""
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -13,24 +12,10 @@ from .promql import ROOT
 ARCHIVE = ROOT / "model_store" / "efficientnet_lite0.mar"
 
 
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free TCP ports on 127.0.0.1 (held open together so they differ)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 @pytest.fixture(scope="package")
 def service(tmp_path_factory):
     """The running service; ``service.config.ports`` has its ports."""
-    from galore_gateway.local import LocalConfig, LocalService, Ports
+    from galore_gateway.local import LocalConfig, LocalService, Ports, free_ports
 
     model_store = ARCHIVE.parent
     if not ARCHIVE.is_file():  # `make test` builds it; a bare pytest run builds a private one

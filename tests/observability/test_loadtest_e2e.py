@@ -7,7 +7,7 @@ from galore.errors import STATUS_TABLE
 from galore_client import loadtest
 from galore_client.load_transports import sample_images
 
-from .conftest import free_ports
+from galore_gateway.local import free_ports
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str]:

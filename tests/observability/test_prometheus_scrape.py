@@ -16,7 +16,7 @@ from galore_client import loadtest
 from galore_client.load_report import LoadSummary
 from galore_client.load_transports import GrpcSender, sample_images
 
-from .conftest import free_ports
+from galore_gateway.local import free_ports
 from .prometheus_server import SCRAPE_INTERVAL_S, Prometheus, write_config
 from .promql import CONTRACT_METRICS, ROOT, dashboard_exprs, metric_names, recording_rules, tool
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import shutil
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -16,25 +15,13 @@ from PIL import Image
 from skimage import data
 
 from galore_client.client import GrpcClient, RestClient
-from galore_gateway.local import LocalConfig, LocalService, Ports
+from galore_gateway.local import LocalConfig, LocalService, Ports, free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "efficientnet_lite0"
 # ImageNet cat classes (ids 281-285) and the big cats a cat photo is most often confused with.
 CATS = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat", "lynx"}
 
-
-def free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def encode(array: np.ndarray, fmt: str = "JPEG") -> bytes:
