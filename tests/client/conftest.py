@@ -68,28 +68,3 @@ def local_backend():
     from galore_client.local import LocalBackend
 
     return LocalBackend(device="cpu")
-
-
-@pytest.fixture(scope="package")
-def service(tmp_path_factory):
-    """A real deployment (TorchServe + gateway on free loopback ports) for this package only: started by the first
-    test that needs it, stopped when this package's tests end, so it never runs beside tests/serving's."""
-    from galore_gateway.local import LocalConfig, LocalService, Ports
-    from galore_gateway.local import free_ports
-    from tests.serving.conftest import MODEL, REPO, _newest_source
-
-    archive = REPO / "model_store" / f"{MODEL}.mar"
-    store = archive.parent
-    if not (archive.is_file() and archive.stat().st_mtime >= _newest_source()):  # `make archive` not run: build
-        from model_store.build import build_default
-
-        store = tmp_path_factory.mktemp("model_store")
-        build_default(store)
-    local = LocalService(LocalConfig(model_store=store, run_dir=tmp_path_factory.mktemp("run"), model=MODEL,
-                                     ports=Ports(*free_ports(7))))
-    try:
-        local.start()
-        local.wait_serving(timeout_s=300)
-        yield local
-    finally:
-        local.stop()

@@ -197,7 +197,9 @@ def test_exemplar_cache_counts_misses_then_hits(service, prometheus, burst):
     after = _settle(prometheus, {"hit": hits, "miss": misses})
     missed, hit = after["miss"] - before["miss"], after["hit"] - before["hit"]
     assert missed + hit == sends  # one lookup per request
-    assert 1 <= missed <= WORKERS  # each worker computes the exemplar's features once, then hits its cache
+    # each worker computes the exemplar's features at most once (earlier tests on this shared deployment may have
+    # cached it already), then hits its cache
+    assert missed <= WORKERS and hit >= sends - WORKERS
 
 
 def test_every_metric_the_dashboard_reads_exists_on_the_scrape(burst, prometheus):
