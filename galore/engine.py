@@ -227,6 +227,8 @@ class Engine:
             for job in live:
                 self._explain_one(job, results[job.index])
             clock.lap("regions")
+        while len(self._cache) > self._cache_size:  # evict only after the batch that may still use an entry
+            self._cache.popitem(last=False)
         return results
 
     # ---- stages -------------------------------------------------------------------------------------------------
@@ -247,24 +249,22 @@ class Engine:
                 raise InvalidArgument("exemplars", f"exemplar given for class {c}, which is not a counter class")
 
     def _exemplar_keys(self, req: ImageRequest, pending: dict) -> dict[int, str]:
+        """Cache keys of the request's own exemplars (content hash); uncached ones join ``pending`` for the forward.
+        Bank exemplars are looked up once the counter classes are known (``_predict``)."""
         keys = {}
         for c, image in req.exemplars.items():
-            x, geo = self.preprocess(image)
             key = "sha1:" + hashlib.sha1(image.cpu().numpy().tobytes()).hexdigest() + f":{tuple(image.shape)}"
-            if key in self._cache:
-                self._cache.move_to_end(key)
+            if key in self._cache or key in pending:
                 self.cache_hits += 1
-            elif key not in pending:
-                pending[key] = (x, geo)
-                self.cache_misses += 1
+                if key in self._cache:
+                    self._cache.move_to_end(key)
             else:
-                self.cache_hits += 1
+                try:
+                    pending[key] = self.preprocess(image)
+                except InvalidArgument as err:
+                    raise InvalidArgument(f"exemplars[{c}]", err.message) from None
+                self.cache_misses += 1
             keys[c] = key
-        if Kind.COUNTERFACTUAL in req.options.kinds:
-            for c in req.options.counter_classes:
-                if c not in keys and c in self._bank:
-                    keys[c] = self._bank[c][0]
-                    self.cache_hits += 1
         return keys
 
     def _backbone(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -284,8 +284,6 @@ class Engine:
             job.feats = _Features(F[i], None if Fs is None else Fs[i], job.feats.geo)
         for j, key in enumerate(keys, start=len(jobs)):
             self._cache[key] = _Features(F[j], None if Fs is None else Fs[j], pending[key][1])
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
 
     def _features_of(self, key: str) -> _Features:
         return self._cache[key] if key.startswith("sha1:") else next(f for k, f in self._bank.values() if k == key)
@@ -320,6 +318,10 @@ class Engine:
                 raise InvalidArgument("options.counter_classes", f"class {job.predicted} "
                                       f"({self.labels[job.predicted]!r}) is the prediction itself")
             classes += list(job.counters)
+            for c in job.counters:  # the bank's exemplar where the request brought none (runner-up included)
+                if c not in job.exemplar_keys and c in self._bank:
+                    job.exemplar_keys[c] = self._bank[c][0]
+                    self.cache_hits += 1
         group = rows.setdefault(_group(opts), {})
         job.query = group.setdefault(id(job.feats), _Row(job.feats)).need(classes)
         for c in job.counters:

@@ -190,3 +190,18 @@ def test_shared_exemplar_is_one_row_and_each_image_gets_its_own_sides(lite_engin
     sides = [r.counterfactual.exemplars[0].region.heatmap for r in together]
     assert together[0].counterfactual.predicted_id != together[1].counterfactual.predicted_id
     assert not torch.allclose(sides[0], sides[1])  # C'_v contains each image's own prediction
+
+
+def test_bank_exemplar_serves_the_default_runner_up_and_bad_exemplar_is_named():
+    engine = Engine.from_module("tiny_bank", gray_pool_model(), ["zero", "one", "two"], IDENTITY_PREP, layer="1",
+                                device="cpu")
+    engine.add_exemplar(1, quadrant_image(((0.8, 0.2), (0.2, 0.2))), key="bank/one/a.jpg")
+    assert engine.info.exemplar_classes == (1,)
+    opts = ExplainOptions(kinds=frozenset({Kind.COUNTERFACTUAL}))  # no counter class: the runner-up, class 1
+    bad = ImageRequest(quadrant_image(), ExplainOptions(kinds=frozenset({Kind.COUNTERFACTUAL}), counter_classes=(1,)),
+                       exemplars={1: quadrant_image()[:1]})
+    good, failed = engine.explain([ImageRequest(quadrant_image(), opts), bad])
+    (side,) = good.counterfactual.exemplars
+    assert (side.class_id, side.exemplar_key) == (1, "bank/one/a.jpg") and good.counterfactual.complete
+    assert side.region.pixel_count == good.counterfactual.query.pixel_count > 0
+    assert failed.error.field == "exemplars[1]" and "(3, H, W)" in failed.error.message
