@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -30,12 +31,15 @@ from . import zoo
 from .attribution import attribute
 from .combiner import TABLE_I, combine
 from .confidence import SELF_REFERENTIAL, class_values, easiness_score
-from .errors import FailedPrecondition, GaloreError, InvalidArgument
+from .errors import FailedPrecondition, GaloreError, InvalidArgument, ResourceExhausted
 from .model import SplitModel, split_classifier
 from .options import Attribution, ExplainOptions, Kind, Score
 from .preprocess import Geometry, Preprocess
 from .regions import Measured, equal_size_regions
 from .results import (Attributive, ClassScore, Counterfactual, ExemplarSide, ImageResult, Insecurity)
+
+
+MAX_AMBIGUITIES = 1000  # candidate V-tuples per image (sum over V of C(E, V)); each is a map at original resolution
 
 
 @dataclass(frozen=True)
@@ -238,6 +242,11 @@ class Engine:
             raise InvalidArgument("options", f"expected ExplainOptions, got {type(opts).__name__}")
         if Kind.DELIBERATIVE in opts.kinds and opts.top_e > C:
             raise InvalidArgument("options.top_e", f"E={opts.top_e} exceeds the model's {C} classes")
+        if Kind.DELIBERATIVE in opts.kinds:
+            ambiguities = sum(math.comb(opts.top_e, V) for V in set(opts.dims))
+            if ambiguities > MAX_AMBIGUITIES:
+                raise ResourceExhausted("options.top_e", f"E={opts.top_e} with V in {sorted(set(opts.dims))} gives "
+                                                         f"{ambiguities} ambiguity maps, limit {MAX_AMBIGUITIES}")
         if opts.score is Score.EASINESS and self.hardness is None:
             raise FailedPrecondition("options.score", f"easiness needs a hardness predictor; model {self.name!r} "
                                                       "has none (use softmax or certainty)")

@@ -110,6 +110,8 @@ class ExplainOptions:
         if Kind.DELIBERATIVE in self.kinds:
             if not self.dims:
                 raise InvalidArgument("options.dims", "deliberative explanations need at least one V")
+            if len(set(self.dims)) != len(self.dims):
+                raise InvalidArgument("options.dims", f"repeated V in {list(self.dims)}")
             for v in self.dims:
                 if v < 2:
                     raise InvalidArgument("options.dims", f"V must be >= 2, got {v}")

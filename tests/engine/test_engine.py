@@ -142,6 +142,8 @@ def test_bad_input_raises_or_reports_named_fields(tiny_engine, lite_engine):
     assert lite_engine.class_id("tabby") == 281 and lite_engine.class_id("281") == 281
     (res,) = lite_engine.explain([ImageRequest(photo("coffee"), ExplainOptions(top_e=1001))])
     assert res.error.field == "options.top_e" and "1000 classes" in res.error.message
+    (res,) = lite_engine.explain([ImageRequest(photo("coffee"), ExplainOptions(top_e=40, dims=(3,)))])  # 9880 maps
+    assert res.error.code == "RESOURCE_EXHAUSTED" and "9880 ambiguity maps" in res.error.message
 
 
 def test_easiness_with_hardness_predictor():
