@@ -36,7 +36,7 @@ def _models_lazy():
 
 
 def _rel(a, b):
-    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+    return float((a - b).detach().abs().max() / b.detach().abs().max().clamp_min(1e-12))
 
 
 @pytest.mark.parametrize("probability", [False, True], ids=["logit", "probability"])
