@@ -37,13 +37,21 @@ def target_gradients(fn: TargetFn, F: torch.Tensor, ids: torch.Tensor | None = N
     leaf = F.detach().requires_grad_(True)
     with torch.enable_grad():
         values = fn(leaf, ids)  # (R, T)
-        T = values.shape[1]
-        cotangents = torch.eye(T, device=F.device, dtype=values.dtype)[:, None, :].expand(T, R, T)  # (T, R, T)
-        (grads,) = torch.autograd.grad(values, leaf, grad_outputs=cotangents, is_grads_batched=True,
-                                       allow_unused=True)
-    if grads is None:  # the targets do not depend on F
-        return torch.zeros((R, T) + F.shape[1:], device=F.device, dtype=F.dtype)
-    return grads.transpose(0, 1)  # (R, T, D, h, w)
+    return batched_vjp([values], [leaf])[0]
+
+
+def batched_vjp(values: list[torch.Tensor], leaves: list[torch.Tensor], retain_graph: bool = False
+                ) -> list[torch.Tensor]:
+    """Gradients of target values [(R_i, T)] (row r of values[i] depends only on row r of leaves[i]) with respect to
+    their leaves [(R_i, D, h, w)], for all T targets in ONE batched backward: -> [(R_i, T, D, h, w)]."""
+    T = values[0].shape[1]
+    eye = torch.eye(T, device=values[0].device, dtype=values[0].dtype)
+    cotangents = [eye[:, None, :].expand(T, v.shape[0], T) for v in values]  # (T, R_i, T)
+    with torch.enable_grad():
+        grads = torch.autograd.grad(values, leaves, grad_outputs=cotangents, is_grads_batched=True,
+                                    allow_unused=True, retain_graph=retain_graph)
+    return [torch.zeros((leaf.shape[0], T) + leaf.shape[1:], device=leaf.device, dtype=leaf.dtype) if g is None
+            else g.transpose(0, 1) for g, leaf in zip(grads, leaves)]  # None: the targets do not depend on F
 
 
 def _out(contrib: torch.Tensor, split_last: bool) -> Maps:
@@ -52,18 +60,23 @@ def _out(contrib: torch.Tensor, split_last: bool) -> Maps:
     return (maps, contrib[:, -1]) if split_last else maps
 
 
-def gradient_x_activation(fn: TargetFn, F: torch.Tensor, split_last: bool = False) -> Maps:
-    """Eq. (18): a_ij = <grad_F g_p, F>_ij, summed over channels. (R, D, h, w) -> (R, T, h, w)."""
-    return _out(target_gradients(fn, F) * F[:, None], split_last)
+def gradient_x_activation(fn: TargetFn, F: torch.Tensor, split_last: bool = False,
+                          grads: torch.Tensor | None = None) -> Maps:
+    """Eq. (18): a_ij = <grad_F g_p, F>_ij, summed over channels. (R, D, h, w) -> (R, T, h, w).
+
+    grads: d fn / d F (R, T, D, h, w) when the caller already has them (a head pass it took for the prediction)."""
+    grads = target_gradients(fn, F) if grads is None else grads
+    return _out(grads * F[:, None], split_last)
 
 
-def grad_cam(fn: TargetFn, F: torch.Tensor, split_last: bool = False) -> Maps:
+def grad_cam(fn: TargetFn, F: torch.Tensor, split_last: bool = False, grads: torch.Tensor | None = None) -> Maps:
     """Eq. (20) before its ReLU: sum_k w_k F_ijk with w_k the spatial mean of the gradient.
 
     The ReLU of eq. (20) is the engine's negative clipping (on by default), so the raw map stays comparable
     with Captum's ``LayerGradCam(relu_attributions=False)``.
     """
-    weights = target_gradients(fn, F).mean(dim=(3, 4), keepdim=True)  # (R, T, D, 1, 1)
+    grads = target_gradients(fn, F) if grads is None else grads
+    weights = grads.mean(dim=(3, 4), keepdim=True)  # (R, T, D, 1, 1)
     return _out(weights * F[:, None], split_last)
 
 
@@ -121,13 +134,17 @@ def gradient_hessian(fn: TargetFn, F: torch.Tensor, locations_per_pass: int = 16
     return _out(contrib.reshape(R, T, D, h, w), split_last)
 
 
+GRADIENT_ONLY = (Attribution.GRADIENT_X_ACTIVATION, Attribution.GRAD_CAM)  # need only d fn / d F at F itself
+
+
 def attribute(method: Attribution, fn: TargetFn, F: torch.Tensor, ig_steps: int = 50,
-              split_last: bool = False) -> Maps:
-    """Dispatch on ``method``: (R, D, h, w) -> raw maps (R, T, h, w) [, last target per channel (R, D, h, w)]."""
+              split_last: bool = False, grads: torch.Tensor | None = None) -> Maps:
+    """Dispatch on ``method``: (R, D, h, w) -> raw maps (R, T, h, w) [, last target per channel (R, D, h, w)].
+    grads: precomputed d fn / d F (R, T, D, h, w), used by the GRADIENT_ONLY methods."""
     if method is Attribution.GRADIENT_X_ACTIVATION:
-        return gradient_x_activation(fn, F, split_last)
+        return gradient_x_activation(fn, F, split_last, grads)
     if method is Attribution.GRAD_CAM:
-        return grad_cam(fn, F, split_last)
+        return grad_cam(fn, F, split_last, grads)
     if method is Attribution.INTEGRATED_GRADIENTS:
         return integrated_gradients(fn, F, steps=ig_steps, split_last=split_last)
     if method is Attribution.GRADIENT_HESSIAN:

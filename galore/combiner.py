@@ -55,12 +55,13 @@ def complement(a: torch.Tensor) -> torch.Tensor:
 
 def combine(recipe: Recipe, pred: torch.Tensor | None, classes: torch.Tensor | None, score: torch.Tensor | None,
             inverse_score: torch.Tensor | None) -> torch.Tensor:
-    """Eq. (2). pred (h, w) = a(h_y*); classes (V, h, w) = a(h_c) for c in C; score / inverse_score (h, w) =
-    a(s) / a(1 - s). Inputs are already clipped or normalised maps; the product is never renormalised."""
+    """Eq. (2). pred (..., h, w) = a(h_y*); classes (..., V, h, w) = a(h_c) for c in C; score / inverse_score
+    (h, w) = a(s) / a(1 - s). Leading dimensions batch several class sets (e.g. every V-tuple of an ambiguity set
+    at once). Inputs are already clipped or normalised maps; the product is never renormalised."""
     out = pred.clone() if recipe.alpha else None
     if recipe.beta is not Beta.ONE:
         factors = classes if recipe.beta is Beta.IDENTITY else complement(classes)
-        prod = factors.prod(dim=0)  # (h, w)
+        prod = factors.prod(dim=-3)  # (..., h, w)
         out = prod if out is None else out * prod
     if recipe.gamma is not Gamma.ONE:
         factor = score if recipe.gamma is Gamma.SCORE else inverse_score

@@ -52,6 +52,9 @@ class Geometry:
         return grid, inside
 
 
+MAX_ASPECT = 20.0  # longer side / shorter side; beyond it the crop would see a sliver of the photo
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """Resize the shorter side to ``resize`` (bilinear, antialiased), centre-crop ``crop``, normalise."""
@@ -61,21 +64,29 @@ class Preprocess:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
-    def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, Geometry]:
-        """image (3, H0, W0) uint8 RGB -> ((3, crop, crop) float32 normalised, Geometry)."""
+    def __call__(self, image: torch.Tensor, original_size: tuple[int, int] | None = None,
+                 field: str = "image") -> tuple[torch.Tensor, Geometry]:
+        """image (3, H, W) uint8 RGB -> ((3, crop, crop) float32 normalised, Geometry of the ORIGINAL image).
+
+        original_size: (H0, W0) when ``image`` is a reduced decode of a larger original (JPEG DCT scaling): the
+        resize target and the Geometry follow the original, so masks stay exact in original pixels. Errors name
+        ``field``: a non-uint8 or non-RGB tensor, an empty image, or an aspect ratio beyond MAX_ASPECT.
+        """
         if not isinstance(image, torch.Tensor) or image.dtype != torch.uint8:
-            raise InvalidArgument("image", f"expected a torch.uint8 tensor, got {getattr(image, 'dtype', type(image))}")
+            raise InvalidArgument(field, f"expected a torch.uint8 tensor, got {getattr(image, 'dtype', type(image))}")
         if image.ndim != 3 or image.shape[0] != 3:
-            raise InvalidArgument("image", f"expected shape (3, H, W) RGB, got {tuple(image.shape)}")
-        _, h0, w0 = image.shape
-        if min(h0, w0) < 1:
-            raise InvalidArgument("image", f"empty image {w0}x{h0}")
-        short = min(h0, w0)
-        rh, rw = (self.resize, max(1, int(self.resize * w0 / h0))) if h0 == short else \
-            (max(1, int(self.resize * h0 / w0)), self.resize)
-        if min(rh, rw) < self.crop:
-            raise InvalidArgument("image", f"aspect ratio too extreme: {w0}x{h0} resizes below the {self.crop} crop")
-        resized = image if (rh, rw) == (h0, w0) else TF.resize(image, [rh, rw], antialias=True)
+            raise InvalidArgument(field, f"expected shape (3, H, W) RGB, got {tuple(image.shape)}")
+        h0, w0 = original_size if original_size is not None else tuple(image.shape[1:])
+        if min(h0, w0, *image.shape[1:]) < 1:
+            raise InvalidArgument(field, f"empty image {w0}x{h0}")
+        if max(h0, w0) / min(h0, w0) > MAX_ASPECT:
+            raise InvalidArgument(field, f"aspect ratio {w0}x{h0} is beyond {MAX_ASPECT:g}:1; the model's square "
+                                         "centre crop would see a sliver of it (crop or pad the image first)")
+        if h0 <= w0:
+            rh, rw = self.resize, max(self.crop, int(self.resize * w0 / h0))
+        else:
+            rh, rw = max(self.crop, int(self.resize * h0 / w0)), self.resize
+        resized = image if (rh, rw) == tuple(image.shape[1:]) else TF.resize(image, [rh, rw], antialias=True)
         top, left = int(round((rh - self.crop) / 2.0)), int(round((rw - self.crop) / 2.0))
         x = resized[:, top:top + self.crop, left:left + self.crop].float().div_(255)
         x = TF.normalize(x, list(self.mean), list(self.std))

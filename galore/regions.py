@@ -1,122 +1,170 @@
-"""Heatmap -> region: bilinear upsampling to the ORIGINAL image, thresholding (eqs. 6, 8, 9), strength (eq. 15).
+"""Heatmap -> region on a bounded working grid: thresholding (eqs. 6, 8, 9) and strength (eqs. 15-17).
 
-Only the crop's window of the original image is ever computed: pixels outside the crop the model saw are 0 and
-never selected.
+Every map is upsampled bilinearly from the feature grid (h, w) to a working grid of G x G cells covering the centre
+crop the model saw (default G = the crop's side, e.g. 224), thresholded and measured there, for ALL maps of a batch
+at once: one upsampling matmul, one selection, no per-map host sync. The cost depends on G and the number of maps,
+never on the photo's size. A mask reaches original pixels through the exact inverse of resize + crop: each
+original pixel takes the cell its centre falls in (``masks.CellFrame``); pixels outside the crop are never selected.
 
 Example:
     >>> import torch
-    >>> from galore.preprocess import Preprocess
-    >>> _, geo = Preprocess(resize=224)(torch.zeros(3, 224, 224, dtype=torch.uint8))
-    >>> maps = torch.tensor([[[0.0, 1.0], [0.0, 0.0]]])          # (M, h, w): right-top cell salient
-    >>> (r,) = regions(maps, geo, Threshold(coverage=0.25))
-    >>> r.pixel_count, r.bbox[0] >= 56, r.bbox[3] <= 168
-    (12544, True, True)
+    >>> grid = WorkingGrid(side=4, crop=224)
+    >>> maps = torch.tensor([[[0.0, 1.0], [0.0, 0.0]]])                  # (M, h, w): right-top cell salient
+    >>> m = grid.measure(maps, Rule.coverage_of(Threshold(coverage=0.25), grid.cells).expand(1))
+    >>> m.kept.tolist(), grid.cell_masks(maps, m.tau).int().tolist()
+    ([4], [[[0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 0, 0], [0, 0, 0, 0]]])
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
 import torch
 
+from .masks import CellFrame
 from .options import Threshold
-from .preprocess import Geometry, interpolation_weights
-from .results import Region
+from .preprocess import Geometry
+
+CHUNK_CELLS = 16_000_000  # working-grid values per chunk (64 MB of float32): bounds memory for any number of maps
 
 
-@lru_cache(maxsize=256)
-def _window_weights(geo: Geometry, h: int, w: int, device: str) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-    """Rows of the (H0, h) / (W0, w) bilinear weights inside the crop, and the window's top-left (y0, x0).
-    Cached: bank exemplars and repeated image sizes reuse them."""
-    ry, rx = interpolation_weights(geo, h, w, torch.device(device))
-    rows, cols = (ry.sum(1) > 0).nonzero()[:, 0], (rx.sum(1) > 0).nonzero()[:, 0]
-    return ry[rows], rx[cols], int(rows[0]), int(cols[0])
+@dataclass(frozen=True)
+class Rule:
+    """How many cells each map keeps: ``k`` (M,) a count, or -1 where ``absolute`` (M,) T applies (map / max > T)."""
+
+    k: torch.Tensor  # (M,) long
+    absolute: torch.Tensor  # (M,) float
+
+    @staticmethod
+    def coverage_of(threshold: Threshold, cells: int) -> "Rule":
+        if threshold.coverage is not None:
+            return Rule(torch.tensor([int(round(threshold.coverage * cells))]), torch.zeros(1))
+        return Rule(torch.tensor([-1]), torch.tensor([float(threshold.absolute)]))
+
+    def expand(self, n: int) -> "Rule":
+        return Rule(self.k.expand(n), self.absolute.expand(n))
+
+    @staticmethod
+    def cat(rules: list["Rule"]) -> "Rule":
+        return Rule(torch.cat([r.k for r in rules]), torch.cat([r.absolute for r in rules]))
 
 
-class _Window:
-    """Maps (M, h, w) upsampled over the crop's window of one original image: values (M, Hc, Wc)."""
+@dataclass(frozen=True)
+class Measured:
+    """Per map (M,): wanted, the cells the rule asks for; tau, the value a cell needs to be kept (+inf: none);
+    kept, the cells kept (min(wanted, positive), more only on exact ties at tau); positive, the cells with a
+    positive value; strength, eq. (15): the mean of the kept cells' values (0 when none)."""
 
-    def __init__(self, maps: torch.Tensor, geo: Geometry):
-        ry, rx, self.y0, self.x0 = _window_weights(geo, *maps.shape[-2:], str(maps.device))
-        self.values = ry @ maps.float() @ rx.T  # (M, Hc, Wc)
-        self.maps, self.shape = maps, (geo.height, geo.width)
-        self.positives = (self.values > 0).flatten(1).sum(1).tolist()  # (M,)
+    wanted: torch.Tensor
+    tau: torch.Tensor
+    kept: torch.Tensor
+    positive: torch.Tensor
+    strength: torch.Tensor
+
+
+class WorkingGrid:
+    """G x G cells over the model's square centre crop of ``crop`` pixels."""
+
+    def __init__(self, side: int, crop: int):
+        if side < 1:
+            raise ValueError(f"working grid side must be >= 1, got {side}")
+        self.side, self.crop = int(side), int(crop)
 
     @property
-    def pixels(self) -> int:
-        return self.values.shape[1] * self.values.shape[2]
+    def cells(self) -> int:
+        return self.side * self.side
 
-    def counts(self, threshold: Threshold) -> list[int]:
-        """How many pixels each map's mask keeps; only positive pixels can be kept."""
-        if threshold.coverage is not None:
-            wanted = [int(round(threshold.coverage * self.pixels))] * len(self.positives)
-        else:
-            peak = self.values.flatten(1).amax(1).clamp_min(torch.finfo(self.values.dtype).tiny)  # (M,)
-            wanted = (self.values / peak[:, None, None] > threshold.absolute).flatten(1).sum(1).tolist()
-        return [min(w, p) for w, p in zip(wanted, self.positives)]
+    def upsample(self, maps: torch.Tensor) -> torch.Tensor:
+        """Bilinear (align_corners=False, border clamp) feature-grid maps (M, h, w) -> (M, G, G)."""
+        wy, wx = _weights(self.side, *maps.shape[-2:], str(maps.device))
+        return wy @ maps.float() @ wx.T
 
-    def region(self, m: int, indices: torch.Tensor | None, strength: float) -> Region:
-        """Map m's mask from window indices of its kept pixels."""
-        H0, W0 = self.shape
-        mask = torch.zeros(H0 * W0, dtype=torch.bool, device=self.values.device)
-        bbox = None
-        if indices is not None and indices.numel() > 0:
-            Wc = self.values.shape[2]
-            rows, cols = indices // Wc + self.y0, indices % Wc + self.x0  # window -> original pixels
-            mask[rows * W0 + cols] = True
-            bbox = (int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1)
-        return Region(mask=mask.reshape(H0, W0).cpu(), heatmap=self.maps[m].detach().float().cpu(),
-                      strength=strength, pixel_count=0 if indices is None else int(indices.numel()), bbox=bbox)
+    def measure(self, maps: torch.Tensor, rule: Rule, exact: "Rule | None" = None) -> Measured:
+        """Thresholds every map (M, h, w) by ``rule``; only positive cells can be kept. Chunked over maps so the
+        working values never exceed CHUNK_CELLS."""
+        out = [_measure(maps.new_zeros(0, self.cells), rule.k[:0], rule.absolute[:0])]  # M = 0 stays valid
+        step = max(1, CHUNK_CELLS // self.cells)
+        for s in range(0, maps.shape[0], step):
+            values = self.upsample(maps[s:s + step]).flatten(1)  # (m, G*G)
+            out.append(_measure(values, rule.k[s:s + step].to(values.device),
+                                rule.absolute[s:s + step].to(values.device)))
+        return Measured(*(torch.cat([getattr(m, f) for m in out]) for f in ("wanted", "tau", "kept", "positive", "strength")))
 
-    def cut(self, m: int, count: int) -> Region:
-        """Map m's ``count`` largest pixels as a Region with eq. (15) strength."""
-        if count <= 0:
-            return self.region(m, None, 0.0)
-        top = torch.topk(self.values[m].flatten(), count, sorted=False)
-        return self.region(m, top.indices, float(top.values.mean()))
+    def cell_masks(self, maps: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        """(M, h, w) maps and their thresholds (M,) -> kept cells (M, G, G) bool."""
+        return self.upsample(maps) >= tau.to(maps.device)[:, None, None]
+
+    def frame(self, geo: Geometry) -> CellFrame:
+        """Which cell each original pixel of ``geo``'s image falls in (-1 outside the crop)."""
+        return CellFrame(_axis_cells(geo.height, geo.scale_y, geo.top, geo.crop, self.side),
+                         _axis_cells(geo.width, geo.scale_x, geo.left, geo.crop, self.side), self.side)
 
 
-class Measured:
-    """Maps (M, h, w) of one image thresholded together: ``strengths`` for every map (eq. 15), masks built only
-    for the maps asked for with ``region(m)`` (deliberation ranks many, returns few)."""
-
-    def __init__(self, maps: torch.Tensor, geo: Geometry, threshold: Threshold):
-        self._win = _Window(maps, geo)
-        self.counts = self._win.counts(threshold)
-        k = max(self.counts)
-        self._top = torch.topk(self._win.values.flatten(1), k, dim=1, sorted=False) if k > 0 else None  # (M, k)
-        self.strengths = [self._selected(m)[1] for m in range(len(maps))]
-
-    def _selected(self, m: int) -> tuple[torch.Tensor | None, float]:
-        """Window indices of map m's ``counts[m]`` largest pixels and their mean (eq. 15)."""
-        c = self.counts[m]
-        if c == 0:
-            return None, 0.0
-        values, indices = self._top.values[m], self._top.indices[m]
-        if c < values.numel():  # fewer kept pixels than the largest count: its c best of the k
-            best = torch.topk(values, c, sorted=False).indices
-            values, indices = values[best], indices[best]
-        return indices, float(values.mean())
-
-    def region(self, m: int) -> Region:
-        return self._win.region(m, *self._selected(m))
+def _axis_cells(n: int, scale: float, offset: int, crop: int, side: int) -> np.ndarray:
+    pos = (np.arange(n, dtype=np.float64) + 0.5) * scale - offset  # pixel centres in crop pixels
+    cell = np.minimum(np.floor(pos * side / crop), side - 1).astype(np.int64)
+    return np.where((pos >= 0) & (pos < crop), cell, -1)
 
 
-def regions(maps: torch.Tensor, geo: Geometry, threshold: Threshold) -> list[Region]:
-    """Feature-grid maps (M, h, w) of one image -> M regions in original pixels, each thresholded on its own."""
-    measured = Measured(maps, geo, threshold)
-    return [measured.region(m) for m in range(len(maps))]
+@lru_cache(maxsize=64)
+def _weights(side: int, h: int, w: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return _axis_weights(side, h, device), _axis_weights(side, w, device)
 
 
-def equal_size_regions(sides: list[tuple[torch.Tensor, Geometry]], threshold: Threshold) -> list[Region]:
-    """Counterfactual sides [(map (h, w), geometry)], query first -> regions of EQUAL pixel count (note under
-    eq. 16): the threshold fixes the count on the query side (coverage: of the smallest crop) and every side keeps
-    that many of its largest pixels, fewer only if a side has fewer positive pixels. A side without any positive
-    pixel (no discriminant evidence at all) gets an empty mask and strength 0 instead of emptying the others."""
-    windows = [_Window(m[None], g) for m, g in sides]
-    if threshold.coverage is not None:
-        count = int(round(threshold.coverage * min(win.pixels for win in windows)))
-    else:
-        count = windows[0].counts(threshold)[0]
-    positives = [win.positives[0] for win in windows]
-    count = min([count] + [p for p in positives if p > 0])
-    return [win.cut(0, count if p > 0 else 0) for win, p in zip(windows, positives)]
+def _axis_weights(side: int, n: int, device: str) -> torch.Tensor:
+    """(side, n) bilinear weights from n feature-grid cells to ``side`` working cells over the same crop."""
+    u = ((torch.arange(side, dtype=torch.float64) + 0.5) * n / side - 0.5).clamp(0, n - 1)
+    i0 = u.floor().long()
+    i1 = (i0 + 1).clamp(max=n - 1)
+    frac = (u - i0).float()
+    weights = torch.zeros(side, n)
+    weights.scatter_add_(1, i0[:, None], (1 - frac)[:, None])
+    weights.scatter_add_(1, i1[:, None], frac[:, None])
+    return weights.to(device)
+
+
+def _measure(values: torch.Tensor, k: torch.Tensor, absolute: torch.Tensor) -> Measured:
+    """values (M, N); k (M,) cells wanted, -1 where ``absolute`` T applies to values / their max.
+
+    A cell is kept when its value reaches tau: the k-th largest value for a count, T x max for an absolute
+    threshold, the smallest positive value when fewer cells than wanted are positive."""
+    positive = (values > 0).sum(1)
+    peak = values.amax(1)
+    floor = torch.finfo(values.dtype).tiny
+    above_t = torch.nextafter(absolute * peak.clamp_min(floor), torch.tensor(math.inf, dtype=values.dtype))
+    by_t = (values >= above_t[:, None]).sum(1)  # map / max > T
+    counted = k >= 0
+    wanted = torch.where(counted, k, by_t)
+    tau = torch.where(counted, kth_largest(values, torch.where(counted & (k < positive), k, 0)), above_t)
+    tau = torch.where(wanted >= positive, torch.full_like(tau, floor), tau)  # every positive cell
+    tau = torch.where(wanted == 0, torch.full_like(tau, math.inf), tau)
+    keep = values >= tau[:, None]
+    kept = keep.sum(1)
+    strength = torch.where(kept > 0, (values * keep).sum(1) / kept.clamp_min(1), torch.zeros_like(peak))
+    return Measured(wanted, tau, kept, positive, strength)
+
+
+def kth_largest(values: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """The k[m]-th largest value of each row of ``values`` (M, N); +inf where k[m] == 0. Exact.
+
+    One unsorted top-k per distinct k (a coverage gives every map the same k), so no row is sorted in full."""
+    out = torch.full(k.shape, math.inf, device=values.device, dtype=values.dtype)
+    for kk in torch.unique(k[k > 0]).tolist():  # one host sync; typically a single k
+        rows = (k == kk).nonzero()[:, 0]
+        out[rows] = torch.topk(values[rows], int(kk), dim=1, sorted=False).values.amin(1)
+    return out
+
+
+def regions(maps: torch.Tensor, geo: Geometry, threshold: Threshold, grid: WorkingGrid | None = None) -> list:
+    """Feature-grid maps (M, h, w) of one image -> M Regions in original pixels, each thresholded on its own
+    (default grid: one cell per crop pixel)."""
+    from .results import Region
+
+    grid = grid or WorkingGrid(geo.crop, geo.crop)
+    measured = grid.measure(maps, Rule.coverage_of(threshold, grid.cells).expand(maps.shape[0]))
+    cells = grid.cell_masks(maps, measured.tau).cpu().numpy()
+    frame = grid.frame(geo)
+    return [Region.of(cells[m], frame, maps[m].detach().float().cpu(), s)
+            for m, s in enumerate(measured.strength.tolist())]

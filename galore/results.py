@@ -1,15 +1,19 @@
 """What the engine returns per image. Masks are in ORIGINAL image pixels; heatmaps on the feature grid.
 
-Shapes: ``mask`` (H0, W0) bool for an original image of H0 x W0 pixels; ``heatmap`` (h, w) float32 on the
-feature grid of layer F (e.g. 7 x 7 for EfficientNet-Lite0 at 224 px), covering the centre crop.
+Shapes: ``cells`` (G, G) bool on the working grid over the centre crop; ``mask`` (H0, W0) bool for an original
+image of H0 x W0 pixels, built from ``cells`` on first access; ``heatmap`` (h, w) float32 on the feature grid of
+layer F (e.g. 7 x 7 for EfficientNet-Lite0 at 224 px), covering the centre crop.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
+import numpy as np
 import torch
 
 from .errors import GaloreError
+from .masks import CellFrame
 
 
 @dataclass(frozen=True)
@@ -19,22 +23,33 @@ class ClassScore:
     probability: float  # h_y(x) in [0, 1]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Region:
     """A thresholded heatmap (eqs. 6, 8, 9) with its strength.
 
-    mask: (H0, W0) bool at the original image resolution; pixels outside the centre crop are False.
+    cells: (G, G) bool numpy mask on the working grid over the centre crop, where it was thresholded.
+    frame: which cell each original pixel falls in; ``mask`` and the wire encodings follow from it exactly.
     heatmap: (h, w) float32 feature-grid map the mask was cut from (the combined map of eq. 2).
-    strength: mean of the map inside the mask (eq. 15), in the map's units; 0 for an empty mask.
-    pixel_count: number of True pixels in ``mask``.
+    strength: mean of the map over the kept working-grid cells (eq. 15), in the map's units; 0 for an empty mask.
+    pixel_count: number of True pixels in ``mask`` (original pixels).
     bbox: (x0, y0, x1, y1) half-open pixel box of the mask in the original image, or None when empty.
     """
 
-    mask: torch.Tensor
+    cells: np.ndarray
+    frame: CellFrame
     heatmap: torch.Tensor
     strength: float
     pixel_count: int
     bbox: tuple[int, int, int, int] | None
+
+    @classmethod
+    def of(cls, cells: np.ndarray, frame: CellFrame, heatmap: torch.Tensor, strength: float) -> "Region":
+        return cls(cells, frame, heatmap, strength, frame.pixel_count(cells), frame.bbox(cells))
+
+    @cached_property
+    def mask(self) -> torch.Tensor:
+        """(H0, W0) bool in original pixels; pixels outside the centre crop are False. Built on first access."""
+        return torch.from_numpy(self.frame.expand(self.cells))
 
 
 @dataclass(frozen=True)

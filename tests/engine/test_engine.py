@@ -71,7 +71,10 @@ def test_batch_independence_mixed_requests(lite_engine):
         assert [x.class_id for x in alone.top_classes] == [x.class_id for x in mixed.top_classes]
         for r1, r2 in zip(_regions(alone), _regions(mixed)):
             torch.testing.assert_close(r1.heatmap, r2.heatmap, rtol=0, atol=1e-5 * max(1e-12, float(r1.heatmap.abs().max())))
-            assert r1.pixel_count == r2.pixel_count
+            # float noise at 1e-5 can swap cells tied at the threshold: masks agree up to that
+            assert abs(r1.pixel_count - r2.pixel_count) <= 1e-3 * r1.pixel_count
+            inter = int((r1.cells & r2.cells).sum())
+            assert inter >= 0.99 * max(int(r1.cells.sum()), int(r2.cells.sum()))
     assert together[2].counterfactual.exemplars[0].region is not None
     assert together[2].counterfactual.exemplars[1].region is None  # no exemplar for 812: query side only
 

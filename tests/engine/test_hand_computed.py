@@ -11,8 +11,11 @@ import pytest
 import torch
 
 from galore import Attribution, ExplainOptions, ImageRequest, Kind, Target, Threshold
+from galore.kinds import Plan, Prediction, measure_batch
+from galore.exemplars import Features
 from galore.preprocess import Preprocess, upsample_to_original
-from galore.regions import equal_size_regions, regions
+from galore.regions import WorkingGrid, regions
+from galore.results import ImageResult
 
 from .conftest import IDENTITY_PREP, W, quadrant_image
 
@@ -160,16 +163,25 @@ def test_strength_eq15_is_mean_inside_mask():
 
 
 def test_equal_size_side_without_evidence_is_empty():
+    """Counterfactual sides keep the query's cell count; a side without any positive cell keeps none."""
     geo = Preprocess(resize=4, crop=4)(quadrant_image())[1]
-    q, e = equal_size_regions([(torch.tensor([[1.0, 2.0], [0.0, 3.0]]), geo), (torch.zeros(2, 2), geo)],
-                              Threshold(coverage=0.5))
-    assert (q.pixel_count, e.pixel_count, e.strength) == (8, 0, 0.0)
+    query, side = torch.tensor([[1.0, 2.0], [0.0, 3.0]]), torch.zeros(2, 2)
+    opts = ExplainOptions(kinds=frozenset({Kind.COUNTERFACTUAL}), counter_classes=(1, 2),
+                          threshold=Threshold(coverage=0.5))
+    feats = Features(torch.zeros(1, 2, 2), None, geo)
+    pred = Prediction(0, torch.tensor([0.5, 0.3, 0.2]), (1, 2), {1: "a", 2: "b"})
+    plan = Plan(query[None], [Kind.COUNTERFACTUAL], torch.stack([side, query / 2]), [1, 2], [feats, feats])
+    result = ImageResult()
+    measure_batch(WorkingGrid(4, 4), [(opts, pred, plan, feats)], ("zero", "one", "two"), [result])
+    cf = result.counterfactual
+    assert (cf.query.pixel_count, cf.exemplars[0].region.pixel_count, cf.exemplars[0].region.strength) == (8, 0, 0.0)
+    assert cf.exemplars[1].region.pixel_count == 8 and bool((cf.exemplars[1].region.cells == cf.query.cells).all())
 
 
 def test_confidence_maps_keep_positive_channel_contributions():
     """Authors' hardness attribution: gradients are clipped per channel before summing. Channel contributions
     (+3, -1) at one location give a(s) = 3 and a(1 - s) = 1, where the summed map would give 2 and 0."""
-    from galore.engine import _class_maps, _score_maps
+    from galore.rows import class_maps as _class_maps, score_maps as _score_maps
 
     raw = torch.tensor([3.0, -1.0]).reshape(1, 2, 1, 1)  # (R, D, h, w)
     pos, neg = _score_maps(raw, clip=True, normalize=False, size=torch.Size([1, 1]))
