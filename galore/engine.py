@@ -59,6 +59,7 @@ class ImageRequest:
     options: ExplainOptions = field(default_factory=ExplainOptions)
     exemplars: Mapping[int, torch.Tensor] = field(default_factory=dict)
     original_size: tuple[int, int] | None = None
+    exemplar_sizes: Mapping[int, tuple[int, int]] = field(default_factory=dict)  # like original_size, per exemplar
     field: str = "image"
     tag: str = ""
 
@@ -168,10 +169,12 @@ class Engine:
             raise InvalidArgument(field_name, f"class id {cid} out of range [0, {len(self.labels)})")
         return cid
 
-    def add_exemplar(self, class_id: int, image: torch.Tensor, key: str) -> None:
-        """Register the exemplar image x^c of ``class_id`` (3, H, W) uint8; its features are computed now, once."""
+    def add_exemplar(self, class_id: int, image: torch.Tensor, key: str,
+                     original_size: tuple[int, int] | None = None) -> None:
+        """Register the exemplar image x^c of ``class_id`` (3, H, W) uint8 (a reduced decode of an original of
+        ``original_size``, if given); its features are computed now, once."""
         self.class_id(class_id, "exemplar.class")
-        x, geo = self.preprocess(image, field=f"exemplar {key}")
+        x, geo = self.preprocess(image, original_size, field=f"exemplar {key}")
         F, Fs = self._backbone(x[None])
         self.exemplars.add_to_bank(class_id, key, Features(F[0], None if Fs is None else Fs[0], geo))
 
@@ -217,7 +220,8 @@ class Engine:
             try:
                 self._validate(req)
                 x, geo = self.preprocess(req.image, req.original_size, req.field)
-                keys = self.exemplars.request_keys(dict(req.exemplars), pending, self.preprocess)
+                keys = self.exemplars.request_keys(dict(req.exemplars), dict(req.exemplar_sizes), pending,
+                                                   self.preprocess)
                 queries.append(_Query(i, req, x, geo, keys))
             except GaloreError as err:
                 results[i].error = err

@@ -52,19 +52,22 @@ class ExemplarStore:
         self.hits += 1
         return self._bank[class_id][0]
 
-    def request_keys(self, exemplars: dict[int, torch.Tensor], pending: dict[str, tuple], preprocess) -> dict[int, str]:
-        """Content-hash keys of a request's own exemplars; uncached ones are preprocessed into ``pending``
-        (key -> (x, geometry)) for the batch's one backbone call."""
+    def request_keys(self, exemplars: dict[int, torch.Tensor], sizes: dict[int, tuple[int, int]],
+                     pending: dict[str, tuple], preprocess) -> dict[int, str]:
+        """Content-hash keys of a request's own exemplars (``sizes``: original sizes of reduced decodes); uncached
+        ones are preprocessed into ``pending`` (key -> (x, geometry)) for the batch's one backbone call."""
         keys = {}
         for c, image in exemplars.items():
+            size = sizes.get(c)
             key = "sha1:" + hashlib.sha1(image.cpu().numpy().tobytes()).hexdigest() + f":{tuple(image.shape)}"
+            key += f":{size[0]}x{size[1]}" if size else ""
             if key in self._cache or key in pending:
                 self.hits += 1
                 if key in self._cache:
                     self._cache.move_to_end(key)
             else:
                 try:
-                    pending[key] = preprocess(image)
+                    pending[key] = preprocess(image, size, f"exemplars[{c}]")
                 except InvalidArgument as err:
                     raise InvalidArgument(f"exemplars[{c}]", err.message) from None
                 self.misses += 1

@@ -184,3 +184,12 @@ def unpack_bits(bits: bytes, height: int, width: int) -> np.ndarray:
     if len(bits) != (height * width + 7) // 8:
         raise ValueError(f"{len(bits)} bytes of bits, expected {(height * width + 7) // 8} for {width} x {height}")
     return np.unpackbits(np.frombuffer(bits, dtype=np.uint8), count=height * width).reshape(height, width) == 1
+
+
+def decode_wire(height: int, width: int, coco_rle: bytes | None = None, bits: bytes | None = None) -> np.ndarray:
+    """A wire Mask's payload (exactly one of the two encodings) -> (height, width) bool; ValueError if malformed."""
+    if coco_rle is not None:
+        return decode_rle(coco_counts(coco_rle), height, width)
+    if bits is not None:
+        return unpack_bits(bits, height, width)
+    raise ValueError("mask has no payload")

@@ -29,7 +29,7 @@ from galore_api.v1 import explainer_pb2_grpc
 from .errors import GaloreClientError
 from .results import Explanation, ImageFailure
 from .settings import ExplainSettings, ModelSummary
-from .typed import WireFormatError, explanation_from_proto, settings_to_proto, summary_from_proto
+from .typed import WireFormatError, decode_mask, explanation_from_proto, settings_to_proto, summary_from_proto
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -45,12 +45,6 @@ def build_request(images: Iterable[bytes] | bytes, options: pb.ExplainOptions | 
     if options is not None:
         request.options.CopyFrom(options)
     return request
-
-
-def decode_mask(mask: pb.Mask) -> np.ndarray:
-    """Bit-packed Mask -> ``(height, width)`` bool array in original image pixels."""
-    bits = np.unpackbits(np.frombuffer(mask.bits, dtype=np.uint8), count=mask.width * mask.height)
-    return bits.astype(bool).reshape(mask.height, mask.width)
 
 
 def heatmap_array(heatmap: pb.Heatmap) -> np.ndarray:

@@ -185,16 +185,6 @@ def center_crop_box(width: int, height: int, crop: int, resize: int | None = Non
     return x0, y0, x1, y1
 
 
-def unpack_mask(bits: bytes, width: int, height: int) -> np.ndarray:
-    """The service's bit packing -> (height, width) bool: pixel (x, y) is bit i = y * width + x, in byte i // 8
-    at bit 7 - i % 8 (most significant first, as numpy.packbits). Raises ValueError on a wrong byte count."""
-    expected = (width * height + 7) // 8
-    if len(bits) != expected:
-        raise ValueError(f"mask.bits: expected {expected} bytes for {width}x{height} pixels, got {len(bits)}")
-    flat = np.unpackbits(np.frombuffer(bits, dtype=np.uint8), count=width * height)
-    return flat.reshape(height, width).astype(bool)
-
-
 def label_of(labels: Sequence[str], class_id: int) -> str:
     """Label of ``class_id``, or its number when the label list does not cover it."""
     return labels[class_id] if 0 <= class_id < len(labels) else str(class_id)

@@ -14,10 +14,11 @@ from typing import Mapping
 
 import numpy as np
 
+from galore import masks
 from galore_api.v1 import explainer_pb2 as pb
 
 from .results import (Attributive, ClassRef, ClassScore, Counterfactual, ExemplarSide, Explanation, ImageFailure,
-                      Insecurity, Region, center_crop_box, mask_bbox, unpack_mask)
+                      Insecurity, Region, center_crop_box, mask_bbox)
 from .settings import ExplainSettings, ModelSummary
 
 _ENUM_PREFIX = {"kinds": "EXPLANATION_KIND_", "attribution": "ATTRIBUTION_FUNCTION_",
@@ -71,12 +72,19 @@ def settings_to_proto(settings: ExplainSettings, exemplars: Mapping[int | str, b
     return options
 
 
+def decode_mask(mask: pb.Mask) -> np.ndarray:
+    """Mask (COCO RLE or bits) -> ``(height, width)`` bool array in original image pixels; ValueError if malformed."""
+    encoding = mask.WhichOneof("encoding")
+    payload = {encoding: getattr(mask, encoding)} if encoding else {}
+    return masks.decode_wire(mask.height, mask.width, **payload)
+
+
 def mask_from_proto(mask: pb.Mask, width: int, height: int, where: str = "mask") -> np.ndarray:
-    """Bit-packed Mask -> (height, width) bool; WireFormatError if its size or counts disagree with the image."""
+    """Mask (COCO RLE or bits) -> (height, width) bool; WireFormatError if its size or counts disagree."""
     if (mask.width, mask.height) != (width, height):
         raise WireFormatError(f"{where}: mask is {mask.width}x{mask.height}, image is {width}x{height}")
     try:
-        array = unpack_mask(mask.bits, width, height)
+        array = decode_mask(mask)
     except ValueError as exc:
         raise WireFormatError(f"{where}: {exc}") from None
     if int(array.sum()) != mask.pixel_count:

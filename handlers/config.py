@@ -10,6 +10,7 @@ Example yaml (see model_store/build.py, which writes it)::
       hardness_arch: null             # optional hardness predictor (torchvision architecture)
       hardness_state_dict: null
       exemplar_bank: null             # folder in the archive: class_name/*.jpg
+      working_grid: null              # side G of the grid regions are thresholded on; null: the model's crop
       limits: {max_image_bytes: 20971520, max_pixels: 40000000, max_images_per_request: 16}
 """
 from __future__ import annotations
@@ -48,6 +49,7 @@ class HandlerConfig:
     hardness_arch: str | None = None
     hardness_state_dict: str | None = None
     exemplar_bank: str | None = None
+    working_grid: int | None = None  # None: the model's input crop side
     limits: Limits = field(default_factory=Limits)
     batch_size: int = 1
     max_request_bytes: int = 0  # 0: unknown (TorchServe's max_request_size is set outside the archive)
@@ -59,7 +61,7 @@ class HandlerConfig:
         model_yaml = model_yaml or {}
         section = dict(model_yaml.get("handler") or {})
         known = {"model", "state_dict", "labels", "layer", "hardness_arch", "hardness_state_dict",
-                 "exemplar_bank", "limits", "max_request_bytes", "max_response_bytes"}
+                 "exemplar_bank", "working_grid", "limits", "max_request_bytes", "max_response_bytes"}
         unknown = sorted(set(section) - known)
         if unknown:
             raise InvalidArgument("handler", f"unknown keys {unknown}; known: {sorted(known)}")
@@ -77,8 +79,17 @@ class HandlerConfig:
             hardness_arch=section.get("hardness_arch") or None,
             hardness_state_dict=in_model_dir("hardness_state_dict"),
             exemplar_bank=in_model_dir("exemplar_bank"),
+            working_grid=_working_grid(section.get("working_grid")),
             limits=limits,
             batch_size=int(model_yaml.get("batchSize", 1)),
             max_request_bytes=int(section.get("max_request_bytes") or 0),
             max_response_bytes=int(section.get("max_response_bytes") or 0),
         )
+
+
+def _working_grid(value) -> int | None:
+    if value in (None, ""):
+        return None
+    if not isinstance(value, int) or not 8 <= value <= 1024:
+        raise InvalidArgument("handler.working_grid", f"must be an integer in [8, 1024] or null, got {value!r}")
+    return value

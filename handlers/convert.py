@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 
+from galore import masks
 from galore.errors import STATUS_TABLE, GaloreError, InvalidArgument
 from galore.options import Attribution, ExplainOptions, Kind, Score, Target, Threshold
 from galore.results import Attributive, Counterfactual, ImageResult, Insecurity, Region
@@ -123,36 +124,62 @@ def status(error: GaloreError | None) -> pb.Status:
                      message=error.message, field=error.field)
 
 
-def mask(bool_mask: torch.Tensor, pixel_count: int, bbox) -> pb.Mask:
-    """(H, W) bool tensor -> bit-packed row-major Mask (MSB first, as numpy.packbits)."""
-    height, width = bool_mask.shape
-    bits = np.packbits(bool_mask.detach().to("cpu", torch.bool).numpy().reshape(-1))
-    message = pb.Mask(width=width, height=height, bits=bits.tobytes(), pixel_count=int(pixel_count))
-    if bbox is not None:
-        x0, y0, x1, y1 = (int(v) for v in bbox)
+def mask(value: Region, encoding: int = pb.MASK_ENCODING_RLE) -> pb.Mask:
+    """A Region's mask in original pixels -> Mask: COCO RLE straight from the working-grid cells (cost independent
+    of the photo's size), or bits (row-major, MSB first, as numpy.packbits) of the full mask."""
+    height, width = value.frame.shape
+    message = pb.Mask(width=width, height=height, pixel_count=int(value.pixel_count))
+    if encoding == pb.MASK_ENCODING_BITS:
+        message.bits = masks.pack_bits(value.frame.expand(value.cells))
+    else:
+        message.coco_rle = masks.coco_string(masks.rle_counts(value.cells, value.frame))
+    if value.bbox is not None:
+        x0, y0, x1, y1 = (int(v) for v in value.bbox)
         message.bbox.CopyFrom(pb.BoundingBox(x0=x0, y0=y0, x1=x1, y1=y1))
     return message
 
 
-def region(value: Region, include_heatmap: bool) -> pb.Region:
-    message = pb.Region(mask=mask(value.mask, value.pixel_count, value.bbox), strength=float(value.strength))
-    if include_heatmap and value.heatmap is not None:
+def mask_encoding(message: pb.ExplainOptions) -> int:
+    """ExplainOptions.mask_encoding, UNSPECIFIED -> RLE; unknown values are errors."""
+    value = message.mask_encoding
+    if value == pb.MASK_ENCODING_UNSPECIFIED:
+        return pb.MASK_ENCODING_RLE
+    if value not in pb.MaskEncoding.values():
+        raise InvalidArgument("options.mask_encoding", f"unknown MaskEncoding value {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Rendering:
+    """How one request wants its regions written: heatmaps or not, which mask encoding."""
+
+    include_heatmaps: bool = False
+    mask_encoding: int = pb.MASK_ENCODING_RLE
+
+    @classmethod
+    def of(cls, message: pb.ExplainOptions) -> "Rendering":
+        return cls(message.include_heatmaps, mask_encoding(message))
+
+
+def region(value: Region, how: Rendering) -> pb.Region:
+    message = pb.Region(mask=mask(value, how.mask_encoding), strength=float(value.strength))
+    if how.include_heatmaps and value.heatmap is not None:
         heat = value.heatmap.detach().to("cpu", torch.float32)
         message.heatmap.CopyFrom(pb.Heatmap(height=heat.shape[0], width=heat.shape[1],
                                             values=heat.reshape(-1).tolist()))
     return message
 
 
-def _attributive(value: Attributive, labels, heat: bool) -> pb.Attributive:
+def _attributive(value: Attributive, labels, heat: Rendering) -> pb.Attributive:
     return pb.Attributive(class_id=value.class_id, label=labels[value.class_id], region=region(value.region, heat))
 
 
-def _insecurity(value: Insecurity, labels, heat: bool) -> pb.Insecurity:
+def _insecurity(value: Insecurity, labels, heat: Rendering) -> pb.Insecurity:
     return pb.Insecurity(class_ids=list(value.class_ids), labels=[labels[c] for c in value.class_ids],
                          region=region(value.region, heat))
 
 
-def _counterfactual(value: Counterfactual, labels, heat: bool) -> pb.Counterfactual:
+def _counterfactual(value: Counterfactual, labels, heat: Rendering) -> pb.Counterfactual:
     message = pb.Counterfactual(predicted_id=value.predicted_id, counter_ids=list(value.counter_ids),
                                 query=region(value.query, heat), strength=float(value.strength),
                                 complete=bool(value.complete))
@@ -164,7 +191,7 @@ def _counterfactual(value: Counterfactual, labels, heat: bool) -> pb.Counterfact
     return message
 
 
-def image_explanation(image_id: str, result: ImageResult, labels, include_heatmaps: bool) -> pb.ImageExplanation:
+def image_explanation(image_id: str, result: ImageResult, labels, how: Rendering) -> pb.ImageExplanation:
     """One engine result -> ImageExplanation (its own status; no explanation fields when it failed)."""
     message = pb.ImageExplanation(id=image_id, status=status(result.error))
     if result.error is not None:
@@ -177,13 +204,13 @@ def image_explanation(image_id: str, result: ImageResult, labels, include_heatma
         message.score_kind = to_proto_enum(result.score_name if isinstance(result.score_name, str)
                                            else result.score_name)
     if result.attributive is not None:
-        message.attributive.CopyFrom(_attributive(result.attributive, labels, include_heatmaps))
+        message.attributive.CopyFrom(_attributive(result.attributive, labels, how))
     if result.self_aware is not None:
-        message.self_aware.CopyFrom(_attributive(result.self_aware, labels, include_heatmaps))
+        message.self_aware.CopyFrom(_attributive(result.self_aware, labels, how))
     for dim in sorted(result.deliberative):
         group = message.deliberative.add(dim=dim)
         ranked = sorted(result.deliberative[dim], key=lambda item: item.region.strength, reverse=True)
-        group.insecurities.extend(_insecurity(item, labels, include_heatmaps) for item in ranked)
+        group.insecurities.extend(_insecurity(item, labels, how) for item in ranked)
     if result.counterfactual is not None:
-        message.counterfactual.CopyFrom(_counterfactual(result.counterfactual, labels, include_heatmaps))
+        message.counterfactual.CopyFrom(_counterfactual(result.counterfactual, labels, how))
     return message

@@ -1,4 +1,9 @@
-"""Encoded image bytes -> ``(3, H, W)`` uint8 RGB tensor at the original resolution (EXIF orientation applied)."""
+"""Encoded image bytes -> ``(3, H, W)`` uint8 RGB tensor (EXIF orientation applied) and the original's size.
+
+JPEGs are decoded at a reduced scale when the model needs fewer pixels: Pillow's ``draft`` lets libjpeg scale by
+1/2, 1/4 or 1/8 in the DCT domain, far cheaper than decoding every pixel and resizing. The original's size (after
+EXIF orientation) comes from the header, so masks stay exact in original pixels (``galore.ImageRequest``).
+"""
 from __future__ import annotations
 
 import io
@@ -12,12 +17,17 @@ from galore.errors import InvalidArgument, ResourceExhausted
 
 from .config import Limits
 
+_TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
-def decode_image(data: bytes, field: str, limits: Limits) -> torch.Tensor:
+
+def decode_image(data: bytes, field: str, limits: Limits, min_side: int | None = None
+                 ) -> tuple[torch.Tensor, tuple[int, int]]:
     """Decodes JPEG/PNG/WebP (anything Pillow reads). Raises with ``field`` naming the offending request field.
 
-    Returns a ``(3, H, W)`` ``torch.uint8`` tensor. Too many bytes or pixels -> ResourceExhausted; empty or
-    undecodable bytes -> InvalidArgument. Pixels are checked from the header before any decoding.
+    Returns ``(image, (H0, W0))``: a ``(3, H, W)`` ``torch.uint8`` tensor and the original's height and width after
+    EXIF orientation. With ``min_side``, a JPEG is decoded at the smallest DCT scale whose shorter side still has
+    ``min_side`` pixels (then H <= H0, W <= W0); other formats decode in full. Too many bytes or pixels ->
+    ResourceExhausted; empty or undecodable bytes -> InvalidArgument. Pixels are checked from the header first.
     """
     if len(data) == 0:
         raise InvalidArgument(field, "image is empty (0 bytes)")
@@ -31,6 +41,11 @@ def decode_image(data: bytes, field: str, limits: Limits) -> torch.Tensor:
             if width * height > limits.max_pixels:
                 raise ResourceExhausted(
                     field, f"image is {width}x{height} = {width * height} pixels, limit is {limits.max_pixels}")
+            orientation = image.getexif().get(0x0112, 1)
+            original = (width, height) if orientation in _TRANSPOSED else (height, width)  # (H0, W0) as shown
+            if min_side and image.format == "JPEG" and min(width, height) > 2 * min_side:
+                scale = min(width, height) / min_side
+                image.draft("RGB", (max(1, int(width / scale)), max(1, int(height / scale))))
             image = ImageOps.exif_transpose(image).convert("RGB")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ResourceExhausted(field, f"image is too large to decode safely: {exc}") from None
@@ -39,4 +54,4 @@ def decode_image(data: bytes, field: str, limits: Limits) -> torch.Tensor:
     except Exception as exc:  # Pillow raises many types for corrupt data
         raise InvalidArgument(field, f"cannot decode image ({type(exc).__name__}: {exc})") from None
     array = np.asarray(image, dtype=np.uint8)  # (H, W, 3)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous(), original

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from PIL import Image
 
@@ -26,6 +27,7 @@ class GaloreHandler:
         self.initialized = False
 
     def initialize(self, context) -> None:
+        _problems_to_stderr()
         properties = context.system_properties
         model_dir = properties.get("model_dir")
         config = HandlerConfig.from_model_yaml(getattr(context, "model_yaml_config", None), model_dir)
@@ -44,6 +46,25 @@ class GaloreHandler:
             context.set_response_status(answer.http_status, answer.phrase, idx)
             context.set_response_content_type(idx, answer.media_type)
         return [answer.body for answer in answers]
+
+
+def _problems_to_stderr() -> None:
+    """TorchServe logs a worker's stdout at INFO and its stderr at WARN (MODEL_LOG): send our warnings, errors and
+    tracebacks to stderr, so a console that shows warnings (``make serve``) shows them; the rest stays on stdout."""
+    formatter = logging.Formatter("%(levelname)s %(name)s: %(message)s")
+    problems = logging.StreamHandler(sys.stderr)
+    problems.setLevel(logging.WARNING)
+    problems.setFormatter(formatter)
+    chatter = logging.StreamHandler(sys.stdout)
+    chatter.addFilter(lambda record: record.levelno < logging.WARNING)
+    chatter.setFormatter(formatter)
+    for name in ("galore", "handlers"):
+        log = logging.getLogger(name)
+        if not log.handlers:
+            log.addHandler(problems)
+            log.addHandler(chatter)
+            log.setLevel(logging.INFO)
+            log.propagate = False
 
 
 def _cuda_available() -> bool:

@@ -26,13 +26,14 @@ def build_engine(config: HandlerConfig, device: str):
     from galore import Engine
 
     if config.model == DEFAULT_MODEL and config.state_dict is None:
-        engine = Engine.default(device=device)
+        engine = Engine.default(device=device, working_grid=config.working_grid)
     else:
         if config.labels is None:
             raise InvalidArgument("handler.labels", f"a label file is required for {config.model}")
         engine = Engine.from_torchvision(
             config.model, state_dict=config.state_dict, labels=read_labels(config.labels), layer=config.layer,
-            hardness_arch=config.hardness_arch, hardness_state_dict=config.hardness_state_dict, device=device)
+            hardness_arch=config.hardness_arch, hardness_state_dict=config.hardness_state_dict, device=device,
+            working_grid=config.working_grid)
     if config.exemplar_bank:
         load_exemplar_bank(engine, Path(config.exemplar_bank), config)
     return engine
@@ -47,7 +48,8 @@ def load_exemplar_bank(engine, folder: Path, config: HandlerConfig) -> int:
             if image_path.suffix.lower() not in BANK_SUFFIXES:
                 continue
             key = f"bank/{class_dir.name}/{image_path.name}"
-            engine.add_exemplar(class_id, decode_image(image_path.read_bytes(), key, config.limits), key=key)
+            image, original = decode_image(image_path.read_bytes(), key, config.limits, engine.preprocess.resize)
+            engine.add_exemplar(class_id, image, key=key, original_size=original)
             count += 1
     logger.info("exemplar bank: %d images from %s", count, folder)
     return count

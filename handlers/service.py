@@ -32,6 +32,7 @@ class Prepared:
     call: Call = Call.EXPLAIN
     error: GaloreError | None = None
     options: ExplainOptions | None = None
+    rendering: convert.Rendering = field(default_factory=convert.Rendering)
     ids: list[str] = field(default_factory=list)
     # per image: an engine request, or the error that stopped that image before the engine
     items: list[object] = field(default_factory=list)
@@ -69,10 +70,11 @@ class ExplainService:
                 raise InvalidArgument(f"options.counter_classes[{i}].{ref}", err.message) from None
         return tuple(ids)
 
-    def _prepare_explain(self, message: pb.ExplainRequest, prepared: Prepared):
-        from galore import ImageRequest  # the engine package; imported late so this module loads without it
+    def _prepare_explain(self, message: pb.ExplainRequest, prepared: Prepared, request_id: str):
+        from galore.engine import ImageRequest
 
         limits = self.config.limits
+        min_side = self.engine.preprocess.resize  # JPEGs decode at the smallest DCT scale the model still resolves
         if not message.images:
             raise InvalidArgument("images", "at least one image is required")
         exemplar_count = sum(1 for c in message.options.counter_classes if c.exemplar)
@@ -83,19 +85,23 @@ class ExplainService:
                           f"limit is {limits.max_images_per_request} per request")
         counter_ids = self._counter_ids(message.options)
         options = convert.to_options(message.options, counter_ids, len(self.labels))
-        exemplars = {}
+        exemplars, sizes = {}, {}
         for i, counter in enumerate(message.options.counter_classes):
             if counter.exemplar:
-                exemplars[counter_ids[i]] = decode_image(
-                    counter.exemplar, f"options.counter_classes[{i}].exemplar", limits)
+                exemplars[counter_ids[i]], sizes[counter_ids[i]] = decode_image(
+                    counter.exemplar, f"options.counter_classes[{i}].exemplar", limits, min_side)
         prepared.options = options
+        prepared.rendering = convert.Rendering.of(message.options)
         for j, image in enumerate(message.images):
             prepared.ids.append(image.id or f"images[{j}]")
+            field = f"images[{j}].data"
             try:
                 if len(image.id) > MAX_ID_CHARS:
                     raise InvalidArgument(f"images[{j}].id", f"at most {MAX_ID_CHARS} characters")
-                tensor = decode_image(image.data, f"images[{j}].data", limits)
-                prepared.items.append(ImageRequest(image=tensor, options=options, exemplars=dict(exemplars)))
+                tensor, original = decode_image(image.data, field, limits, min_side)
+                prepared.items.append(ImageRequest(
+                    image=tensor, options=options, exemplars=dict(exemplars), original_size=original,
+                    exemplar_sizes=dict(sizes), field=field, tag=f"request {request_id or '?'} {field}"))
             except GaloreError as err:
                 prepared.items.append(err)
 
@@ -107,11 +113,11 @@ class ExplainService:
         prepared = Prepared(response_type=wire.response_type, call=wire.call)
         if wire.call is Call.EXPLAIN:
             try:
-                self._prepare_explain(wire.message, prepared)
+                self._prepare_explain(wire.message, prepared, _request_id(context, idx))
             except GaloreError as err:
                 prepared.error = err
             except Exception:  # a bug must cost this request only
-                logger.exception("cannot prepare request %d", idx)
+                logger.exception("cannot prepare request %s", _request_id(context, idx))
                 prepared.error = GaloreError("", "internal error while reading the request; see the worker log")
             if prepared.error is not None:
                 prepared.items.clear()
@@ -126,6 +132,7 @@ class ExplainService:
             feature_height=int(h), feature_width=int(w), input_size=int(info.input_size),
             exemplar_class_ids=[int(c) for c in info.exemplar_classes],
             has_hardness_predictor=bool(info.has_hardness), max_batch_size=self.config.batch_size,
+            working_grid=int(info.working_grid),
         )
         message.classes.extend(pb.ClassInfo(class_id=i, label=label) for i, label in enumerate(self.labels))
         message.scores.extend(convert.to_proto_enum(s) for s in info.scores)
@@ -143,9 +150,8 @@ class ExplainService:
         if prepared.error is not None:
             response.status.CopyFrom(convert.status(prepared.error))
             return response
-        heat = prepared.options.include_heatmaps
         for image_id, result in zip(prepared.ids, results):
-            response.images.append(convert.image_explanation(image_id, result, self.labels, heat))
+            response.images.append(convert.image_explanation(image_id, result, self.labels, prepared.rendering))
         failed = [r.error for r in results if r.error is not None]
         response.status.CopyFrom(convert.status(failed[0] if len(failed) == len(results) else None))
         return response
@@ -188,7 +194,7 @@ class ExplainService:
                 raise RuntimeError(f"engine returned {len(results)} results for {len(flat)} images")
         except GaloreError as err:  # should be per image, but never let it take the batch down
             results = [ImageResult(error=err) for _ in flat]
-        except Exception:
+        except Exception:  # the engine isolates failures per image; this is a last resort
             logger.exception("engine failed on a batch of %d images", len(flat))
             internal = GaloreError("", "internal error while explaining the batch; see the worker log")
             results = [ImageResult(error=internal) for _ in flat]
@@ -217,3 +223,11 @@ class ExplainService:
         status = response.status
         return Answer(encode(response, prepared.response_type), prepared.response_type, status.http_status,
                       status.code)
+
+
+def _request_id(context, idx: int) -> str:
+    """TorchServe's id of request ``idx`` of the batch (in its access log too), or ""."""
+    try:
+        return str((getattr(context, "request_ids", None) or {}).get(idx, ""))
+    except AttributeError:
+        return ""

@@ -59,7 +59,7 @@ def test_rest_and_grpc_agree(rest_client, grpc_client, chelsea):
     options = pb.ExplainOptions(kinds=[pb.EXPLANATION_KIND_ATTRIBUTIVE])
     over_rest = rest_client.explain([chelsea], options).images[0]
     over_grpc = grpc_client.explain([chelsea], options).images[0]
-    assert over_rest.attributive.region.mask.bits == over_grpc.attributive.region.mask.bits
+    assert over_rest.attributive.region.mask == over_grpc.attributive.region.mask
     assert [c.class_id for c in over_rest.top_classes] == [c.class_id for c in over_grpc.top_classes]
 
 

@@ -8,7 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
+from galore import masks
 from galore.errors import InvalidArgument, ResourceExhausted
+from galore.masks import CellFrame
+from galore.results import Region
 from galore.options import Attribution, Kind, Score, Target
 from galore_api.v1 import explainer_pb2 as pb
 from galore_client.client import decode_mask
@@ -21,18 +24,36 @@ from handlers.decode import decode_image
 from handlers.wire import parse_explain_json
 
 
+def _region(cells: np.ndarray, height: int, width: int) -> Region:
+    """A region whose working grid has one cell per original pixel (identity frame)."""
+    frame = CellFrame(np.arange(height), np.arange(width), max(height, width))
+    padded = np.zeros((frame.side, frame.side), dtype=bool)
+    padded[:height, :width] = cells
+    return Region.of(padded, frame, torch.zeros(1, 1), 1.0)
+
+
 def test_mask_bits_are_row_major_msb_first():
-    mask = torch.zeros(2, 5, dtype=torch.bool)
+    mask = np.zeros((2, 5), dtype=bool)
     mask[0, 0] = mask[0, 4] = mask[1, 2] = True  # bits 0, 4, 7 of 10
-    packed = convert.mask(mask, 3, (0, 0, 5, 2))
-    assert packed.bits == bytes([0b10001001, 0b00000000])
+    packed = convert.mask(_region(mask, 2, 5), pb.MASK_ENCODING_BITS)
+    assert packed.bits == bytes([0b10001001, 0b00000000]) and packed.WhichOneof("encoding") == "bits"
     assert (packed.width, packed.height, packed.pixel_count) == (5, 2, 3)
-    assert np.array_equal(decode_mask(packed), mask.numpy())
+    assert (packed.bbox.x0, packed.bbox.y0, packed.bbox.x1, packed.bbox.y1) == (0, 0, 5, 2)
+    assert np.array_equal(decode_mask(packed), mask)
+
+
+def test_mask_rle_is_coco_column_major():
+    mask = np.zeros((2, 5), dtype=bool)
+    mask[0, 0] = mask[0, 4] = mask[1, 2] = True  # column-major: 1 0 | 0 0 | 0 1 | 0 0 | 1 0
+    packed = convert.mask(_region(mask, 2, 5))
+    assert packed.WhichOneof("encoding") == "coco_rle"
+    assert masks.coco_counts(packed.coco_rle).tolist() == [0, 1, 4, 1, 2, 1, 1]
+    assert np.array_equal(decode_mask(packed), mask)
 
 
 def test_empty_mask_has_no_bbox():
-    packed = convert.mask(torch.zeros(3, 3, dtype=torch.bool), 0, None)
-    assert not packed.HasField("bbox") and packed.bits == b"\x00\x00"
+    packed = convert.mask(_region(np.zeros((3, 3), dtype=bool), 3, 3), pb.MASK_ENCODING_BITS)
+    assert not packed.HasField("bbox") and packed.bits == b"\x00\x00" and packed.pixel_count == 0
 
 
 @pytest.mark.parametrize("galore_enum", [Kind, Attribution, Score, Target])
@@ -79,8 +100,8 @@ def _png(width: int, height: int) -> bytes:
 
 
 def test_decode_gives_chw_uint8_rgb_and_enforces_limits():
-    image = decode_image(_png(7, 3), "images[0].data", Limits())
-    assert image.shape == (3, 3, 7) and image.dtype == torch.uint8
+    image, original = decode_image(_png(7, 3), "images[0].data", Limits())
+    assert image.shape == (3, 3, 7) and image.dtype == torch.uint8 and original == (3, 7)
     assert image[:, 0, 0].tolist() == [10, 20, 30]
     with pytest.raises(ResourceExhausted) as caught:
         decode_image(_png(7, 3), "images[2].data", Limits(max_pixels=20))
@@ -89,6 +110,23 @@ def test_decode_gives_chw_uint8_rgb_and_enforces_limits():
         decode_image(_png(7, 3), "x", Limits(max_image_bytes=10))
     with pytest.raises(InvalidArgument):
         decode_image(_png(7, 3)[:40], "x", Limits())
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_jpeg_decodes_at_reduced_scale_with_the_original_size(orientation):
+    """A 2000 x 1500 JPEG needs only a 256-pixel shorter side: libjpeg's DCT scaling decodes it at 1/4 (500 x 375),
+    and the size reported is the original's after EXIF orientation (6: rotated, width and height swap)."""
+    yy, xx = np.mgrid[:1500, :2000]
+    pixels = np.stack([xx % 256, yy % 256, (xx // 8) % 256], -1).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="JPEG", quality=90, exif=exif)
+    image, original = decode_image(out.getvalue(), "images[0].data", Limits(), min_side=256)
+    full, full_size = decode_image(out.getvalue(), "images[0].data", Limits())
+    expected = (1500, 2000) if orientation == 1 else (2000, 1500)
+    assert original == full_size == expected and tuple(full.shape[1:]) == expected
+    assert tuple(image.shape[1:]) == (expected[0] // 4, expected[1] // 4)
 
 
 def test_handler_config_is_validated_and_paths_resolved(tmp_path):

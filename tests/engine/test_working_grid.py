@@ -1,0 +1,159 @@
+"""Regions on the bounded working grid: against an independent full-resolution computation, exact mask geometry in
+original pixels, COCO RLE through pycocotools, reduced decodes, degenerate shapes and per-image failure isolation."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms.v2.functional as TF
+from torch import nn
+
+from galore import Engine, ExplainOptions, ImageRequest, Kind, Threshold
+from galore.masks import coco_string, rle_counts, rle_from_mask
+from galore.preprocess import Preprocess, upsample_to_original
+from galore.regions import WorkingGrid, regions
+
+from .conftest import IDENTITY_PREP, gray_pool_model, photo, quadrant_image
+
+PREP = Preprocess(resize=256, crop=224, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+GRID_W = torch.randn(5, 49, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def grid_engine() -> Engine:
+    """F is the 7 x 7 gray average of the 224-pixel crop; a random linear head over 5 classes."""
+    return Engine.from_module("grid7", gray_pool_model(7, GRID_W), [f"c{i}" for i in range(5)], PREP, layer="1",
+                              device="cpu")
+
+
+def full_resolution_region(heat: torch.Tensor, geo, coverage: float) -> tuple[torch.Tensor, float]:
+    """The independent reference: the map upsampled to EVERY original pixel, the top coverage share of the crop's
+    original pixels kept (the pre-working-grid definition)."""
+    values, inside = upsample_to_original(heat, geo)
+    count = int(round(coverage * int(inside.sum())))
+    top = torch.topk(values.flatten(), count)
+    mask = torch.zeros(values.numel(), dtype=torch.bool)
+    mask[top.indices] = True
+    return mask.reshape(values.shape), float(top.values.mean())
+
+
+@pytest.mark.parametrize("size", [(300, 451), (1200, 1800), (2000, 1500)])
+def test_working_grid_matches_full_resolution(grid_engine, size):
+    """Tolerances: mask IoU >= 0.97 and strength within 1 % of the full-resolution computation."""
+    image = TF.resize(photo("chelsea"), list(size), antialias=True)
+    (res,) = grid_engine.explain([ImageRequest(image, ExplainOptions(kinds=frozenset({Kind.ATTRIBUTIVE})))])
+    region = res.attributive.region
+    _, geo = PREP(image)
+    reference, strength = full_resolution_region(region.heatmap, geo, 0.1)
+    mask = region.mask
+    iou = float((mask & reference).sum()) / float((mask | reference).sum())
+    assert mask.shape == size and iou >= 0.97, iou
+    assert region.strength == pytest.approx(strength, rel=0.01)
+
+
+def test_region_geometry_is_exact_in_original_pixels(lite_engine):
+    """pixel_count, bbox and the RLE come from the cells; they agree with the materialised mask."""
+    image = TF.resize(photo("coffee"), [750, 1100], antialias=True)
+    (res,) = lite_engine.explain([ImageRequest(image, ExplainOptions(dims=(2,)))])
+    for region in [res.attributive.region, res.self_aware.region, res.counterfactual.query,
+                   *(i.region for i in res.deliberative[2])]:
+        mask = region.mask.numpy()
+        ys, xs = np.nonzero(mask)
+        assert mask.shape == (750, 1100) and region.pixel_count == int(mask.sum()) > 0
+        assert region.bbox == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+        assert np.array_equal(rle_counts(region.cells, region.frame), rle_from_mask(mask))
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # inside pycocotools
+def test_coco_rle_round_trip_through_pycocotools(lite_engine):
+    from pycocotools import mask as coco
+
+    image = TF.resize(photo("astronaut"), [640, 480], antialias=True)
+    (res,) = lite_engine.explain([ImageRequest(image, ExplainOptions(kinds=frozenset({Kind.ATTRIBUTIVE})))])
+    region = res.attributive.region
+    string = coco_string(rle_counts(region.cells, region.frame))
+    decoded = coco.decode({"size": [640, 480], "counts": string})
+    assert decoded.shape == (640, 480) and np.array_equal(decoded.astype(bool), region.mask.numpy())
+    assert coco.encode(np.asfortranarray(decoded))["counts"] == string  # byte-identical to COCO's own encoder
+    assert int(coco.area({"size": [640, 480], "counts": string})) == region.pixel_count
+
+
+def test_reduced_decode_gives_masks_in_original_pixels(grid_engine):
+    """An image decoded at 1/4 scale with its original size: same prediction, masks at the original size."""
+    original = TF.resize(photo("chelsea"), [1200, 1804], antialias=True)
+    reduced = TF.resize(original, [300, 451], antialias=True)
+    opts = ExplainOptions(kinds=frozenset({Kind.ATTRIBUTIVE}))
+    full, small = grid_engine.explain([ImageRequest(original, opts),
+                                       ImageRequest(reduced, opts, original_size=(1200, 1804))])
+    assert (small.width, small.height) == (1804, 1200) and small.attributive.region.mask.shape == (1200, 1804)
+    assert small.top_classes[0].class_id == full.top_classes[0].class_id
+    a, b = full.attributive.region.mask, small.attributive.region.mask
+    assert float((a & b).sum()) / float((a | b).sum()) >= 0.9
+
+
+def test_coverage_counts_cells_of_the_working_grid():
+    _, geo = PREP(torch.zeros(3, 300, 451, dtype=torch.uint8))
+    heat = torch.rand(7, 7, generator=torch.Generator().manual_seed(1)) + 0.1  # positive, no ties
+    for side in (224, 56, 20):
+        (region,) = regions(heat[None], geo, Threshold(coverage=0.25), WorkingGrid(side, 224))
+        assert region.cells.shape == (side, side) and int(region.cells.sum()) == round(0.25 * side * side)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 15), (15, 1), (3, 60)])
+def test_degenerate_shapes_are_explained(tiny_engine, shape):
+    image = torch.full((3,) + shape, 128, dtype=torch.uint8)
+    (res,) = tiny_engine.explain([ImageRequest(image, ExplainOptions(kinds=frozenset({Kind.ATTRIBUTIVE})))])
+    assert res.ok and res.attributive.region.mask.shape == shape
+
+
+@pytest.mark.parametrize("shape", [(1, 10000), (10000, 1), (2, 100)])
+def test_extreme_aspect_ratios_are_rejected_naming_the_field(tiny_engine, shape):
+    image = torch.zeros((3,) + shape, dtype=torch.uint8)
+    (res,) = tiny_engine.explain([ImageRequest(image, ExplainOptions(kinds=frozenset({Kind.ATTRIBUTIVE})),
+                                               field="images[3].data")])
+    assert res.error.code == "INVALID_ARGUMENT" and res.error.field == "images[3].data"
+    assert "aspect ratio" in res.error.message
+
+
+class FaultyBackbone(nn.Module):
+    """A real backbone that fails on one kind of image: a white top-left pixel next to a black one."""
+
+    def __init__(self, inner: nn.Module, error: type[BaseException]):
+        super().__init__()
+        self.inner, self.error = inner, error
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        poisoned = (x[:, :, 0, 0] == 1).all(1) & (x[:, :, 0, 1] == 0).all(1)
+        if bool(poisoned.any()):
+            raise self.error("injected failure")
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("error, code", [(RuntimeError, "INTERNAL"), (MemoryError, "RESOURCE_EXHAUSTED")])
+def test_a_failing_image_fails_alone(error, code, caplog):
+    engine = Engine.from_module("tiny_faulty", gray_pool_model(), ["zero", "one", "two"], IDENTITY_PREP, layer="1",
+                                device="cpu")
+    healthy = Engine.from_module("tiny", gray_pool_model(), ["zero", "one", "two"], IDENTITY_PREP, layer="1",
+                                 device="cpu")
+    engine.split = dataclasses.replace(engine.split, backbone=FaultyBackbone(engine.split.backbone, error))
+    good = torch.full((3, 4, 4), 100, dtype=torch.uint8)
+    bad = good.clone()
+    bad[:, 0, 0], bad[:, 0, 1] = 255, 0
+    opts = ExplainOptions(top_e=3)
+    requests = [ImageRequest(good, opts), ImageRequest(bad, opts, field="images[1].data",
+                                                       tag="request r-42 images[1].data"),
+                ImageRequest(quadrant_image(), opts)]
+    with caplog.at_level(logging.ERROR, logger="galore.engine"):
+        results = engine.explain(requests)
+    assert [r.ok for r in results] == [True, False, True]
+    assert results[1].error.code == code
+    if code == "RESOURCE_EXHAUSTED":
+        assert results[1].error.field == "images[1].data"
+    assert any("r-42" in rec.getMessage() and rec.exc_info for rec in caplog.records)  # traceback + request id
+    for req, got in zip((requests[0], requests[2]), (results[0], results[2])):
+        (alone,) = healthy.explain([req])
+        assert alone.top_classes == got.top_classes
+        assert alone.counterfactual.strength == pytest.approx(got.counterfactual.strength)
