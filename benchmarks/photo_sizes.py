@@ -1,0 +1,165 @@
+"""Explanations against prediction alone, in-process, at the photo sizes users send (0.15 to 24 MP).
+
+    .venv/bin/python benchmarks/photo_sizes.py                                   # sweep: 3 models x 4 sizes x 2 batches
+    .venv/bin/python benchmarks/photo_sizes.py --archs efficientnet_lite0 --sizes 0.15,12 --batches 1
+    .venv/bin/python benchmarks/photo_sizes.py --rss          # peak RSS of one 24 MP request, E = 18, V = (2, 3)
+    .venv/bin/python benchmarks/photo_sizes.py --response     # bytes of a default response for a 12 MP photo
+
+Every method starts from the same decoded uint8 photos (real skimage photos resized to the size), so the photo's
+resize to the model's input is in every figure. Per (model, size, batch), interleaved rounds of one
+``engine.explain`` call per batch:
+  pred     prediction only (ExplainOptions(kinds=frozenset())): top classes and s(x)
+  default  the default kinds (attributive, self-aware, deliberative V = 2 of E = 5, counterfactual vs runner-up)
+  all      all six types: attributive, self-aware, deliberative V = 2 and 3, multi-class counterfactual against two
+           counter classes with bank exemplars (engine_throughput.py's set)
+Printed: images/s, the ratios to pred (target >= 0.9 for all), and the stage split of ``all``; VGG16's
+attribution stage against its forward (target <= 0.5).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torchvision.transforms.v2.functional as TF
+
+from engine_throughput import engine_version, machine, photo, setup, wait_for_quiet
+from galore import ExplainOptions, ImageRequest, Kind
+
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
+
+
+def resized(mp: float) -> list[torch.Tensor]:
+    out = []
+    for name in PHOTOS:
+        img = photo(name)
+        _, h, w = img.shape
+        scale = (mp * 1e6 / (h * w)) ** 0.5
+        out.append(TF.resize(img, [round(h * scale), round(w * scale)], antialias=True))
+    return out
+
+
+def time_round(engine, images, options) -> tuple[float, dict]:
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    results = engine.explain([ImageRequest(img, options) for img in images], timings=timings)
+    elapsed = time.perf_counter() - start
+    bad = [r.error for r in results if r.error is not None]
+    if bad:
+        raise SystemExit(f"engine failed: {bad[0]}")
+    return elapsed, timings
+
+
+def sweep(args) -> list[dict]:
+    rows = []
+    for arch in args.archs.split(","):
+        bench = setup(arch)
+        methods = {"pred": ExplainOptions(kinds=frozenset()), "default": ExplainOptions(), "all": bench.options}
+        for mp in (float(s) for s in args.sizes.split(",")):
+            photos = resized(mp)
+            for B in (int(b) for b in args.batches.split(",")):
+                images = [photos[j % len(photos)] for j in range(B)]
+                for options in methods.values():  # warm-up
+                    time_round(bench.engine, images, options)
+                times = {m: [] for m in methods}
+                stages: list[dict] = []
+                for _ in range(args.repeats):
+                    wait_for_quiet(args.max_wait)
+                    for name, options in methods.items():
+                        elapsed, timings = time_round(bench.engine, images, options)
+                        times[name].append(elapsed)
+                        if name == "all":
+                            stages.append(timings)
+                med = {m: statistics.median(t) for m, t in times.items()}
+                stage = {k: statistics.median(s[k] for s in stages) for k in stages[0]}
+                row = {"arch": arch, "mp": mp, "batch": B, **{f"{m}_ips": B / med[m] for m in med},
+                       "default_ratio": med["pred"] / med["default"], "all_ratio": med["pred"] / med["all"],
+                       **{f"all_{k}_ms": 1000 * v for k, v in stage.items()}}
+                rows.append(row)
+                print(markdown_row(row), flush=True)
+    return rows
+
+
+HEADER = ("| model | photo | batch | pred img/s | default img/s | all img/s | default / pred | all / pred "
+          "| all: preprocess / forward / attribution / regions ms |\n|---|---|---|---|---|---|---|---|---|")
+
+
+def markdown_row(r: dict) -> str:
+    split = " / ".join(f"{r.get(f'all_{k}_ms', 0):.0f}" for k in ("preprocess", "forward", "attribution", "regions"))
+    return (f"| {r['arch']} | {r['mp']:g} MP | {r['batch']} | {r['pred_ips']:.2f} | {r['default_ips']:.2f} | "
+            f"{r['all_ips']:.2f} | {r['default_ratio']:.2f} | {r['all_ratio']:.2f} | {split} |")
+
+
+def peak_rss() -> None:
+    """Child process: one 24 MP photo, E = 18, V = (2, 3) (969 maps); prints RSS before and the peak."""
+    from galore import Engine
+
+    engine = Engine.default(device="cpu")
+    image = resized(24)[0]
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    opts = ExplainOptions(kinds=frozenset({Kind.DELIBERATIVE, Kind.ATTRIBUTIVE}), top_e=18, dims=(2, 3))
+    start = time.perf_counter()
+    (res,) = engine.explain([ImageRequest(image, opts)])
+    elapsed = time.perf_counter() - start
+    assert res.ok, res.error
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"photo": list(image.shape[1:]), "maps": 969, "rss_before_mb": round(before),
+                      "peak_rss_mb": round(peak), "seconds": round(elapsed, 2)}))
+
+
+def response_size() -> None:
+    """Serialized default ExplainResponse for a 12 MP photo, per mask encoding (handlers.convert, as served)."""
+    from galore import Engine
+    from galore_api.v1 import explainer_pb2 as pb
+    from handlers import convert
+
+    engine = Engine.default(device="cpu")
+    image = resized(12)[0]
+    (res,) = engine.explain([ImageRequest(image, ExplainOptions())])
+    for name, encoding in (("rle", pb.MASK_ENCODING_RLE), ("bits", pb.MASK_ENCODING_BITS)):
+        start = time.perf_counter()
+        message = pb.ExplainResponse(images=[convert.image_explanation(
+            "images[0]", res, engine.labels, convert.Rendering(False, encoding))])
+        data = message.SerializeToString()
+        print(f"{name}: {len(data):,} bytes, encoded in {1000 * (time.perf_counter() - start):.1f} ms "
+              f"({tuple(image.shape[1:])} photo)")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--archs", default="efficientnet_lite0,resnet50,vgg16")
+    p.add_argument("--sizes", default="0.15,3,12,24", help="megapixels")
+    p.add_argument("--batches", default="1,8")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--max-wait", type=float, default=5.0, help="seconds to wait for a quiet machine per round")
+    p.add_argument("--rss", action="store_true", help="peak RSS of one 24 MP request with 969 maps")
+    p.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--response", action="store_true", help="default response size for a 12 MP photo")
+    p.add_argument("--json", dest="json_path")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.rss_child:
+        return peak_rss()
+    print(f"Machine: {machine()}; {engine_version()}\n")
+    if args.rss:
+        out = subprocess.run([sys.executable, __file__, "--rss-child", "--threads", str(args.threads)],
+                             capture_output=True, text=True, check=True)
+        print(out.stdout.strip())
+        return
+    if args.response:
+        return response_size()
+    print(HEADER)
+    rows = sweep(args)
+    if args.json_path:
+        with open(args.json_path, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
