@@ -42,7 +42,9 @@ def test_mixed_sizes_in_one_request(grpc_client, chelsea, photo_24mp):
     pixels = decode_mask(mask)
     assert pixels.shape == (4000, 6000) and int(pixels.sum()) == mask.pixel_count
     assert int(coco_counts(mask.coco_rle).sum()) == 6000 * 4000
-    # the crop the model saw is the central 4000 x 4000: 10 % of it, in original pixels
-    assert mask.pixel_count == pytest.approx(0.1 * 4000 * 4000, rel=0.02)
+    # resize 4000 -> 256, crop 224: the model saw the central 3500 x 3500 pixels; 10 % of them are kept
+    assert mask.pixel_count == pytest.approx(0.1 * 3500 * 3500, rel=0.01)
+    ys, xs = np.nonzero(pixels)
+    assert xs.min() >= 1250 and xs.max() < 4750 and ys.min() >= 250 and ys.max() < 3750
     assert response.images[5].deliberative[0].insecurities[0].class_ids == \
         response.images[0].deliberative[0].insecurities[0].class_ids  # neighbours unaffected
