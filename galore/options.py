@@ -111,7 +111,7 @@ class ExplainOptions:
         for name in ("top_k", "top_e", "max_insecurities", "ig_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise InvalidArgument(f"options.{name}", f"must be an integer >= 1, got {value!r}")
+                raise InvalidArgument(f"options.{name}", f"must be >= 1, got {value!r}")
         if self.ig_steps > MAX_IG_STEPS:
             raise InvalidArgument("options.ig_steps", f"must be <= {MAX_IG_STEPS}, got {self.ig_steps}")
         for name, enum_type in (("attribution", Attribution), ("score", Score), ("target", Target)):

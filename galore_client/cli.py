@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Sequence
 
 from galore.contract import DEFAULT_MODEL, DEFAULT_SERVER, DEFAULT_TIMEOUT_S
+from galore.errors import InvalidArgument
 
 from .errors import GaloreClientError
 from .images import ImageFileError, expand_paths, read_image
 from .results import Explanation, ImageFailure
 from .report import ReportEntry, ReportWriter, summary_dict, summary_text
-from .option_args import add_option_arguments, settings_from_args
+from .option_args import add_option_arguments, flag_for, settings_from_args
 from .settings import ExplainSettings, ModelSummary, UnknownClass
 EXIT_OK, EXIT_IMAGE_FAILED, EXIT_BAD_INPUT, EXIT_UNAVAILABLE, EXIT_SERVICE_ERROR = 0, 1, 2, 3, 4
 BAD_INPUT_CODES = {"INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED",
@@ -182,6 +183,8 @@ def build_settings(args, summary: ModelSummary) -> ExplainSettings:
     try:
         ids = tuple(summary.class_id(name, field="--counter") for name in counters)
         return settings_from_args(args, counter_classes=ids, include_heatmaps=True if not args.no_report else None)
+    except InvalidArgument as exc:
+        raise CliError(f"{flag_for(exc.field)}: {exc.message}", EXIT_BAD_INPUT) from exc
     except (UnknownClass, ValueError) as exc:
         raise CliError(str(exc), EXIT_BAD_INPUT) from exc
 

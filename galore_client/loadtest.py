@@ -34,7 +34,7 @@ from galore.options import Kind
 from .load_report import LoadSummary, format_report, summarize
 from .load_transports import (LoadTestError, build_request, check_loopback, folder_images, open_sender,
                               read_counters, sample_images, split_target)
-from .option_args import add_option_arguments, settings_from_args
+from .option_args import add_option_arguments, flag_for, settings_from_args
 from .settings import ExplainSettings
 from .typed import settings_to_proto
 
@@ -118,8 +118,7 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
     try:
         settings = settings_from_args(args)
     except InvalidArgument as exc:
-        flag = "--" + exc.field.removeprefix("options.").split(".")[0].replace("_", "-")
-        raise LoadTestError(f"{flag}: {exc.message}") from exc
+        raise LoadTestError(f"{flag_for(exc.field)}: {exc.message}") from exc
     return LoadConfig(
         transport=args.transport, target=target, model=args.model, concurrency=args.concurrency, rate=args.rate,
         count=args.count, duration_s=args.duration, images_per_request=args.images_per_request,

@@ -118,6 +118,12 @@ def add_option_arguments(parser: argparse.ArgumentParser, heatmap_note: str = ""
                        help="exemplar image of each counter class, by position: comma list or repeated")
 
 
+def flag_for(field: str) -> str:
+    """'options.top_e' or 'top_e' (a field an error names) -> '--top-e', the flag that sets it."""
+    name = field.removeprefix("options.").split(".")[0].split("[")[0]
+    return FLAGS.get(name, ("--" + name.replace("_", "-"),))[0]
+
+
 def settings_from_args(args: argparse.Namespace, counter_classes: tuple[int | str, ...] | None = None,
                        include_heatmaps: bool | None = None) -> ExplainSettings:
     """Parsed flags -> ExplainSettings (InvalidArgument naming the field). ``counter_classes``: already resolved
