@@ -8,7 +8,7 @@ from galore.options import ExplainOptions
 from galore_api.v1 import explainer_pb2 as pb
 from galore_client.images import read_image
 from galore_client.settings import ExplainSettings
-from galore_client.typed import WireFormatError, explanation_from_proto, mask_from_proto, settings_to_proto
+from galore_client.typed import WireFormatError, mask_from_proto, settings_to_proto
 from handlers import convert
 
 
