@@ -83,7 +83,8 @@ def add_loadtest_parser(subparsers) -> argparse.ArgumentParser:
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--transport", choices=("grpc", "rest"), default="grpc")
-    parser.add_argument("--target", help="HOST:PORT (default 127.0.0.1:50051 for grpc, 127.0.0.1:8080 for rest)")
+    parser.add_argument("--target", help=f"HOST:PORT (default {DEFAULT_TARGETS['grpc']} for grpc, "
+                                           f"{DEFAULT_TARGETS['rest']} for rest)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"TorchServe model name (REST URL; default "
                                                                 f"{DEFAULT_MODEL})")
     parser.add_argument("--concurrency", type=int, default=4,
