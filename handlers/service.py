@@ -9,6 +9,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from galore.engine import ImageRequest
 from galore.errors import GaloreError, InvalidArgument, ResourceExhausted
 from galore.options import ExplainOptions
 from galore.results import ImageResult
@@ -70,8 +71,6 @@ class ExplainService:
         return tuple(ids)
 
     def _prepare_explain(self, message: pb.ExplainRequest, prepared: Prepared):
-        from galore import ImageRequest  # the engine package; imported late so this module loads without it
-
         limits = self.config.limits
         if not message.images:
             raise InvalidArgument("images", "at least one image is required")

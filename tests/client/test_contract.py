@@ -117,3 +117,14 @@ def test_command_line_help_states_the_engine_defaults():
     assert f"(default {defaults.top_e})" in " ".join(text.split())
     assert f"(default {defaults.attribution.value})" in " ".join(text.split())
     assert ExplainSettings().options == defaults and not ExplainSettings().include_heatmaps
+
+
+@pytest.mark.parametrize("engine_enum", list(PROTO_ENUMS), ids=[e.__name__ for e in PROTO_ENUMS])
+def test_engine_enums_and_proto_enums_name_the_same_values(engine_enum):
+    """A member added on one side only (e.g. a new attribution function without its proto value) fails here."""
+    type_name, prefix = PROTO_ENUMS[engine_enum]
+    proto_names = {v.name.removeprefix(prefix) for v in pb.DESCRIPTOR.enum_types_by_name[type_name].values}
+    assert proto_names - {"UNSPECIFIED"} == {m.name for m in engine_enum}
+    for member in engine_enum:
+        number = pb.DESCRIPTOR.enum_types_by_name[type_name].values_by_name[prefix + member.name].number
+        assert engine_member(pb.DESCRIPTOR, engine_enum, number) is member
