@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from galore.contract import DEFAULT_MODEL, DEFAULT_SERVER, DEFAULT_TIMEOUT_S
+from galore.contract import DEFAULT_MODEL, DEFAULT_SERVER, DEFAULT_TIMEOUT_S, Call
 from galore.errors import InvalidArgument
 
 from .errors import GaloreClientError
@@ -199,7 +199,7 @@ def run_explain(args) -> int:
         raise CliError(str(exc), EXIT_BAD_INPUT) from exc
     backend = open_backend(args)
     try:
-        summary = _call("GetModelInfo", backend.model_info)
+        summary = _call(Call.MODEL_INFO.value, backend.model_info)
         settings = build_settings(args, summary)
         exemplars = dict(zip(settings.counter_classes, exemplar_files))
         batch = args.batch_size
@@ -212,7 +212,7 @@ def run_explain(args) -> int:
                 chunk = paths[start:start + batch]
                 loaded = [_load(path) for path in chunk]  # an unreadable image fails alone, not the batch
                 files = [item for item in loaded if not isinstance(item, Explanation)]
-                answers = iter(_call("Explain", backend.explain, files, settings, exemplars) if files else ())
+                answers = iter(_call(Call.EXPLAIN.value, backend.explain, files, settings, exemplars) if files else ())
                 for path, item in zip(chunk, loaded):
                     explanation = item if isinstance(item, Explanation) else next(answers)
                     failed += not explanation.ok
@@ -256,7 +256,7 @@ def _exemplar_pixels(explanation, exemplar_files) -> dict:
 def run_models(args) -> int:
     backend = open_backend(args)
     try:
-        info = _call("GetModelInfo", backend.model_info)
+        info = _call(Call.MODEL_INFO.value, backend.model_info)
     finally:
         backend.close()
     if args.json:

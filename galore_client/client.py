@@ -24,7 +24,8 @@ import requests
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
-from galore.contract import DEFAULT_GRPC_ADDRESS, DEFAULT_MODEL, DEFAULT_REST_ADDRESS, DEFAULT_SERVER, RPC_KEY, Call
+from galore.contract import (DEFAULT_GRPC_ADDRESS, DEFAULT_MODEL, DEFAULT_REST_ADDRESS, DEFAULT_SERVER, RPC_KEY,
+                             Call)
 from galore_api.v1 import explainer_pb2 as pb
 from galore_api.v1 import explainer_pb2_grpc
 

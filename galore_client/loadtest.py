@@ -205,7 +205,8 @@ def run_loadtest(args: argparse.Namespace) -> int:
     """Entry point of ``galore loadtest``: runs, prints the report, optionally writes JSON; returns the exit status."""
     try:
         config = config_from_args(args)
-        read_counters(config.settings.counter_classes, config.exemplars)  # bad files are a setting error, before any load
+        # bad exemplar files are a setting error, found before any load
+        read_counters(config.settings.counter_classes, config.exemplars)
         images = folder_images(args.images) if args.images else sample_images()
     except LoadTestError as exc:
         print(f"galore loadtest: {exc}", file=sys.stderr)

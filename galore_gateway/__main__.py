@@ -22,8 +22,10 @@ def parse_args(argv=None) -> GatewayConfig:
     parser.add_argument("--metrics-host", default=DEFAULTS.metrics_host,
                         help="address /metrics listens on (0.0.0.0 in a pod, so Prometheus can scrape it)")
     parser.add_argument("--ts-config", help="TorchServe config.properties: gRPC ports and size limits")
-    parser.add_argument("--torchserve-inference", help=f"TorchServe gRPC inference host:port (default {DEFAULTS.torchserve_inference})")
-    parser.add_argument("--torchserve-management", help=f"TorchServe gRPC management host:port (default {DEFAULTS.torchserve_management})")
+    parser.add_argument("--torchserve-inference",
+                        help=f"TorchServe gRPC inference host:port (default {DEFAULTS.torchserve_inference})")
+    parser.add_argument("--torchserve-management",
+                        help=f"TorchServe gRPC management host:port (default {DEFAULTS.torchserve_management})")
     parser.add_argument("--model", default=DEFAULTS.model, help=f"TorchServe model name (default {DEFAULTS.model})")
     parser.add_argument("--ts-key-file", help="TorchServe key_file.json, when TorchServe token auth is on")
     parser.add_argument("--default-timeout", type=float, default=DEFAULTS.default_timeout_s,

@@ -58,7 +58,8 @@ class GatewayConfig:
         """Takes the TorchServe addresses and size limits from its config.properties, then ``overrides``."""
         props = read_properties(path)
         values = {}
-        for kind, default_port in (("inference", DEFAULT_PORTS.ts_grpc), ("management", DEFAULT_PORTS.ts_grpc_management)):
+        ports = {"inference": DEFAULT_PORTS.ts_grpc, "management": DEFAULT_PORTS.ts_grpc_management}
+        for kind, default_port in ports.items():
             host = props.get(f"grpc_{kind}_address", HOST)
             values[f"torchserve_{kind}"] = f"{host}:{props.get(f'grpc_{kind}_port', default_port)}"
         if "max_request_size" in props:

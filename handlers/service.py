@@ -9,7 +9,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from galore.engine import ImageRequest
+from galore import ImageRequest
 from galore.errors import GaloreError, InvalidArgument, ResourceExhausted
 from galore.options import ExplainOptions
 from galore.results import ImageResult

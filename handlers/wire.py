@@ -107,7 +107,7 @@ def read_request(row: dict, context, idx: int) -> WireRequest:
             return WireRequest(Call.MODEL_INFO, None, PROTOBUF)
         if rpc == Call.EXPLAIN.value:
             return WireRequest(Call.EXPLAIN, parse_explain_proto(_body(row)), PROTOBUF)
-        raise InvalidArgument(RPC_KEY, f"unknown call {rpc!r}; expected Explain or GetModelInfo")
+        raise InvalidArgument(RPC_KEY, f"unknown call {rpc!r}; expected {' or '.join(c.value for c in Call)}")
     headers = _headers(context, idx)
     body_headers = headers.get("body") if isinstance(headers.get("body"), dict) else {}
     content_type = _media_type(headers.get("content-type") or body_headers.get("content-type"))
