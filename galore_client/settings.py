@@ -136,6 +136,9 @@ class ExplainSettings:
     def __hash__(self) -> int:
         return hash((self.options, self.counter_classes))
 
+    def __reduce__(self):  # copy, deepcopy and pickle rebuild through __init__ (it validates)
+        return _rebuild, (self.options, self.counter_classes)
+
     def __repr__(self) -> str:
         return f"ExplainSettings(options={self.options!r}, counter_classes={self.counter_classes!r})"
 
@@ -146,6 +149,10 @@ class ExplainSettings:
     def with_counter_ids(self, ids: tuple[int, ...]) -> "ExplainSettings":
         """The same settings with ``counter_classes`` resolved to class ids."""
         return ExplainSettings(replace(self.options, counter_classes=tuple(ids)), counter_classes=tuple(ids))
+
+
+def _rebuild(options: ExplainOptions, counter_classes: tuple) -> ExplainSettings:
+    return ExplainSettings(options, counter_classes=counter_classes)
 
 
 def _names(kinds) -> list:

@@ -30,7 +30,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / max(1, (a | b).sum()))
 
 
-SETTINGS = ExplainSettings(dims=(2, 3), counter_classes=(287,), top_e=5, max_insecurities=4)
+SETTINGS = ExplainSettings(dims=(2, 3), counter_classes=(287,), top_e=5, max_insecurities=4, include_heatmaps=True)
 
 
 @pytest.fixture(scope="module")
