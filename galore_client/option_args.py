@@ -34,7 +34,8 @@ FLAGS: dict[str, tuple[str, ...]] = {
     "top_k": ("--top-k",),
     "ig_steps": ("--ig-steps",),
 }
-EXEMPLAR_FLAGS = ("--exemplars", "--exemplar")  # one exemplar image per counter class, by position
+EXEMPLAR_FLAGS = ("--exemplars", "--exemplar")
+DEST = {"target": "attribution_target"}  # argparse names that would clash with a command's own (loadtest --target)  # one exemplar image per counter class, by position
 
 
 def _default_text(value) -> str:
@@ -111,7 +112,8 @@ def add_option_arguments(parser: argparse.ArgumentParser, heatmap_note: str = ""
         elif isinstance(value, int):
             group.add_argument(flags[0], type=int, dest=f.name, metavar=symbol, help=f"{help_text} {default}")
         elif isinstance(value, enum.Enum):
-            group.add_argument(flags[0], choices=choices(type(value)), dest=f.name, help=f"{help_text} {default}")
+            group.add_argument(flags[0], choices=choices(type(value)), dest=DEST.get(f.name, f.name),
+                               help=f"{help_text} {default}")
         else:
             raise TypeError(f"ExplainOptions.{f.name}: no command-line spelling for {type(value).__name__}")
     group.add_argument(*EXEMPLAR_FLAGS, type=_comma_list, action="extend", dest="exemplars", metavar="IMG",
@@ -132,7 +134,7 @@ def settings_from_args(args: argparse.Namespace, counter_classes: tuple[int | st
     prediction_only = args.prediction_only or (bool(args.kinds) and not kinds)
     if counter_classes is None:
         counter_classes = tuple(int(c) if c.isdigit() else c for c in dict.fromkeys(args.counter_classes or ()))
-    values = {name: getattr(args, name) for name in ("attribution", "score", "target", "clip_negative",
+    values = {name: getattr(args, DEST.get(name, name)) for name in ("attribution", "score", "target", "clip_negative",
                                                      "normalize", "top_e", "max_insecurities", "top_k",
                                                      "ig_steps", "include_heatmaps")}
     if values["include_heatmaps"] is None:
