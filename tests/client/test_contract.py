@@ -106,8 +106,10 @@ def test_every_proto_option_set_on_the_command_line_reaches_the_wire(field):
     expected = settings_to_proto(ExplainSettings(**keywords))
     explain_args = _explain_parser().parse_args(["explain", "x.jpg", "--no-report", *words])
     load_args = _loadtest_args(words)
-    for interface, args in (("galore explain", explain_args), ("galore loadtest", load_args)):
-        wire = settings_to_proto(settings_from_args(args))
+    sent = {"galore explain": settings_from_args(explain_args),
+            "galore loadtest": loadtest.config_from_args(load_args).settings}  # its whole config, --target and all
+    for interface, settings in sent.items():
+        wire = settings_to_proto(settings)
         assert wire == expected, f"{interface} {' '.join(words)} sent {wire} instead of {expected}"
 
 
