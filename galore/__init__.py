@@ -1,14 +1,34 @@
 """GALORE (Wang & Vasconcelos, TPAMI 2023): predictions plus attributive, self-aware, deliberative and
-counterfactual explanations from one batched forward pass. Pure torch: no serving imports here."""
-from .engine import Engine, ImageRequest, ModelInfo
-from .errors import (STATUS_TABLE, FailedPrecondition, GaloreError, InvalidArgument, ModelError,
-                     ResourceExhausted, UnsupportedMediaType)
-from .options import Attribution, ExplainOptions, Kind, Score, Target, Threshold
-from .results import (Attributive, ClassScore, Counterfactual, ExemplarSide, ImageResult, Insecurity, Region)
+counterfactual explanations from one batched forward pass. Pure torch: no serving imports here.
 
-__all__ = [
-    "Engine", "ImageRequest", "ModelInfo", "STATUS_TABLE", "GaloreError", "InvalidArgument", "FailedPrecondition",
-    "ResourceExhausted", "UnsupportedMediaType", "ModelError", "Attribution", "ExplainOptions", "Kind", "Score",
-    "Target", "Threshold", "Attributive", "ClassScore", "Counterfactual", "ExemplarSide", "ImageResult",
-    "Insecurity", "Region",
-]
+The contract's terms (``galore.options``, ``galore.errors``, ``galore.contract``) import neither torch nor grpc, so
+clients and the gateway import them without loading the engine. Names of this package are resolved lazily
+(PEP 562): ``from galore import Engine`` loads torch, ``import galore.options`` does not.
+"""
+from __future__ import annotations
+
+import importlib
+
+_HOMES = {
+    "engine": ("Engine", "ImageRequest", "ModelInfo"),
+    "errors": ("STATUS_TABLE", "GaloreError", "InvalidArgument", "FailedPrecondition", "ResourceExhausted",
+               "UnsupportedMediaType", "ModelError"),
+    "options": ("Attribution", "ExplainOptions", "Kind", "MaskEncoding", "Score", "Target", "Threshold"),
+    "results": ("Attributive", "ClassScore", "Counterfactual", "ExemplarSide", "ImageResult", "Insecurity",
+                "Region"),
+}
+_HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
+__all__ = list(_HOME_OF)
+
+
+def __getattr__(name: str):
+    module = _HOME_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'galore' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

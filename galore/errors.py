@@ -13,14 +13,22 @@ from __future__ import annotations
 # code name -> (gRPC status code number, HTTP status). gRPC numbers follow google.rpc.Code.
 STATUS_TABLE: dict[str, tuple[int, int]] = {
     "OK": (0, 200),
+    "CANCELLED": (1, 499),
+    "UNKNOWN": (2, 500),
     "INVALID_ARGUMENT": (3, 400),
     "DEADLINE_EXCEEDED": (4, 504),
     "NOT_FOUND": (5, 404),
+    "ALREADY_EXISTS": (6, 409),
+    "PERMISSION_DENIED": (7, 403),
     "RESOURCE_EXHAUSTED": (8, 413),
     "FAILED_PRECONDITION": (9, 412),
+    "ABORTED": (10, 409),
+    "OUT_OF_RANGE": (11, 400),
     "UNIMPLEMENTED": (12, 501),
     "INTERNAL": (13, 500),
     "UNAVAILABLE": (14, 503),
+    "DATA_LOSS": (15, 500),
+    "UNAUTHENTICATED": (16, 401),
     "UNSUPPORTED_MEDIA_TYPE": (3, 415),  # gRPC has no media types; a wrong one is an invalid argument there
 }
 
@@ -37,14 +45,14 @@ class GaloreError(Exception):
 
     @property
     def grpc_code(self) -> int:
-        return STATUS_TABLE[self.code][0]
+        return STATUS_TABLE.get(self.code, STATUS_TABLE["UNKNOWN"])[0]
 
     @property
     def http_status(self) -> int:
-        return STATUS_TABLE[self.code][1]
+        return STATUS_TABLE.get(self.code, STATUS_TABLE["UNKNOWN"])[1]
 
 
-class InvalidArgument(GaloreError):
+class InvalidArgument(GaloreError, ValueError):
     """The request itself is wrong: bad shape or dtype, unknown class, V > E, bad threshold, bad enum."""
 
     code = "INVALID_ARGUMENT"

@@ -182,7 +182,7 @@ def pack_bits(mask: np.ndarray) -> bytes:
 
 def unpack_bits(bits: bytes, height: int, width: int) -> np.ndarray:
     if len(bits) != (height * width + 7) // 8:
-        raise ValueError(f"{len(bits)} bytes of bits, expected {(height * width + 7) // 8} for {width} x {height}")
+        raise ValueError(f"expected {(height * width + 7) // 8} bytes for {width}x{height} pixels, got {len(bits)}")
     return np.unpackbits(np.frombuffer(bits, dtype=np.uint8), count=height * width).reshape(height, width) == 1
 
 

@@ -10,9 +10,12 @@ Example:
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
+from typing import TypeVar
 
 from .errors import InvalidArgument
+
+E = TypeVar("E", bound=enum.Enum)
 
 
 class Kind(enum.Enum):
@@ -48,11 +51,18 @@ class Target(enum.Enum):
     PROBABILITY = "probability"
 
 
+class MaskEncoding(enum.Enum):
+    """How masks travel on the wire (the engine itself keeps them on the working grid)."""
+
+    RLE = "rle"  # COCO run lengths: a few KB per mask at any photo size
+    BITS = "bits"  # one bit per original pixel
+
+
 @dataclass(frozen=True)
 class Threshold:
     """How a heatmap becomes a mask (eqs. 6, 8, 9): at most one of the two is given; neither means coverage 0.1.
 
-    coverage: fraction in (0, 1] of the image's pixels kept (the top ones), as in the authors' evaluation.
+    coverage: fraction in (0, 1] of the working grid's cells kept (the top ones), as in the authors' evaluation.
     absolute: T in [0, 1), applied to the map divided by its own maximum.
     """
 
@@ -63,50 +73,60 @@ class Threshold:
         if self.coverage is None and self.absolute is None:
             object.__setattr__(self, "coverage", 0.1)
         elif self.coverage is not None and self.absolute is not None:
-            raise InvalidArgument("threshold", "set only one of coverage or absolute")
+            raise InvalidArgument("options.threshold", "set only one of coverage or absolute")
         if self.coverage is not None and not (0.0 < self.coverage <= 1.0):
-            raise InvalidArgument("threshold.coverage", f"must be in (0, 1], got {self.coverage}")
+            raise InvalidArgument("options.threshold.coverage", f"must be in (0, 1], got {self.coverage}")
         if self.absolute is not None and not (0.0 <= self.absolute < 1.0):
-            raise InvalidArgument("threshold.absolute", f"must be in [0, 1), got {self.absolute}")
+            raise InvalidArgument("options.threshold.absolute", f"must be in [0, 1), got {self.absolute}")
+
+
+MAX_IG_STEPS = 1000  # integrated-gradients steps at most: each step is one more head backward per image
+
+
+def described(default=MISSING, help: str = "", symbol: str = "", default_factory=MISSING):
+    """A dataclass field with its one-line ``help`` (and the paper's ``symbol``), read by the CLI and the docs."""
+    return field(default=default, default_factory=default_factory, metadata={"help": help, "symbol": symbol})
 
 
 @dataclass(frozen=True)
 class ExplainOptions:
-    """One image's request. Class ids are indices into the model's classes.
+    """One image's request; the defaults here are the service's defaults everywhere (proto 0 / unset, client,
+    CLI, load tester). Class ids are indices into the model's classes; each field's help is in its metadata.
 
-    kinds: explanation types wanted; empty means prediction only.
-    top_e: E, the number of top classes deliberation draws from (>= every V in dims).
-    dims: the ambiguity dimensions V to enumerate, each in [2, top_e]; (2, 3) gives pairs and triples.
-    max_insecurities: Q, insecurities returned per V, strongest first.
-    counter_classes: counter classes y^c for the counterfactual; empty means the runner-up class. More than one
-        gives the multi-class counterfactual (eq. 13).
-    exemplar_keys: for each counter class with an exemplar, the key of that exemplar in the request's or the
-        model's exemplar bank (see ``Engine.explain``).
-    top_k: how many top classes to report.
+    An empty ``kinds`` means prediction only. ``counter_classes``: empty means the runner-up class; more than one
+    gives the multi-class counterfactual (eq. 13). Validation raises InvalidArgument naming ``options.<field>``.
     """
 
-    kinds: frozenset[Kind] = frozenset(Kind)
-    attribution: Attribution = Attribution.GRADIENT_X_ACTIVATION
-    score: Score = Score.SOFTMAX
-    target: Target = Target.LOGIT
-    clip_negative: bool = True
-    normalize: bool = False  # per-map min-max as in §V-A
-    top_e: int = 5
-    dims: tuple[int, ...] = (2,)
-    max_insecurities: int = 5
-    counter_classes: tuple[int, ...] = ()
-    threshold: Threshold = field(default_factory=Threshold)
-    include_heatmaps: bool = False
-    top_k: int = 5
-    ig_steps: int = 50
+    kinds: frozenset[Kind] = described(frozenset(Kind), "explanation kinds wanted (Table I); none: prediction only")
+    attribution: Attribution = described(Attribution.GRADIENT_X_ACTIVATION, "attribution function a(.) (§V-A)")
+    score: Score = described(Score.SOFTMAX, "confidence score s(x) (§V-B)")
+    target: Target = described(Target.LOGIT, "attributed output of a class: its logit or its probability")
+    clip_negative: bool = described(True, "clip negative attributions to ~0 before combining (authors' code)")
+    normalize: bool = described(False, "min-max normalise each attribution map (§V-A)")
+    top_e: int = described(5, "classes deliberation draws from (>= every V)", "E")
+    dims: tuple[int, ...] = described((2,), "ambiguity dimensions V, each in [2, E]: 2 pairs, 3 triples", "V")
+    max_insecurities: int = described(5, "insecurities returned per V, strongest first", "Q")
+    counter_classes: tuple[int, ...] = described((), "counter classes y^c of the counterfactual (none: "
+                                                     "the runner-up class)", "CLASS")
+    threshold: Threshold = described(help="how a map becomes a mask: coverage fraction or absolute T",
+                                     default_factory=Threshold)
+    include_heatmaps: bool = described(False, "send each region's feature-grid heatmap (h*w floats per region)")
+    top_k: int = described(5, "top classes reported", "K")
+    ig_steps: int = described(50, f"integrated-gradients steps, 1..{MAX_IG_STEPS}", "STEPS")
+    mask_encoding: MaskEncoding = described(MaskEncoding.RLE, "mask encoding in responses: rle (COCO run "
+                                                               "lengths, KBs) or bits (1 bit per pixel)")
 
     def __post_init__(self):
-        if self.top_k < 1:
-            raise InvalidArgument("options.top_k", f"must be >= 1, got {self.top_k}")
-        if self.max_insecurities < 1:
-            raise InvalidArgument("options.max_insecurities", f"must be >= 1, got {self.max_insecurities}")
-        if self.ig_steps < 1:
-            raise InvalidArgument("options.ig_steps", f"must be >= 1, got {self.ig_steps}")
+        for name in ("top_k", "top_e", "max_insecurities", "ig_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InvalidArgument(f"options.{name}", f"must be >= 1, got {value!r}")
+        if self.ig_steps > MAX_IG_STEPS:
+            raise InvalidArgument("options.ig_steps", f"must be <= {MAX_IG_STEPS}, got {self.ig_steps}")
+        for name, enum_type in ENUM_FIELDS.items():
+            if not isinstance(getattr(self, name), enum_type):
+                raise InvalidArgument(f"options.{name}", f"expected a {enum_type.__name__}, got "
+                                                         f"{getattr(self, name)!r}")
         if Kind.DELIBERATIVE in self.kinds:
             if not self.dims:
                 raise InvalidArgument("options.dims", "deliberative explanations need at least one V")
@@ -119,3 +139,23 @@ class ExplainOptions:
                     raise InvalidArgument("options.dims", f"V={v} exceeds top_e (E)={self.top_e}")
         if len(set(self.counter_classes)) != len(self.counter_classes):
             raise InvalidArgument("options.counter_classes", f"repeated class in {list(self.counter_classes)}")
+
+
+ENUM_FIELDS: dict[str, type[enum.Enum]] = {  # single-valued enum options: name -> enum
+    f.name: type(f.default) for f in fields(ExplainOptions) if isinstance(f.default, enum.Enum)}
+
+
+def member(enum_type: type[E], value: E | str, field_name: str) -> E:
+    """An enum member from itself, its value ('grad_cam') or its name ('GRAD_CAM'); InvalidArgument naming
+    ``field_name`` and the choices otherwise."""
+    if isinstance(value, enum_type):
+        return value
+    for candidate in enum_type:
+        if value in (candidate.value, candidate.name):
+            return candidate
+    raise InvalidArgument(field_name, f"unknown value {value!r}; choose from {', '.join(choices(enum_type))}")
+
+
+def choices(enum_type: type[enum.Enum]) -> tuple[str, ...]:
+    """The names callers write for ``enum_type`` (its values), in definition order."""
+    return tuple(m.value for m in enum_type)

@@ -20,13 +20,15 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from galore.contract import DEFAULT_MODEL, DEFAULT_SERVER, DEFAULT_TIMEOUT_S, Call
+from galore.errors import InvalidArgument
+
 from .errors import GaloreClientError
 from .images import ImageFileError, expand_paths, read_image
 from .results import Explanation, ImageFailure
 from .report import ReportEntry, ReportWriter, summary_dict, summary_text
-from .settings import ATTRIBUTIONS, KINDS, SCORES, TARGETS, ExplainSettings, ModelSummary, UnknownClass
-
-DEFAULT_SERVER = "grpc://127.0.0.1:50051"
+from .option_args import add_option_arguments, flag_for, settings_from_args
+from .settings import ExplainSettings, ModelSummary, UnknownClass
 EXIT_OK, EXIT_IMAGE_FAILED, EXIT_BAD_INPUT, EXIT_UNAVAILABLE, EXIT_SERVICE_ERROR = 0, 1, 2, 3, 4
 BAD_INPUT_CODES = {"INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED",
                    "UNSUPPORTED_MEDIA_TYPE", "OUT_OF_RANGE"}
@@ -70,27 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--out", default="galore-report", metavar="DIR",
                          help="folder for the PNG figures and report.html (default: galore-report)")
     explain.add_argument("--no-report", action="store_true", help="print the summary only, write no files")
-    explain.add_argument("--kinds", type=_kinds, action="extend", metavar="KIND[,KIND]",
-                         help=f"explanation kinds, comma-separated or repeated (default: all): {', '.join(KINDS)}")
-    explain.add_argument("--prediction-only", action="store_true", help="top classes and s(x) only")
-    explain.add_argument("--attribution", choices=ATTRIBUTIONS, help="attribution function (default "
-                         "gradient_x_activation)")
-    explain.add_argument("--score", choices=SCORES, help="confidence score s(x) (default softmax)")
-    explain.add_argument("--target", choices=TARGETS, help="attributed output (default logit)")
-    explain.add_argument("--top-e", type=int, metavar="E", help="classes deliberation draws from (default 5)")
-    explain.add_argument("--dim", type=int, action="append", metavar="V", dest="dims",
-                         help="ambiguity dimension V, repeatable: --dim 2 --dim 3 (default 2)")
-    explain.add_argument("--max-insecurities", type=int, metavar="Q", help="insecurities per V (default 5)")
-    explain.add_argument("--top-k", type=int, metavar="K", help="top classes reported (default 5)")
-    explain.add_argument("--counter", action="append", default=[], metavar="CLASS",
-                         help="counter class (label or id) for the counterfactual, repeatable; default runner-up")
-    explain.add_argument("--exemplar", action="append", default=[], metavar="IMG",
-                         help="exemplar image of the counter class, one per --counter, in the same order")
-    threshold = explain.add_mutually_exclusive_group()
-    threshold.add_argument("--coverage", type=float, help="fraction of pixels kept per region, (0, 1] (default 0.1)")
-    threshold.add_argument("--threshold", type=float, dest="absolute",
-                           help="absolute threshold T in [0, 1) on the max-normalised map")
-    explain.add_argument("--ig-steps", type=int, help="integrated-gradients steps (default 50)")
+    add_option_arguments(explain, heatmap_note="; on when a report is written, for its heatmap overlays")
     explain.add_argument("--batch-size", type=int, default=8, help="images per call (default 8)")
     explain.add_argument("--no-progress", action="store_true", help="no progress bar")
     explain.add_argument("--json", action="store_true", help="print machine-readable JSON instead of text")
@@ -106,14 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _kinds(text: str) -> list[str]:
-    kinds = [k.strip() for k in text.split(",") if k.strip()]
-    unknown = [k for k in kinds if k not in KINDS]
-    if unknown or not kinds:
-        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(KINDS)})")
-    return kinds
-
-
 def _add_target_arguments(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--server", default=os.environ.get("GALORE_SERVER", DEFAULT_SERVER), metavar="URL",
@@ -121,8 +95,9 @@ def _add_target_arguments(parser: argparse.ArgumentParser) -> None:
                             "(TorchServe REST); default $GALORE_SERVER or " + DEFAULT_SERVER)
     where.add_argument("--local", action="store_true", help="run the engine in this process, no server")
     parser.add_argument("--device", help="with --local: torch device (default: CUDA if present, else CPU)")
-    parser.add_argument("--model", default="efficientnet_lite0", help="TorchServe model name (REST)")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per call (default 120)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"TorchServe model name (REST; default {DEFAULT_MODEL})")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                        help=f"seconds per call (default {DEFAULT_TIMEOUT_S:g})")
     parser.add_argument("--retries", type=int, default=3, help="retries on UNAVAILABLE, with backoff (default 3)")
     parser.add_argument("--token", default=os.environ.get("GALORE_TOKEN"),
                         help="bearer token sent with each call (default $GALORE_TOKEN)")
@@ -201,16 +176,15 @@ def _call(what: str, fn, *args):
 
 
 def build_settings(args, summary: ModelSummary) -> ExplainSettings:
-    if args.exemplar and len(args.exemplar) != len(args.counter):
-        raise CliError(f"--exemplar: give one exemplar per --counter ({len(args.counter)} counter classes, "
-                       f"{len(args.exemplar)} exemplars)", EXIT_BAD_INPUT)
+    exemplars, counters = args.exemplars or [], args.counter_classes or []
+    if exemplars and len(exemplars) != len(counters):
+        raise CliError(f"--exemplar: give one exemplar per --counter ({len(counters)} counter classes, "
+                       f"{len(exemplars)} exemplars)", EXIT_BAD_INPUT)
     try:
-        counters = tuple(summary.class_id(name, field="--counter") for name in args.counter)
-        return ExplainSettings(
-            kinds=tuple(dict.fromkeys(args.kinds or ())), prediction_only=args.prediction_only,
-            attribution=args.attribution, score=args.score, target=args.target, top_e=args.top_e,
-            dims=tuple(args.dims or ()), max_insecurities=args.max_insecurities, top_k=args.top_k,
-            counter_classes=counters, coverage=args.coverage, absolute=args.absolute, ig_steps=args.ig_steps)
+        ids = tuple(summary.class_id(name, field="--counter") for name in counters)
+        return settings_from_args(args, counter_classes=ids, include_heatmaps=True if not args.no_report else None)
+    except InvalidArgument as exc:
+        raise CliError(f"{flag_for(exc.field)}: {exc.message}", EXIT_BAD_INPUT) from exc
     except (UnknownClass, ValueError) as exc:
         raise CliError(str(exc), EXIT_BAD_INPUT) from exc
 
@@ -220,12 +194,12 @@ def run_explain(args) -> int:
         raise CliError(f"--batch-size: must be >= 1, got {args.batch_size}", EXIT_BAD_INPUT)
     try:
         paths = expand_paths(args.images)
-        exemplar_files = [read_image(path) for path in args.exemplar]
+        exemplar_files = [read_image(path) for path in args.exemplars or ()]
     except ImageFileError as exc:
         raise CliError(str(exc), EXIT_BAD_INPUT) from exc
     backend = open_backend(args)
     try:
-        summary = _call("GetModelInfo", backend.model_info)
+        summary = _call(Call.MODEL_INFO.value, backend.model_info)
         settings = build_settings(args, summary)
         exemplars = dict(zip(settings.counter_classes, exemplar_files))
         batch = args.batch_size
@@ -238,7 +212,7 @@ def run_explain(args) -> int:
                 chunk = paths[start:start + batch]
                 loaded = [_load(path) for path in chunk]  # an unreadable image fails alone, not the batch
                 files = [item for item in loaded if not isinstance(item, Explanation)]
-                answers = iter(_call("Explain", backend.explain, files, settings, exemplars) if files else ())
+                answers = iter(_call(Call.EXPLAIN.value, backend.explain, files, settings, exemplars) if files else ())
                 for path, item in zip(chunk, loaded):
                     explanation = item if isinstance(item, Explanation) else next(answers)
                     failed += not explanation.ok
@@ -282,7 +256,7 @@ def _exemplar_pixels(explanation, exemplar_files) -> dict:
 def run_models(args) -> int:
     backend = open_backend(args)
     try:
-        info = _call("GetModelInfo", backend.model_info)
+        info = _call(Call.MODEL_INFO.value, backend.model_info)
     finally:
         backend.close()
     if args.json:

@@ -14,6 +14,7 @@ labelled classes, strengths) out, retries on UNAVAILABLE with backoff, TLS and b
 """
 from __future__ import annotations
 
+import threading
 import time
 from typing import Iterable, Mapping
 
@@ -23,13 +24,15 @@ import requests
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
+from galore.contract import (DEFAULT_GRPC_ADDRESS, DEFAULT_MODEL, DEFAULT_REST_ADDRESS, DEFAULT_SERVER, RPC_KEY,
+                             Call)
 from galore_api.v1 import explainer_pb2 as pb
 from galore_api.v1 import explainer_pb2_grpc
 
 from .errors import GaloreClientError
 from .results import Explanation, ImageFailure
 from .settings import ExplainSettings, ModelSummary
-from .typed import WireFormatError, decode_mask, explanation_from_proto, settings_to_proto, summary_from_proto
+from .typed import WireFormatError, explanation_from_proto, mask_from_proto, settings_to_proto, summary_from_proto
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -47,6 +50,11 @@ def build_request(images: Iterable[bytes] | bytes, options: pb.ExplainOptions | 
     return request
 
 
+def decode_mask(mask: pb.Mask) -> np.ndarray:
+    """Mask (COCO RLE or bits) -> ``(height, width)`` bool array in original image pixels (``typed.mask_from_proto``)."""
+    return mask_from_proto(mask)
+
+
 def heatmap_array(heatmap: pb.Heatmap) -> np.ndarray:
     """Heatmap -> ``(height, width)`` float32 array on the feature grid."""
     return np.asarray(heatmap.values, dtype=np.float32).reshape(heatmap.height, heatmap.width)
@@ -55,7 +63,7 @@ def heatmap_array(heatmap: pb.Heatmap) -> np.ndarray:
 class GrpcClient:
     """``galore.v1.Explainer`` over gRPC (the gateway). ``timeout_s`` is the default per-call deadline."""
 
-    def __init__(self, target: str = "127.0.0.1:50051", timeout_s: float = 60.0,
+    def __init__(self, target: str = DEFAULT_GRPC_ADDRESS, timeout_s: float = 60.0,
                  max_message_bytes: int = MAX_MESSAGE_BYTES, tls: bool = False, ca_cert: bytes | None = None,
                  token: str | None = None):
         """``tls``: TLS channel, trusting ``ca_cert`` (PEM bytes) or the system roots; ``token``: sent as
@@ -106,18 +114,30 @@ class GrpcClient:
 class RestClient:
     """TorchServe REST: ``POST /predictions/<model>`` (or ``/explanations/<model>``) with JSON or protobuf."""
 
-    def __init__(self, base_url: str = "http://127.0.0.1:8080", model: str = "efficientnet_lite0",
+    def __init__(self, base_url: str = f"http://{DEFAULT_REST_ADDRESS}", model: str = DEFAULT_MODEL,
                  timeout_s: float = 60.0, ca_cert: str | None = None, token: str | None = None):
         """``ca_cert``: path of a PEM file to trust for https:// URLs; ``token``: sent as
-        ``Authorization: Bearer <token>``."""
+        ``Authorization: Bearer <token>``. Safe to share between threads (one HTTP session per thread)."""
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.timeout_s = timeout_s
-        self._session = requests.Session()
-        if ca_cert:
-            self._session.verify = ca_cert
-        if token:
-            self._session.headers["Authorization"] = f"Bearer {token}"
+        self._ca_cert, self._token = ca_cert, token
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+        self._lock = threading.Lock()
+
+    @property
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+            if self._ca_cert:
+                session.verify = self._ca_cert
+            if self._token:
+                session.headers["Authorization"] = f"Bearer {self._token}"
+            with self._lock:
+                self._sessions.append(session)
+        return session
 
     def url(self, endpoint: str = "predictions") -> str:
         return f"{self.base_url}/{endpoint}/{self.model}"
@@ -159,10 +179,10 @@ class RestClient:
         return response
 
     def model_info(self, timeout_s: float | None = None) -> pb.ModelInfo:
-        """GetModelInfo over REST: a multipart form whose ``galore-rpc`` field names the call (the handler's call
-        key, handlers/wire.py); the answer is a serialized ModelInfo."""
+        """GetModelInfo over REST: a multipart form whose ``galore.contract.RPC_KEY`` field names the call; the
+        answer is a serialized ModelInfo."""
         try:
-            answer = self._session.post(self.url(), files={"galore-rpc": (None, "GetModelInfo")},
+            answer = self._session.post(self.url(), files={RPC_KEY: (None, Call.MODEL_INFO.value)},
                                         headers={"Accept": PROTOBUF}, timeout=timeout_s or self.timeout_s)
         except requests.Timeout:
             raise GaloreClientError("DEADLINE_EXCEEDED", f"no answer from {self.base_url} in time") from None
@@ -180,7 +200,10 @@ class RestClient:
                 from None
 
     def close(self) -> None:
-        self._session.close()
+        with self._lock:
+            for session in self._sessions:
+                session.close()
+            self._sessions.clear()
 
     def __enter__(self) -> "RestClient":
         return self
@@ -204,7 +227,6 @@ def parse_response(body: bytes, content_type: str) -> pb.ExplainResponse | None:
 
 # ---- one typed API over either transport (issue 5) ------------------------------------------------------------
 
-DEFAULT_SERVER = "grpc://127.0.0.1:50051"
 _SCHEMES = {"grpc": ("grpc", False), "grpcs": ("grpc", True), "http": ("rest", False), "https": ("rest", True)}
 
 
@@ -238,7 +260,7 @@ class GaloreClient:
     ``Explanation.error``. ``ca_cert`` is a PEM file path; ``token`` is sent as a bearer token.
     """
 
-    def __init__(self, server: str = DEFAULT_SERVER, model: str = "efficientnet_lite0", timeout_s: float = 60.0,
+    def __init__(self, server: str = DEFAULT_SERVER, model: str = DEFAULT_MODEL, timeout_s: float = 60.0,
                  retries: int = 3, backoff_s: float = 0.2, max_backoff_s: float = 5.0, token: str | None = None,
                  ca_cert: str | None = None, sleep=time.sleep):
         if retries < 0:
@@ -279,14 +301,7 @@ class GaloreClient:
 
     def explain_request(self, request: pb.ExplainRequest) -> pb.ExplainResponse:
         """Sends a ready ExplainRequest (with retries); raises GaloreClientError when the request failed."""
-        response = self.with_retries(self.raw.explain_request, request)
-        status = response.status
-        if status.code not in ("", "OK"):
-            raise GaloreClientError(status.code, status.message, status.field, http_status=status.http_status or None)
-        if len(response.images) != len(request.images):
-            raise GaloreClientError("INTERNAL", f"asked about {len(request.images)} images, "
-                                                f"got {len(response.images)} answers")
-        return response
+        return checked(self.with_retries(self.raw.explain_request, request), len(request.images))
 
     def explain(self, images: Iterable[bytes] | bytes, settings: ExplainSettings | None = None,
                 exemplars: Mapping[int | str, bytes] | None = None, ids: Iterable[str] | None = None,
@@ -306,7 +321,7 @@ class GaloreClient:
         summary = self.model_info() if input_size is None or self._summary is not None else None
         input_size = summary.input_size if input_size is None else input_size
         labels = summary.labels if summary is not None else ()
-        return [_typed(item, labels, input_size) for item in response.images]
+        return [typed_explanation(item, labels, input_size) for item in response.images]
 
     def close(self) -> None:
         self.raw.close()
@@ -318,7 +333,17 @@ class GaloreClient:
         self.close()
 
 
-def _typed(item: pb.ImageExplanation, labels: tuple[str, ...], input_size: int) -> Explanation:
+def checked(response: pb.ExplainResponse, images: int) -> pb.ExplainResponse:
+    """The response, or GaloreClientError when the request failed or the answer lacks images."""
+    status = response.status
+    if status.code not in ("", "OK"):
+        raise GaloreClientError(status.code, status.message, status.field, http_status=status.http_status or None)
+    if len(response.images) != images:
+        raise GaloreClientError("INTERNAL", f"asked about {images} images, got {len(response.images)} answers")
+    return response
+
+
+def typed_explanation(item: pb.ImageExplanation, labels: tuple[str, ...], input_size: int) -> Explanation:
     """One answer -> Explanation; an answer that breaks the contract fails that image only (code INTERNAL)."""
     try:
         return explanation_from_proto(item, labels, input_size)

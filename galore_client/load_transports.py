@@ -1,28 +1,31 @@
-"""What the load tester sends and how: request building, sample images, loopback check, gRPC and REST senders.
+"""What the load tester sends and how: request building, sample images, loopback check, and the sender.
 
-A sender turns one serialized-ready ``ExplainRequest`` into an ``Outcome``: the request-level code name and the
-code name of every image (names from galore/errors.py STATUS_TABLE, or "HTTP_<status>" / the gRPC status name
-when the transport failed before the service answered).
+The sender runs one ready ``ExplainRequest`` through the client's own transport clients (``GrpcClient`` /
+``RestClient`` of ``galore_client.client``, the same stack as ``galore explain`` and ``GaloreClient``) and turns
+the answer into an ``Outcome``: the request-level code name and the code name of every image (names from
+galore/errors.py STATUS_TABLE, or "HTTP_<status>" when TorchServe itself refused before the handler answered).
 """
 from __future__ import annotations
 
 import io
 import ipaddress
 import socket
-import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
-import grpc
-import requests
-from google.protobuf import json_format
 from PIL import Image as PILImage
 
-from galore_api.v1 import explainer_pb2, explainer_pb2_grpc
+from galore_api.v1 import explainer_pb2
+
+from .client import GrpcClient, RestClient
+from .client import build_request as build_explain_request
+from .errors import GaloreClientError
+from .settings import ExplainSettings
+from .typed import settings_to_proto
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 SAMPLE_PHOTOS = ("chelsea", "astronaut", "coffee", "rocket")  # skimage.data RGB photos shipped in its wheel
-KIND_NAMES = ("attributive", "self_aware", "deliberative", "counterfactual")
 GRPC_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
 
@@ -94,38 +97,25 @@ def folder_images(folder: str) -> list[bytes]:
     return [p.read_bytes() for p in files]
 
 
-def build_request(images: list[bytes], kinds: tuple[str, ...], dims: tuple[int, ...], top_e: int,
-                  counters: tuple[tuple[str, bytes], ...] = ()) -> explainer_pb2.ExplainRequest:
-    """ExplainRequest for ``images`` (encoded bytes); kinds () means prediction only.
-
-    counters: (class id as digits or exact label, exemplar bytes or b"") per counter class of the counterfactual.
-    """
-    options = explainer_pb2.ExplainOptions(prediction_only=not kinds, dims=list(dims), top_e=top_e)
-    for kind in kinds:
-        options.kinds.append(explainer_pb2.ExplanationKind.Value(f"EXPLANATION_KIND_{kind.upper()}"))
-    for ref, exemplar in counters:
-        counter = explainer_pb2.CounterClass(class_id=int(ref)) if ref.isdigit() else \
-            explainer_pb2.CounterClass(label=ref)
-        counter.exemplar = exemplar
-        options.counter_classes.append(counter)
-    return explainer_pb2.ExplainRequest(
-        images=[explainer_pb2.Image(data=data, id=f"load-{i}") for i, data in enumerate(images)], options=options)
+def build_request(images: list[bytes], settings: ExplainSettings,
+                  exemplars: Mapping[int | str, bytes] | None = None) -> explainer_pb2.ExplainRequest:
+    """ExplainRequest for ``images`` (encoded bytes, ids "load-<i>") with ``settings`` and the exemplar bytes of
+    counter classes (keyed as in ``settings.counter_classes``)."""
+    return build_explain_request(images, settings_to_proto(settings, exemplars),
+                                 [f"load-{i}" for i in range(len(images))])
 
 
-def read_counters(classes: tuple[str, ...], exemplar_paths: tuple[str, ...]) -> tuple[tuple[str, bytes], ...]:
-    """Pairs counter classes with the bytes of their exemplar files (by position; classes beyond get none)."""
+def read_counters(classes: tuple[int | str, ...], exemplar_paths: tuple[str, ...]) -> dict[int | str, bytes]:
+    """Counter class -> bytes of its exemplar file, pairing by position (classes beyond the files get none)."""
     if len(exemplar_paths) > len(classes):
         raise LoadTestError(f"--exemplars: {len(exemplar_paths)} files for {len(classes)} --counter-classes")
-    counters = []
-    for i, ref in enumerate(classes):
-        if i < len(exemplar_paths):
-            path = Path(exemplar_paths[i])
-            if not path.is_file():
-                raise LoadTestError(f"--exemplars: {exemplar_paths[i]!r} is not a file")
-            counters.append((ref, path.read_bytes()))
-        else:
-            counters.append((ref, b""))
-    return tuple(counters)
+    exemplars = {}
+    for ref, name in zip(classes, exemplar_paths):
+        path = Path(name)
+        if not path.is_file():
+            raise LoadTestError(f"--exemplars: {name!r} is not a file")
+        exemplars[ref] = path.read_bytes()
+    return exemplars
 
 
 def _image_codes(response: explainer_pb2.ExplainResponse, expected: int) -> tuple[str, ...]:
@@ -133,17 +123,12 @@ def _image_codes(response: explainer_pb2.ExplainResponse, expected: int) -> tupl
     return codes if len(codes) == expected else codes + ("MISSING_IMAGE",) * (expected - len(codes))
 
 
-class GrpcSender:
-    """Calls galore.v1.Explainer/Explain on the gateway; one channel shared by all threads."""
+class Sender:
+    """Sends ready requests through one ``GrpcClient`` or ``RestClient`` (shared by all threads)."""
 
-    transport = "grpc"
-
-    def __init__(self, target: str, timeout_s: float):
-        self._channel = grpc.insecure_channel(target, options=[
-            ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", GRPC_MAX_MESSAGE_BYTES)])
-        self._stub = explainer_pb2_grpc.ExplainerStub(self._channel)
-        self._timeout_s = timeout_s
+    def __init__(self, client: GrpcClient | RestClient):
+        self.client = client
+        self.transport = "grpc" if isinstance(client, GrpcClient) else "rest"
 
     def architecture(self) -> str:
         """The served model's architecture from GetModelInfo (e.g. "resnet50"); "" when the server cannot tell.
@@ -151,63 +136,27 @@ class GrpcSender:
         An unreachable server is not an error here: it shows in the run's error counts.
         """
         try:
-            info = self._stub.GetModelInfo(explainer_pb2.GetModelInfoRequest(), timeout=self._timeout_s)
-        except grpc.RpcError:
+            info = self.client.model_info()
+        except GaloreClientError:
             return ""
         return info.architecture or info.name
 
     def send(self, request: explainer_pb2.ExplainRequest) -> Outcome:
-        try:
-            response = self._stub.Explain(request, timeout=self._timeout_s)
-        except grpc.RpcError as exc:
-            code = exc.code().name if exc.code() is not None else "UNKNOWN"
-            return Outcome(code, (code,) * len(request.images))
-        if response.status.code not in ("", "OK"):
-            return Outcome(response.status.code, (response.status.code,) * len(request.images))
-        return Outcome("OK", _image_codes(response, len(request.images)))
-
-    def close(self) -> None:
-        self._channel.close()
-
-
-class RestSender:
-    """POSTs the proto3-JSON ExplainRequest to TorchServe's /predictions/<model>; one HTTP session per thread."""
-
-    transport = "rest"
-
-    def __init__(self, target: str, model: str, timeout_s: float):
-        self._url = f"http://{target}/predictions/{model}"
-        self._timeout_s = timeout_s
-        self._local = threading.local()
-
-    def architecture(self) -> str:
-        """REST cannot ask; the caller falls back to --arch or the model name."""
-        return ""
-
-    def _session(self) -> requests.Session:
-        if not hasattr(self._local, "session"):
-            self._local.session = requests.Session()
-        return self._local.session
-
-    def send(self, request: explainer_pb2.ExplainRequest) -> Outcome:
-        body = json_format.MessageToJson(request, indent=None)
         count = len(request.images)
         try:
-            reply = self._session().post(self._url, data=body, timeout=self._timeout_s,
-                                         headers={"Content-Type": "application/json"})
-        except requests.Timeout:
-            return Outcome("DEADLINE_EXCEEDED", ("DEADLINE_EXCEEDED",) * count)
-        except requests.ConnectionError:
-            return Outcome("UNAVAILABLE", ("UNAVAILABLE",) * count)
-        try:
-            response = json_format.Parse(reply.text, explainer_pb2.ExplainResponse(), ignore_unknown_fields=True)
-        except json_format.ParseError:  # not an ExplainResponse: TorchServe's own error body, or garbage
-            code = "BAD_RESPONSE" if reply.status_code == 200 else f"HTTP_{reply.status_code}"
-            return Outcome(code, (code,) * count)
-        if reply.status_code != 200 or response.status.code not in ("", "OK"):
-            code = response.status.code or f"HTTP_{reply.status_code}"
-            return Outcome(code, (code,) * count)
+            response = self.client.explain_request(request)
+        except GaloreClientError as err:
+            return Outcome(err.code, (err.code,) * count)
+        if response.status.code not in ("", "OK"):
+            return Outcome(response.status.code, (response.status.code,) * count)
         return Outcome("OK", _image_codes(response, count))
 
     def close(self) -> None:
-        pass
+        self.client.close()
+
+
+def open_sender(transport: str, target: str, model: str, timeout_s: float) -> Sender:
+    """A Sender over gRPC (the gateway at ``target`` HOST:PORT) or REST (TorchServe at ``target``)."""
+    if transport == "grpc":
+        return Sender(GrpcClient(target, timeout_s, max_message_bytes=GRPC_MAX_MESSAGE_BYTES))
+    return Sender(RestClient(f"http://{target}", model, timeout_s))

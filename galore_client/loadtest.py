@@ -22,15 +22,23 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 
+from google.protobuf import json_format
 from tqdm import tqdm
 
-from .load_report import LoadSummary, format_report, summarize
-from .load_transports import (KIND_NAMES, GrpcSender, LoadTestError, RestSender, build_request, check_loopback,
-                              folder_images, read_counters, sample_images, split_target)
+from galore.contract import DEFAULT_GRPC_ADDRESS, DEFAULT_MODEL, DEFAULT_REST_ADDRESS, DEFAULT_TIMEOUT_S
+from galore.errors import InvalidArgument
+from galore.options import Kind
 
-DEFAULT_TARGETS = {"grpc": "127.0.0.1:50051", "rest": "127.0.0.1:8080"}
+from .load_report import LoadSummary, format_report, summarize
+from .load_transports import (LoadTestError, build_request, check_loopback, folder_images, open_sender,
+                              read_counters, sample_images, split_target)
+from .option_args import add_option_arguments, flag_for, settings_from_args
+from .settings import ExplainSettings
+from .typed import settings_to_proto
+
+DEFAULT_TARGETS = {"grpc": DEFAULT_GRPC_ADDRESS, "rest": DEFAULT_REST_ADDRESS}
 
 
 @dataclass(frozen=True)
@@ -45,15 +53,23 @@ class LoadConfig:
     count: int  # requests to send at most
     duration_s: float | None  # stop sending after this long
     images_per_request: int
-    kinds: tuple[str, ...]  # () = prediction only
-    dims: tuple[int, ...]
-    top_e: int
     timeout_s: float
-    arch: str | None  # architecture for Table III; None: ask the server (gRPC) or use the model name
+    arch: str | None  # architecture for Table III; None: ask the server, else the model name
     progress: bool
     json_path: str | None
-    counter_classes: tuple[str, ...] = ()  # counterfactual counter classes (ids as digits, or labels)
+    settings: ExplainSettings = field(default_factory=ExplainSettings)  # the options of every request
     exemplars: tuple[str, ...] = ()  # exemplar image files, one per counter class, by position
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The explanation kinds asked for, in Table I order (() = prediction only)."""
+        return tuple(k.value for k in Kind if k in self.settings.options.kinds)
+
+    def to_dict(self) -> dict:
+        """JSON-ready: the run's settings and its options as the proto3 JSON the service receives."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "settings"}
+        values["options"] = json_format.MessageToDict(settings_to_proto(self.settings))
+        return values
 
 
 def add_loadtest_parser(subparsers) -> argparse.ArgumentParser:
@@ -67,8 +83,10 @@ def add_loadtest_parser(subparsers) -> argparse.ArgumentParser:
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--transport", choices=("grpc", "rest"), default="grpc")
-    parser.add_argument("--target", help="HOST:PORT (default 127.0.0.1:50051 for grpc, 127.0.0.1:8080 for rest)")
-    parser.add_argument("--model", default="efficientnet_lite0", help="TorchServe model name (REST URL)")
+    parser.add_argument("--target", help=f"HOST:PORT (default {DEFAULT_TARGETS['grpc']} for grpc, "
+                                           f"{DEFAULT_TARGETS['rest']} for rest)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"TorchServe model name (REST URL; default "
+                                                                f"{DEFAULT_MODEL})")
     parser.add_argument("--concurrency", type=int, default=4,
                         help="closed-loop workers; with --rate the most requests in flight (default 4)")
     parser.add_argument("--rate", type=float, help="fixed arrival rate in requests/s instead of a closed loop")
@@ -76,43 +94,14 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, help="stop sending after this many seconds")
     parser.add_argument("--images-per-request", type=int, default=1)
     parser.add_argument("--images", metavar="DIR", help="folder of JPEG/PNG/WebP images (default: sample photos)")
-    parser.add_argument("--kinds", default="all",
-                        help=f"comma list of {', '.join(KIND_NAMES)}; 'all' (default) or 'prediction'")
-    parser.add_argument("--dims", default="2", help="deliberative V values, comma list (default 2)")
-    parser.add_argument("--top-e", type=int, default=5, help="deliberative E (default 5)")
-    parser.add_argument("--counter-classes", default="",
-                        help="counterfactual counter classes, comma list of ids or labels (default: runner-up)")
-    parser.add_argument("--exemplars", default="",
-                        help="comma list of exemplar image files, one per --counter-classes entry, by position")
-    parser.add_argument("--timeout", type=float, default=120.0, help="per-request deadline in seconds")
+    add_option_arguments(parser)
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                        help=f"per-request deadline in seconds (default {DEFAULT_TIMEOUT_S:g})")
     parser.add_argument("--arch", help="architecture for the Table III rows, e.g. resnet50 or vgg16 "
                                        "(default: the served model's)")
     parser.add_argument("--allow-remote", action="store_true", help="allow a non-loopback target")
     parser.add_argument("--no-progress", action="store_true", help="no live progress bar")
     parser.add_argument("--json", dest="json_path", metavar="PATH", help="also write the results as JSON")
-
-
-def parse_kinds(text: str) -> tuple[str, ...]:
-    names = [k.strip().lower().replace("-", "_") for k in text.split(",") if k.strip()]
-    if names == ["all"]:
-        return KIND_NAMES
-    if names == ["prediction"]:
-        return ()
-    unknown = [k for k in names if k not in KIND_NAMES]
-    if unknown or not names:
-        raise LoadTestError(f"--kinds: unknown kind(s) {unknown or [text]}; use {', '.join(KIND_NAMES)}, "
-                            "'all' or 'prediction'")
-    return tuple(dict.fromkeys(names))
-
-
-def parse_dims(text: str) -> tuple[int, ...]:
-    try:
-        dims = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError as exc:
-        raise LoadTestError(f"--dims: expected a comma list of integers, got {text!r}") from exc
-    if not dims:
-        raise LoadTestError("--dims: give at least one V")
-    return dims
 
 
 def config_from_args(args: argparse.Namespace) -> LoadConfig:
@@ -127,13 +116,15 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
     for name, value in (("--rate", args.rate), ("--duration", args.duration), ("--timeout", args.timeout)):
         if value is not None and not value > 0:
             raise LoadTestError(f"{name}: must be > 0, got {value}")
+    try:
+        settings = settings_from_args(args)
+    except InvalidArgument as exc:
+        raise LoadTestError(f"{flag_for(exc.field)}: {exc.message}") from exc
     return LoadConfig(
         transport=args.transport, target=target, model=args.model, concurrency=args.concurrency, rate=args.rate,
         count=args.count, duration_s=args.duration, images_per_request=args.images_per_request,
-        kinds=parse_kinds(args.kinds), dims=parse_dims(args.dims), top_e=args.top_e, timeout_s=args.timeout,
-        arch=args.arch, progress=not args.no_progress, json_path=args.json_path,
-        counter_classes=tuple(c.strip() for c in args.counter_classes.split(",") if c.strip()),
-        exemplars=tuple(p.strip() for p in args.exemplars.split(",") if p.strip()))
+        timeout_s=args.timeout, arch=args.arch, progress=not args.no_progress, json_path=args.json_path,
+        settings=settings, exemplars=tuple(args.exemplars or ()))
 
 
 class _Recorder:
@@ -167,10 +158,9 @@ class _Recorder:
 
 def run(config: LoadConfig, images: list[bytes], sender) -> LoadSummary:
     """Sends the load described by ``config`` through ``sender`` and summarizes what came back."""
-    counters = read_counters(config.counter_classes, config.exemplars)
+    exemplars = read_counters(config.settings.counter_classes, config.exemplars)
     requests_ = [build_request([images[(i * config.images_per_request + j) % len(images)]
-                                for j in range(config.images_per_request)], config.kinds, config.dims, config.top_e,
-                               counters)
+                                for j in range(config.images_per_request)], config.settings, exemplars)
                  for i in range(min(config.count, len(images)))]
     started = time.perf_counter()
     deadline = started + config.duration_s if config.duration_s else float("inf")
@@ -215,15 +205,13 @@ def run_loadtest(args: argparse.Namespace) -> int:
     """Entry point of ``galore loadtest``: runs, prints the report, optionally writes JSON; returns the exit status."""
     try:
         config = config_from_args(args)
-        read_counters(config.counter_classes, config.exemplars)  # bad files are a setting error, before any load
+        # bad exemplar files are a setting error, found before any load
+        read_counters(config.settings.counter_classes, config.exemplars)
         images = folder_images(args.images) if args.images else sample_images()
     except LoadTestError as exc:
         print(f"galore loadtest: {exc}", file=sys.stderr)
         return 2
-    if config.transport == "grpc":
-        sender = GrpcSender(config.target, config.timeout_s)
-    else:
-        sender = RestSender(config.target, config.model, config.timeout_s)
+    sender = open_sender(config.transport, config.target, config.model, config.timeout_s)
     try:
         architecture = config.arch or sender.architecture() or config.model
         summary = run(config, images, sender)
@@ -234,7 +222,7 @@ def run_loadtest(args: argparse.Namespace) -> int:
     print(format_report(summary, list(config.kinds), architecture, label))
     if config.json_path:
         with open(config.json_path, "w") as out:
-            json.dump({"config": asdict(config), "architecture": architecture, "summary": summary.to_dict()},
+            json.dump({"config": config.to_dict(), "architecture": architecture, "summary": summary.to_dict()},
                       out, indent=2)
     return 0 if not summary.errors and summary.ok_images else 1
 

@@ -1,24 +1,31 @@
 """What a client asks for and what it knows about the model, independent of the transport.
 
-``ExplainSettings`` is built once (e.g. from the command line), validated, and converted to the engine's
-``ExplainOptions`` for ``--local`` or to the ``galore.v1`` proto for a server. ``ModelSummary`` resolves class
-names to ids with a clear error.
+``ExplainSettings`` wraps the engine's ``galore.options.ExplainOptions`` (the one home of the options, their
+defaults and validation; torch-free) and adds what only a client has: counter classes given by label. It is sent to
+a server as the galore.v1 proto and to ``--local`` through the same proto. ``ModelSummary`` resolves class names to
+ids with a clear error.
 
 Example:
     >>> summary = ModelSummary(name="m", labels=("tabby", "tiger cat", "lynx"))
     >>> summary.class_id("lynx"), summary.class_id("1"), summary.class_id(0)
     (2, 1, 0)
+    >>> settings = ExplainSettings(kinds=("deliberative",), dims=(2, 3), attribution="grad_cam")
+    >>> settings.options.attribution, settings.top_e
+    (<Attribution.GRAD_CAM: 'grad_cam'>, 5)
 """
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
-KINDS = ("attributive", "self_aware", "deliberative", "counterfactual")
-ATTRIBUTIONS = ("gradient_x_activation", "integrated_gradients", "grad_cam", "gradient_hessian")
-SCORES = ("softmax", "certainty", "easiness")
-TARGETS = ("logit", "probability")
+from galore.errors import InvalidArgument
+from galore.options import ENUM_FIELDS, Attribution, ExplainOptions, Kind, Score, Target, Threshold, choices, member
 
+KINDS = choices(Kind)
+ATTRIBUTIONS = choices(Attribution)
+SCORES = choices(Score)
+TARGETS = choices(Target)
+OPTION_FIELDS = tuple(f.name for f in fields(ExplainOptions))
 
 class UnknownClass(ValueError):
     """A class name or id that the model does not have; the message says which field and suggests labels."""
@@ -68,82 +75,85 @@ class ModelSummary:
         return self.labels[class_id] if 0 <= class_id < len(self.labels) else str(class_id)
 
 
-@dataclass(frozen=True)
 class ExplainSettings:
-    """Options for every image of one call. None / empty means the service default (stated per field).
+    """Options for every image of one call: ``options`` (an ``ExplainOptions``) plus ``counter_classes`` as ids
+    or labels (the service resolves labels). Frozen; compare with ==.
 
-    kinds: subset of KINDS; empty = all four. prediction_only: no explanation at all (kinds must be empty).
-    attribution / score / target: names from ATTRIBUTIONS / SCORES / TARGETS; None = gradient_x_activation /
-        softmax / logit.
-    top_e: E (default 5); dims: V values (default (2,)); max_insecurities: Q per V (default 5); top_k (default 5).
-    counter_classes: class ids, or labels for the service to resolve; empty = the runner-up class.
-    coverage / absolute: at most one; neither = coverage 0.1.
-    include_heatmaps: send each region's feature-grid map (needed for heatmap overlays).
+    Keywords are the ``ExplainOptions`` field names (enum fields also take their names, e.g. score="certainty";
+    unset or None means the engine default), plus three conveniences: ``kinds`` empty means all kinds,
+    ``prediction_only=True`` means none, and ``coverage`` / ``absolute`` build the threshold. Bad values raise
+    ``galore.errors.InvalidArgument`` (a ValueError) naming the field. Reading ``settings.top_e`` etc. reads
+    ``settings.options``.
     """
 
-    kinds: tuple[str, ...] = ()
-    prediction_only: bool = False
-    attribution: str | None = None
-    score: str | None = None
-    target: str | None = None
-    top_e: int | None = None
-    dims: tuple[int, ...] = ()
-    max_insecurities: int | None = None
-    top_k: int | None = None
-    counter_classes: tuple[int | str, ...] = ()
-    coverage: float | None = None
-    absolute: float | None = None
-    include_heatmaps: bool = True
-    ig_steps: int | None = None
+    __slots__ = ("options", "counter_classes")
 
-    def __post_init__(self):
-        for kind in self.kinds:
-            _check_choice("kinds", kind, KINDS)
-        if self.prediction_only and self.kinds:
-            raise ValueError("kinds: set either prediction_only or kinds, not both")
-        for field, value, choices in (("attribution", self.attribution, ATTRIBUTIONS),
-                                      ("score", self.score, SCORES), ("target", self.target, TARGETS)):
-            if value is not None:
-                _check_choice(field, value, choices)
-        if len(set(self.counter_classes)) != len(self.counter_classes):
-            raise ValueError(f"counter_classes: repeated class in {list(self.counter_classes)}")
-        if self.coverage is not None and self.absolute is not None:
-            raise ValueError("threshold: set at most one of coverage or absolute")
-        for field in ("top_e", "max_insecurities", "top_k", "ig_steps"):
-            value = getattr(self, field)
-            if value is not None and value < 1:
-                raise ValueError(f"{field}: must be >= 1, got {value}")
+    def __init__(self, options: ExplainOptions | None = None, *, counter_classes=(), kinds=(),
+                 prediction_only: bool = False, coverage: float | None = None, absolute: float | None = None,
+                 **values):
+        unknown = sorted(set(values) - set(OPTION_FIELDS))
+        if unknown:
+            raise TypeError(f"ExplainSettings: unknown option(s) {unknown}; known: {', '.join(OPTION_FIELDS)}")
+        counters = tuple(counter_classes)
+        if len(set(counters)) != len(counters):
+            raise InvalidArgument("counter_classes", f"repeated class in {list(counters)}")
+        if prediction_only and kinds:
+            raise InvalidArgument("kinds", "set either prediction_only or kinds, not both")
+        if coverage is not None or absolute is not None:
+            if "threshold" in values:
+                raise InvalidArgument("threshold", "give threshold or coverage / absolute, not both")
+            if coverage is not None and absolute is not None:
+                raise InvalidArgument("threshold", "set at most one of coverage or absolute")
+            values["threshold"] = Threshold(coverage=coverage, absolute=absolute)
+        if prediction_only:
+            values["kinds"] = frozenset()
+        elif kinds:
+            values["kinds"] = frozenset(member(Kind, k, "kinds") for k in _names(kinds))
+        for name, enum_type in ENUM_FIELDS.items():
+            if values.get(name) is not None:
+                values[name] = member(enum_type, values[name], name)
+        if "dims" in values:
+            values["dims"] = tuple(sorted(values["dims"] or ()))  # the service enumerates V in increasing order
+        values = {k: v for k, v in values.items() if v is not None}
+        if all(isinstance(c, int) for c in counters):
+            values["counter_classes"] = counters  # ids: validated by the engine's own rules too
+        base = options or ExplainOptions()
+        object.__setattr__(self, "options", replace(base, **values) if values else base)
+        object.__setattr__(self, "counter_classes", counters or tuple(self.options.counter_classes))
 
-    def to_engine_options(self):
-        """-> ``galore.options.ExplainOptions`` (raises galore.errors.InvalidArgument naming the field)."""
-        from galore.options import Attribution, ExplainOptions, Kind, Score, Target, Threshold
+    def __getattr__(self, name: str):
+        if name in OPTION_FIELDS:
+            return getattr(self.options, name)
+        raise AttributeError(f"ExplainSettings has no attribute {name!r}")
 
-        defaults = ExplainOptions()
-        if self.prediction_only:
-            kinds = frozenset()
-        else:
-            kinds = frozenset(Kind(k) for k in self.kinds) if self.kinds else frozenset(Kind)
-        threshold = Threshold()
-        if self.coverage is not None:
-            threshold = Threshold(coverage=self.coverage, absolute=None)
-        elif self.absolute is not None:
-            threshold = Threshold(coverage=None, absolute=self.absolute)
-        return ExplainOptions(
-            kinds=kinds,
-            attribution=Attribution(self.attribution) if self.attribution else defaults.attribution,
-            score=Score(self.score) if self.score else defaults.score,
-            target=Target(self.target) if self.target else defaults.target,
-            top_e=self.top_e or defaults.top_e,
-            dims=tuple(sorted(set(self.dims))) or defaults.dims,
-            max_insecurities=self.max_insecurities or defaults.max_insecurities,
-            counter_classes=self.counter_classes,
-            threshold=threshold,
-            include_heatmaps=self.include_heatmaps,
-            top_k=self.top_k or defaults.top_k,
-            ig_steps=self.ig_steps or defaults.ig_steps,
-        )
+    def __setattr__(self, name, value):
+        raise AttributeError("ExplainSettings is frozen")
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, ExplainSettings) and (self.options, self.counter_classes) == \
+            (other.options, other.counter_classes)
+
+    def __hash__(self) -> int:
+        return hash((self.options, self.counter_classes))
+
+    def __reduce__(self):  # copy, deepcopy and pickle rebuild through __init__ (it validates)
+        return _rebuild, (self.options, self.counter_classes)
+
+    def __repr__(self) -> str:
+        return f"ExplainSettings(options={self.options!r}, counter_classes={self.counter_classes!r})"
+
+    @property
+    def prediction_only(self) -> bool:
+        return not self.options.kinds
+
+    def with_counter_ids(self, ids: tuple[int, ...]) -> "ExplainSettings":
+        """The same settings with ``counter_classes`` resolved to class ids."""
+        return ExplainSettings(replace(self.options, counter_classes=tuple(ids)), counter_classes=tuple(ids))
 
 
-def _check_choice(field: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{field}: unknown value {value!r}; choose from {', '.join(choices)}")
+def _rebuild(options: ExplainOptions, counter_classes: tuple) -> ExplainSettings:
+    return ExplainSettings(options, counter_classes=counter_classes)
+
+
+def _names(kinds) -> list:
+    return [kinds] if isinstance(kinds, (str, Kind)) else list(kinds)

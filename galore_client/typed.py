@@ -1,90 +1,104 @@
-"""galore.v1 protobuf <-> the client's typed objects (``ExplainSettings``, ``Explanation``, ``ModelSummary``).
+"""galore.v1 protobuf -> the client's typed objects (``Explanation``, ``ModelSummary``), and the client's
+``ExplainSettings`` -> the proto's ``ExplainOptions``: the client's one conversion in each direction.
 
 Masks are unpacked from the service's bit packing to ``(H0, W0)`` bool arrays and checked against the image size;
-heatmaps become ``(h, w)`` float32 arrays; every class id travels with its label.
+heatmaps become ``(h, w)`` float32 arrays; every class id travels with its label. Enum spellings come from
+``galore.contract`` and defaults from ``galore.options.ExplainOptions`` (a field equal to its default is left
+unset, which the proto defines as that default).
 
 Example:
-    >>> options = settings_to_proto(ExplainSettings(kinds=("deliberative",), dims=(2, 3), top_e=5))
+    >>> options = settings_to_proto(ExplainSettings(kinds=("deliberative",), dims=(2, 3), top_e=6))
     >>> list(options.dims), options.top_e
-    ([2, 3], 5)
+    ([2, 3], 6)
 """
 from __future__ import annotations
 
+import enum
 from typing import Mapping
 
 import numpy as np
 
 from galore import masks
+from galore.contract import engine_member, proto_number
+from galore.options import ENUM_FIELDS, Attribution, ExplainOptions, Score, Threshold
 from galore_api.v1 import explainer_pb2 as pb
 
 from .results import (Attributive, ClassRef, ClassScore, Counterfactual, ExemplarSide, Explanation, ImageFailure,
                       Insecurity, Region, center_crop_box, mask_bbox)
 from .settings import ExplainSettings, ModelSummary
 
-_ENUM_PREFIX = {"kinds": "EXPLANATION_KIND_", "attribution": "ATTRIBUTION_FUNCTION_",
-                "score": "CONFIDENCE_SCORE_", "target": "ATTRIBUTION_TARGET_"}
-_ENUMS = {"kinds": pb.ExplanationKind, "attribution": pb.AttributionFunction, "score": pb.ConfidenceScore,
-          "target": pb.AttributionTarget}
+_DEFAULTS = ExplainOptions()
 
 
 class WireFormatError(ValueError):
     """The service's answer does not match its own contract (e.g. a mask of the wrong size)."""
 
 
-def enum_number(field: str, name: str) -> int:
-    """'deliberative' for field 'kinds' -> EXPLANATION_KIND_DELIBERATIVE's number."""
-    return _ENUMS[field].Value(_ENUM_PREFIX[field] + name.upper())
-
-
-def enum_name(field: str, number: int) -> str:
-    """Inverse of ``enum_number``: the lower-case name, '' for UNSPECIFIED or unknown numbers."""
+def enum_value(enum_type: type[enum.Enum], number: int) -> str:
+    """Proto enum number -> the engine member's value ('grad_cam'); '' for UNSPECIFIED or unknown numbers."""
     try:
-        name = _ENUMS[field].Name(number).removeprefix(_ENUM_PREFIX[field]).lower()
-    except ValueError:
+        found = engine_member(pb.DESCRIPTOR, enum_type, number)
+    except KeyError:
         return ""
-    return "" if name == "unspecified" else name
+    return "" if found is None else found.value
+
+
+def options_to_proto(options: ExplainOptions, counter_classes: tuple[int | str, ...] = (),
+                     exemplars: Mapping[int | str, bytes] | None = None) -> pb.ExplainOptions:
+    """Engine options (+ counter classes as ids or labels, + an encoded exemplar per counter class) -> proto.
+
+    Fields equal to the engine default stay unset (the proto's "default"), so a model with fewer classes than the
+    default E or top-k still gets its own shrunk defaults. A counter class given as a label is sent as a label.
+    """
+    exemplars = exemplars or {}
+    message = pb.ExplainOptions(normalize=options.normalize, include_heatmaps=options.include_heatmaps)
+    if not options.kinds:
+        message.prediction_only = True
+    elif options.kinds != _DEFAULTS.kinds:
+        message.kinds.extend(sorted(proto_number(pb.DESCRIPTOR, k) for k in options.kinds))
+    for name in ENUM_FIELDS:
+        if getattr(options, name) != getattr(_DEFAULTS, name):
+            setattr(message, name, proto_number(pb.DESCRIPTOR, getattr(options, name)))
+    for name in ("top_e", "max_insecurities", "top_k", "ig_steps"):
+        if getattr(options, name) != getattr(_DEFAULTS, name):
+            setattr(message, name, getattr(options, name))
+    if options.dims != _DEFAULTS.dims:
+        message.dims.extend(options.dims)
+    if options.clip_negative != _DEFAULTS.clip_negative:
+        message.clip_negative = options.clip_negative
+    if options.threshold != Threshold():
+        if options.threshold.coverage is not None:
+            message.threshold.coverage = options.threshold.coverage
+        else:
+            message.threshold.absolute = options.threshold.absolute
+    for counter in counter_classes or options.counter_classes:
+        item = pb.CounterClass(exemplar=exemplars.get(counter, b""))
+        if isinstance(counter, int):
+            item.class_id = counter
+        else:
+            item.label = counter
+        message.counter_classes.append(item)
+    return message
 
 
 def settings_to_proto(settings: ExplainSettings, exemplars: Mapping[int | str, bytes] | None = None
                       ) -> pb.ExplainOptions:
-    """ExplainSettings (+ encoded exemplar per counter class, keyed as in ``counter_classes``) -> ExplainOptions;
-    unset fields stay 0 / empty (the service default). A counter class given as a label is sent as a label."""
-    exemplars = exemplars or {}
-    options = pb.ExplainOptions(
-        kinds=[enum_number("kinds", k) for k in settings.kinds], prediction_only=settings.prediction_only,
-        top_e=settings.top_e or 0, dims=list(settings.dims), max_insecurities=settings.max_insecurities or 0,
-        top_k=settings.top_k or 0, include_heatmaps=settings.include_heatmaps, ig_steps=settings.ig_steps or 0)
-    for field in ("attribution", "score", "target"):
-        value = getattr(settings, field)
-        if value:
-            setattr(options, field, enum_number(field, value))
-    for counter in settings.counter_classes:
-        message = pb.CounterClass(exemplar=exemplars.get(counter, b""))
-        if isinstance(counter, int):
-            message.class_id = counter
-        else:
-            message.label = counter
-        options.counter_classes.append(message)
-    if settings.coverage is not None:
-        options.threshold.coverage = settings.coverage
-    elif settings.absolute is not None:
-        options.threshold.absolute = settings.absolute
-    return options
+    """ExplainSettings (+ encoded exemplar per counter class, keyed as in ``counter_classes``) -> ExplainOptions."""
+    return options_to_proto(settings.options, settings.counter_classes, exemplars)
 
 
-def decode_mask(mask: pb.Mask) -> np.ndarray:
-    """Mask (COCO RLE or bits) -> ``(height, width)`` bool array in original image pixels; ValueError if malformed."""
-    encoding = mask.WhichOneof("encoding")
-    payload = {encoding: getattr(mask, encoding)} if encoding else {}
-    return masks.decode_wire(mask.height, mask.width, **payload)
-
-
-def mask_from_proto(mask: pb.Mask, width: int, height: int, where: str = "mask") -> np.ndarray:
-    """Mask (COCO RLE or bits) -> (height, width) bool; WireFormatError if its size or counts disagree."""
+def mask_from_proto(mask: pb.Mask, width: int | None = None, height: int | None = None, where: str = "mask"
+                    ) -> np.ndarray:
+    """Mask (COCO RLE or bits) -> (height, width) bool in original pixels: the client's one mask decoder.
+    WireFormatError if it is malformed or its size or counts disagree with the image (``width`` / ``height``;
+    None: the mask's own size)."""
+    width = mask.width if width is None else width
+    height = mask.height if height is None else height
     if (mask.width, mask.height) != (width, height):
         raise WireFormatError(f"{where}: mask is {mask.width}x{mask.height}, image is {width}x{height}")
+    encoding = mask.WhichOneof("encoding")
     try:
-        array = decode_mask(mask)
+        array = masks.decode_wire(height, width, **({encoding: getattr(mask, encoding)} if encoding else {}))
     except ValueError as exc:
         raise WireFormatError(f"{where}: {exc}") from None
     if int(array.sum()) != mask.pixel_count:
@@ -148,7 +162,7 @@ def explanation_from_proto(item: pb.ImageExplanation, labels: tuple[str, ...] = 
         width=width, height=height,
         top_classes=tuple(ClassScore(c.class_id, c.label or ref(c.class_id).label, float(c.probability))
                           for c in item.top_classes),
-        score_name=enum_name("score", item.score_kind) or "softmax", score=float(item.score),
+        score_name=enum_value(Score, item.score_kind) or _DEFAULTS.score.value, score=float(item.score),
         attributive=attributive(item.attributive, "attributive.region") if item.HasField("attributive") else None,
         self_aware=attributive(item.self_aware, "self_aware.region") if item.HasField("self_aware") else None,
         deliberative=deliberative, counterfactual=counterfactual,
@@ -165,7 +179,7 @@ def summary_from_proto(info: pb.ModelInfo) -> ModelSummary:
     return ModelSummary(
         name=info.name, labels=tuple(labels), architecture=info.architecture, layer=info.layer,
         feature_grid=(info.feature_height, info.feature_width), input_size=info.input_size,
-        scores=tuple(n for n in (enum_name("score", s) for s in info.scores) if n),
-        attributions=tuple(n for n in (enum_name("attribution", a) for a in info.attributions) if n),
+        scores=tuple(n for n in (enum_value(Score, s) for s in info.scores) if n),
+        attributions=tuple(n for n in (enum_value(Attribution, a) for a in info.attributions) if n),
         exemplar_class_ids=tuple(info.exemplar_class_ids), has_hardness_predictor=info.has_hardness_predictor,
         max_images_per_request=info.limits.max_images_per_request, max_batch_size=info.max_batch_size)

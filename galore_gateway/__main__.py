@@ -8,22 +8,28 @@ import logging
 from prometheus_client import start_http_server
 
 from .config import GatewayConfig
+
+DEFAULTS = GatewayConfig()
 from .metrics import REGISTRY
 from .server import serve
 
 
 def parse_args(argv=None) -> GatewayConfig:
     parser = argparse.ArgumentParser(prog="python -m galore_gateway", description=__doc__)
-    parser.add_argument("--listen", default="127.0.0.1:50051", help="gRPC address to serve")
-    parser.add_argument("--metrics-port", type=int, default=9091, help="Prometheus /metrics port; 0: off")
-    parser.add_argument("--metrics-host", default="127.0.0.1",
+    parser.add_argument("--listen", default=DEFAULTS.listen, help=f"gRPC address to serve (default {DEFAULTS.listen})")
+    parser.add_argument("--metrics-port", type=int, default=DEFAULTS.metrics_port,
+                        help=f"Prometheus /metrics port; 0: off (default {DEFAULTS.metrics_port})")
+    parser.add_argument("--metrics-host", default=DEFAULTS.metrics_host,
                         help="address /metrics listens on (0.0.0.0 in a pod, so Prometheus can scrape it)")
     parser.add_argument("--ts-config", help="TorchServe config.properties: gRPC ports and size limits")
-    parser.add_argument("--torchserve-inference", help="TorchServe gRPC inference host:port (default 127.0.0.1:7070)")
-    parser.add_argument("--torchserve-management", help="TorchServe gRPC management host:port (default :7071)")
-    parser.add_argument("--model", default="efficientnet_lite0", help="TorchServe model name")
+    parser.add_argument("--torchserve-inference",
+                        help=f"TorchServe gRPC inference host:port (default {DEFAULTS.torchserve_inference})")
+    parser.add_argument("--torchserve-management",
+                        help=f"TorchServe gRPC management host:port (default {DEFAULTS.torchserve_management})")
+    parser.add_argument("--model", default=DEFAULTS.model, help=f"TorchServe model name (default {DEFAULTS.model})")
     parser.add_argument("--ts-key-file", help="TorchServe key_file.json, when TorchServe token auth is on")
-    parser.add_argument("--default-timeout", type=float, default=120.0, help="seconds, when the caller sets none")
+    parser.add_argument("--default-timeout", type=float, default=DEFAULTS.default_timeout_s,
+                        help=f"seconds, when the caller sets none (default {DEFAULTS.default_timeout_s:g})")
     args = parser.parse_args(argv)
     overrides = dict(listen=args.listen, metrics_host=args.metrics_host, metrics_port=args.metrics_port,
                      model=args.model, default_timeout_s=args.default_timeout,

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from galore.contract import DEFAULT_GRPC_ADDRESS, DEFAULT_MODEL, DEFAULT_PORTS, DEFAULT_TIMEOUT_S, HOST
+
 TORCHSERVE_DEFAULT_MAX_BYTES = 6553500  # TorchServe's default max_request_size / max_response_size
 ENVELOPE_BYTES = 4096  # room for the PredictionsRequest wrapper around the caller's bytes
 
@@ -27,16 +29,16 @@ class GatewayConfig:
     default_timeout_s: deadline for the TorchServe call when the caller sets none.
     """
 
-    listen: str = "127.0.0.1:50051"
-    metrics_host: str = "127.0.0.1"
-    metrics_port: int = 9091
-    torchserve_inference: str = "127.0.0.1:7070"
-    torchserve_management: str = "127.0.0.1:7071"
-    model: str = "efficientnet_lite0"
+    listen: str = DEFAULT_GRPC_ADDRESS
+    metrics_host: str = HOST
+    metrics_port: int = DEFAULT_PORTS.gateway_metrics
+    torchserve_inference: str = f"{HOST}:{DEFAULT_PORTS.ts_grpc}"
+    torchserve_management: str = f"{HOST}:{DEFAULT_PORTS.ts_grpc_management}"
+    model: str = DEFAULT_MODEL
     torchserve_key_file: str | None = None  # TorchServe's key_file.json when its token authorization is on
     max_request_bytes: int = TORCHSERVE_DEFAULT_MAX_BYTES
     max_response_bytes: int = TORCHSERVE_DEFAULT_MAX_BYTES
-    default_timeout_s: float = 120.0
+    default_timeout_s: float = DEFAULT_TIMEOUT_S
     health_poll_s: float = 1.0
     shutdown_grace_s: float = 10.0
 
@@ -56,8 +58,9 @@ class GatewayConfig:
         """Takes the TorchServe addresses and size limits from its config.properties, then ``overrides``."""
         props = read_properties(path)
         values = {}
-        for kind, default_port in (("inference", 7070), ("management", 7071)):
-            host = props.get(f"grpc_{kind}_address", "127.0.0.1")
+        ports = {"inference": DEFAULT_PORTS.ts_grpc, "management": DEFAULT_PORTS.ts_grpc_management}
+        for kind, default_port in ports.items():
+            host = props.get(f"grpc_{kind}_address", HOST)
             values[f"torchserve_{kind}"] = f"{host}:{props.get(f'grpc_{kind}_port', default_port)}"
         if "max_request_size" in props:
             values["max_request_bytes"] = int(props["max_request_size"])

@@ -19,29 +19,17 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from galore.contract import DEFAULT_MODEL, HOST, Ports
+
 REPO = Path(__file__).resolve().parent.parent
 TS_DEPLOY = REPO / "deploy" / "torchserve"
-HOST = "127.0.0.1"
-
-
-@dataclass(frozen=True)
-class Ports:
-    """Loopback ports of one local deployment."""
-
-    grpc: int = 50051  # gateway galore.v1.Explainer
-    gateway_metrics: int = 9091
-    rest: int = 8080  # TorchServe inference REST
-    management: int = 8081
-    metrics: int = 8082  # TorchServe Prometheus metrics
-    ts_grpc: int = 7070
-    ts_grpc_management: int = 7071
 
 
 @dataclass(frozen=True)
 class LocalConfig:
     model_store: Path
     run_dir: Path
-    model: str = "efficientnet_lite0"
+    model: str = DEFAULT_MODEL
     ports: Ports = field(default_factory=Ports)
     token_auth: bool = False
     model_api: bool = False
@@ -201,7 +189,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m galore_gateway.local", description=__doc__)
     parser.add_argument("--model-store", type=Path, default=REPO / "model_store")
     parser.add_argument("--run-dir", type=Path, default=REPO / ".run", help="config, logs and temp files")
-    parser.add_argument("--model", default="efficientnet_lite0", help="archive <model>.mar in --model-store")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="archive <model>.mar in --model-store")
     for name, default in d.__dict__.items():
         flag = {"grpc": "grpc-port", "gateway_metrics": "gateway-metrics-port", "rest": "rest-port",
                 "management": "management-port", "metrics": "metrics-port", "ts_grpc": "ts-grpc-port",

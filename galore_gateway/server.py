@@ -15,6 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from galore.contract import Call
 from galore_api.v1 import explainer_pb2 as pb
 
 from . import metrics
@@ -92,16 +93,16 @@ class ExplainerGateway:
         return code
 
     async def explain(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        return await self._observe("Explain", request, context, self._explain_status)
+        return await self._observe(Call.EXPLAIN.value, request, context, self._explain_status)
 
     async def get_model_info(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         # Metadata, not traffic: kept out of the request metrics so rates, latencies and error ratios are Explain's.
-        return await self._forward("GetModelInfo", request, context)
+        return await self._forward(Call.MODEL_INFO.value, request, context)
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(SERVICE, {
-            "Explain": grpc.unary_unary_rpc_method_handler(self.explain),
-            "GetModelInfo": grpc.unary_unary_rpc_method_handler(self.get_model_info),
+            Call.EXPLAIN.value: grpc.unary_unary_rpc_method_handler(self.explain),
+            Call.MODEL_INFO.value: grpc.unary_unary_rpc_method_handler(self.get_model_info),
         })
 
 

@@ -6,11 +6,10 @@ import os
 
 import grpc
 
+from galore.contract import RPC_KEY
 from galore_api.torchserve import inference_pb2, inference_pb2_grpc, management_pb2, management_pb2_grpc
 
 from .config import ENVELOPE_BYTES, GatewayConfig
-
-RPC_KEY = "galore-rpc"  # the handler's key for the call name (handlers/wire.py)
 
 
 class KeyFile:

@@ -18,9 +18,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from galore.contract import DEFAULT_MODEL
 from galore.errors import InvalidArgument
-
-DEFAULT_MODEL = "efficientnet_lite0"
 
 
 @dataclass(frozen=True)

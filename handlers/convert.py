@@ -2,56 +2,39 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 
 import torch
 
 from galore import masks
+from galore.contract import PROTO_ENUMS, engine_member, proto_number
 from galore.errors import STATUS_TABLE, GaloreError, InvalidArgument
-from galore.options import Attribution, ExplainOptions, Kind, Score, Target, Threshold
+from galore.options import Attribution, ExplainOptions, Kind, MaskEncoding, Score, Target, Threshold
 from galore.results import Attributive, Counterfactual, ImageResult, Insecurity, Region
 from galore_api.v1 import explainer_pb2 as pb
-
-# proto enum prefix of each galore enum; the value names after the prefix equal the galore member names.
-_PREFIX = {
-    Kind: "EXPLANATION_KIND_",
-    Attribution: "ATTRIBUTION_FUNCTION_",
-    Score: "CONFIDENCE_SCORE_",
-    Target: "ATTRIBUTION_TARGET_",
-}
-_PROTO_ENUM = {
-    Kind: pb.ExplanationKind,
-    Attribution: pb.AttributionFunction,
-    Score: pb.ConfidenceScore,
-    Target: pb.AttributionTarget,
-}
-MAX_IG_STEPS = 1000
 
 
 def to_galore_enum(galore_enum: type[enum.Enum], number: int, field: str, default=None):
     """Proto enum number -> galore enum member; UNSPECIFIED (0) -> ``default``; unknown numbers are errors."""
-    if number == 0:
+    try:
+        found = engine_member(pb.DESCRIPTOR, galore_enum, number)
+    except KeyError as exc:
+        raise InvalidArgument(field, exc.args[0]) from None
+    if found is None:
         if default is None:
             raise InvalidArgument(field, "UNSPECIFIED is not allowed here")
         return default
-    proto_enum = _PROTO_ENUM[galore_enum]
-    try:
-        name = proto_enum.Name(number)
-    except ValueError:
-        raise InvalidArgument(field, f"unknown {proto_enum.DESCRIPTOR.name} value {number}") from None
-    return galore_enum[name.removeprefix(_PREFIX[galore_enum])]
+    return found
 
 
 def to_proto_enum(member: enum.Enum | str) -> int:
     """galore enum member (or its value string) -> proto enum number."""
-    for galore_enum, prefix in _PREFIX.items():
-        if isinstance(member, galore_enum):
-            return _PROTO_ENUM[galore_enum].Value(prefix + member.name)
-        if isinstance(member, str):
+    if isinstance(member, str):
+        for galore_enum in PROTO_ENUMS:
             for candidate in galore_enum:
                 if member in (candidate.value, candidate.name):
-                    return _PROTO_ENUM[galore_enum].Value(prefix + candidate.name)
-    raise ValueError(f"no proto enum for {member!r}")
+                    return proto_number(pb.DESCRIPTOR, candidate)
+        raise ValueError(f"no proto enum for {member!r}")
+    return proto_number(pb.DESCRIPTOR, member)
 
 
 def _count(value: int, field: str, default: int, upper: int | None = None) -> int:
@@ -63,20 +46,9 @@ def _count(value: int, field: str, default: int, upper: int | None = None) -> in
 
 
 def _threshold(message: pb.ExplainOptions) -> Threshold:
-    if not message.HasField("threshold"):
-        return Threshold()
-    rule = message.threshold.WhichOneof("rule")
-    if rule == "coverage":
-        value = message.threshold.coverage
-        if not 0.0 < value <= 1.0:
-            raise InvalidArgument("options.threshold.coverage", f"must be in (0, 1], got {value}")
-        return Threshold(coverage=value, absolute=None)
-    if rule == "absolute":
-        value = message.threshold.absolute
-        if not 0.0 <= value < 1.0:
-            raise InvalidArgument("options.threshold.absolute", f"must be in [0, 1), got {value}")
-        return Threshold(coverage=None, absolute=value)
-    return Threshold()
+    """Unset: the default; else the one rule set (Threshold validates the range, naming the field)."""
+    rule = message.threshold.WhichOneof("rule") if message.HasField("threshold") else None
+    return Threshold(**{rule: getattr(message.threshold, rule)}) if rule else Threshold()
 
 
 def _kinds(message: pb.ExplainOptions) -> frozenset[Kind]:
@@ -94,7 +66,8 @@ def to_options(message: pb.ExplainOptions, counter_ids: tuple[int, ...], num_cla
     # defaults shrink to models with fewer classes than the default E / top-k
     top_e = _count(message.top_e, "options.top_e", min(defaults.top_e, num_classes), num_classes)
     top_k = _count(message.top_k, "options.top_k", min(defaults.top_k, num_classes), num_classes)
-    for i, v in enumerate(message.dims):
+    dims = tuple(message.dims)
+    for i, v in enumerate(dims):
         if v < 2 or v > top_e:
             raise InvalidArgument(f"options.dims[{i}]", f"V must be in [2, top_e={top_e}], got {v}")
     return ExplainOptions(
@@ -105,13 +78,15 @@ def to_options(message: pb.ExplainOptions, counter_ids: tuple[int, ...], num_cla
         clip_negative=message.clip_negative if message.HasField("clip_negative") else defaults.clip_negative,
         normalize=message.normalize,
         top_e=top_e,
-        dims=tuple(sorted(set(message.dims))) or defaults.dims,
+        dims=tuple(sorted(set(dims))) or defaults.dims,
         max_insecurities=_count(message.max_insecurities, "options.max_insecurities", defaults.max_insecurities),
         counter_classes=counter_ids,
         threshold=_threshold(message),
         include_heatmaps=message.include_heatmaps,
         top_k=top_k,
-        ig_steps=_count(message.ig_steps, "options.ig_steps", defaults.ig_steps, MAX_IG_STEPS),
+        ig_steps=_count(message.ig_steps, "options.ig_steps", defaults.ig_steps),
+        mask_encoding=to_galore_enum(MaskEncoding, message.mask_encoding, "options.mask_encoding",
+                                     defaults.mask_encoding),
     )
 
 
@@ -124,12 +99,12 @@ def status(error: GaloreError | None) -> pb.Status:
                      message=error.message, field=error.field)
 
 
-def mask(value: Region, encoding: int = pb.MASK_ENCODING_RLE) -> pb.Mask:
+def mask(value: Region, encoding: MaskEncoding = MaskEncoding.RLE) -> pb.Mask:
     """A Region's mask in original pixels -> Mask: COCO RLE straight from the working-grid cells (cost independent
     of the photo's size), or bits (row-major, MSB first, as numpy.packbits) of the full mask."""
     height, width = value.frame.shape
     message = pb.Mask(width=width, height=height, pixel_count=int(value.pixel_count))
-    if encoding == pb.MASK_ENCODING_BITS:
+    if encoding is MaskEncoding.BITS:
         message.bits = masks.pack_bits(value.frame.expand(value.cells))
     else:
         message.coco_rle = masks.coco_string(masks.rle_counts(value.cells, value.frame))
@@ -139,29 +114,8 @@ def mask(value: Region, encoding: int = pb.MASK_ENCODING_RLE) -> pb.Mask:
     return message
 
 
-def mask_encoding(message: pb.ExplainOptions) -> int:
-    """ExplainOptions.mask_encoding, UNSPECIFIED -> RLE; unknown values are errors."""
-    value = message.mask_encoding
-    if value == pb.MASK_ENCODING_UNSPECIFIED:
-        return pb.MASK_ENCODING_RLE
-    if value not in pb.MaskEncoding.values():
-        raise InvalidArgument("options.mask_encoding", f"unknown MaskEncoding value {value}")
-    return value
-
-
-@dataclass(frozen=True)
-class Rendering:
-    """How one request wants its regions written: heatmaps or not, which mask encoding."""
-
-    include_heatmaps: bool = False
-    mask_encoding: int = pb.MASK_ENCODING_RLE
-
-    @classmethod
-    def of(cls, message: pb.ExplainOptions) -> "Rendering":
-        return cls(message.include_heatmaps, mask_encoding(message))
-
-
-def region(value: Region, how: Rendering) -> pb.Region:
+def region(value: Region, how: ExplainOptions) -> pb.Region:
+    """A Region as ``how`` (the request's options) asks: its mask encoding, with or without the heatmap."""
     message = pb.Region(mask=mask(value, how.mask_encoding), strength=float(value.strength))
     if how.include_heatmaps and value.heatmap is not None:
         heat = value.heatmap.detach().to("cpu", torch.float32)
@@ -170,16 +124,16 @@ def region(value: Region, how: Rendering) -> pb.Region:
     return message
 
 
-def _attributive(value: Attributive, labels, heat: Rendering) -> pb.Attributive:
+def _attributive(value: Attributive, labels, heat: ExplainOptions) -> pb.Attributive:
     return pb.Attributive(class_id=value.class_id, label=labels[value.class_id], region=region(value.region, heat))
 
 
-def _insecurity(value: Insecurity, labels, heat: Rendering) -> pb.Insecurity:
+def _insecurity(value: Insecurity, labels, heat: ExplainOptions) -> pb.Insecurity:
     return pb.Insecurity(class_ids=list(value.class_ids), labels=[labels[c] for c in value.class_ids],
                          region=region(value.region, heat))
 
 
-def _counterfactual(value: Counterfactual, labels, heat: Rendering) -> pb.Counterfactual:
+def _counterfactual(value: Counterfactual, labels, heat: ExplainOptions) -> pb.Counterfactual:
     message = pb.Counterfactual(predicted_id=value.predicted_id, counter_ids=list(value.counter_ids),
                                 query=region(value.query, heat), strength=float(value.strength),
                                 complete=bool(value.complete))
@@ -191,7 +145,7 @@ def _counterfactual(value: Counterfactual, labels, heat: Rendering) -> pb.Counte
     return message
 
 
-def image_explanation(image_id: str, result: ImageResult, labels, how: Rendering) -> pb.ImageExplanation:
+def image_explanation(image_id: str, result: ImageResult, labels, how: ExplainOptions) -> pb.ImageExplanation:
     """One engine result -> ImageExplanation (its own status; no explanation fields when it failed)."""
     message = pb.ImageExplanation(id=image_id, status=status(result.error))
     if result.error is not None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from galore.contract import DEFAULT_MODEL
 from galore.errors import InvalidArgument
 
-from .config import DEFAULT_MODEL, HandlerConfig
+from .config import HandlerConfig
 from .decode import decode_image
 
 logger = logging.getLogger(__name__)

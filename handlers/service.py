@@ -9,6 +9,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from galore import ImageRequest
 from galore.errors import GaloreError, InvalidArgument, ResourceExhausted
 from galore.options import ExplainOptions
 from galore.results import ImageResult
@@ -32,7 +33,6 @@ class Prepared:
     call: Call = Call.EXPLAIN
     error: GaloreError | None = None
     options: ExplainOptions | None = None
-    rendering: convert.Rendering = field(default_factory=convert.Rendering)
     ids: list[str] = field(default_factory=list)
     # per image: an engine request, or the error that stopped that image before the engine
     items: list[object] = field(default_factory=list)
@@ -71,8 +71,6 @@ class ExplainService:
         return tuple(ids)
 
     def _prepare_explain(self, message: pb.ExplainRequest, prepared: Prepared, request_id: str):
-        from galore.engine import ImageRequest
-
         limits = self.config.limits
         min_side = self.engine.preprocess.resize  # JPEGs decode at the smallest DCT scale the model still resolves
         if not message.images:
@@ -91,7 +89,6 @@ class ExplainService:
                 exemplars[counter_ids[i]], sizes[counter_ids[i]] = decode_image(
                     counter.exemplar, f"options.counter_classes[{i}].exemplar", limits, min_side)
         prepared.options = options
-        prepared.rendering = convert.Rendering.of(message.options)
         for j, image in enumerate(message.images):
             prepared.ids.append(image.id or f"images[{j}]")
             field = f"images[{j}].data"
@@ -151,7 +148,7 @@ class ExplainService:
             response.status.CopyFrom(convert.status(prepared.error))
             return response
         for image_id, result in zip(prepared.ids, results):
-            response.images.append(convert.image_explanation(image_id, result, self.labels, prepared.rendering))
+            response.images.append(convert.image_explanation(image_id, result, self.labels, prepared.options))
         failed = [r.error for r in results if r.error is not None]
         response.status.CopyFrom(convert.status(failed[0] if len(failed) == len(results) else None))
         return response

@@ -9,7 +9,6 @@ The answer uses the Accept header when it names a supported type, else the reque
 """
 from __future__ import annotations
 
-import enum
 import json
 import re
 from dataclasses import dataclass
@@ -17,19 +16,12 @@ from dataclasses import dataclass
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
+from galore.contract import RPC_KEY, Call
 from galore.errors import InvalidArgument, UnsupportedMediaType
 from galore_api.v1 import explainer_pb2 as pb
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
-RPC_KEY = "galore-rpc"
-
-
-class Call(enum.Enum):
-    EXPLAIN = "Explain"
-    MODEL_INFO = "GetModelInfo"
-
-
 @dataclass(frozen=True)
 class WireRequest:
     """One parsed TorchServe request: the call, its message (None for MODEL_INFO) and the answer's media type."""
@@ -115,7 +107,7 @@ def read_request(row: dict, context, idx: int) -> WireRequest:
             return WireRequest(Call.MODEL_INFO, None, PROTOBUF)
         if rpc == Call.EXPLAIN.value:
             return WireRequest(Call.EXPLAIN, parse_explain_proto(_body(row)), PROTOBUF)
-        raise InvalidArgument(RPC_KEY, f"unknown call {rpc!r}; expected Explain or GetModelInfo")
+        raise InvalidArgument(RPC_KEY, f"unknown call {rpc!r}; expected {' or '.join(c.value for c in Call)}")
     headers = _headers(context, idx)
     body_headers = headers.get("body") if isinstance(headers.get("body"), dict) else {}
     content_type = _media_type(headers.get("content-type") or body_headers.get("content-type"))

@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from galore.contract import DEFAULT_MODEL
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "deploy" / "torchserve" / "model-config.yaml"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -102,9 +104,9 @@ def archive(name: str, handler_section: dict, out: Path, staging: Path, batch_si
     return out / f"{name}.mar"
 
 
-def build_default(out: Path, name: str = "efficientnet_lite0", **batching) -> Path:
+def build_default(out: Path, name: str = DEFAULT_MODEL, **batching) -> Path:
     with tempfile.TemporaryDirectory(prefix="galore-mar-") as tmp:
-        return archive(name, {"model": "efficientnet_lite0"}, out, Path(tmp), **batching)
+        return archive(name, {"model": DEFAULT_MODEL}, out, Path(tmp), **batching)
 
 
 def build_torchvision(out: Path, arch: str, state_dict: Path, labels: Path, name: str | None = None,
@@ -157,7 +159,7 @@ def main(argv=None) -> None:
     batching = dict(batch_size=args.batch_size, max_batch_delay_ms=args.max_batch_delay)
     try:
         if args.command == "default":
-            path = build_default(args.out, args.name or "efficientnet_lite0", **batching)
+            path = build_default(args.out, args.name or DEFAULT_MODEL, **batching)
         else:
             path = build_torchvision(args.out, args.arch, args.state_dict, args.labels, args.name, args.layer,
                                      args.hardness_arch, args.hardness_state_dict, args.exemplar_bank, **batching)

@@ -2,8 +2,9 @@
 """Docker HEALTHCHECK for either role of the galore-serve image (Kubernetes uses its own probes instead).
 
 The role is read from PID 1's command line (tini -g -- galore-entrypoint ROLE ...):
-  gateway      -> grpc.health.v1 Check on 127.0.0.1:50051 must answer SERVING
-  torchserve   -> GET http://127.0.0.1:8080/ping must answer 200
+  gateway      -> grpc.health.v1 Check on the gateway port (default 50051) must answer SERVING
+  torchserve   -> GET /ping on TorchServe's REST port (default 8080) must answer 200
+Ports and host come from galore.contract (installed in the image's virtualenv; torch-free).
 Exit status 0 = healthy, 1 = unhealthy (with the reason on stdout).
 """
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import sys
 import urllib.error
 import urllib.request
+
+from galore.contract import DEFAULT_PORTS, HOST
 
 TIMEOUT_S = 4.0
 
@@ -21,19 +24,19 @@ def container_role() -> str:
     return "gateway" if "gateway" in argv else "torchserve"
 
 
-def check_torchserve(port: int = 8080) -> str | None:
+def check_torchserve(port: int = DEFAULT_PORTS.rest) -> str | None:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=TIMEOUT_S) as response:
+        with urllib.request.urlopen(f"http://{HOST}:{port}/ping", timeout=TIMEOUT_S) as response:
             return None if response.status == 200 else f"/ping answered {response.status}"
     except (urllib.error.URLError, OSError) as exc:
         return f"/ping failed: {exc}"
 
 
-def check_gateway(port: int = 50051) -> str | None:
+def check_gateway(port: int = DEFAULT_PORTS.grpc) -> str | None:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    with grpc.insecure_channel(f"{HOST}:{port}") as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT_S)
         except grpc.RpcError as exc:

@@ -99,7 +99,7 @@ def test_bad_option_values_are_bad_input(capsys, chelsea_path):
         cli.main(["explain", str(chelsea_path), "--kinds", "everything"])
     assert exit_info.value.code == 2 and "--kinds: invalid choice: 'everything'" in capsys.readouterr().err
     status, _, err = run(capsys, "explain", str(chelsea_path), "--top-e", "0", "--local")
-    assert status == cli.EXIT_BAD_INPUT and "top_e: must be >= 1, got 0" in err
+    assert status == cli.EXIT_BAD_INPUT and "--top-e: must be >= 1, got 0" in err
 
 
 def test_local_explain_prints_the_summary_and_writes_the_report(capsys, chelsea_path, local_backend, monkeypatch,

@@ -6,8 +6,10 @@ import json
 import numpy as np
 import pytest
 
+from galore.errors import InvalidArgument
+from galore_api.v1 import explainer_pb2 as pb
 from galore_client import cli
-from galore_client.client import GaloreClient
+from galore_client.client import GaloreClient, build_request
 from galore_client.errors import GaloreClientError
 from galore_client.images import read_image
 from galore_client.settings import ExplainSettings
@@ -30,7 +32,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / max(1, (a | b).sum()))
 
 
-SETTINGS = ExplainSettings(dims=(2, 3), counter_classes=(287,), top_e=5, max_insecurities=4)
+SETTINGS = ExplainSettings(dims=(2, 3), counter_classes=(287,), top_e=5, max_insecurities=4, include_heatmaps=True)
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +108,11 @@ def test_request_errors_raise_one_exception_type_with_code_and_server_message(tr
                                                                                 chelsea_path):
     data = read_image(chelsea_path).data
     with GaloreClient(grpc_url if transport == "grpc" else http_url, timeout_s=120) as client:
-        with pytest.raises(GaloreClientError) as info:
-            client.explain([data], ExplainSettings(kinds=("deliberative",), top_e=3, dims=(4,)))
+        with pytest.raises(InvalidArgument, match="options.dims: V=4 exceeds top_e"):  # checked before sending
+            ExplainSettings(kinds=("deliberative",), top_e=3, dims=(4,))
+        options = pb.ExplainOptions(kinds=[pb.EXPLANATION_KIND_DELIBERATIVE], top_e=3, dims=[4])
+        with pytest.raises(GaloreClientError) as info:  # the service checks it too
+            client.explain_request(build_request([data], options))
         assert info.value.code == "INVALID_ARGUMENT" and info.value.field.startswith("options.dims")
         assert "top_e" in info.value.message
         if transport == "http":

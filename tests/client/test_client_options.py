@@ -3,7 +3,6 @@ starts: a small galore.v1 Explainer that can refuse its first calls, and a plain
 from __future__ import annotations
 
 import http.server
-import shutil
 import socket
 import subprocess
 import threading
@@ -18,6 +17,7 @@ from galore_api.v1 import explainer_pb2_grpc
 from galore_client.client import GaloreClient, parse_server
 from galore_client.errors import GaloreClientError
 from galore_client.settings import ExplainSettings
+from tests.tools import require_tool
 
 
 class FlakyExplainer(explainer_pb2_grpc.ExplainerServicer):
@@ -100,8 +100,7 @@ def test_grpc_token_is_sent_as_bearer_metadata(flaky):
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory):
     """A self-signed certificate for localhost / 127.0.0.1: (cert path, key path)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed: cannot make a test certificate for the TLS test")
+    require_tool("openssl", purpose="make a test certificate for the TLS tests")
     folder = tmp_path_factory.mktemp("tls")
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",

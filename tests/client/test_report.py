@@ -4,15 +4,14 @@ from __future__ import annotations
 import base64
 import io
 import re
-import shutil
 import subprocess
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from galore_client.report import ReportEntry, html_report, summary_dict, summary_text, write_report
 from galore_client.results import Explanation, ImageFailure
+from tests.tools import require_tool
 
 
 def test_summary_lists_classes_score_insecurities_by_strength_and_counterfactual(explanation):
@@ -69,12 +68,10 @@ def test_write_report_writes_one_png_per_figure(tmp_path, gray_image, explanatio
     assert Image.open(files.figures["a/cat.jpg"]["deliberative"]).size[0] == 3 * 120 + 40
 
 
-def chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
+def chromium() -> str:
+    return require_tool("chromium", "chromium-browser", purpose="render the HTML report headless")
 
 
-@pytest.mark.skipif(chromium() is None, reason="Chromium is not installed: `make test` installs the Debian package "
-                    "`chromium` with apt-get, which needs root; install it to run this test")
 def test_html_report_renders_in_headless_chromium(tmp_path, explanation):
     rng = np.random.default_rng(0)
     photo = rng.integers(0, 255, (80, 120, 3), dtype=np.uint8)

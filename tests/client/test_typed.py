@@ -4,23 +4,23 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from galore.options import ExplainOptions, MaskEncoding
 from galore_api.v1 import explainer_pb2 as pb
 from galore_client.images import read_image
-from galore_client.local import explanation_from_engine
 from galore_client.settings import ExplainSettings
-from galore_client.typed import WireFormatError, explanation_from_proto, mask_from_proto, settings_to_proto
+from galore_client.typed import WireFormatError, mask_from_proto, settings_to_proto
 from handlers import convert
+from tests.regions import region_of
 
 
+@pytest.mark.parametrize("encoding", list(MaskEncoding))
 @pytest.mark.parametrize("height,width", [(1, 1), (3, 5), (7, 13), (300, 451)])
-def test_mask_unpacking_matches_the_servers_bit_packing(height, width):
-    import torch
-
+def test_mask_decoding_matches_the_servers_encoding(height, width, encoding):
     rng = np.random.default_rng(height * 1000 + width)
     mask = rng.random((height, width)) < 0.3
-    message = convert.mask(torch.from_numpy(mask), int(mask.sum()), None)
+    message = convert.mask(region_of(mask), encoding)
     wire = pb.Mask.FromString(message.SerializeToString())
-    assert len(wire.bits) == (height * width + 7) // 8
+    assert wire.WhichOneof("encoding") == {MaskEncoding.RLE: "coco_rle", MaskEncoding.BITS: "bits"}[encoding]
     decoded = mask_from_proto(wire, width, height)
     assert decoded.dtype == bool and decoded.shape == (height, width)
     assert np.array_equal(decoded, mask)
@@ -48,48 +48,56 @@ def test_settings_survive_the_wire_as_the_server_parses_them():
     settings = ExplainSettings(kinds=("deliberative", "counterfactual"), attribution="grad_cam", score="certainty",
                                target="probability", top_e=6, dims=(3, 2), max_insecurities=4, top_k=3,
                                counter_classes=(282, 287), absolute=0.5,  # 0.5: exact in float32
-                               include_heatmaps=True, ig_steps=9)
+                               include_heatmaps=True, ig_steps=9, clip_negative=False, normalize=True)
     wire = pb.ExplainOptions.FromString(settings_to_proto(settings, {287: b"jpeg"}).SerializeToString())
     assert [c.class_id for c in wire.counter_classes] == [282, 287]
     assert [c.exemplar for c in wire.counter_classes] == [b"", b"jpeg"]
-    assert convert.to_options(wire, (282, 287), 1000) == settings.to_engine_options()
+    assert wire.HasField("clip_negative") and not wire.clip_negative and wire.normalize
+    assert convert.to_options(wire, (282, 287), 1000) == settings.options
 
 
 def test_defaults_survive_the_wire_as_the_server_parses_them():
     wire = settings_to_proto(ExplainSettings())
-    assert wire.ByteSize() == 2  # only include_heatmaps=true is sent; everything else is the service default
-    assert convert.to_options(wire, (), 1000) == ExplainSettings().to_engine_options()
+    assert wire.ByteSize() == 0  # every field is the engine default, which the proto spells as "unset"
+    assert convert.to_options(wire, (), 1000) == ExplainSettings().options == ExplainOptions()
 
 
-def test_a_served_explanation_decodes_to_the_same_result_as_the_local_one(local_backend, chelsea_path):
-    """Engine result -> the handler's ImageExplanation bytes -> typed, equals engine result -> typed directly."""
+def test_prediction_only_and_label_counters_reach_the_wire():
+    wire = settings_to_proto(ExplainSettings(prediction_only=True, counter_classes=("tabby", 5)))
+    assert wire.prediction_only and not wire.kinds
+    assert [c.WhichOneof("class_ref") for c in wire.counter_classes] == ["label", "class_id"]
+    assert convert.to_options(wire, (281, 5), 1000).kinds == frozenset()
+
+
+def test_local_explanations_carry_the_engines_own_masks_and_strengths(local_backend, chelsea_path):
+    """--local runs the handler's converters: its typed result equals the engine's result, mask for mask."""
+    import torch
     from galore import ImageRequest
-
-    from galore_client.local import to_chw
 
     engine = local_backend.engine
     image = read_image(chelsea_path)
-    options = ExplainSettings(dims=(2, 3), counter_classes=(287,)).to_engine_options()
-    [result] = engine.explain([ImageRequest(image=to_chw(image.pixels), options=options,
-                                            exemplars={287: to_chw(image.pixels[:, ::-1])})])
-    wire = pb.ImageExplanation.FromString(
-        convert.image_explanation("chelsea", result, engine.labels, True).SerializeToString())
-    served = explanation_from_proto(wire, engine.labels)
-    local = explanation_from_engine(result, engine.labels)
-    assert served.ok and (served.width, served.height) == (451, 300)
-    assert [c.label for c in served.top_classes] == [c.label for c in local.top_classes]
-    pairs = [(served.attributive.region, local.attributive.region),
-             (served.self_aware.region, local.self_aware.region),
-             (served.counterfactual.query, local.counterfactual.query),
-             (served.counterfactual.exemplars[0].region, local.counterfactual.exemplars[0].region)]
-    pairs += list(zip((i.region for i in served.insecurities), (i.region for i in local.insecurities)))
+    settings = ExplainSettings(dims=(2, 3), counter_classes=(287,), include_heatmaps=True)
+
+    def chw(pixels):
+        return torch.from_numpy(np.array(pixels, dtype=np.uint8, copy=True)).permute(2, 0, 1).contiguous()
+
+    [result] = engine.explain([ImageRequest(image=chw(image.pixels), options=settings.options,
+                                            exemplars={287: chw(image.pixels)})])
+    [local] = local_backend.explain([image], settings, {287: image})
+    assert local.ok and (local.width, local.height) == (451, 300) == (result.width, result.height)
+    assert [c.label for c in local.top_classes] == [c.label for c in result.top_classes]
+    pairs = [(local.attributive.region, result.attributive.region),
+             (local.self_aware.region, result.self_aware.region),
+             (local.counterfactual.query, result.counterfactual.query),
+             (local.counterfactual.exemplars[0].region, result.counterfactual.exemplars[0].region)]
+    ranked = sorted((ins for group in result.deliberative.values() for ins in group),
+                    key=lambda ins: float(ins.region.strength), reverse=True)
+    pairs += list(zip((i.region for i in local.insecurities), (i.region for i in ranked)))
     assert len(pairs) == 4 + 10  # 5 pairs + 5 triples from E = 5
-    for wired, direct in pairs:
-        assert wired.mask.shape == direct.mask.shape and np.array_equal(wired.mask, direct.mask)
-        assert wired.pixel_count == direct.pixel_count > 0 and wired.bbox == direct.bbox
-        assert wired.strength == pytest.approx(direct.strength, rel=1e-6, abs=1e-12)
-        assert np.allclose(wired.heatmap, direct.heatmap, rtol=1e-6, atol=0)
-    assert [i.labels for i in served.insecurities] == [i.labels for i in local.insecurities]
-    assert served.counterfactual.exemplars[0].cls.label == "lynx"
-    assert served.counterfactual.complete
-    assert served.counterfactual.exemplars[0].exemplar_key == local.counterfactual.exemplars[0].exemplar_key
+    for typed, engine_region in pairs:
+        assert np.array_equal(typed.mask, engine_region.mask.numpy())
+        assert typed.pixel_count == int(engine_region.pixel_count) > 0
+        assert typed.strength == pytest.approx(float(engine_region.strength), rel=1e-4, abs=1e-12)
+        # two engine runs: float sums may differ in the last bits
+        assert np.allclose(typed.heatmap, engine_region.heatmap.numpy(), rtol=1e-4, atol=0)
+    assert local.counterfactual.exemplars[0].cls.label == "lynx" and local.counterfactual.complete

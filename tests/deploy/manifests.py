@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.tools import require_tool
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
@@ -22,9 +23,7 @@ _QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
 
 def render(overlay: str) -> list[dict]:
     """`kubectl kustomize deploy/k8s/overlays/<overlay>` -> list of objects (offline, no API server)."""
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl is not on PATH: cannot render the kustomize overlays")
+    kubectl = require_tool("kubectl", purpose="render the kustomize overlays")
     completed = subprocess.run([kubectl, "kustomize", str(K8S / "overlays" / overlay)],
                                capture_output=True, text=True, timeout=60)
     if completed.returncode != 0:

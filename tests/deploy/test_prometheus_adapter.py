@@ -2,12 +2,12 @@
 promtool on synthetic scrapes (the adapter expands its Go template the same way before querying Prometheus)."""
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
+
+from tests.tools import require_tool
 
 from .manifests import K8S, REPO
 
@@ -40,9 +40,7 @@ def test_rule_exposes_the_hpa_metric_per_pod_from_the_images_counter():
 
 
 def test_rule_yields_images_per_second_of_each_pod(tmp_path: Path):
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool (Debian package prometheus) is not on PATH: cannot evaluate the adapter rule")
+    promtool = require_tool("promtool", purpose="evaluate the adapter rule")
     query = expand(adapter_rule()["metricsQuery"], "galore_images_total",
                    'namespace="galore",pod=~"galore-serve-a|galore-serve-b"', "pod")
     (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": [{"name": "adapter", "rules": [

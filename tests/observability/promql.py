@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
-import pytest
 import yaml
+
+from tests.tools import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
@@ -30,11 +30,8 @@ _HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
 
 def tool(name: str) -> str:
-    """Path of a Prometheus binary, or skip the test saying why."""
-    path = shutil.which(name)
-    if path is None:
-        pytest.skip(f"{name} is not on PATH: `make test` installs Debian's prometheus package (apt-get) when it can")
-    return path
+    """Path of a Prometheus binary; skips (fails under CI) when missing."""
+    return require_tool(name, purpose="run the real Prometheus checks")
 
 
 def metric_names(expr: str) -> set[str]:

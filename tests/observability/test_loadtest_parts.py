@@ -5,10 +5,12 @@ import argparse
 
 import pytest
 
+from galore.options import ExplainOptions
 from galore_client import loadtest
 from galore_client.load_report import format_report, percentile, summarize, table_iii_arch, table_iii_rows
 from galore_client.load_transports import (LoadTestError, build_request, check_loopback, folder_images, read_counters,
                                           split_target)
+from galore_client.settings import ExplainSettings
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -25,6 +27,7 @@ def test_subcommand_parser_defaults_to_grpc_on_the_gateway_port():
     assert (config.transport, config.target, config.concurrency, config.count, config.rate) == \
         ("grpc", "127.0.0.1:50051", 4, 100, None)
     assert config.kinds == ("attributive", "self_aware", "deliberative", "counterfactual")
+    assert config.settings == ExplainSettings() and config.settings.options == ExplainOptions()  # engine defaults
     rest = loadtest.config_from_args(parse("--transport", "rest", "--kinds", "prediction"))
     assert (rest.target, rest.kinds) == ("127.0.0.1:8080", ())
 
@@ -48,12 +51,20 @@ def test_run_refuses_a_remote_target_before_sending_anything(capsys):
 
 @pytest.mark.parametrize("argv, option", [
     (("--concurrency", "0"), "--concurrency"), (("--count", "0"), "--count"), (("--rate", "0"), "--rate"),
-    (("--duration", "-1"), "--duration"), (("--kinds", "attributive,bogus"), "--kinds"), (("--dims", "2,x"), "--dims"),
-    (("--target", "127.0.0.1"), "--target"), (("--target", "127.0.0.1:99999"), "--target"),
+    (("--duration", "-1"), "--duration"), (("--target", "127.0.0.1"), "--target"),
+    (("--target", "127.0.0.1:99999"), "--target"), (("--top-e", "0"), "--top-e"), (("--dims", "6"), "--dims"),
+    (("--ig-steps", "5000"), "--ig-steps"), (("--coverage", "1.5"), "--coverage"),
 ])
 def test_bad_settings_name_the_option(argv, option):
     with pytest.raises(LoadTestError, match=f"^{option}:"):
         loadtest.config_from_args(parse(*argv))
+
+
+@pytest.mark.parametrize("argv, option", [(("--kinds", "attributive,bogus"), "--kinds"), (("--dims", "2,x"), "--dims")])
+def test_unparsable_options_are_refused_by_the_parser_naming_the_option(argv, option, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse(*argv)
+    assert exit_info.value.code == 2 and f"argument {option}" in capsys.readouterr().err
 
 
 def test_split_target_handles_ipv6_brackets():
@@ -74,11 +85,12 @@ def test_images_folder_reads_image_files_in_name_order(tmp_path):
 
 
 def test_request_carries_the_kinds_and_prediction_only_when_no_kind():
-    request = build_request([b"x", b"y"], ("deliberative", "counterfactual"), (2, 3), 5)
+    settings = loadtest.config_from_args(parse("--kinds", "deliberative,counterfactual", "--dims", "2,3")).settings
+    request = build_request([b"x", b"y"], settings)
     assert [image.data for image in request.images] == [b"x", b"y"]
     assert list(request.options.kinds) == [3, 4] and list(request.options.dims) == [2, 3]
     assert not request.options.prediction_only
-    assert build_request([b"x"], (), (2,), 5).options.prediction_only
+    assert build_request([b"x"], ExplainSettings(prediction_only=True)).options.prediction_only
 
 
 def test_percentile_is_nearest_rank():
@@ -124,9 +136,9 @@ def test_counter_classes_pair_with_exemplar_files_by_position(tmp_path):
     exemplar.write_bytes(b"jpeg bytes")
     args = parse("--kinds", "counterfactual", "--counter-classes", "tabby, 285", "--exemplars", str(exemplar))
     config = loadtest.config_from_args(args)
-    counters = read_counters(config.counter_classes, config.exemplars)
-    assert counters == (("tabby", b"jpeg bytes"), ("285", b""))
-    request = build_request([b"x"], config.kinds, config.dims, config.top_e, counters)
+    counters = read_counters(config.settings.counter_classes, config.exemplars)
+    assert counters == {"tabby": b"jpeg bytes"}
+    request = build_request([b"x"], config.settings, counters)
     first, second = request.options.counter_classes
     assert (first.label, first.exemplar, second.class_id, second.exemplar) == ("tabby", b"jpeg bytes", 285, b"")
     with pytest.raises(LoadTestError, match="^--exemplars: 2 files for 1"):

@@ -14,7 +14,8 @@ from galore_api.v1 import explainer_pb2 as pb
 from galore_api.v1 import explainer_pb2_grpc
 from galore_client import loadtest
 from galore_client.load_report import LoadSummary
-from galore_client.load_transports import GrpcSender, sample_images
+from galore_client.load_transports import open_sender, sample_images
+from galore_client.settings import ExplainSettings
 
 from galore_gateway.local import free_ports
 from .prometheus_server import SCRAPE_INTERVAL_S, Prometheus, write_config
@@ -49,9 +50,9 @@ def explain(service, count: int, per_request: int) -> LoadSummary:
     target = f"127.0.0.1:{service.config.ports.grpc}"
     config = loadtest.LoadConfig(
         transport="grpc", target=target, model=MODEL, concurrency=3, rate=None, count=count, duration_s=None,
-        images_per_request=per_request, kinds=KINDS, dims=(2,), top_e=5, timeout_s=120.0, arch=MODEL,
-        progress=False, json_path=None)
-    sender = GrpcSender(target, timeout_s=120.0)
+        images_per_request=per_request, timeout_s=120.0, arch=MODEL, progress=False, json_path=None,
+        settings=ExplainSettings(kinds=KINDS))
+    sender = open_sender("grpc", target, MODEL, timeout_s=120.0)
     try:
         return loadtest.run(config, sample_images(), sender)
     finally:

@@ -10,8 +10,8 @@ from PIL import Image
 
 from galore import masks
 from galore.errors import InvalidArgument, ResourceExhausted
-from galore.masks import CellFrame
-from galore.results import Region
+from galore.options import MaskEncoding
+from tests.regions import region_of
 from galore.options import Attribution, Kind, Score, Target
 from galore_api.v1 import explainer_pb2 as pb
 from galore_client.client import decode_mask
@@ -24,18 +24,10 @@ from handlers.decode import decode_image
 from handlers.wire import parse_explain_json
 
 
-def _region(cells: np.ndarray, height: int, width: int) -> Region:
-    """A region whose working grid has one cell per original pixel (identity frame)."""
-    frame = CellFrame(np.arange(height), np.arange(width), max(height, width))
-    padded = np.zeros((frame.side, frame.side), dtype=bool)
-    padded[:height, :width] = cells
-    return Region.of(padded, frame, torch.zeros(1, 1), 1.0)
-
-
 def test_mask_bits_are_row_major_msb_first():
     mask = np.zeros((2, 5), dtype=bool)
     mask[0, 0] = mask[0, 4] = mask[1, 2] = True  # bits 0, 4, 7 of 10
-    packed = convert.mask(_region(mask, 2, 5), pb.MASK_ENCODING_BITS)
+    packed = convert.mask(region_of(mask), MaskEncoding.BITS)
     assert packed.bits == bytes([0b10001001, 0b00000000]) and packed.WhichOneof("encoding") == "bits"
     assert (packed.width, packed.height, packed.pixel_count) == (5, 2, 3)
     assert (packed.bbox.x0, packed.bbox.y0, packed.bbox.x1, packed.bbox.y1) == (0, 0, 5, 2)
@@ -45,14 +37,14 @@ def test_mask_bits_are_row_major_msb_first():
 def test_mask_rle_is_coco_column_major():
     mask = np.zeros((2, 5), dtype=bool)
     mask[0, 0] = mask[0, 4] = mask[1, 2] = True  # column-major: 1 0 | 0 0 | 0 1 | 0 0 | 1 0
-    packed = convert.mask(_region(mask, 2, 5))
+    packed = convert.mask(region_of(mask))
     assert packed.WhichOneof("encoding") == "coco_rle"
     assert masks.coco_counts(packed.coco_rle).tolist() == [0, 1, 4, 1, 2, 1, 1]
     assert np.array_equal(decode_mask(packed), mask)
 
 
 def test_empty_mask_has_no_bbox():
-    packed = convert.mask(_region(np.zeros((3, 3), dtype=bool), 3, 3), pb.MASK_ENCODING_BITS)
+    packed = convert.mask(region_of(np.zeros((3, 3), dtype=bool)), MaskEncoding.BITS)
     assert not packed.HasField("bbox") and packed.bits == b"\x00\x00" and packed.pixel_count == 0
 
 
