@@ -87,11 +87,18 @@ def measure_batch(grid: WorkingGrid, items: list[tuple[ExplainOptions, Predictio
         return
     singles = torch.cat([p.single for _, _, p, _ in items])
     sides = torch.cat([p.sides for _, _, p, _ in items])
-    rules = Rule.cat([Rule.coverage_of(o.threshold, grid.cells).expand(len(p.keys) + len(p.side_classes))
-                      for o, _, p, _ in items])
+    rules = Rule.cat([Rule.coverage_of(o.threshold, grid.cells).expand(len(p.keys)) for o, _, p, _ in items]
+                     + [Rule(torch.zeros(sides.shape[0], dtype=torch.long), torch.zeros(sides.shape[0]))])
     n_single = singles.shape[0]
-    # pass 1: every map by its own rule (for a side: its positive cells only)
-    first = grid.measure(torch.cat([singles, sides]), rules)
+    # pass 1: every single map by its own rule; the counterfactual sides only have their positive cells counted
+    count_positive = torch.zeros(n_single + sides.shape[0], dtype=torch.bool)
+    count_positive[n_single:] = True
+    s0 = 0
+    for o, _, p, _ in items:
+        if Kind.COUNTERFACTUAL in o.kinds:
+            count_positive[s0 + p.keys.index(Kind.COUNTERFACTUAL)] = True
+        s0 += len(p.keys)
+    first = grid.measure(torch.cat([singles, sides]), rules, count_positive)
     # counterfactual: every side keeps the same number of cells (equal size where the model looks, note under
     # eq. 16): the query's count, no more than any side with evidence has; a side without evidence keeps none
     side_k = torch.zeros(sides.shape[0], dtype=torch.long)
@@ -109,13 +116,15 @@ def measure_batch(grid: WorkingGrid, items: list[tuple[ExplainOptions, Predictio
         s0 += len(p.keys)
         e0 += len(p.side_classes)
     cf_rows = sorted(query_k)
-    second = grid.measure(torch.cat([singles[cf_rows], sides]),
-                          Rule(torch.tensor([query_k[q] for q in cf_rows] + side_k.tolist(), dtype=torch.long),
-                               torch.zeros(len(cf_rows) + sides.shape[0])))
     tau = first.tau[:n_single].clone()
     strength = first.strength[:n_single].clone()
-    tau[cf_rows], strength[cf_rows] = second.tau[:len(cf_rows)], second.strength[:len(cf_rows)]
-    side_tau, side_strength = second.tau[len(cf_rows):], second.strength[len(cf_rows):]
+    side_tau = side_strength = torch.zeros(0)
+    if cf_rows:  # pass 2: the counterfactual sides at their common count
+        second = grid.measure(torch.cat([singles[cf_rows], sides]),
+                              Rule(torch.tensor([query_k[q] for q in cf_rows] + side_k.tolist(), dtype=torch.long),
+                                   torch.zeros(len(cf_rows) + sides.shape[0])))
+        tau[cf_rows], strength[cf_rows] = second.tau[:len(cf_rows)], second.strength[:len(cf_rows)]
+        side_tau, side_strength = second.tau[len(cf_rows):], second.strength[len(cf_rows):]
 
     # choose the regions to return, then cut all their masks in one batch
     chosen: list[tuple[int, object]] = []  # (item, key) per returned single map, in ``wanted`` order

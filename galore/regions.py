@@ -55,7 +55,7 @@ class Rule:
 class Measured:
     """Per map (M,): wanted, the cells the rule asks for; tau, the value a cell needs to be kept (+inf: none);
     kept, the cells kept (min(wanted, positive), more only on exact ties at tau); positive, the cells with a
-    positive value; strength, eq. (15): the mean of the kept cells' values (0 when none)."""
+    positive value (-1 where not counted); strength, eq. (15): the mean of the kept cells' values (0 when none)."""
 
     wanted: torch.Tensor
     tau: torch.Tensor
@@ -81,15 +81,17 @@ class WorkingGrid:
         wy, wx = _weights(self.side, *maps.shape[-2:], str(maps.device))
         return wy @ maps.float() @ wx.T
 
-    def measure(self, maps: torch.Tensor, rule: Rule, exact: "Rule | None" = None) -> Measured:
+    def measure(self, maps: torch.Tensor, rule: Rule, count_positive: torch.Tensor | None = None) -> Measured:
         """Thresholds every map (M, h, w) by ``rule``; only positive cells can be kept. Chunked over maps so the
-        working values never exceed CHUNK_CELLS."""
-        out = [_measure(maps.new_zeros(0, self.cells), rule.k[:0], rule.absolute[:0])]  # M = 0 stays valid
+        working values never exceed CHUNK_CELLS. ``count_positive`` (M,) bool: maps whose positive cells to count."""
+        M = maps.shape[0]
+        flags = torch.zeros(M, dtype=torch.bool) if count_positive is None else count_positive
+        out = [_measure(maps.new_zeros(0, self.cells), rule.k[:0], rule.absolute[:0], flags[:0])]  # M = 0 stays valid
         step = max(1, CHUNK_CELLS // self.cells)
-        for s in range(0, maps.shape[0], step):
+        for s in range(0, M, step):
             values = self.upsample(maps[s:s + step]).flatten(1)  # (m, G*G)
             out.append(_measure(values, rule.k[s:s + step].to(values.device),
-                                rule.absolute[s:s + step].to(values.device)))
+                                rule.absolute[s:s + step].to(values.device), flags[s:s + step].to(values.device)))
         return Measured(*(torch.cat([getattr(m, f) for m in out]) for f in ("wanted", "tau", "kept", "positive", "strength")))
 
     def cell_masks(self, maps: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
@@ -125,36 +127,58 @@ def _axis_weights(side: int, n: int, device: str) -> torch.Tensor:
     return weights.to(device)
 
 
-def _measure(values: torch.Tensor, k: torch.Tensor, absolute: torch.Tensor) -> Measured:
+def _measure(values: torch.Tensor, k: torch.Tensor, absolute: torch.Tensor, count_positive: torch.Tensor
+             ) -> Measured:
     """values (M, N); k (M,) cells wanted, -1 where ``absolute`` T applies to values / their max.
 
-    A cell is kept when its value reaches tau: the k-th largest value for a count, T x max for an absolute
-    threshold, the smallest positive value when fewer cells than wanted are positive."""
-    positive = (values > 0).sum(1)
-    peak = values.amax(1)
+    A cell is kept when its value reaches tau: the k-th largest value for a count, just above T x max for an
+    absolute threshold, the smallest positive value when fewer cells than wanted are positive. For counts the
+    strength comes from the top-k sum (cells tied at tau add tau each), so a map costs one selection and one
+    counting pass; ``positive`` is counted only where ``count_positive`` asks (-1 elsewhere)."""
+    M, N = values.shape
     floor = torch.finfo(values.dtype).tiny
-    above_t = torch.nextafter(absolute * peak.clamp_min(floor), torch.tensor(math.inf, dtype=values.dtype))
-    by_t = (values >= above_t[:, None]).sum(1)  # map / max > T
     counted = k >= 0
-    wanted = torch.where(counted, k, by_t)
-    tau = torch.where(counted, kth_largest(values, torch.where(counted & (k < positive), k, 0)), above_t)
-    tau = torch.where(wanted >= positive, torch.full_like(tau, floor), tau)  # every positive cell
-    tau = torch.where(wanted == 0, torch.full_like(tau, math.inf), tau)
+    wanted = k.clone()
+    tau = torch.full((M,), math.inf, device=values.device, dtype=values.dtype)
+    if not bool(counted.all()):  # one host sync per chunk
+        rows = (~counted).nonzero()[:, 0]
+        sub = values[rows]
+        limit = torch.nextafter(absolute[rows] * sub.amax(1).clamp_min(floor),
+                                torch.tensor(math.inf, dtype=values.dtype, device=values.device))
+        wanted[rows] = (sub >= limit[:, None]).sum(1)  # map / max > T
+        tau[rows] = limit
+    wanted = wanted.clamp(max=N)
+    select = counted & (wanted > 0)
+    kth, top_sum = kth_largest(values, torch.where(select, wanted, 0))
+    tau = torch.where(select, kth, tau)
+    tau = torch.where(wanted == 0, math.inf, tau)
+    few = (wanted > 0) & (tau <= 0)  # fewer positive cells than wanted: keep every positive one
+    tau = torch.where(few, floor, tau)
     keep = values >= tau[:, None]
     kept = keep.sum(1)
-    strength = torch.where(kept > 0, (values * keep).sum(1) / kept.clamp_min(1), torch.zeros_like(peak))
+    strength = (top_sum + (kept - wanted) * tau.clamp(max=torch.finfo(values.dtype).max)) / kept.clamp_min(1)
+    direct = few | ~counted
+    if bool(direct.any()):
+        rows = direct.nonzero()[:, 0]
+        strength[rows] = (values[rows] * keep[rows]).sum(1) / kept[rows].clamp_min(1)
+    strength = torch.where(kept > 0, strength, 0.0)
+    positive = torch.full_like(kept, -1)
+    if bool(count_positive.any()):
+        rows = count_positive.nonzero()[:, 0]
+        positive[rows] = (values[rows] > 0).sum(1)
     return Measured(wanted, tau, kept, positive, strength)
 
 
-def kth_largest(values: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """The k[m]-th largest value of each row of ``values`` (M, N); +inf where k[m] == 0. Exact.
-
-    One unsorted top-k per distinct k (a coverage gives every map the same k), so no row is sorted in full."""
+def kth_largest(values: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k[m]-th largest value of each row of ``values`` (M, N) (+inf where k[m] == 0, exact) and the sum of the
+    k[m] largest. One unsorted top-k per distinct k (a coverage gives every map the same k): no row is sorted."""
     out = torch.full(k.shape, math.inf, device=values.device, dtype=values.dtype)
+    total = torch.zeros(k.shape, device=values.device, dtype=values.dtype)
     for kk in torch.unique(k[k > 0]).tolist():  # one host sync; typically a single k
         rows = (k == kk).nonzero()[:, 0]
-        out[rows] = torch.topk(values[rows], int(kk), dim=1, sorted=False).values.amin(1)
-    return out
+        top = torch.topk(values[rows], int(kk), dim=1, sorted=False).values
+        out[rows], total[rows] = top.amin(1), top.sum(1)
+    return out, total
 
 
 def regions(maps: torch.Tensor, geo: Geometry, threshold: Threshold, grid: WorkingGrid | None = None) -> list:

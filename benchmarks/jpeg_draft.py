@@ -1,0 +1,80 @@
+"""JPEG decoding at reduced DCT scale (Pillow ``draft``) against a full decode: time and fidelity.
+
+    .venv/bin/python benchmarks/jpeg_draft.py                       # 3, 12 and 24 MP JPEGs of real photos
+    .venv/bin/python benchmarks/jpeg_draft.py --sizes 12 --repeats 5
+
+For each photo (skimage photos upscaled to the size and saved as JPEG, quality 92) the handler's ``decode_image``
+runs once in full and once with ``min_side`` = the model's resize side (what the service does). Printed: decode +
+preprocess time per image, and for EfficientNet-Lite0's prediction: top-1 agreement and the largest absolute
+difference of the top-5 probabilities between the two decodes.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import time
+
+import numpy as np
+import skimage.data
+import torch
+from PIL import Image
+
+from engine_throughput import machine
+from galore import Engine, ExplainOptions, ImageRequest
+from handlers.config import Limits
+from handlers.decode import decode_image
+
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "retina", "hubble_deep_field", "immunohistochemistry")
+
+
+def jpeg(name: str, mp: float) -> bytes:
+    img = Image.fromarray(np.ascontiguousarray(getattr(skimage.data, name)()[..., :3]))
+    w, h = img.size
+    s = (mp * 1e6 / (w * h)) ** 0.5
+    out = io.BytesIO()
+    img.resize((round(w * s), round(h * s)), Image.BICUBIC).save(out, "JPEG", quality=92)
+    return out.getvalue()
+
+
+def timed(engine: Engine, data: bytes, min_side: int | None, repeats: int):
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        image, size = decode_image(data, "images[0].data", Limits(), min_side)
+        x, _ = engine.preprocess(image, size)
+        times.append(time.perf_counter() - start)
+    (result,) = engine.explain([ImageRequest(image, ExplainOptions(kinds=frozenset()), original_size=size)])
+    return statistics.median(times), result, tuple(image.shape[1:])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="3,12,24")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    engine = Engine.default(device="cpu")
+    print(f"Machine: {machine()}\n")
+    print("| photo size | photos | full decode + resize ms | reduced decode + resize ms | speed-up | decoded at "
+          "| top-1 agreement | max abs. top-5 probability difference |")
+    print("|---|---|---|---|---|---|---|---|")
+    for mp in (float(s) for s in args.sizes.split(",")):
+        full_ms, draft_ms, agree, diff, shape = [], [], 0, 0.0, None
+        for name in PHOTOS:
+            data = jpeg(name, mp)
+            t_full, r_full, _ = timed(engine, data, None, args.repeats)
+            t_draft, r_draft, shape = timed(engine, data, engine.preprocess.resize, args.repeats)
+            full_ms.append(1000 * t_full)
+            draft_ms.append(1000 * t_draft)
+            agree += r_full.top_classes[0].class_id == r_draft.top_classes[0].class_id
+            probs = {c.class_id: c.probability for c in r_draft.top_classes}
+            diff = max(diff, max(abs(c.probability - probs.get(c.class_id, 0.0)) for c in r_full.top_classes))
+        f, d = statistics.median(full_ms), statistics.median(draft_ms)
+        print(f"| {mp:g} MP | {len(PHOTOS)} | {f:.0f} | {d:.0f} | {f / d:.1f}x | e.g. {shape[1]}x{shape[0]} | "
+              f"{agree}/{len(PHOTOS)} | {diff:.4f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
