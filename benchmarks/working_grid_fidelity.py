@@ -23,8 +23,7 @@ import torchvision.transforms.v2.functional as TF
 from scipy.stats import kendalltau
 
 from galore import Engine, ExplainOptions, ImageRequest
-from galore.preprocess import upsample_to_original
-from galore.regions import WorkingGrid
+from galore.regions import WorkingGrid, full_resolution_region
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
 
@@ -42,15 +41,6 @@ def at_megapixels(image: torch.Tensor, mp: float | None) -> torch.Tensor:
     return TF.resize(image, [round(h * scale), round(w * scale)], antialias=True)
 
 
-def reference(heat: torch.Tensor, geo, coverage: float = 0.1) -> tuple[torch.Tensor, float]:
-    values, inside = upsample_to_original(heat, geo)
-    count = int(round(coverage * int(inside.sum())))
-    top = torch.topk(values.flatten(), count)
-    mask = torch.zeros(values.numel(), dtype=torch.bool)
-    mask[top.indices] = True
-    return mask.reshape(values.shape), float(top.values.mean())
-
-
 def compare(engine: Engine, image: torch.Tensor) -> dict:
     opts = ExplainOptions(dims=(2, 3), max_insecurities=1000)
     (res,) = engine.explain([ImageRequest(image, opts)])
@@ -59,13 +49,13 @@ def compare(engine: Engine, image: torch.Tensor) -> dict:
     insecurities = [i for V in (2, 3) for i in res.deliberative[V]]
     ious, errors, ours, theirs = [], [], [], []
     for region in regions + [i.region for i in insecurities]:
-        mask, strength = reference(region.heatmap, geo)
+        mask, strength = full_resolution_region(region.heatmap, geo, 0.1)
         inter, union = float((region.mask & mask).sum()), float((region.mask | mask).sum())
         ious.append(inter / union if union else 1.0)
         errors.append(abs(region.strength - strength) / max(abs(strength), 1e-30))
     for V in (2, 3):
         engine_order = res.deliberative[V]
-        ref = [reference(i.region.heatmap, geo)[1] for i in engine_order]
+        ref = [full_resolution_region(i.region.heatmap, geo, 0.1)[1] for i in engine_order]
         ours.append([i.region.strength for i in engine_order])
         theirs.append(ref)
     same_top = all(int(np.argmax(r)) == 0 for r in theirs)  # engine order is strongest first

@@ -25,7 +25,7 @@ import torch
 
 from .masks import CellFrame
 from .options import Threshold
-from .preprocess import Geometry
+from .preprocess import Geometry, upsample_to_original
 
 CHUNK_CELLS = 16_000_000  # working-grid values per chunk (64 MB of float32): bounds memory for any number of maps
 
@@ -192,3 +192,15 @@ def regions(maps: torch.Tensor, geo: Geometry, threshold: Threshold, grid: Worki
     frame = grid.frame(geo)
     return [Region.of(cells[m], frame, maps[m].detach().float().cpu(), s)
             for m, s in enumerate(measured.strength.tolist())]
+
+
+def full_resolution_region(heat: torch.Tensor, geo: Geometry, coverage: float) -> tuple[torch.Tensor, float]:
+    """The reference the working grid is checked against (tests, benchmarks/working_grid_fidelity.py): the map
+    (h, w) upsampled bilinearly to EVERY original pixel, the top ``coverage`` share of the crop's original pixels
+    kept. Returns the (H0, W0) mask and its strength (eq. 15). Its cost grows with the photo's pixels."""
+    values, inside = upsample_to_original(heat, geo)
+    count = int(round(coverage * int(inside.sum())))
+    top = torch.topk(values.flatten(), count)
+    mask = torch.zeros(values.numel(), dtype=torch.bool, device=values.device)
+    mask[top.indices] = True
+    return mask.reshape(values.shape), float(top.values.mean())

@@ -13,8 +13,8 @@ from torch import nn
 
 from galore import Engine, ExplainOptions, ImageRequest, Kind, Threshold
 from galore.masks import coco_string, rle_counts, rle_from_mask
-from galore.preprocess import Preprocess, upsample_to_original
-from galore.regions import WorkingGrid, regions
+from galore.preprocess import Preprocess
+from galore.regions import WorkingGrid, full_resolution_region, regions
 
 from .conftest import IDENTITY_PREP, gray_pool_model, photo, quadrant_image
 
@@ -27,17 +27,6 @@ def grid_engine() -> Engine:
     """F is the 7 x 7 gray average of the 224-pixel crop; a random linear head over 5 classes."""
     return Engine.from_module("grid7", gray_pool_model(7, GRID_W), [f"c{i}" for i in range(5)], PREP, layer="1",
                               device="cpu")
-
-
-def full_resolution_region(heat: torch.Tensor, geo, coverage: float) -> tuple[torch.Tensor, float]:
-    """The independent reference: the map upsampled to EVERY original pixel, the top coverage share of the crop's
-    original pixels kept (the pre-working-grid definition)."""
-    values, inside = upsample_to_original(heat, geo)
-    count = int(round(coverage * int(inside.sum())))
-    top = torch.topk(values.flatten(), count)
-    mask = torch.zeros(values.numel(), dtype=torch.bool)
-    mask[top.indices] = True
-    return mask.reshape(values.shape), float(top.values.mean())
 
 
 @pytest.mark.parametrize("size", [(300, 451), (1200, 1800), (2000, 1500)])
