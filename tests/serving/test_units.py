@@ -177,3 +177,22 @@ def test_json_mapping_reads_base64_images_and_enums():
                                  '"options": {"kinds": ["EXPLANATION_KIND_COUNTERFACTUAL"], "topE": 3}}')
     assert request.images[0].data == b"\x01\x02\x03" and request.images[0].id == "a"
     assert list(request.options.kinds) == [pb.EXPLANATION_KIND_COUNTERFACTUAL] and request.options.top_e == 3
+
+
+def test_worker_problems_go_to_stderr_which_torchserve_logs_at_warn(capfd):
+    """TorchServe logs a worker's stdout at INFO (hidden by make serve's quiet log config) and its stderr at WARN:
+    the engine's tracebacks must reach stderr, chatter must not."""
+    import logging
+
+    from handlers.galore_handler import _problems_to_stderr
+
+    _problems_to_stderr()
+    log = logging.getLogger("galore.engine")
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError as exc:
+        log.error("explaining %s failed", "request r-7 images[0].data", exc_info=exc)
+    logging.getLogger("handlers.service").info("ready")
+    out, err = capfd.readouterr()
+    assert "request r-7 images[0].data" in err and "Traceback" in err and "RuntimeError: boom" in err
+    assert "ready" in out and "ready" not in err
