@@ -104,15 +104,16 @@ def archive(name: str, handler_section: dict, out: Path, staging: Path, batch_si
     return out / f"{name}.mar"
 
 
-def build_default(out: Path, name: str = DEFAULT_MODEL, **batching) -> Path:
+def build_default(out: Path, name: str = DEFAULT_MODEL, working_grid: int | None = None, **batching) -> Path:
+    section = {"model": DEFAULT_MODEL} | ({"working_grid": working_grid} if working_grid else {})
     with tempfile.TemporaryDirectory(prefix="galore-mar-") as tmp:
-        return archive(name, {"model": DEFAULT_MODEL}, out, Path(tmp), **batching)
+        return archive(name, section, out, Path(tmp), **batching)
 
 
 def build_torchvision(out: Path, arch: str, state_dict: Path, labels: Path, name: str | None = None,
                       layer: str | None = None, hardness_arch: str | None = None,
                       hardness_state_dict: Path | None = None, exemplar_bank: Path | None = None,
-                      **batching) -> Path:
+                      working_grid: int | None = None, **batching) -> Path:
     from galore.zoo import TORCHVISION_ARCHS
 
     for option, value in (("--arch", arch), ("--hardness-arch", hardness_arch)):
@@ -127,6 +128,8 @@ def build_torchvision(out: Path, arch: str, state_dict: Path, labels: Path, name
         shutil.copy2(state_dict, staging / "weights.pt")
         shutil.copy2(labels, staging / "labels.txt")
         section = {"model": arch, "state_dict": "weights.pt", "labels": "labels.txt", "layer": layer}
+        if working_grid:
+            section["working_grid"] = working_grid
         if hardness_arch is not None:
             _check_state_dict(hardness_state_dict, "--hardness-state-dict")
             shutil.copy2(hardness_state_dict, staging / "hardness.pt")
@@ -147,6 +150,8 @@ def main(argv=None) -> None:
         p.add_argument("--name", help="TorchServe model name (default: efficientnet_lite0 / --arch)")
         p.add_argument("--batch-size", type=int, help="TorchServe batchSize (default from model-config.yaml)")
         p.add_argument("--max-batch-delay", type=int, help="TorchServe maxBatchDelay, milliseconds")
+        p.add_argument("--working-grid", type=int, metavar="G",
+                       help="side of the grid regions are thresholded on (default: the model's input crop)")
     tv = sub.choices["torchvision"]
     tv.add_argument("--arch", required=True, help="torchvision architecture, e.g. resnet50")
     tv.add_argument("--state-dict", type=Path, required=True, help="state dict (.pt), loaded with weights_only=True")
@@ -159,10 +164,11 @@ def main(argv=None) -> None:
     batching = dict(batch_size=args.batch_size, max_batch_delay_ms=args.max_batch_delay)
     try:
         if args.command == "default":
-            path = build_default(args.out, args.name or DEFAULT_MODEL, **batching)
+            path = build_default(args.out, args.name or DEFAULT_MODEL, args.working_grid, **batching)
         else:
             path = build_torchvision(args.out, args.arch, args.state_dict, args.labels, args.name, args.layer,
-                                     args.hardness_arch, args.hardness_state_dict, args.exemplar_bank, **batching)
+                                     args.hardness_arch, args.hardness_state_dict, args.exemplar_bank,
+                                     args.working_grid, **batching)
     except BuildError as err:
         parser.exit(2, f"error: {err}\n")
     print(path)
