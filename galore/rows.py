@@ -2,8 +2,8 @@
 
 A row is one feature map F (a query image or an exemplar) with the classes whose maps it needs. Rows whose options
 change the maps in the same way (``group_of``) share ONE head forward and ONE batched vector-Jacobian product over
-every (row, target). For the gradient-only methods (gradient x activation, Grad-CAM) the query rows reuse the head
-pass that made the prediction (``HeadPass``), so the head runs once per query row in all.
+every (row, target). For the gradient-only methods (gradient x activation, Grad-CAM), a group of query rows only
+reuses the head pass that made the prediction (``HeadPass``): the head then runs once per image in all.
 """
 from __future__ import annotations
 
@@ -61,25 +61,17 @@ class HeadPass:
             self.logits = head(self.leaf)
         self.index: dict[int, int] = {}  # id(Features) -> row of leaf
 
-    def gradients(self, rows: list[Row], values_of, head: torch.nn.Module) -> torch.Tensor:
-        """d values / d F for ``rows`` (R, T, D, h, w): query rows through this pass, the others (exemplars)
-        through one extra head forward; one batched backward for all."""
-        query = [i for i, r in enumerate(rows) if id(r.feats) in self.index]
-        other = [i for i, r in enumerate(rows) if id(r.feats) not in self.index]
-        ids = torch.tensor(query, device=self.leaf.device)
+    def gradients(self, rows: list[Row], values_of) -> torch.Tensor | None:
+        """d values / d F (R, T, D, h, w) for ``rows`` through this pass, or None when some row (an exemplar) is not
+        in it: then one fresh head pass over all rows costs less than this one plus a second graph (a head such as
+        VGG16's is bound by reading its weights, once per forward and once per backward)."""
+        if any(id(r.feats) not in self.index for r in rows):
+            return None
+        index = [self.index[id(r.feats)] for r in rows]
         with torch.enable_grad():
-            values = [values_of(self.logits[[self.index[id(rows[i].feats)] for i in query]], ids)]
-            leaves = [self.leaf]
-            if other:
-                leaf = torch.stack([rows[i].feats.F for i in other]).requires_grad_(True)
-                values.append(values_of(head(leaf), torch.tensor(other, device=leaf.device)))
-                leaves.append(leaf)
-        grads = batched_vjp(values, leaves, retain_graph=True)
-        out = torch.empty((len(rows),) + grads[0].shape[1:], device=grads[0].device, dtype=grads[0].dtype)
-        out[query] = grads[0][[self.index[id(rows[i].feats)] for i in query]]
-        if other:
-            out[other] = grads[1]
-        return out  # (R, T, D, h, w)
+            values = values_of(self.logits[index], torch.arange(len(rows), device=self.leaf.device))
+        (grads,) = batched_vjp([values], [self.leaf], retain_graph=True)  # (B, T, D, h, w)
+        return grads[index]
 
 
 def attribute_rows(split: SplitModel, hardness: SplitModel | None, groups: dict[tuple, dict[int, Row]],
@@ -106,7 +98,7 @@ def _attribute_group(split, hardness, key: tuple, rows: list[Row], head_pass: He
         s = score_fn(logits) if score_fn is not None else torch.zeros_like(values[:, 0])
         return torch.cat([values, s[:, None]], dim=1)
 
-    grads = head_pass.gradients(rows, values_of, split.head) if head_pass and method in GRADIENT_ONLY else None
+    grads = head_pass.gradients(rows, values_of) if head_pass and method in GRADIENT_ONLY else None
     raw, raw_s = attribute(method, lambda f, ids: values_of(split.head(f), ids), F, steps, split_last=True,
                            grads=grads)  # (R, T + 1, h, w), (R, D, h, w)
     if score is Score.EASINESS:
