@@ -8,7 +8,7 @@ from galore.contract import DEFAULT_MODEL
 from galore.errors import InvalidArgument
 
 from .config import HandlerConfig
-from .decode import decode_image
+from .decode import DRAFT_OVERSAMPLE, decode_image
 
 logger = logging.getLogger(__name__)
 BANK_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -49,7 +49,8 @@ def load_exemplar_bank(engine, folder: Path, config: HandlerConfig) -> int:
             if image_path.suffix.lower() not in BANK_SUFFIXES:
                 continue
             key = f"bank/{class_dir.name}/{image_path.name}"
-            image, original = decode_image(image_path.read_bytes(), key, config.limits, engine.preprocess.resize)
+            image, original = decode_image(image_path.read_bytes(), key, config.limits,
+                                           DRAFT_OVERSAMPLE * engine.preprocess.resize)
             engine.add_exemplar(class_id, image, key=key, original_size=original)
             count += 1
     logger.info("exemplar bank: %d images from %s", count, folder)

@@ -17,7 +17,7 @@ from galore_api.v1 import explainer_pb2 as pb
 
 from . import convert
 from .config import HandlerConfig
-from .decode import decode_image
+from .decode import DRAFT_OVERSAMPLE, decode_image
 from .metrics import WorkerMetrics
 from .wire import Call, encode, read_request, response_type_for_error
 
@@ -72,7 +72,7 @@ class ExplainService:
 
     def _prepare_explain(self, message: pb.ExplainRequest, prepared: Prepared, request_id: str):
         limits = self.config.limits
-        min_side = self.engine.preprocess.resize  # JPEGs decode at the smallest DCT scale the model still resolves
+        min_side = DRAFT_OVERSAMPLE * self.engine.preprocess.resize  # JPEGs: the smallest DCT scale that keeps it
         if not message.images:
             raise InvalidArgument("images", "at least one image is required")
         exemplar_count = sum(1 for c in message.options.counter_classes if c.exemplar)
