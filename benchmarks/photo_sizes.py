@@ -33,6 +33,7 @@ import torchvision.transforms.v2.functional as TF
 
 from engine_throughput import engine_version, machine, photo, setup, wait_for_quiet
 from galore import ExplainOptions, ImageRequest, Kind, MaskEncoding
+from galore.regions import WorkingGrid
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
 
@@ -78,6 +79,8 @@ def sweep(args) -> list[dict]:
     rows = []
     for arch in args.archs.split(","):
         bench = setup(arch)
+        if args.working_grid:
+            bench.engine.grid = WorkingGrid(args.working_grid, bench.engine.preprocess.crop)
         sizes = [float(s) for s in args.sizes.split(",")]
         photo_sets = {mp: resized(mp) for mp in sizes}
         methods = {"pred": ExplainOptions(kinds=frozenset()), "default": ExplainOptions(),
@@ -102,7 +105,7 @@ def sweep(args) -> list[dict]:
                 med = {m: statistics.median(t) for m, t in times.items()}
                 cpu = {m: statistics.median(t) for m, t in cpus.items()}
                 stage = {k: statistics.median(s[k] for s in stages) for k in stages[0]}
-                row = {"arch": arch, "mp": mp, "batch": B, **{f"{m}_ips": B / med[m] for m in med},
+                row = {"arch": arch, "grid": bench.engine.grid.side, "mp": mp, "batch": B, **{f"{m}_ips": B / med[m] for m in med},
                        "default_ratio": med["pred"] / med["default"], "all_ratio": med["pred"] / med["all"],
                        "default_cpu_ratio": cpu["pred"] / cpu["default"], "all_cpu_ratio": cpu["pred"] / cpu["all"],
                        **{f"all_{k}_ms": 1000 * v for k, v in stage.items()}}
@@ -111,14 +114,14 @@ def sweep(args) -> list[dict]:
     return rows
 
 
-HEADER = ("| model | photo | batch | pred img/s | default img/s | all img/s | default / pred | all / pred "
+HEADER = ("| model | grid | photo | batch | pred img/s | default img/s | all img/s | default / pred | all / pred "
           "| CPU-time ratios default / all | all: preprocess / forward / attribution / regions ms |\n"
-          "|---|---|---|---|---|---|---|---|---|---|")
+          "|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def markdown_row(r: dict) -> str:
     split = " / ".join(f"{r.get(f'all_{k}_ms', 0):.0f}" for k in ("preprocess", "forward", "attribution", "regions"))
-    return (f"| {r['arch']} | {r['mp']:g} MP | {r['batch']} | {r['pred_ips']:.2f} | {r['default_ips']:.2f} | "
+    return (f"| {r['arch']} | {r['grid']} | {r['mp']:g} MP | {r['batch']} | {r['pred_ips']:.2f} | {r['default_ips']:.2f} | "
             f"{r['all_ips']:.2f} | {r['default_ratio']:.2f} | {r['all_ratio']:.2f} | "
             f"{r['default_cpu_ratio']:.2f} / {r['all_cpu_ratio']:.2f} | {split} |")
 
@@ -175,6 +178,7 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-wait", type=float, default=5.0, help="seconds to wait for a quiet machine per round")
+    p.add_argument("--working-grid", type=int, help="side G of the regions' grid (default: the model's crop)")
     p.add_argument("--rss", action="store_true", help="peak RSS of one 24 MP request with 969 maps")
     p.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--response", action="store_true", help="default response size for a 12 MP photo")
