@@ -130,7 +130,7 @@ def summary_text(name: str, result: Explanation) -> str:
     lines.append(f"  s(x) {result.score_name}: {result.score:.3f}")
     for name_, side in (("attributive", result.attributive), ("self-aware", result.self_aware)):
         if side is not None:
-            lines.append(f"  {name_}: {side.cls}, strength {side.region.strength:.3g}, "
+            lines.append(f"  {name_}: {side.cls} (p {side.probability:.3f}), strength {side.region.strength:.3g}, "
                          f"{_percent(side.region, result)} of the image")
     if result.deliberative:
         lines.append("  insecurities (strongest first):")
@@ -160,7 +160,8 @@ def summary_dict(name: str, result: Explanation) -> dict:
     }
     for key, side in (("attributive", result.attributive), ("self_aware", result.self_aware)):
         if side is not None:
-            out[key] = {"class_id": side.cls.class_id, "label": side.cls.label, **_region_dict(side.region)}
+            out[key] = {"class_id": side.cls.class_id, "label": side.cls.label, "probability": side.probability,
+                        **_region_dict(side.region)}
     if result.deliberative:
         out["insecurities"] = [{"class_ids": [c.class_id for c in ins.classes], "labels": list(ins.labels),
                                 **_region_dict(ins.region)} for ins in result.insecurities]
