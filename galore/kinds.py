@@ -174,8 +174,9 @@ def measure_batch(grid: WorkingGrid, items: list[tuple[ExplainOptions, Predictio
 
 def _rules(grid: WorkingGrid, items) -> Rule:
     """The first pass's rule for every single map, then every side, in ``measure_batch``'s order. Scale groups of
-    an absolute T (eqs. 6, 8, 9): all insecurities of one image share one; the counterfactual query and its
-    exemplar sides share one; attributive and self-aware maps each have their own."""
+    an absolute T (eqs. 6, 8, 9): the insecurities of one image and one V share one (pairs and triples are products
+    of 2 and 3 maps: different units); the counterfactual query and its exemplar sides share one; attributive and
+    self-aware maps each have their own."""
     k, absolute, groups = [], [], []
     side_k, side_absolute, side_groups = [], [], []
     next_group = 0
@@ -195,7 +196,7 @@ def _rules(grid: WorkingGrid, items) -> Rule:
         for key in p.keys:
             k.append(rule.k)
             absolute.append(rule.absolute)
-            groups.append(group("deliberative" if isinstance(key, tuple) else
+            groups.append(group(f"deliberative V={key[0]}" if isinstance(key, tuple) else
                                 "counterfactual" if key is Kind.COUNTERFACTUAL else None))
         for _ in p.side_classes:
             side_k.append(rule.k)

@@ -71,7 +71,7 @@ class Threshold:
 
     coverage: fraction in (0, 1] of the working grid's cells kept (the top ones), as in the authors' evaluation.
     absolute: T in [0, 1): a cell is kept when its value exceeds T times the largest value of all the maps of the
-    same explanation of the same image (every insecurity of the image for deliberation; the query and exemplar
+    same explanation of the same image (every insecurity of the image with the same V for deliberation; the query and exemplar
     sides for a counterfactual; the map itself for attributive and self-aware), so a weak map keeps fewer cells
     than a strong one, or none (eqs. 6, 8, 9).
     """

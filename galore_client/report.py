@@ -61,8 +61,10 @@ def attributive_figure(image: np.ndarray, result: Explanation) -> render.Figure 
     panels = [render.Panel(picture, tuple(caption))]
     for name, side in sides:
         panels.append(render.Panel(_region_picture(image, side.region, result.crop_box, render.PALETTE[0]),
-                                   (f"{name}: {side.cls}", f"strength {side.region.strength:.3g}")))
-    return render.compose(panels, title=f"Attributive explanation of '{top.label if top else '?'}'")
+                                   (f"{name}: {side.cls} ({side.probability:.2f})",
+                                    f"strength {side.region.strength:.3g}")))
+    explained = sides[0][1].cls  # the prediction, or the class the request asked to explain
+    return render.compose(panels, title=f"Attributive explanation of '{explained.label}'")
 
 
 def deliberative_figure(image: np.ndarray, result: Explanation, limit: int = 6) -> render.Figure | None:

@@ -116,9 +116,10 @@ def test_absolute_threshold_drops_a_weak_insecurity():
     weak = min(ratios, key=ratios.get)
     T = (ratios[weak] + sorted(ratios.values())[1]) / 2  # between the weakest and the next
     assert 0 < T < 1
-    res = run(engine, kinds=frozenset({Kind.DELIBERATIVE}), top_e=3, threshold=Threshold(absolute=T))
+    res = run(engine, kinds=frozenset({Kind.DELIBERATIVE}), top_e=3, dims=(2, 3), threshold=Threshold(absolute=T))
     kept = {ins.class_ids: ins for ins in res.deliberative[2]}
     assert weak not in kept and len(kept) == 2
+    assert len(res.deliberative[3]) == 1  # triples have their own scale: the only triple is its own M
     # on the 4 x 4 working grid the corner cells carry the feature-grid values exactly (border clamp)
     for pair, ins in kept.items():
         up = engine.grid.upsample(torch.tensor(maps[pair], dtype=torch.float32)[None])[0].double().numpy()
