@@ -198,9 +198,9 @@ def _rules(grid: WorkingGrid, items) -> Rule:
             absolute.append(rule.absolute)
             groups.append(group(f"deliberative V={key[0]}" if isinstance(key, tuple) else
                                 "counterfactual" if key is Kind.COUNTERFACTUAL else None))
-        for _ in p.side_classes:
-            side_k.append(rule.k)
-            side_absolute.append(rule.absolute)
+        for _ in p.side_classes:  # pass 1 only counts a side's positive cells; its peak joins the query's scale
+            side_k.append(torch.zeros(1, dtype=torch.long))
+            side_absolute.append(torch.zeros(1))
             side_groups.append(group("counterfactual"))
     empty_long, empty = torch.zeros(0, dtype=torch.long), torch.zeros(0)
     return Rule(torch.cat(k + side_k + [empty_long]), torch.cat(absolute + side_absolute + [empty]),
