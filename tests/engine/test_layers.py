@@ -95,3 +95,22 @@ def test_inplace_relu_at_the_head_input_keeps_features_intact():
     image = (torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(2)) * 255).to(torch.uint8)
     (res,) = engine.explain([ImageRequest(image)])
     assert res.error is None and res.attributive.region.pixel_count > 0
+
+
+class _ArgmaxHead(torch.nn.Module):
+    """Logits looked up by the argmax of F: the head is not differentiable with respect to F."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 1, 1)
+        self.pool = torch.nn.AdaptiveAvgPool2d(2)
+        self.table = torch.nn.Parameter(torch.randn(4, 5))
+
+    def forward(self, x):
+        return self.table[self.pool(self.conv(x)).flatten(1).argmax(1)]
+
+
+def test_a_head_without_gradient_is_refused_at_load():
+    with pytest.raises(ModelError) as caught:
+        Engine.from_module("argmax", _ArgmaxHead(), LABELS, PREP, layer="pool", device="cpu")
+    assert caught.value.field == "layer" and "pool" in caught.value.message
