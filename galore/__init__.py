@@ -13,7 +13,7 @@ _HOMES = {
     "engine": ("Engine", "ImageRequest", "ModelInfo"),
     "errors": ("STATUS_TABLE", "GaloreError", "InvalidArgument", "FailedPrecondition", "ResourceExhausted",
                "UnsupportedMediaType", "ModelError"),
-    "options": ("Attribution", "ExplainOptions", "Kind", "MaskEncoding", "Score", "Target", "Threshold"),
+    "options": ("Attribution", "ExemplarPolicy", "ExplainOptions", "Kind", "MaskEncoding", "Score", "Target", "Threshold"),
     "results": ("Attributive", "ClassScore", "Counterfactual", "ExemplarSide", "ImageResult", "Insecurity",
                 "Region"),
 }

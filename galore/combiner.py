@@ -22,7 +22,7 @@ from .options import Kind
 class Beta(enum.Enum):
     ONE = "1"  # classes ignored
     IDENTITY = "a"  # eq. (5), (12)
-    COMPLEMENT = "max a - a"  # eq. (10)
+    COMPLEMENT = "M - a"  # eq. (10), M shared by the maps of y* and C (see ``complement``)
 
 
 class Gamma(enum.Enum):
@@ -48,9 +48,18 @@ TABLE_I: dict[Kind, Recipe] = {
 }
 
 
-def complement(a: torch.Tensor) -> torch.Tensor:
-    """Eq. (10): max_ij a_ij - a_ij, per map over the last two (spatial) dimensions."""
-    return a.amax(dim=(-2, -1), keepdim=True) - a
+def complement(a: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    """m^beta of eq. (10) for the counter classes' maps a (..., V, h, w) of a discriminant map (eqs. 11, 14) whose
+    m^alpha map is ``pred`` (..., h, w): M - a_ij, with ONE scale M per discriminant map, the largest value of the
+    maps of y* and of every class of C together, M = max(max_ij a_ij(h_y*), max_c max_ij a_ij(h_c)).
+
+    Eq. (10) reads max_ij a_ij per map. With clipping, a counter class without positive evidence has a map of
+    ~1e-7 everywhere, whose own complement is 0 everywhere: D of eq. (11) vanishes and the counterfactual is empty
+    exactly when "why not c?" has its clearest answer. Against the shared M the complement of such a class is
+    ~M everywhere, so D(x, y*, c) = M a(h_y*) a(s): y*'s own evidence (the self-aware map of eq. 4) stands. For a
+    counter class whose evidence peaks at least as high as y*'s, M is its own max and eq. (10) is unchanged."""
+    scale = torch.maximum(a.amax(dim=(-3, -2, -1)), pred.amax(dim=(-2, -1)))[..., None, None, None]
+    return scale - a
 
 
 def combine(recipe: Recipe, pred: torch.Tensor | None, classes: torch.Tensor | None, score: torch.Tensor | None,
@@ -60,7 +69,7 @@ def combine(recipe: Recipe, pred: torch.Tensor | None, classes: torch.Tensor | N
     at once). Inputs are already clipped or normalised maps; the product is never renormalised."""
     out = pred.clone() if recipe.alpha else None
     if recipe.beta is not Beta.ONE:
-        factors = classes if recipe.beta is Beta.IDENTITY else complement(classes)
+        factors = classes if recipe.beta is Beta.IDENTITY else complement(classes, pred)
         prod = factors.prod(dim=-3)  # (..., h, w)
         out = prod if out is None else out * prod
     if recipe.gamma is not Gamma.ONE:

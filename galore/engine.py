@@ -19,6 +19,7 @@ Example:
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -77,6 +78,7 @@ class ModelInfo:
     exemplar_classes: tuple[int, ...]
     has_hardness: bool
     working_grid: int  # side G of the grid regions are thresholded on, cells over the centre crop
+    exemplars_per_class: Mapping[int, int] = field(default_factory=dict)  # bank exemplars per class id
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,7 @@ class Engine:
         scores = tuple(s for s in Score if s is not Score.EASINESS or self.hardness is not None)
         return ModelInfo(self.name, self.labels, self.split.layer, tuple(self.split.feature_shape[1:]),
                          self.preprocess.crop, scores, tuple(Attribution), self.exemplars.bank_classes,
-                         self.hardness is not None, self.grid.side)
+                         self.hardness is not None, self.grid.side, self.exemplars.bank_counts)
 
     @property
     def cache_hits(self) -> int:
@@ -172,12 +174,15 @@ class Engine:
 
     def add_exemplar(self, class_id: int, image: torch.Tensor, key: str,
                      original_size: tuple[int, int] | None = None) -> None:
-        """Register the exemplar image x^c of ``class_id`` (3, H, W) uint8 (a reduced decode of an original of
-        ``original_size``, if given); its features are computed now, once."""
+        """Add the exemplar image x^c of ``class_id`` (3, H, W) uint8 (a reduced decode of an original of
+        ``original_size``, if given) to the bank, next to the class's other exemplars; its features and the
+        model's probability of ``class_id`` for it are computed now, once."""
         self.class_id(class_id, "exemplar.class")
         x, geo = self.preprocess(image, original_size, field=f"exemplar {key}")
         F, Fs = self._backbone(x[None])
-        self.exemplars.add_to_bank(class_id, key, Features(F[0], None if Fs is None else Fs[0], geo))
+        with torch.no_grad():
+            confidence = float(self.split.head(F.clone()).softmax(-1)[0, class_id])
+        self.exemplars.add_to_bank(class_id, key, Features(F[0], None if Fs is None else Fs[0], geo), confidence)
 
     # ---- the batch ----------------------------------------------------------------------------------------------
     def explain(self, requests: Sequence[ImageRequest], timings: dict[str, float] | None = None
@@ -285,6 +290,9 @@ class Engine:
         if opts.score is Score.EASINESS and self.hardness is None:
             raise FailedPrecondition("options.score", f"easiness needs a hardness predictor; model {self.name!r} "
                                                       "has none (use softmax or certainty)")
+        if opts.explained_class is not None and not 0 <= opts.explained_class < C:
+            raise InvalidArgument("options.explained_class", f"class id {opts.explained_class} out of range "
+                                                             f"[0, {C})")
         for c in opts.counter_classes:
             if not isinstance(c, int) or not 0 <= c < C:
                 raise InvalidArgument("options.counter_classes", f"class id {c!r} out of range [0, {C})")
@@ -324,7 +332,8 @@ class Engine:
         result.top_classes = [ClassScore(c, self.labels[c], float(p))
                               for c, p in zip(ranked[:opts.top_k], top.values[:opts.top_k].tolist())]
         result.score_name, result.score = opts.score.value, float(score)
-        classes, counters, keys = [predicted], (), dict(q.exemplar_keys)
+        explained = predicted if opts.explained_class is None else opts.explained_class
+        classes, counters, keys = [explained, predicted], (), dict(q.exemplar_keys)
         if Kind.DELIBERATIVE in opts.kinds:
             classes += ranked[:opts.top_e]
         if Kind.COUNTERFACTUAL in opts.kinds:
@@ -335,10 +344,12 @@ class Engine:
                 raise InvalidArgument("options.counter_classes", f"class {predicted} "
                                       f"({self.labels[predicted]!r}) is the prediction itself")
             classes += list(counters)
-            for c in counters:  # the bank's exemplar where the request brought none (runner-up included)
-                if c not in keys and (bank := self.exemplars.bank_key(c)) is not None:
-                    keys[c] = bank
-        pred = Prediction(predicted, probs, counters, keys)
+            for c in counters:  # a bank exemplar where the request brought none (runner-up included)
+                if c not in keys:
+                    bank = self.exemplars.bank_key(c, opts.exemplar_policy, lambda: _image_seed(q.x))
+                    if bank is not None:
+                        keys[c] = bank
+        pred = Prediction(predicted, probs, counters, keys, explained)
         if opts.kinds:
             group = groups.setdefault(group_of(opts), {})
             group.setdefault(id(feats), Row(feats)).need(classes)
@@ -346,6 +357,11 @@ class Engine:
                 f = self.exemplars.features(key)
                 group.setdefault(id(f), Row(f)).need([c] + pred.others(c))  # one row per exemplar per batch
         return pred
+
+
+def _image_seed(x: torch.Tensor) -> bytes:
+    """Bytes identifying the network input x: seeds the bank draw, so the same image gets the same exemplar."""
+    return hashlib.sha256(x.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).digest()
 
 
 def _out_of_memory(exc: BaseException) -> bool:

@@ -3,16 +3,23 @@
 Two sources, one store: the model's bank (registered once, features computed at registration) and exemplars sent
 with a request (keyed by content hash, kept in an LRU cache that is trimmed only after the batch that may still use
 an entry). An exemplar shared by several images of a batch is one feature row.
+
+The bank keeps every image of a class. When a request brings no exemplar for a counter class, ``bank_key`` picks
+one by ``ExemplarPolicy``: RANDOM, the paper's draw from the counter class (Fig. 5), uniform over the class's bank
+images and seeded by the query image and the class, so the same request always gets the same exemplar; or
+MOST_CONFIDENT, the image the model gives the highest probability h_c of that class (first added on ties).
 """
 from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from .errors import InvalidArgument
+from .options import ExemplarPolicy
 from .preprocess import Geometry
 
 
@@ -26,11 +33,18 @@ class Features:
     geo: Geometry
 
 
+@dataclass(frozen=True)
+class BankEntry:
+    key: str
+    features: Features
+    confidence: float  # h_c(x^c): the model's probability of the bank class for this image
+
+
 class ExemplarStore:
     """Bank exemplars by class, request exemplars by content hash; counts cache hits and misses."""
 
     def __init__(self, cache_size: int = 256):
-        self._bank: dict[int, tuple[str, Features]] = {}
+        self._bank: dict[int, list[BankEntry]] = {}
         self._by_key: dict[str, Features] = {}
         self._cache: OrderedDict[str, Features] = OrderedDict()
         self._cache_size = cache_size
@@ -41,16 +55,30 @@ class ExemplarStore:
     def bank_classes(self) -> tuple[int, ...]:
         return tuple(sorted(self._bank))
 
-    def add_to_bank(self, class_id: int, key: str, features: Features) -> None:
-        self._bank[class_id] = (key, features)
+    @property
+    def bank_counts(self) -> dict[int, int]:
+        """Class id -> number of bank exemplars."""
+        return {c: len(entries) for c, entries in sorted(self._bank.items())}
+
+    def add_to_bank(self, class_id: int, key: str, features: Features, confidence: float) -> None:
+        """Adds one more exemplar of ``class_id``; a key added again replaces its earlier entry."""
+        entries = [e for e in self._bank.get(class_id, []) if e.key != key]
+        self._bank[class_id] = entries + [BankEntry(key, features, float(confidence))]
         self._by_key[key] = features
 
-    def bank_key(self, class_id: int) -> str | None:
-        """The bank exemplar of ``class_id`` (a cache hit), or None."""
-        if class_id not in self._bank:
+    def bank_key(self, class_id: int, policy: ExemplarPolicy, seed: Callable[[], bytes]) -> str | None:
+        """The bank exemplar of ``class_id`` chosen by ``policy`` (a cache hit), or None when the bank has none.
+        ``seed()``: bytes identifying the query image, read only for a random draw among several exemplars."""
+        entries = self._bank.get(class_id)
+        if not entries:
             return None
         self.hits += 1
-        return self._bank[class_id][0]
+        if len(entries) == 1:
+            return entries[0].key
+        if policy is ExemplarPolicy.MOST_CONFIDENT:
+            return max(entries, key=lambda e: e.confidence).key  # max keeps the first on ties
+        digest = hashlib.sha256(seed() + class_id.to_bytes(8, "little", signed=True)).digest()
+        return entries[int.from_bytes(digest[:8], "little") % len(entries)].key
 
     def request_keys(self, exemplars: dict[int, torch.Tensor], sizes: dict[int, tuple[int, int]],
                      pending: dict[str, tuple], preprocess) -> dict[int, str]:

@@ -29,6 +29,7 @@ class Prediction:
     probs: torch.Tensor
     counters: tuple[int, ...]
     exemplar_keys: dict[int, str]  # counter class -> exemplar key (request or bank); absent: no exemplar
+    explained: int  # the class attributive and self-aware explain: y* or ExplainOptions.explained_class
 
     def others(self, c: int) -> list[int]:
         """C'_v of eq. (13) for counter class c: the other counter classes and the prediction y*."""
@@ -53,9 +54,10 @@ def plan(opts: ExplainOptions, pred: Prediction, query: RowMaps, exemplars: dict
     """Table I applied to one image (eqs. 3, 4, 5, 12, 13, 14)."""
     y, blocks, keys = pred.predicted, [], []
     a_pred = query.of([y])[0]
+    a_explained = query.of([pred.explained])[0]
     for kind in (Kind.ATTRIBUTIVE, Kind.SELF_AWARE):
         if kind in opts.kinds:
-            blocks.append(combine(TABLE_I[kind], a_pred, None, query.score, query.inverse_score)[None])
+            blocks.append(combine(TABLE_I[kind], a_explained, None, query.score, query.inverse_score)[None])
             keys.append(kind)
     if Kind.DELIBERATIVE in opts.kinds:
         candidates = torch.topk(pred.probs, opts.top_e).indices.tolist()
@@ -87,8 +89,7 @@ def measure_batch(grid: WorkingGrid, items: list[tuple[ExplainOptions, Predictio
         return
     singles = torch.cat([p.single for _, _, p, _ in items])
     sides = torch.cat([p.sides for _, _, p, _ in items])
-    rules = Rule.cat([Rule.coverage_of(o.threshold, grid.cells).expand(len(p.keys)) for o, _, p, _ in items]
-                     + [Rule(torch.zeros(sides.shape[0], dtype=torch.long), torch.zeros(sides.shape[0]))])
+    rules = _rules(grid, items)
     n_single = singles.shape[0]
     # pass 1: every single map by its own rule; the counterfactual sides only have their positive cells counted
     count_positive = torch.zeros(n_single + sides.shape[0], dtype=torch.bool)
@@ -137,7 +138,9 @@ def measure_batch(grid: WorkingGrid, items: list[tuple[ExplainOptions, Predictio
                 wanted.append(s0 + j)
         for V in (o.dims if Kind.DELIBERATIVE in o.kinds else ()):
             idx = [j for j, key in enumerate(p.keys) if isinstance(key, tuple) and key[0] == V]
-            order = torch.sort(strength[[s0 + j for j in idx]], descending=True, stable=True).indices
+            rows = [s0 + j for j in idx]
+            order = torch.sort(strength[rows], descending=True, stable=True).indices
+            order = order[first.kept[rows][order] > 0]  # an insecurity left with no cell (absolute T) is dropped
             for r in order[:o.max_insecurities].tolist():
                 chosen.append((i, p.keys[idx[r]]))
                 wanted.append(s0 + idx[r])
@@ -145,6 +148,7 @@ def measure_batch(grid: WorkingGrid, items: list[tuple[ExplainOptions, Predictio
     cells = grid.cell_masks(torch.cat([singles[wanted], sides]), torch.cat([tau[wanted], side_tau])).cpu().numpy()
     heat = torch.cat([singles[wanted], sides]).detach().float().cpu()
     strengths = torch.cat([strength[wanted], side_strength]).tolist()
+    probabilities = torch.stack([pred.probs[pred.explained] for _, pred, _, _ in items]).tolist()  # one sync
     frames: dict[int, CellFrame] = {}
     cf_query: dict[int, Region] = {}
 
@@ -159,9 +163,9 @@ def measure_batch(grid: WorkingGrid, items: list[tuple[ExplainOptions, Predictio
         res = results[i]
         r = region(n, feats)
         if key is Kind.ATTRIBUTIVE:
-            res.attributive = Attributive(pred.predicted, r)
+            res.attributive = Attributive(pred.explained, r, probabilities[i])
         elif key is Kind.SELF_AWARE:
-            res.self_aware = Attributive(pred.predicted, r)
+            res.self_aware = Attributive(pred.explained, r, probabilities[i])
         elif key is Kind.COUNTERFACTUAL:
             cf_query[i] = r  # the query side; the exemplar sides follow
         else:
@@ -175,6 +179,41 @@ def measure_batch(grid: WorkingGrid, items: list[tuple[ExplainOptions, Predictio
             side_regions[c] = region(n, feats)
             n += 1
         results[i].counterfactual = _counterfactual(pred, cf_query[i], side_regions, labels)
+
+
+def _rules(grid: WorkingGrid, items) -> Rule:
+    """The first pass's rule for every single map, then every side, in ``measure_batch``'s order. Scale groups of
+    an absolute T (eqs. 6, 8, 9): the insecurities of one image and one V share one (pairs and triples are products
+    of 2 and 3 maps: different units); the counterfactual query and its exemplar sides share one; attributive and
+    self-aware maps each have their own."""
+    k, absolute, groups = [], [], []
+    side_k, side_absolute, side_groups = [], [], []
+    next_group = 0
+    for o, _, p, _ in items:
+        rule = Rule.coverage_of(o.threshold, grid.cells)
+        shared: dict[str, int] = {}
+
+        def group(name: str | None) -> int:
+            nonlocal next_group
+            if name is None or name not in shared:
+                next_group += 1
+                if name is not None:
+                    shared[name] = next_group - 1
+                return next_group - 1
+            return shared[name]
+
+        for key in p.keys:
+            k.append(rule.k)
+            absolute.append(rule.absolute)
+            groups.append(group(f"deliberative V={key[0]}" if isinstance(key, tuple) else
+                                "counterfactual" if key is Kind.COUNTERFACTUAL else None))
+        for _ in p.side_classes:  # pass 1 only counts a side's positive cells; its peak joins the query's scale
+            side_k.append(torch.zeros(1, dtype=torch.long))
+            side_absolute.append(torch.zeros(1))
+            side_groups.append(group("counterfactual"))
+    empty_long, empty = torch.zeros(0, dtype=torch.long), torch.zeros(0)
+    return Rule(torch.cat(k + side_k + [empty_long]), torch.cat(absolute + side_absolute + [empty]),
+                torch.tensor(groups + side_groups, dtype=torch.long))
 
 
 def _counterfactual(pred: Prediction, query: Region, sides: dict[int, Region], labels) -> Counterfactual:

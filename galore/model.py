@@ -67,8 +67,31 @@ def split_classifier(model: nn.Module, layer: str | None = None, input_size: int
         raise ModelError("layer", f"{names[cut]!r} is not a (B, D, h, w) feature map")
     (x_node,) = [n for n in graph.nodes if n.op == "placeholder"]
     backbone = _subgraph(gm, {x_node: "x"}, cut)
-    head = _subgraph(gm, {cut: "F"}, logits)
-    return SplitModel(backbone, head, names[cut], tuple(meta.shape[1:]), input_size)
+    head = _subgraph(gm, {cut: "F"}, logits, copy_input=True)
+    split = SplitModel(backbone, head, names[cut], tuple(meta.shape[1:]), input_size)
+    _probe(model, split)
+    return split
+
+
+def _probe(model: nn.Module, split: SplitModel) -> None:
+    """Refuses, at load, a split that cannot explain: the head must reproduce the model's logits from F and be
+    differentiable with respect to F (ModelError naming ``layer`` otherwise)."""
+    x = torch.randn(1, 3, split.input_size, split.input_size, generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.no_grad():
+            expected, F = model(x), split.backbone(x)
+        leaf = F.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = split.head(leaf)
+            (grad,) = torch.autograd.grad(logits[:, 0].sum(), leaf)
+    except Exception as exc:  # noqa: BLE001 - any failure of the head at this layer is the layer's fault
+        raise ModelError("layer", f"the model cannot be explained at layer {split.layer!r}: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+    if logits.shape != expected.shape or not torch.allclose(logits.detach(), expected, rtol=1e-4,
+                                                            atol=1e-4 * float(expected.abs().max().clamp_min(1))):
+        raise ModelError("layer", f"splitting at layer {split.layer!r} does not reproduce the model's output")
+    if grad.shape != F.shape:
+        raise ModelError("layer", f"the head's gradient at layer {split.layer!r} has the wrong shape")
 
 
 def _find_node(graph: fx.Graph, names: dict, layer: str) -> fx.Node:
@@ -124,11 +147,17 @@ def _is_batch_size(node: fx.Node) -> bool:
             and isinstance(node.args[0], fx.Node) and node.args[0].op == "placeholder")
 
 
-def _subgraph(gm: fx.GraphModule, inputs: dict[fx.Node, str], output: fx.Node) -> fx.GraphModule:
+def _subgraph(gm: fx.GraphModule, inputs: dict[fx.Node, str], output: fx.Node, copy_input: bool = False
+              ) -> fx.GraphModule:
+    """The nodes computing ``output`` from ``inputs``. ``copy_input``: the graph works on a copy of its input, so
+    an in-place op at its start (DenseNet's ReLU after ``features``, an inplace ReLU after the chosen layer) never
+    writes into the caller's tensor: neither the cached features nor an autograd leaf."""
     keep = _needed(output, set(inputs))
     graph = fx.Graph()
     env = {node: graph.placeholder(name) for node, name in inputs.items()}
     first = next(iter(env.values()))
+    if copy_input:
+        env = {node: graph.call_method("clone", (value,)) for node, value in env.items()}
     for node in gm.graph.nodes:
         if node in keep and _is_batch_size(node) and node.args[0] not in env:
             env[node] = graph.call_method("size", (first, 0))

@@ -51,6 +51,13 @@ class Target(enum.Enum):
     PROBABILITY = "probability"
 
 
+class ExemplarPolicy(enum.Enum):
+    """Which exemplar of the model's bank a counter class gets when the request brings none (eq. 13)."""
+
+    RANDOM = "random"  # the paper's draw from the counter class (Fig. 5), seeded by the query image and class
+    MOST_CONFIDENT = "most_confident"  # the bank image the model classifies as that class with the highest h_c
+
+
 class MaskEncoding(enum.Enum):
     """How masks travel on the wire (the engine itself keeps them on the working grid)."""
 
@@ -63,7 +70,10 @@ class Threshold:
     """How a heatmap becomes a mask (eqs. 6, 8, 9): at most one of the two is given; neither means coverage 0.1.
 
     coverage: fraction in (0, 1] of the working grid's cells kept (the top ones), as in the authors' evaluation.
-    absolute: T in [0, 1), applied to the map divided by its own maximum.
+    absolute: T in [0, 1): a cell is kept when its value exceeds T times the largest value of all the maps of the
+    same explanation of the same image (every insecurity of the image with the same V for deliberation; the query and exemplar
+    sides for a counterfactual; the map itself for attributive and self-aware), so a weak map keeps fewer cells
+    than a strong one, or none (eqs. 6, 8, 9).
     """
 
     coverage: float | None = None
@@ -113,6 +123,10 @@ class ExplainOptions:
     include_heatmaps: bool = described(False, "send each region's feature-grid heatmap (h*w floats per region)")
     top_k: int = described(5, "top classes reported", "K")
     ig_steps: int = described(50, f"integrated-gradients steps, 1..{MAX_IG_STEPS}", "STEPS")
+    explained_class: int | None = described(None, "class the attributive and self-aware maps explain (none: the "
+                                                  "prediction y*)", "CLASS")
+    exemplar_policy: ExemplarPolicy = described(ExemplarPolicy.RANDOM, "bank exemplar of a counter class: random "
+                                                "(seeded by the image) or most_confident")
     mask_encoding: MaskEncoding = described(MaskEncoding.RLE, "mask encoding in responses: rle (COCO run "
                                                                "lengths, KBs) or bits (1 bit per pixel)")
 
@@ -137,6 +151,11 @@ class ExplainOptions:
                     raise InvalidArgument("options.dims", f"V must be >= 2, got {v}")
                 if v > self.top_e:
                     raise InvalidArgument("options.dims", f"V={v} exceeds top_e (E)={self.top_e}")
+        if self.explained_class is not None and (not isinstance(self.explained_class, int)
+                                                 or isinstance(self.explained_class, bool)
+                                                 or self.explained_class < 0):
+            raise InvalidArgument("options.explained_class", f"expected a class id >= 0, got "
+                                                             f"{self.explained_class!r}")
         if len(set(self.counter_classes)) != len(self.counter_classes):
             raise InvalidArgument("options.counter_classes", f"repeated class in {list(self.counter_classes)}")
 

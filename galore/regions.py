@@ -32,10 +32,12 @@ CHUNK_CELLS = 16_000_000  # working-grid values per chunk (64 MB of float32): bo
 
 @dataclass(frozen=True)
 class Rule:
-    """How many cells each map keeps: ``k`` (M,) a count, or -1 where ``absolute`` (M,) T applies (map / max > T)."""
+    """How many cells each map keeps: ``k`` (M,) a count, or -1 where ``absolute`` (M,) T applies: value > T x the
+    largest working-grid value of all maps of the same ``scale_group`` (M,) (default: each map its own group)."""
 
     k: torch.Tensor  # (M,) long
     absolute: torch.Tensor  # (M,) float
+    scale_group: torch.Tensor | None = None  # (M,) long: maps sharing T's scale; None: one group per map
 
     @staticmethod
     def coverage_of(threshold: Threshold, cells: int) -> "Rule":
@@ -46,9 +48,22 @@ class Rule:
     def expand(self, n: int) -> "Rule":
         return Rule(self.k.expand(n), self.absolute.expand(n))
 
+    def grouped(self, scale_group: torch.Tensor) -> "Rule":
+        return Rule(self.k, self.absolute, scale_group)
+
+    def groups(self) -> torch.Tensor:
+        return torch.arange(len(self.k)) if self.scale_group is None else self.scale_group
+
     @staticmethod
     def cat(rules: list["Rule"]) -> "Rule":
-        return Rule(torch.cat([r.k for r in rules]), torch.cat([r.absolute for r in rules]))
+        """Rules of several images in one; scale groups stay apart (renumbered)."""
+        groups, base = [], 0
+        for r in rules:
+            g = r.groups()
+            groups.append(g + base)
+            base += int(g.max()) + 1 if len(g) else 0
+        return Rule(torch.cat([r.k for r in rules]), torch.cat([r.absolute for r in rules]),
+                    torch.cat(groups) if groups else None)
 
 
 @dataclass(frozen=True)
@@ -86,13 +101,28 @@ class WorkingGrid:
         working values never exceed CHUNK_CELLS. ``count_positive`` (M,) bool: maps whose positive cells to count."""
         M = maps.shape[0]
         flags = torch.zeros(M, dtype=torch.bool) if count_positive is None else count_positive
-        out = [_measure(maps.new_zeros(0, self.cells), rule.k[:0], rule.absolute[:0], flags[:0])]  # M = 0 stays valid
+        out = [_measure(maps.new_zeros(0, self.cells), rule.k[:0], rule.absolute[:0], flags[:0],
+                        rule.absolute[:0])]  # M = 0 stays valid
         step = max(1, CHUNK_CELLS // self.cells)
+        scale = self._scales(maps, rule, step)
         for s in range(0, M, step):
             values = self.upsample(maps[s:s + step]).flatten(1)  # (m, G*G)
             out.append(_measure(values, rule.k[s:s + step].to(values.device),
-                                rule.absolute[s:s + step].to(values.device), flags[s:s + step].to(values.device)))
+                                rule.absolute[s:s + step].to(values.device), flags[s:s + step].to(values.device),
+                                scale[s:s + step].to(values.device)))
         return Measured(*(torch.cat([getattr(m, f) for m in out]) for f in ("wanted", "tau", "kept", "positive", "strength")))
+
+    def _scales(self, maps: torch.Tensor, rule: Rule, step: int) -> torch.Tensor:
+        """(M,) the scale T multiplies: the largest working-grid value over each map's scale group. Peaks are only
+        computed when some map has an absolute T (one pass more over the maps); else 0 (unused)."""
+        if not bool((rule.k < 0).any()):
+            return maps.new_zeros(maps.shape[0], dtype=torch.float32)
+        peaks = torch.cat([maps.new_zeros(0, dtype=torch.float32)] + [
+            self.upsample(maps[s:s + step]).flatten(1).amax(1) for s in range(0, maps.shape[0], step)])
+        groups = rule.groups().to(peaks.device)
+        top = torch.full((int(groups.max()) + 1,), -math.inf, device=peaks.device).scatter_reduce(
+            0, groups, peaks, "amax")
+        return top[groups]
 
     def cell_masks(self, maps: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
         """(M, h, w) maps and their thresholds (M,) -> kept cells (M, G, G) bool."""
@@ -127,11 +157,11 @@ def _axis_weights(side: int, n: int, device: str) -> torch.Tensor:
     return weights.to(device)
 
 
-def _measure(values: torch.Tensor, k: torch.Tensor, absolute: torch.Tensor, count_positive: torch.Tensor
-             ) -> Measured:
-    """values (M, N); k (M,) cells wanted, -1 where ``absolute`` T applies to values / their max.
+def _measure(values: torch.Tensor, k: torch.Tensor, absolute: torch.Tensor, count_positive: torch.Tensor,
+             scale: torch.Tensor) -> Measured:
+    """values (M, N); k (M,) cells wanted, -1 where ``absolute`` T applies to values / ``scale`` (M,).
 
-    A cell is kept when its value reaches tau: the k-th largest value for a count, just above T x max for an
+    A cell is kept when its value reaches tau: the k-th largest value for a count, just above T x scale for an
     absolute threshold, the smallest positive value when fewer cells than wanted are positive. For counts the
     strength comes from the top-k sum (cells tied at tau add tau each), so a map costs one selection and one
     counting pass; ``positive`` is counted only where ``count_positive`` asks (-1 elsewhere)."""
@@ -143,9 +173,9 @@ def _measure(values: torch.Tensor, k: torch.Tensor, absolute: torch.Tensor, coun
     if not bool(counted.all()):  # one host sync per chunk
         rows = (~counted).nonzero()[:, 0]
         sub = values[rows]
-        limit = torch.nextafter(absolute[rows] * sub.amax(1).clamp_min(floor),
+        limit = torch.nextafter(absolute[rows] * scale[rows].to(values.dtype).clamp_min(floor),
                                 torch.tensor(math.inf, dtype=values.dtype, device=values.device))
-        wanted[rows] = (sub >= limit[:, None]).sum(1)  # map / max > T
+        wanted[rows] = (sub >= limit[:, None]).sum(1)  # map / scale > T
         tau[rows] = limit
     wanted = wanted.clamp(max=N)
     select = counted & (wanted > 0)

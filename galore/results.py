@@ -54,10 +54,12 @@ class Region:
 
 @dataclass(frozen=True)
 class Attributive:
-    """Eq. (3) (plain) or eq. (4) (self-aware) for the predicted class."""
+    """Eq. (3) (plain) or eq. (4) (self-aware) for class ``class_id``: the prediction y*, or the class the
+    request named in ExplainOptions.explained_class; ``probability`` is its h_c(x)."""
 
     class_id: int
     region: Region
+    probability: float = 0.0
 
 
 @dataclass(frozen=True)

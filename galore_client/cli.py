@@ -182,7 +182,10 @@ def build_settings(args, summary: ModelSummary) -> ExplainSettings:
                        f"{len(exemplars)} exemplars)", EXIT_BAD_INPUT)
     try:
         ids = tuple(summary.class_id(name, field="--counter") for name in counters)
-        return settings_from_args(args, counter_classes=ids, include_heatmaps=True if not args.no_report else None)
+        explained = None if args.explained_class is None else summary.class_id(args.explained_class,
+                                                                               field="--explain-class")
+        return settings_from_args(args, counter_classes=ids, include_heatmaps=True if not args.no_report else None,
+                                  explained_class=explained)
     except InvalidArgument as exc:
         raise CliError(f"{flag_for(exc.field)}: {exc.message}", EXIT_BAD_INPUT) from exc
     except (UnknownClass, ValueError) as exc:
@@ -264,6 +267,7 @@ def run_models(args) -> int:
                 "feature_grid": list(info.feature_grid), "input_size": info.input_size,
                 "num_classes": len(info.labels), "scores": list(info.scores),
                 "attributions": list(info.attributions), "exemplar_class_ids": list(info.exemplar_class_ids),
+                "exemplars_per_class": {str(c): n for c, n in info.exemplars_per_class},
                 "has_hardness_predictor": info.has_hardness_predictor,
                 "max_images_per_request": info.max_images_per_request, "max_batch_size": info.max_batch_size}
         if args.labels:
@@ -277,7 +281,8 @@ def run_models(args) -> int:
              f"scores: {', '.join(info.scores)}",
              f"attributions: {', '.join(info.attributions)}",
              f"hardness predictor: {'yes' if info.has_hardness_predictor else 'no'}",
-             "exemplar bank: " + (", ".join(info.label(c) for c in info.exemplar_class_ids) or "empty")]
+             "exemplar bank: " + (", ".join(f"{info.label(c)} ({n})" for c, n in info.exemplars_per_class)
+                                  or ", ".join(info.label(c) for c in info.exemplar_class_ids) or "empty")]
     if info.max_images_per_request:
         lines.append(f"max images per request: {info.max_images_per_request}")
     if info.max_batch_size:

@@ -34,6 +34,8 @@ FLAGS: dict[str, tuple[str, ...]] = {
     "top_k": ("--top-k",),
     "ig_steps": ("--ig-steps",),
     "mask_encoding": ("--mask-encoding",),
+    "explained_class": ("--explain-class",),
+    "exemplar_policy": ("--exemplar-policy",),
 }
 EXEMPLAR_FLAGS = ("--exemplars", "--exemplar")
 DEST = {"target": "attribution_target"}  # argparse names that would clash with a command's own (loadtest --target)
@@ -106,6 +108,9 @@ def add_option_arguments(parser: argparse.ArgumentParser, heatmap_note: str = ""
             kind = int_list if f.name == "dims" else _comma_list
             group.add_argument(*flags, type=kind, action="extend", dest=f.name, metavar=symbol,
                                help=f"{help_text}, comma list or repeated {default}")
+        elif f.name == "explained_class":
+            group.add_argument(*flags, dest=f.name, metavar="LABEL|ID",
+                               help=f"{help_text}; a label or an id (default: the prediction)")
         elif isinstance(value, bool):
             note = heatmap_note if f.name == "include_heatmaps" else ""
             group.add_argument(flags[0], action=argparse.BooleanOptionalAction, dest=f.name, default=None,
@@ -128,9 +133,11 @@ def flag_for(field: str) -> str:
 
 
 def settings_from_args(args: argparse.Namespace, counter_classes: tuple[int | str, ...] | None = None,
-                       include_heatmaps: bool | None = None) -> ExplainSettings:
-    """Parsed flags -> ExplainSettings (InvalidArgument naming the field). ``counter_classes``: already resolved
-    ids (else the flags as given, digits as ids); ``include_heatmaps``: used when the flag is unset."""
+                       include_heatmaps: bool | None = None, explained_class: int | None = None
+                       ) -> ExplainSettings:
+    """Parsed flags -> ExplainSettings (InvalidArgument naming the field). ``counter_classes`` /
+    ``explained_class``: already resolved ids (else the flags as given, digits as ids); ``include_heatmaps``: used
+    when the flag is unset."""
     kinds = [k for k in (args.kinds or ()) if k]
     prediction_only = args.prediction_only or (bool(args.kinds) and not kinds)
     if counter_classes is None:
@@ -140,6 +147,8 @@ def settings_from_args(args: argparse.Namespace, counter_classes: tuple[int | st
     values = {name: getattr(args, DEST.get(name, name)) for name in scalars}
     if values["include_heatmaps"] is None:
         values["include_heatmaps"] = include_heatmaps
+    if explained_class is not None:
+        values["explained_class"] = explained_class
     if args.dims:
         values["dims"] = tuple(args.dims)
     return ExplainSettings(kinds=tuple(dict.fromkeys(kinds)), prediction_only=prediction_only,

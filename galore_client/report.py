@@ -61,8 +61,10 @@ def attributive_figure(image: np.ndarray, result: Explanation) -> render.Figure 
     panels = [render.Panel(picture, tuple(caption))]
     for name, side in sides:
         panels.append(render.Panel(_region_picture(image, side.region, result.crop_box, render.PALETTE[0]),
-                                   (f"{name}: {side.cls}", f"strength {side.region.strength:.3g}")))
-    return render.compose(panels, title=f"Attributive explanation of '{top.label if top else '?'}'")
+                                   (f"{name}: {side.cls} ({side.probability:.2f})",
+                                    f"strength {side.region.strength:.3g}")))
+    explained = sides[0][1].cls  # the prediction, or the class the request asked to explain
+    return render.compose(panels, title=f"Attributive explanation of '{explained.label}'")
 
 
 def deliberative_figure(image: np.ndarray, result: Explanation, limit: int = 6) -> render.Figure | None:
@@ -130,7 +132,7 @@ def summary_text(name: str, result: Explanation) -> str:
     lines.append(f"  s(x) {result.score_name}: {result.score:.3f}")
     for name_, side in (("attributive", result.attributive), ("self-aware", result.self_aware)):
         if side is not None:
-            lines.append(f"  {name_}: {side.cls}, strength {side.region.strength:.3g}, "
+            lines.append(f"  {name_}: {side.cls} (p {side.probability:.3f}), strength {side.region.strength:.3g}, "
                          f"{_percent(side.region, result)} of the image")
     if result.deliberative:
         lines.append("  insecurities (strongest first):")
@@ -160,7 +162,8 @@ def summary_dict(name: str, result: Explanation) -> dict:
     }
     for key, side in (("attributive", result.attributive), ("self_aware", result.self_aware)):
         if side is not None:
-            out[key] = {"class_id": side.cls.class_id, "label": side.cls.label, **_region_dict(side.region)}
+            out[key] = {"class_id": side.cls.class_id, "label": side.cls.label, "probability": side.probability,
+                        **_region_dict(side.region)}
     if result.deliberative:
         out["insecurities"] = [{"class_ids": [c.class_id for c in ins.classes], "labels": list(ins.labels),
                                 **_region_dict(ins.region)} for ins in result.insecurities]

@@ -68,10 +68,12 @@ class Region:
 
 @dataclass(frozen=True)
 class Attributive:
-    """Eq. (3) (plain) or eq. (4) (self-aware) for the predicted class."""
+    """Eq. (3) (plain) or eq. (4) (self-aware) for ``cls``: the prediction, or the class the settings asked to
+    explain (``explained_class``); ``probability`` is the model's h_c(x) for it."""
 
     cls: ClassRef
     region: Region
+    probability: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ class ModelSummary:
     scores: tuple[str, ...] = ()
     attributions: tuple[str, ...] = ()
     exemplar_class_ids: tuple[int, ...] = ()
+    exemplars_per_class: tuple[tuple[int, int], ...] = ()  # (class id, bank exemplars), by class id
     has_hardness_predictor: bool = False
     max_images_per_request: int = 0  # 0: unknown / no limit
     max_batch_size: int = 0
@@ -76,8 +77,8 @@ class ModelSummary:
 
 
 class ExplainSettings:
-    """Options for every image of one call: ``options`` (an ``ExplainOptions``) plus ``counter_classes`` as ids
-    or labels (the service resolves labels). Frozen; compare with ==.
+    """Options for every image of one call: ``options`` (an ``ExplainOptions``) plus ``counter_classes`` and
+    ``explained_class`` as ids or labels (the service resolves labels). Frozen; compare with ==.
 
     Keywords are the ``ExplainOptions`` field names (enum fields also take their names, e.g. score="certainty";
     unset or None means the engine default), plus three conveniences: ``kinds`` empty means all kinds,
@@ -86,7 +87,7 @@ class ExplainSettings:
     ``settings.options``.
     """
 
-    __slots__ = ("options", "counter_classes")
+    __slots__ = ("options", "counter_classes", "explained")
 
     def __init__(self, options: ExplainOptions | None = None, *, counter_classes=(), kinds=(),
                  prediction_only: bool = False, coverage: float | None = None, absolute: float | None = None,
@@ -117,9 +118,17 @@ class ExplainSettings:
         values = {k: v for k, v in values.items() if v is not None}
         if all(isinstance(c, int) for c in counters):
             values["counter_classes"] = counters  # ids: validated by the engine's own rules too
+        explained = values.pop("explained_class", None)
+        if isinstance(explained, str) and explained.strip().isdigit():
+            explained = int(explained)
+        if isinstance(explained, int) and not isinstance(explained, bool):
+            values["explained_class"] = explained
+        elif explained is not None and (not isinstance(explained, str) or not explained.strip()):
+            raise InvalidArgument("explained_class", f"expected a class id or label, got {explained!r}")
         base = options or ExplainOptions()
         object.__setattr__(self, "options", replace(base, **values) if values else base)
         object.__setattr__(self, "counter_classes", counters or tuple(self.options.counter_classes))
+        object.__setattr__(self, "explained", explained if explained is not None else self.options.explained_class)
 
     def __getattr__(self, name: str):
         if name in OPTION_FIELDS:
@@ -130,17 +139,18 @@ class ExplainSettings:
         raise AttributeError("ExplainSettings is frozen")
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, ExplainSettings) and (self.options, self.counter_classes) == \
-            (other.options, other.counter_classes)
+        return isinstance(other, ExplainSettings) and (self.options, self.counter_classes, self.explained) == \
+            (other.options, other.counter_classes, other.explained)
 
     def __hash__(self) -> int:
-        return hash((self.options, self.counter_classes))
+        return hash((self.options, self.counter_classes, self.explained))
 
     def __reduce__(self):  # copy, deepcopy and pickle rebuild through __init__ (it validates)
-        return _rebuild, (self.options, self.counter_classes)
+        return _rebuild, (self.options, self.counter_classes, self.explained)
 
     def __repr__(self) -> str:
-        return f"ExplainSettings(options={self.options!r}, counter_classes={self.counter_classes!r})"
+        return (f"ExplainSettings(options={self.options!r}, counter_classes={self.counter_classes!r}, "
+                f"explained_class={self.explained!r})")
 
     @property
     def prediction_only(self) -> bool:
@@ -148,11 +158,12 @@ class ExplainSettings:
 
     def with_counter_ids(self, ids: tuple[int, ...]) -> "ExplainSettings":
         """The same settings with ``counter_classes`` resolved to class ids."""
-        return ExplainSettings(replace(self.options, counter_classes=tuple(ids)), counter_classes=tuple(ids))
+        return ExplainSettings(replace(self.options, counter_classes=tuple(ids)), counter_classes=tuple(ids),
+                               explained_class=self.explained)
 
 
-def _rebuild(options: ExplainOptions, counter_classes: tuple) -> ExplainSettings:
-    return ExplainSettings(options, counter_classes=counter_classes)
+def _rebuild(options: ExplainOptions, counter_classes: tuple, explained=None) -> ExplainSettings:
+    return ExplainSettings(options, counter_classes=counter_classes, explained_class=explained)
 
 
 def _names(kinds) -> list:

@@ -44,7 +44,8 @@ def enum_value(enum_type: type[enum.Enum], number: int) -> str:
 
 
 def options_to_proto(options: ExplainOptions, counter_classes: tuple[int | str, ...] = (),
-                     exemplars: Mapping[int | str, bytes] | None = None) -> pb.ExplainOptions:
+                     exemplars: Mapping[int | str, bytes] | None = None,
+                     explained_class: int | str | None = None) -> pb.ExplainOptions:
     """Engine options (+ counter classes as ids or labels, + an encoded exemplar per counter class) -> proto.
 
     Fields equal to the engine default stay unset (the proto's "default"), so a model with fewer classes than the
@@ -78,13 +79,18 @@ def options_to_proto(options: ExplainOptions, counter_classes: tuple[int | str, 
         else:
             item.label = counter
         message.counter_classes.append(item)
+    explained = options.explained_class if explained_class is None else explained_class
+    if isinstance(explained, int):
+        message.explained_class.class_id = explained
+    elif explained is not None:
+        message.explained_class.label = explained
     return message
 
 
 def settings_to_proto(settings: ExplainSettings, exemplars: Mapping[int | str, bytes] | None = None
                       ) -> pb.ExplainOptions:
     """ExplainSettings (+ encoded exemplar per counter class, keyed as in ``counter_classes``) -> ExplainOptions."""
-    return options_to_proto(settings.options, settings.counter_classes, exemplars)
+    return options_to_proto(settings.options, settings.counter_classes, exemplars, settings.explained)
 
 
 def mask_from_proto(mask: pb.Mask, width: int | None = None, height: int | None = None, where: str = "mask"
@@ -133,7 +139,8 @@ def explanation_from_proto(item: pb.ImageExplanation, labels: tuple[str, ...] = 
 
     def attributive(message: pb.Attributive, where: str) -> Attributive:
         return Attributive(ref(message.class_id, message.label), region_from_proto(message.region, width, height,
-                                                                                   where))
+                                                                                   where),
+                           float(message.probability))
 
     def insecurity(message: pb.Insecurity, where: str) -> Insecurity:
         names = list(message.labels)
@@ -181,5 +188,7 @@ def summary_from_proto(info: pb.ModelInfo) -> ModelSummary:
         feature_grid=(info.feature_height, info.feature_width), input_size=info.input_size,
         scores=tuple(n for n in (enum_value(Score, s) for s in info.scores) if n),
         attributions=tuple(n for n in (enum_value(Attribution, a) for a in info.attributions) if n),
-        exemplar_class_ids=tuple(info.exemplar_class_ids), has_hardness_predictor=info.has_hardness_predictor,
+        exemplar_class_ids=tuple(info.exemplar_class_ids),
+        exemplars_per_class=tuple(sorted((int(c), int(n)) for c, n in info.exemplars_per_class.items())),
+        has_hardness_predictor=info.has_hardness_predictor,
         max_images_per_request=info.limits.max_images_per_request, max_batch_size=info.max_batch_size)

@@ -8,7 +8,7 @@ import torch
 from galore import masks
 from galore.contract import PROTO_ENUMS, engine_member, proto_number
 from galore.errors import STATUS_TABLE, GaloreError, InvalidArgument
-from galore.options import Attribution, ExplainOptions, Kind, MaskEncoding, Score, Target, Threshold
+from galore.options import Attribution, ExemplarPolicy, ExplainOptions, Kind, MaskEncoding, Score, Target, Threshold
 from galore.results import Attributive, Counterfactual, ImageResult, Insecurity, Region
 from galore_api.v1 import explainer_pb2 as pb
 
@@ -60,8 +60,10 @@ def _kinds(message: pb.ExplainOptions) -> frozenset[Kind]:
     return frozenset(kinds) if kinds else frozenset(Kind)
 
 
-def to_options(message: pb.ExplainOptions, counter_ids: tuple[int, ...], num_classes: int) -> ExplainOptions:
-    """ExplainOptions proto -> galore ExplainOptions (counter classes already resolved to ids)."""
+def to_options(message: pb.ExplainOptions, counter_ids: tuple[int, ...], num_classes: int,
+               explained_class: int | None = None) -> ExplainOptions:
+    """ExplainOptions proto -> galore ExplainOptions (counter classes and the explained class already resolved to
+    ids)."""
     defaults = ExplainOptions()
     # defaults shrink to models with fewer classes than the default E / top-k
     top_e = _count(message.top_e, "options.top_e", min(defaults.top_e, num_classes), num_classes)
@@ -87,6 +89,9 @@ def to_options(message: pb.ExplainOptions, counter_ids: tuple[int, ...], num_cla
         ig_steps=_count(message.ig_steps, "options.ig_steps", defaults.ig_steps),
         mask_encoding=to_galore_enum(MaskEncoding, message.mask_encoding, "options.mask_encoding",
                                      defaults.mask_encoding),
+        explained_class=explained_class,
+        exemplar_policy=to_galore_enum(ExemplarPolicy, message.exemplar_policy, "options.exemplar_policy",
+                                       defaults.exemplar_policy),
     )
 
 
@@ -125,7 +130,8 @@ def region(value: Region, how: ExplainOptions) -> pb.Region:
 
 
 def _attributive(value: Attributive, labels, heat: ExplainOptions) -> pb.Attributive:
-    return pb.Attributive(class_id=value.class_id, label=labels[value.class_id], region=region(value.region, heat))
+    return pb.Attributive(class_id=value.class_id, label=labels[value.class_id], region=region(value.region, heat),
+                          probability=float(value.probability))
 
 
 def _insecurity(value: Insecurity, labels, heat: ExplainOptions) -> pb.Insecurity:

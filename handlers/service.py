@@ -70,6 +70,17 @@ class ExplainService:
                 raise InvalidArgument(f"options.counter_classes[{i}].{ref}", err.message) from None
         return tuple(ids)
 
+    def _explained_id(self, options: pb.ExplainOptions) -> int | None:
+        if not options.HasField("explained_class"):
+            return None
+        ref = options.explained_class.WhichOneof("class_ref")
+        if ref is None:
+            raise InvalidArgument("options.explained_class", "set class_id or label")
+        try:
+            return int(self.engine.class_id(getattr(options.explained_class, ref)))
+        except GaloreError as err:
+            raise InvalidArgument(f"options.explained_class.{ref}", err.message) from None
+
     def _prepare_explain(self, message: pb.ExplainRequest, prepared: Prepared, request_id: str):
         limits = self.config.limits
         min_side = DRAFT_OVERSAMPLE * self.engine.preprocess.resize  # JPEGs: the smallest DCT scale that keeps it
@@ -82,7 +93,8 @@ class ExplainService:
                 "images", f"{len(message.images)} images + {exemplar_count} exemplars = {total}, "
                           f"limit is {limits.max_images_per_request} per request")
         counter_ids = self._counter_ids(message.options)
-        options = convert.to_options(message.options, counter_ids, len(self.labels))
+        options = convert.to_options(message.options, counter_ids, len(self.labels),
+                                     self._explained_id(message.options))
         exemplars, sizes = {}, {}
         for i, counter in enumerate(message.options.counter_classes):
             if counter.exemplar:
@@ -131,6 +143,8 @@ class ExplainService:
             has_hardness_predictor=bool(info.has_hardness), max_batch_size=self.config.batch_size,
             working_grid=int(info.working_grid),
         )
+        for class_id, count in info.exemplars_per_class.items():
+            message.exemplars_per_class[int(class_id)] = int(count)
         message.classes.extend(pb.ClassInfo(class_id=i, label=label) for i, label in enumerate(self.labels))
         message.scores.extend(convert.to_proto_enum(s) for s in info.scores)
         message.attributions.extend(convert.to_proto_enum(a) for a in info.attributions)

@@ -130,3 +130,13 @@ def test_engine_enums_and_proto_enums_name_the_same_values(engine_enum):
     for member in engine_enum:
         number = pb.DESCRIPTOR.enum_types_by_name[type_name].values_by_name[prefix + member.name].number
         assert engine_member(pb.DESCRIPTOR, engine_enum, number) is member
+
+
+def test_explained_class_by_label_or_id_reaches_the_wire():
+    by_label = settings_to_proto(ExplainSettings(explained_class="tabby"))
+    assert by_label.explained_class.WhichOneof("class_ref") == "label" and by_label.explained_class.label == "tabby"
+    by_id = settings_to_proto(ExplainSettings(explained_class="281"))
+    assert by_id.explained_class.class_id == 281
+    args = _explain_parser().parse_args(["explain", "x.jpg", "--no-report", "--explain-class", "tiger cat"])
+    assert settings_to_proto(settings_from_args(args)).explained_class.label == "tiger cat"
+    assert not settings_to_proto(ExplainSettings()).HasField("explained_class")  # unset: y*

@@ -210,3 +210,11 @@ def test_bank_exemplar_serves_the_default_runner_up_and_bad_exemplar_is_named():
     assert (side.class_id, side.exemplar_key) == (1, "bank/one/a.jpg") and good.counterfactual.complete
     assert side.region.pixel_count == good.counterfactual.query.pixel_count > 0
     assert failed.error.field == "exemplars[1]" and "(3, H, W)" in failed.error.message
+
+
+@pytest.mark.parametrize("name,pair", [("chelsea", {"tiger cat", "Egyptian cat"}), ("rocket", {"missile", "projectile"})])
+def test_readme_strongest_insecurity_pairs(lite_engine, name, pair):
+    """The README's claim: with the defaults, the strongest insecurity (eq. 15) on chelsea is tiger cat / Egyptian
+    cat and on rocket missile / projectile."""
+    (res,) = lite_engine.explain([ImageRequest(photo(name), ExplainOptions(kinds=frozenset({Kind.DELIBERATIVE})))])
+    assert {lite_engine.labels[c] for c in res.deliberative[2][0].class_ids} == pair

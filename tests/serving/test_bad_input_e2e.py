@@ -80,6 +80,16 @@ def test_negative_coverage(grpc_client, chelsea):
     expect_error(lambda: grpc_client.explain([chelsea], options), "INVALID_ARGUMENT", "options.threshold.coverage")
 
 
+def test_unknown_explained_class(grpc_client, chelsea):
+    options = pb.ExplainOptions(explained_class=pb.ClassRef(label="unicorn"))
+    err = expect_error(lambda: grpc_client.explain([chelsea], options), "INVALID_ARGUMENT",
+                       "options.explained_class.label")
+    assert "unicorn" in err.message
+    options = pb.ExplainOptions(explained_class=pb.ClassRef(class_id=1000))
+    expect_error(lambda: grpc_client.explain([chelsea], options), "INVALID_ARGUMENT",
+                 "options.explained_class.class_id")
+
+
 def test_unknown_enum_value_binary_and_json(grpc_client, rest_url, chelsea):
     options = pb.ExplainOptions(attribution=99)  # proto3 enums are open: the number survives the wire
     err = expect_error(lambda: grpc_client.explain([chelsea], options), "INVALID_ARGUMENT", "options.attribution")

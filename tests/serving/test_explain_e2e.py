@@ -139,3 +139,18 @@ def test_model_info(grpc_client):
     assert info.limits.max_images_per_request == 16 and info.limits.max_pixels == 40_000_000
     assert info.limits.max_request_bytes == info.limits.max_response_bytes == 104857600
     assert info.max_batch_size == 4  # batchSize of deploy/torchserve/model-config.yaml
+
+
+def test_explained_class_by_label(grpc_client, chelsea):
+    options = pb.ExplainOptions(kinds=[K.EXPLANATION_KIND_ATTRIBUTIVE, K.EXPLANATION_KIND_SELF_AWARE], top_k=5,
+                                explained_class=pb.ClassRef(label="lynx"))
+    response = grpc_client.explain([chelsea], options)
+    image = response.images[0]
+    assert response.status.code == "OK" and image.top_classes[0].label != "lynx"
+    for explained in (image.attributive, image.self_aware):
+        assert (explained.label, explained.class_id) == ("lynx", 287)
+        assert 0 < explained.probability < image.top_classes[0].probability
+        assert explained.region.mask.pixel_count > 0
+    default = grpc_client.explain([chelsea], pb.ExplainOptions(kinds=[K.EXPLANATION_KIND_ATTRIBUTIVE])).images[0]
+    assert default.attributive.class_id == default.top_classes[0].class_id
+    assert default.attributive.probability == pytest.approx(default.top_classes[0].probability)

@@ -25,9 +25,10 @@ def archive(tmp_path_factory):
     torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), folder / "w.pt")
     torch.save(torchvision.models.resnet18(num_classes=1).state_dict(), folder / "h.pt")
     (folder / "labels.txt").write_text("\n".join(LABELS) + "\n")
-    for label, photo in (("banana", data.coffee()), ("cherry", data.astronaut())):
-        (folder / "bank" / label).mkdir(parents=True)
-        (folder / "bank" / label / "one.jpg").write_bytes(encode(photo))
+    for label, name, photo in (("banana", "one", data.coffee()), ("banana", "two", data.rocket()),
+                                ("cherry", "one", data.astronaut())):
+        (folder / "bank" / label).mkdir(parents=True, exist_ok=True)
+        (folder / "bank" / label / f"{name}.jpg").write_bytes(encode(photo))
     mar = build_torchvision(folder / "out", "resnet18", folder / "w.pt", folder / "labels.txt", name="fruit",
                             hardness_arch="resnet18", hardness_state_dict=folder / "h.pt",
                             exemplar_bank=folder / "bank", batch_size=4)
@@ -71,7 +72,8 @@ def test_archive_carries_weights_labels_bank_and_batching(archive):
     with zipfile.ZipFile(mar) as zipped:
         names = set(zipped.namelist())
         config = zipped.read("model-config.yaml").decode()
-    assert {"weights.pt", "hardness.pt", "labels.txt", "exemplars/banana/one.jpg", "exemplars/cherry/one.jpg",
+    assert {"weights.pt", "hardness.pt", "labels.txt", "exemplars/banana/one.jpg", "exemplars/banana/two.jpg",
+            "exemplars/cherry/one.jpg",
             "galore_handler.py", "handlers/service.py", "galore_api/v1/explainer_pb2.py"} <= names
     assert "batchSize: 4" in config and "maxBatchDelay: 20" in config and "exemplar_bank: exemplars" in config
 
@@ -82,6 +84,7 @@ def test_model_info_of_the_torchvision_archive(worker):
     assert status == 200 and info.name == "fruit" and info.architecture == "resnet18"
     assert [c.label for c in info.classes] == LABELS
     assert list(info.exemplar_class_ids) == [1, 2] and info.has_hardness_predictor
+    assert dict(info.exemplars_per_class) == {1: 2, 2: 1}  # the bank keeps every image of a class
     assert pb.CONFIDENCE_SCORE_EASINESS in info.scores and info.max_batch_size == 4
 
 
@@ -97,9 +100,19 @@ def test_bank_exemplar_and_easiness(worker):
     assert image.status.code == "OK" and image.score_kind == pb.CONFIDENCE_SCORE_EASINESS
     assert 0.0 <= image.score <= 1.0
     side = image.counterfactual.exemplars[0]
-    assert side.exemplar_key == f"bank/{LABELS[counter]}/one.jpg" and image.counterfactual.complete
-    bank_photo = (data.coffee() if counter == 1 else data.astronaut()).shape
-    assert (side.region.mask.height, side.region.mask.width) == bank_photo[:2]
+    bank = {"bank/banana/one.jpg": data.coffee(), "bank/banana/two.jpg": data.rocket(),
+            "bank/cherry/one.jpg": data.astronaut()}
+    assert side.exemplar_key.startswith(f"bank/{LABELS[counter]}/") and image.counterfactual.complete
+    assert (side.region.mask.height, side.region.mask.width) == bank[side.exemplar_key].shape[:2]
+    counters = [c for c in (1, 2) if c != predicted]
+    for policy in (pb.EXEMPLAR_POLICY_RANDOM, pb.EXEMPLAR_POLICY_MOST_CONFIDENT):  # each: the same exemplar again
+        if 1 not in counters:
+            break  # banana (two bank images) is the prediction itself here
+        options.exemplar_policy = policy
+        options.counter_classes[0].class_id = 1
+        keys = {explain(worker, pb.ExplainRequest(images=[pb.Image(data=photo)], options=options)).images[0]
+                .counterfactual.exemplars[0].exemplar_key for _ in range(2)}
+        assert len(keys) == 1 and keys <= {"bank/banana/one.jpg", "bank/banana/two.jpg"}
 
 
 def test_batch_of_mixed_formats_gets_one_answer_each(worker):
