@@ -50,21 +50,24 @@ class GaloreHandler:
 
 def _problems_to_stderr() -> None:
     """TorchServe logs a worker's stdout at INFO and its stderr at WARN (MODEL_LOG): send our warnings, errors and
-    tracebacks to stderr, so a console that shows warnings (``make serve``) shows them; the rest stays on stdout."""
+    tracebacks to stderr, so a console that shows warnings (``make serve``) shows them; the rest stays on stdout.
+    Idempotent: a second call replaces the handlers the first one installed."""
     formatter = logging.Formatter("%(levelname)s %(name)s: %(message)s")
     problems = logging.StreamHandler(sys.stderr)
     problems.setLevel(logging.WARNING)
-    problems.setFormatter(formatter)
     chatter = logging.StreamHandler(sys.stdout)
     chatter.addFilter(lambda record: record.levelno < logging.WARNING)
-    chatter.setFormatter(formatter)
+    for handler in (problems, chatter):
+        handler.setFormatter(formatter)
+        handler.set_name("galore-console")
     for name in ("galore", "handlers"):
         log = logging.getLogger(name)
-        if not log.handlers:
-            log.addHandler(problems)
-            log.addHandler(chatter)
-            log.setLevel(logging.INFO)
-            log.propagate = False
+        for old in [h for h in log.handlers if h.get_name() == "galore-console"]:
+            log.removeHandler(old)
+        log.addHandler(problems)
+        log.addHandler(chatter)
+        log.setLevel(logging.INFO)
+        log.propagate = False
 
 
 def _cuda_available() -> bool:

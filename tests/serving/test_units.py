@@ -186,13 +186,22 @@ def test_worker_problems_go_to_stderr_which_torchserve_logs_at_warn(capfd):
 
     from handlers.galore_handler import _problems_to_stderr
 
-    _problems_to_stderr()
-    log = logging.getLogger("galore.engine")
+    saved = {name: (list(lg.handlers), lg.propagate, lg.level)
+             for name, lg in ((n, logging.getLogger(n)) for n in ("galore", "handlers"))}
     try:
-        raise RuntimeError("boom")
-    except RuntimeError as exc:
-        log.error("explaining %s failed", "request r-7 images[0].data", exc_info=exc)
-    logging.getLogger("handlers.service").info("ready")
-    out, err = capfd.readouterr()
+        _problems_to_stderr()
+        _problems_to_stderr()  # idempotent: one line per record, not two
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError as exc:
+            logging.getLogger("galore.engine").error("explaining %s failed", "request r-7 images[0].data",
+                                                     exc_info=exc)
+        logging.getLogger("handlers.service").info("ready")
+        out, err = capfd.readouterr()
+    finally:  # the worker keeps this setup for life; the test process must not
+        for name, (handlers, propagate, level) in saved.items():
+            lg = logging.getLogger(name)
+            lg.handlers[:], lg.propagate, lg.level = handlers, propagate, level
+    assert err.count("request r-7 images[0].data") == 1 and out.count("ready") == 1
     assert "request r-7 images[0].data" in err and "Traceback" in err and "RuntimeError: boom" in err
     assert "ready" in out and "ready" not in err
