@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import re
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from galore_api.v1 import explainer_pb2 as pb
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 RPC_KEY = "galore-rpc"
+DEADLINE_KEY = "galore-deadline"  # caller's deadline, Unix seconds (gateway input key, or REST header)
 
 
 class Call(enum.Enum):
@@ -128,6 +130,23 @@ def read_request(row: dict, context, idx: int) -> WireRequest:
         return WireRequest(Call.EXPLAIN, raw_image_request(body), _accepted(headers, JSON))
     raise UnsupportedMediaType(
         "Content-Type", f"unsupported {content_type!r}; send {PROTOBUF}, {JSON} or an image (image/*)")
+
+
+def deadline(row: dict, context, idx: int) -> float | None:
+    """The request's deadline in Unix seconds (wall clock), or None when it has none or it is unreadable.
+
+    The gateway passes it as an input next to ``galore-rpc``; a REST caller may send the ``galore-deadline``
+    header. A malformed value is ignored (the request is served as if it had no deadline)."""
+    value = row.get(DEADLINE_KEY)
+    if value is None:
+        value = _headers(context, idx).get(DEADLINE_KEY)
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value).decode("ascii", "replace")
+    try:
+        seconds = float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+    return seconds if seconds is not None and math.isfinite(seconds) else None
 
 
 def response_type_for_error(context, idx: int, row: dict) -> str:
