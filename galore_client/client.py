@@ -156,10 +156,7 @@ class RestClient:
             raise GaloreClientError("UNAVAILABLE", f"cannot reach {self.base_url}: {err}") from None
         response = parse_response(answer.content, answer.headers.get("Content-Type", ""))
         if answer.status_code >= 400:
-            status = response.status if response is not None else pb.Status()
-            raise GaloreClientError(status.code or f"HTTP_{answer.status_code}",
-                                    status.message or answer.text[:500], status.field,
-                                    http_status=answer.status_code)
+            raise _http_error(answer, response)
         if response is None:
             raise GaloreClientError("INTERNAL", f"unreadable answer ({answer.headers.get('Content-Type')})")
         return response
@@ -175,10 +172,7 @@ class RestClient:
         except requests.ConnectionError as err:
             raise GaloreClientError("UNAVAILABLE", f"cannot reach {self.base_url}: {err}") from None
         if answer.status_code >= 400:
-            response = parse_response(answer.content, answer.headers.get("Content-Type", ""))
-            status = response.status if response is not None else pb.Status()
-            raise GaloreClientError(status.code or f"HTTP_{answer.status_code}", status.message or answer.text[:500],
-                                    status.field, http_status=answer.status_code)
+            raise _http_error(answer, parse_response(answer.content, answer.headers.get("Content-Type", "")))
         try:
             return pb.ModelInfo.FromString(answer.content)
         except DecodeError:
@@ -193,6 +187,14 @@ class RestClient:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _http_error(answer: requests.Response, response: pb.ExplainResponse | None) -> GaloreClientError:
+    """A non-2xx answer -> GaloreClientError. TorchServe's own 503 (job queue full: "has no worker to serve
+    inference request", or no worker at all) is UNAVAILABLE, so it is retried with backoff like the gateway's."""
+    status = response.status if response is not None else pb.Status()
+    code = status.code or ("UNAVAILABLE" if answer.status_code == 503 else f"HTTP_{answer.status_code}")
+    return GaloreClientError(code, status.message or answer.text[:500], status.field, http_status=answer.status_code)
 
 
 def parse_response(body: bytes, content_type: str) -> pb.ExplainResponse | None:
