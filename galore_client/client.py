@@ -191,9 +191,11 @@ class RestClient:
 
 def _http_error(answer: requests.Response, response: pb.ExplainResponse | None) -> GaloreClientError:
     """A non-2xx answer -> GaloreClientError. TorchServe's own 503 (job queue full: "has no worker to serve
-    inference request", or no worker at all) is UNAVAILABLE, so it is retried with backoff like the gateway's."""
+    inference request", or no worker at all) and its 500 "Worker died." (the worker holding the call crashed and is
+    being restarted) are UNAVAILABLE, so they are retried with backoff like the gateway's."""
     status = response.status if response is not None else pb.Status()
-    code = status.code or ("UNAVAILABLE" if answer.status_code == 503 else f"HTTP_{answer.status_code}")
+    worker_lost = answer.status_code == 500 and "Worker died" in answer.text  # TorchServe restarts the worker
+    code = status.code or ("UNAVAILABLE" if answer.status_code == 503 or worker_lost else f"HTTP_{answer.status_code}")
     return GaloreClientError(code, status.message or answer.text[:500], status.field, http_status=answer.status_code)
 
 
@@ -240,7 +242,7 @@ class GaloreClient:
             [result] = client.explain([open("cat.jpg", "rb").read()], ExplainSettings(dims=(2, 3)))
         result.insecurities[0].labels, result.insecurities[0].region.mask.shape   # ('tabby', 'tiger cat'), (H0, W0)
 
-    Calls that fail with UNAVAILABLE (server down or restarting) are retried ``retries`` times, waiting
+    Calls that fail with UNAVAILABLE (server down, restarting or overloaded) are retried ``retries`` times, waiting
     ``backoff_s`` * 2**attempt seconds (at most ``max_backoff_s``) in between; Explain is side-effect free, so
     retrying is safe. Every request-level failure raises ``GaloreClientError``; one image's failure is its
     ``Explanation.error``. ``ca_cert`` is a PEM file path; ``token`` is sent as a bearer token.

@@ -19,7 +19,7 @@ from galore_api.v1 import explainer_pb2 as pb
 
 from . import metrics
 from .config import GatewayConfig
-from .torchserve import QUEUE_FULL_PHRASE, TorchServeClient
+from .torchserve import QUEUE_FULL_PHRASE, WORKER_LOST_PHRASES, TorchServeClient
 
 logger = logging.getLogger(__name__)
 SERVICE = pb.DESCRIPTOR.services_by_name["Explainer"].full_name  # "galore.v1.Explainer"
@@ -61,6 +61,9 @@ class ExplainerGateway:
             code, details = err.code(), err.details() or ""
             if QUEUE_FULL_PHRASE in details:  # TorchServe's job queue is full; it says so with INTERNAL over gRPC
                 code, message = grpc.StatusCode.UNAVAILABLE, overloaded(f"TorchServe's job queue is full: {details}")
+            elif any(phrase in details for phrase in WORKER_LOST_PHRASES):
+                code = grpc.StatusCode.UNAVAILABLE
+                message = f"the TorchServe worker holding this call stopped ({details}); {RETRY_HINT}"
             elif code == grpc.StatusCode.UNAVAILABLE:
                 message = (f"TorchServe at {self.config.torchserve_inference} is unavailable: {details}; "
                            f"{RETRY_HINT}")

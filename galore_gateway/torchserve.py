@@ -15,6 +15,9 @@ RPC_KEY = "galore-rpc"  # the handler's key for the call name (handlers/wire.py)
 DEADLINE_KEY = "galore-deadline"  # the caller's deadline, Unix seconds: the handler drops the call once it passed
 # TorchServe's words when its job queue is full (REST answers 503): overload, not a server fault.
 QUEUE_FULL_PHRASE = "has no worker to serve inference request"
+# TorchServe's words (INTERNAL over gRPC) for a call whose worker died or was stopped while holding it: TorchServe
+# starts a new worker, and Explain has no side effects, so the caller may simply retry.
+WORKER_LOST_PHRASES = ("Worker died", "Worker scaled down")
 # Reconnect quickly after TorchServe comes back (gRPC's default backoff grows to 2 minutes); loopback is cheap.
 RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 250), ("grpc.min_reconnect_backoff_ms", 250),
                      ("grpc.max_reconnect_backoff_ms", 2000)]

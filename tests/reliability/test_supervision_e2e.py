@@ -61,6 +61,18 @@ def test_serve_restarts_a_killed_torchserve_and_gateway_and_stops_on_sigterm(arc
             wait_for(lambda: health(channel) == SERVING, 300, "SERVING")
             stub.Explain(request, timeout=60)
 
+            # every worker dies while holding a call: the call fails as retryable, TorchServe starts new workers
+            slow = pb.ExplainRequest(images=[pb.Image(data=jpeg(np.full((600, 800, 3), 90, np.uint8)))] * 8,
+                                     options=pb.ExplainOptions(kinds=[1, 2, 3, 4], dims=[2, 3]))
+            held = stub.Explain.future(slow, timeout=120)
+            time.sleep(0.5)
+            for worker in [p for p in root.children(recursive=True)
+                           if any("model_service_worker" in part for part in p.cmdline())]:
+                worker.kill()
+            assert held.code() == grpc.StatusCode.UNAVAILABLE, (held.code(), held.details())
+            assert "retried" in held.details()
+            wait_for(lambda: health(channel) == SERVING, 300, "SERVING after the workers restarted")
+
             descendant(root, "java").kill()  # TorchServe's frontend crashes
             wait_for(lambda: health(channel) == NOT_SERVING, 10, "NOT_SERVING")
             start = time.perf_counter()
