@@ -128,7 +128,8 @@ class Sender:
 
 def _reason(details: str) -> str:
     for phrase, reason in (("in flight at the gateway", "gateway-limit"), ("job queue is full", "queue-full"),
-                           ("NOT_SERVING", "not-serving"), ("is unavailable", "torchserve-down")):
+                           ("NOT_SERVING", "not-serving"), ("is unavailable", "torchserve-down"),
+                           ("worker holding this call stopped", "worker-lost")):
         if phrase in details:
             return reason
     return details[:60]

@@ -53,8 +53,9 @@ class ExplainerGateway:
         While health says NOT_SERVING (TorchServe away, starting, or without a ready worker) calls are refused at
         once with UNAVAILABLE instead of waiting in a queue nobody serves."""
         if not self.ready:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"model {self.config.model} has no ready TorchServe "
-                                                             f"worker (health NOT_SERVING); {RETRY_HINT}")
+            await context.abort(grpc.StatusCode.UNAVAILABLE, (
+                f"TorchServe at {self.config.torchserve_inference} has no ready worker for model "
+                f"{self.config.model} (health NOT_SERVING); {RETRY_HINT}"))
         try:
             return await self.torchserve.call(rpc, request, self._timeout(context))
         except grpc.aio.AioRpcError as err:
