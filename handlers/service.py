@@ -99,10 +99,10 @@ class ExplainService:
             except GaloreError as err:
                 prepared.items.append(err)
 
-    def prepare(self, row: dict, context, idx: int, now: float | None = None) -> Prepared:
+    def prepare(self, row: dict, context, idx: int) -> Prepared:
         """Parses and decodes one request; one whose deadline has passed is dropped here, before any work."""
         due = deadline(row, context, idx)
-        if due is not None and (time.time() if now is None else now) >= due:
+        if due is not None and time.time() >= due:
             return Prepared(response_type=response_type_for_error(context, idx, row), error=DeadlineExceeded(
                 "", "the caller's deadline passed while the request waited in the queue; dropped unprocessed"))
         try:

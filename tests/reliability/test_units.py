@@ -31,6 +31,13 @@ class Headers:
 def test_deadline_is_read_from_the_gateway_key_or_the_rest_header(row, headers, expected):
     assert deadline(row, Headers(headers), 0) == expected
 
+def test_gateway_and_handler_agree_on_the_deadline_key():
+    """The gateway restates the key (it imports no handler code, which would pull in torch)."""
+    from galore_gateway.torchserve import DEADLINE_KEY as GATEWAY_KEY
+
+    assert GATEWAY_KEY == DEADLINE_KEY
+
+
 def test_restart_backoff_doubles_up_to_its_cap():
     backoff = Backoff(initial_s=1.0, max_s=5.0)
     assert [backoff.delay(n) for n in range(5)] == [1.0, 2.0, 4.0, 5.0, 5.0]
