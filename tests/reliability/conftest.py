@@ -31,6 +31,12 @@ def photo() -> bytes:
 
 
 @pytest.fixture(scope="session")
+def big() -> bytes:
+    """skimage's cat upscaled to 1600 x 1200 (2 MP), JPEG: about a second of work with every kind."""
+    return jpeg(np.asarray(Image.fromarray(data.chelsea()).resize((1600, 1200))))
+
+
+@pytest.fixture(scope="session")
 def tiny() -> bytes:
     """A 32 x 32 noise JPEG: the cheapest image the engine explains."""
     return jpeg(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
