@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test serve venv clean tools protos archive java
+.PHONY: test serve venv clean tools protos archive java reliability
 
 venv: $(STAMP)
 
@@ -80,6 +80,12 @@ serve: java $(ARCHIVE)
 	  --grpc-port $(GRPC_PORT) --gateway-metrics-port $(GATEWAY_METRICS_PORT) --rest-port $(TS_REST_PORT) \
 	  --management-port $(TS_MANAGEMENT_PORT) --metrics-port $(TS_METRICS_PORT) \
 	  --ts-grpc-port $(TS_GRPC_PORT) --ts-grpc-management-port $(TS_GRPC_MANAGEMENT_PORT)
+
+# Fuzzing (10,000 cases), 10-minute soak, fault injection and overload against a fresh local deployment; prints
+# figures (RELIABILITY.md). Under 40 minutes on 2 cores. RELIABILITY_FLAGS shortens it, e.g. --soak-minutes 3.
+RELIABILITY_FLAGS ?=
+reliability: java $(ARCHIVE)
+	$(PY) benchmarks/reliability.py --model-store model_store --json .run/reliability.json $(RELIABILITY_FLAGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info galore_api .run $(ARCHIVE)

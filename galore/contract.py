@@ -40,6 +40,7 @@ DEFAULT_TIMEOUT_S = 120.0  # per-call deadline of the CLI, the load tester and t
 # The field of a TorchServe request that names the galore.v1 call (sent by the gateway and by REST model-info
 # calls, read by handlers/wire.py); its values are the names of ``Call``.
 RPC_KEY = "galore-rpc"
+DEADLINE_KEY = "galore-deadline"  # the caller's deadline, Unix seconds (gateway input key or REST header)
 
 
 class Call(enum.Enum):

@@ -76,6 +76,12 @@ class ResourceExhausted(GaloreError):
     code = "RESOURCE_EXHAUSTED"
 
 
+class DeadlineExceeded(GaloreError):
+    """The caller's deadline passed before the work started; the request is dropped, not computed."""
+
+    code = "DEADLINE_EXCEEDED"
+
+
 class ModelError(GaloreError):
     """The model cannot be split or loaded as configured (bad layer name, unsupported architecture)."""
 

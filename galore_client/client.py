@@ -170,10 +170,7 @@ class RestClient:
             raise GaloreClientError("UNAVAILABLE", f"cannot reach {self.base_url}: {err}") from None
         response = parse_response(answer.content, answer.headers.get("Content-Type", ""))
         if answer.status_code >= 400:
-            status = response.status if response is not None else pb.Status()
-            raise GaloreClientError(status.code or f"HTTP_{answer.status_code}",
-                                    status.message or answer.text[:500], status.field,
-                                    http_status=answer.status_code)
+            raise _http_error(answer, response)
         if response is None:
             raise GaloreClientError("INTERNAL", f"unreadable answer ({answer.headers.get('Content-Type')})")
         return response
@@ -189,10 +186,7 @@ class RestClient:
         except requests.ConnectionError as err:
             raise GaloreClientError("UNAVAILABLE", f"cannot reach {self.base_url}: {err}") from None
         if answer.status_code >= 400:
-            response = parse_response(answer.content, answer.headers.get("Content-Type", ""))
-            status = response.status if response is not None else pb.Status()
-            raise GaloreClientError(status.code or f"HTTP_{answer.status_code}", status.message or answer.text[:500],
-                                    status.field, http_status=answer.status_code)
+            raise _http_error(answer, parse_response(answer.content, answer.headers.get("Content-Type", "")))
         try:
             return pb.ModelInfo.FromString(answer.content)
         except DecodeError:
@@ -210,6 +204,16 @@ class RestClient:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _http_error(answer: requests.Response, response: pb.ExplainResponse | None) -> GaloreClientError:
+    """A non-2xx answer -> GaloreClientError. TorchServe's own 503 (job queue full: "has no worker to serve
+    inference request", or no worker at all) and its 500 "Worker died." (the worker holding the call crashed and is
+    being restarted) are UNAVAILABLE, so they are retried with backoff like the gateway's."""
+    status = response.status if response is not None else pb.Status()
+    worker_lost = answer.status_code == 500 and "Worker died" in answer.text  # TorchServe restarts the worker
+    code = status.code or ("UNAVAILABLE" if answer.status_code == 503 or worker_lost else f"HTTP_{answer.status_code}")
+    return GaloreClientError(code, status.message or answer.text[:500], status.field, http_status=answer.status_code)
 
 
 def parse_response(body: bytes, content_type: str) -> pb.ExplainResponse | None:
@@ -254,7 +258,7 @@ class GaloreClient:
             [result] = client.explain([open("cat.jpg", "rb").read()], ExplainSettings(dims=(2, 3)))
         result.insecurities[0].labels, result.insecurities[0].region.mask.shape   # ('tabby', 'tiger cat'), (H0, W0)
 
-    Calls that fail with UNAVAILABLE (server down or restarting) are retried ``retries`` times, waiting
+    Calls that fail with UNAVAILABLE (server down, restarting or overloaded) are retried ``retries`` times, waiting
     ``backoff_s`` * 2**attempt seconds (at most ``max_backoff_s``) in between; Explain is side-effect free, so
     retrying is safe. Every request-level failure raises ``GaloreClientError``; one image's failure is its
     ``Explanation.error``. ``ca_cert`` is a PEM file path; ``token`` is sent as a bearer token.

@@ -30,9 +30,12 @@ def parse_args(argv=None) -> GatewayConfig:
     parser.add_argument("--ts-key-file", help="TorchServe key_file.json, when TorchServe token auth is on")
     parser.add_argument("--default-timeout", type=float, default=DEFAULTS.default_timeout_s,
                         help=f"seconds, when the caller sets none (default {DEFAULTS.default_timeout_s:g})")
+    parser.add_argument("--max-inflight", type=int,
+                        help="Explain calls forwarded at once; more are refused as overloaded (UNAVAILABLE). "
+                             "Default: 3/4 of --ts-config's job_queue_size, else 48")
     args = parser.parse_args(argv)
     overrides = dict(listen=args.listen, metrics_host=args.metrics_host, metrics_port=args.metrics_port,
-                     model=args.model, default_timeout_s=args.default_timeout,
+                     model=args.model, default_timeout_s=args.default_timeout, max_inflight=args.max_inflight,
                      torchserve_inference=args.torchserve_inference, torchserve_management=args.torchserve_management,
                      torchserve_key_file=args.ts_key_file)
     if args.ts_config:

@@ -8,6 +8,7 @@ from galore.contract import DEFAULT_GRPC_ADDRESS, DEFAULT_MODEL, DEFAULT_PORTS, 
 
 TORCHSERVE_DEFAULT_MAX_BYTES = 6553500  # TorchServe's default max_request_size / max_response_size
 ENVELOPE_BYTES = 4096  # room for the PredictionsRequest wrapper around the caller's bytes
+INFLIGHT_SHARE_OF_QUEUE = 3  # quarters of TorchServe's job_queue_size the gateway may fill
 
 
 def read_properties(path: str | Path) -> dict[str, str]:
@@ -27,6 +28,9 @@ class GatewayConfig:
 
     Byte limits follow TorchServe's max_request_size / max_response_size so both hops accept the same sizes.
     default_timeout_s: deadline for the TorchServe call when the caller sets none.
+    max_inflight: Explain calls the gateway forwards at once. Read from TorchServe's config it is 3/4 of
+    job_queue_size, so gRPC overload is shed here (before the request reaches TorchServe) and REST overload by
+    TorchServe's full queue (503).
     """
 
     listen: str = DEFAULT_GRPC_ADDRESS
@@ -41,12 +45,15 @@ class GatewayConfig:
     default_timeout_s: float = DEFAULT_TIMEOUT_S
     health_poll_s: float = 1.0
     shutdown_grace_s: float = 10.0
+    max_inflight: int = 48  # Explain calls forwarded at once; more are shed with UNAVAILABLE (overloaded)
 
     def __post_init__(self):
         if self.max_request_bytes <= ENVELOPE_BYTES or self.max_response_bytes <= ENVELOPE_BYTES:
             raise ValueError(f"max_request_bytes and max_response_bytes must exceed {ENVELOPE_BYTES}")
         if self.default_timeout_s <= 0 or self.health_poll_s <= 0 or self.shutdown_grace_s < 0:
             raise ValueError("timeouts must be positive")
+        if self.max_inflight < 1:
+            raise ValueError(f"max_inflight must be >= 1, got {self.max_inflight}")
 
     @property
     def caller_max_request_bytes(self) -> int:
@@ -66,5 +73,7 @@ class GatewayConfig:
             values["max_request_bytes"] = int(props["max_request_size"])
         if "max_response_size" in props:
             values["max_response_bytes"] = int(props["max_response_size"])
+        if "job_queue_size" in props:
+            values["max_inflight"] = max(1, int(props["job_queue_size"]) * INFLIGHT_SHARE_OF_QUEUE // 4)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

@@ -1,8 +1,9 @@
 """``python -m galore_gateway.local``: TorchServe + gateway on localhost, in the foreground (``make serve``).
 
 Renders deploy/torchserve/config.properties with the chosen ports into the run directory, starts TorchServe
-(quiet log4j2 config, no config snapshots, token auth and model API off unless asked) and the gateway, and stops
-both on Ctrl-C / SIGTERM. The end-to-end tests use ``LocalService`` with free ports and a temporary run dir.
+(quiet log4j2 config, no config snapshots, token auth and model API off unless asked) and the gateway, supervises
+both (a process that exits is started again after a backoff, as Kubernetes restarts a container) and stops both
+on Ctrl-C / SIGTERM. The end-to-end tests use ``LocalService`` with free ports and a temporary run dir.
 """
 from __future__ import annotations
 
@@ -66,6 +67,19 @@ def render_ts_config(config: LocalConfig) -> Path:
     return config.ts_config
 
 
+@dataclass(frozen=True)
+class Backoff:
+    """Restart delays: ``initial_s`` doubling up to ``max_s``; back to ``initial_s`` once a process has stayed up
+    ``reset_after_s`` (Kubernetes' CrashLoopBackOff, shorter)."""
+
+    initial_s: float = 1.0
+    max_s: float = 30.0
+    reset_after_s: float = 60.0
+
+    def delay(self, restarts_in_a_row: int) -> float:
+        return min(self.max_s, self.initial_s * 2 ** restarts_in_a_row)
+
+
 class LocalService:
     """Starts TorchServe and the gateway as child process groups; ``stop`` ends both (and only those)."""
 
@@ -90,20 +104,61 @@ class LocalService:
         archive = c.model_store / f"{c.model}.mar"
         if not archive.is_file():
             raise FileNotFoundError(f"{archive} not found; run `make archive`")
-        ts_config = render_ts_config(c)
+        render_ts_config(c)
+        self.start_torchserve()
+        self.start_gateway()
+
+    def start_torchserve(self) -> None:
+        """(Re)starts TorchServe; what is left of an earlier one (its workers) is killed first."""
+        c = self.config
+        if self.torchserve is not None:
+            self._end(self.torchserve, grace_s=0)
         bindir = Path(sys.executable).parent
         cmd = [str(bindir / "torchserve"), "--start", "--foreground", "--ncs", "--model-store",
-               str(c.model_store.resolve()), "--models", f"{c.model}={c.model}.mar", "--ts-config", str(ts_config)]
+               str(c.model_store.resolve()), "--models", f"{c.model}={c.model}.mar", "--ts-config", str(c.ts_config)]
         cmd += [] if c.token_auth else ["--disable-token-auth"]
         cmd += ["--enable-model-api"] if c.model_api else []
         cmd += ["--log-config", str(TS_DEPLOY / "log4j2.xml")] if c.quiet else []
-        env = self._env()
-        self.torchserve = subprocess.Popen(cmd, cwd=c.run_dir, env=env, start_new_session=True)
+        self.torchserve = subprocess.Popen(cmd, cwd=c.run_dir, env=self._env(), start_new_session=True)
+
+    def start_gateway(self) -> None:
+        c = self.config
+        if self.gateway is not None:
+            self._end(self.gateway, grace_s=0)
         self.gateway = subprocess.Popen(
             [sys.executable, "-m", "galore_gateway", "--listen", f"{HOST}:{c.ports.grpc}",
-             "--metrics-port", str(c.ports.gateway_metrics), "--ts-config", str(ts_config), "--model", c.model]
+             "--metrics-port", str(c.ports.gateway_metrics), "--ts-config", str(c.ts_config), "--model", c.model]
             + (["--ts-key-file", str(c.run_dir / "key_file.json")] if c.token_auth else []),
-            cwd=REPO, env=env, start_new_session=True)
+            cwd=REPO, env=self._env(), start_new_session=True)
+
+    def supervise(self, stopping, backoff: Backoff = Backoff(), poll_s: float = 0.5, log=None) -> None:
+        """Until ``stopping()`` is true: a process that exited is started again after ``backoff``.
+
+        Each process has its own backoff, so a crash-looping TorchServe does not delay the gateway's restart; the
+        gateway keeps answering (UNAVAILABLE, health NOT_SERVING) while TorchServe is away."""
+        log = log or (lambda line: print(f"galore: {line}", file=sys.stderr, flush=True))
+        starters = {"torchserve": self.start_torchserve, "gateway": self.start_gateway}
+        started = {name: time.monotonic() for name in starters}
+        in_a_row = dict.fromkeys(starters, 0)
+        due: dict[str, float] = {}
+        while not stopping():
+            now = time.monotonic()
+            for name, start in starters.items():
+                proc = getattr(self, name)
+                if name in due:
+                    if now >= due[name]:
+                        del due[name]
+                        start()
+                        started[name] = time.monotonic()
+                        log(f"{name} started again (pid {getattr(self, name).pid})")
+                elif proc.poll() is not None:
+                    if now - started[name] >= backoff.reset_after_s:
+                        in_a_row[name] = 0
+                    delay = backoff.delay(in_a_row[name])
+                    in_a_row[name] += 1
+                    due[name] = now + delay
+                    log(f"{name} exited with code {proc.returncode}; restarting in {delay:.1f} s")
+            time.sleep(poll_s)
 
     def wait_serving(self, timeout_s: float = 300.0) -> None:
         """Blocks until the gateway's health check says SERVING; raises if a process exits or time runs out."""
@@ -210,17 +265,10 @@ def main(argv=None) -> None:
     service.start()
     print(f"galore: gRPC Explain on {HOST}:{ports.grpc}, REST http://{HOST}:{ports.rest}/predictions/{args.model}, "
           f"metrics :{ports.gateway_metrics} (gateway) :{ports.metrics} (TorchServe). Ctrl-C stops.", flush=True)
-    failed = False
     try:
-        while not stopping:
-            if service.torchserve.poll() is not None or service.gateway.poll() is not None:
-                print("galore: a process exited; stopping", file=sys.stderr, flush=True)
-                failed = True
-                break
-            time.sleep(0.5)
+        service.supervise(lambda: bool(stopping))
     finally:
         service.stop()
-    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,9 @@ REQUESTS_TOTAL = Counter(
     ["model", "transport", "status"], registry=REGISTRY)
 INFLIGHT = Gauge(
     "galore_inflight_requests", "Explain RPCs the gateway is currently serving.", ["model"], registry=REGISTRY)
+SHED_TOTAL = Counter(
+    "galore_shed_total", "Explain RPCs refused as overloaded (UNAVAILABLE) because max_inflight calls were in flight.",
+    ["model"], registry=REGISTRY)
 IMAGES_PER_SECOND = Gauge(
     "galore_images_per_second", "Images answered through the gateway per second over a sliding window.",
     ["model"], registry=REGISTRY)

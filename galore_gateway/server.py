@@ -20,12 +20,18 @@ from galore_api.v1 import explainer_pb2 as pb
 
 from . import metrics
 from .config import GatewayConfig
-from .torchserve import TorchServeClient
+from .torchserve import QUEUE_FULL_PHRASE, WORKER_LOST_PHRASES, TorchServeClient
 
 logger = logging.getLogger(__name__)
 SERVICE = pb.DESCRIPTOR.services_by_name["Explainer"].full_name  # "galore.v1.Explainer"
 TRANSPORT = "grpc"
 _CODE_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+RETRY_HINT = "the call may be retried with backoff"
+
+
+def overloaded(detail: str) -> str:
+    """The one wording of a shed call (gateway in-flight limit or TorchServe's full queue)."""
+    return f"the service is overloaded ({detail}); {RETRY_HINT}"
 
 
 class ExplainerGateway:
@@ -35,23 +41,38 @@ class ExplainerGateway:
         self.config = config
         self.torchserve = torchserve
         self.images = metrics.images_rate(config.model)
+        self.inflight = 0  # Explain calls being forwarded (one event loop: a plain counter is exact)
+        self.ready = False  # TorchServe has a READY worker for the model (kept by watch_health)
 
     def _timeout(self, context: grpc.aio.ServicerContext) -> float:
         remaining = context.time_remaining()
         return self.config.default_timeout_s if remaining is None else max(remaining, 0.001)
 
     async def _forward(self, rpc: str, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        """Calls the handler; TorchServe failures become UNAVAILABLE / DEADLINE_EXCEEDED / their own code."""
+        """Calls the handler; TorchServe failures become UNAVAILABLE / DEADLINE_EXCEEDED / their own code.
+
+        While health says NOT_SERVING (TorchServe away, starting, or without a ready worker) calls are refused at
+        once with UNAVAILABLE instead of waiting in a queue nobody serves."""
+        if not self.ready:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, (
+                f"TorchServe at {self.config.torchserve_inference} has no ready worker for model "
+                f"{self.config.model} (health NOT_SERVING); {RETRY_HINT}"))
         try:
             return await self.torchserve.call(rpc, request, self._timeout(context))
         except grpc.aio.AioRpcError as err:
-            code = err.code()
-            if code == grpc.StatusCode.UNAVAILABLE:
-                message = f"TorchServe at {self.config.torchserve_inference} is unavailable: {err.details()}"
+            code, details = err.code(), err.details() or ""
+            if QUEUE_FULL_PHRASE in details:  # TorchServe's job queue is full; it says so with INTERNAL over gRPC
+                code, message = grpc.StatusCode.UNAVAILABLE, overloaded(f"TorchServe's job queue is full: {details}")
+            elif any(phrase in details for phrase in WORKER_LOST_PHRASES):
+                code = grpc.StatusCode.UNAVAILABLE
+                message = f"the TorchServe worker holding this call stopped ({details}); {RETRY_HINT}"
+            elif code == grpc.StatusCode.UNAVAILABLE:
+                message = (f"TorchServe at {self.config.torchserve_inference} is unavailable: {details}; "
+                           f"{RETRY_HINT}")
             elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 message = "deadline exceeded while TorchServe was explaining"
             else:
-                message = f"TorchServe: {err.details()}"
+                message = f"TorchServe: {details}"
             await context.abort(code, message)
 
     async def _observe(self, rpc: str, request: bytes, context, on_answer) -> bytes:
@@ -59,7 +80,12 @@ class ExplainerGateway:
         start = time.perf_counter()
         status = "INTERNAL"
         metrics.INFLIGHT.labels(**labels).inc()
+        self.inflight += 1
         try:
+            if self.inflight > self.config.max_inflight:
+                metrics.SHED_TOTAL.labels(**labels).inc()
+                await context.abort(grpc.StatusCode.UNAVAILABLE, overloaded(
+                    f"{self.config.max_inflight} calls in flight at the gateway"))
             answer = await self._forward(rpc, request, context)
             status = on_answer(answer)
             if status != "OK":
@@ -72,6 +98,7 @@ class ExplainerGateway:
             status = context.code().name if context.code() is not None else status
             raise
         finally:
+            self.inflight -= 1
             metrics.INFLIGHT.labels(**labels).dec()
             metrics.REQUEST_SECONDS.labels(transport=TRANSPORT, **labels).observe(time.perf_counter() - start)
             metrics.REQUESTS_TOTAL.labels(transport=TRANSPORT, status=status, **labels).inc()
@@ -106,11 +133,11 @@ class ExplainerGateway:
         })
 
 
-async def watch_health(torchserve: TorchServeClient, servicer: health.aio.HealthServicer, poll_s: float) -> None:
+async def watch_health(gateway: ExplainerGateway, servicer: health.aio.HealthServicer, poll_s: float) -> None:
     """SERVING (overall and for galore.v1.Explainer) exactly while the TorchServe model has a READY worker."""
     last = None
     while True:
-        ready = await torchserve.model_ready()
+        ready = gateway.ready = await gateway.torchserve.model_ready()
         status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
         if status != last:
             for name in ("", SERVICE):
@@ -139,7 +166,7 @@ async def serve(config: GatewayConfig, ready: asyncio.Event | None = None) -> No
     if server.add_insecure_port(config.listen) == 0:
         raise OSError(f"cannot listen on {config.listen}")
     await server.start()
-    watcher = asyncio.create_task(watch_health(torchserve, health_servicer, config.health_poll_s))
+    watcher = asyncio.create_task(watch_health(gateway, health_servicer, config.health_poll_s))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -3,13 +3,23 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import grpc
 
-from galore.contract import RPC_KEY
+from galore.contract import DEADLINE_KEY, RPC_KEY
 from galore_api.torchserve import inference_pb2, inference_pb2_grpc, management_pb2, management_pb2_grpc
 
 from .config import ENVELOPE_BYTES, GatewayConfig
+
+# TorchServe's words when its job queue is full (REST answers 503): overload, not a server fault.
+QUEUE_FULL_PHRASE = "has no worker to serve inference request"
+# TorchServe's words (INTERNAL over gRPC) for a call whose worker died or was stopped while holding it: TorchServe
+# starts a new worker, and Explain has no side effects, so the caller may simply retry.
+WORKER_LOST_PHRASES = ("Worker died", "Worker scaled down")
+# Reconnect quickly after TorchServe comes back (gRPC's default backoff grows to 2 minutes); loopback is cheap.
+RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 250), ("grpc.min_reconnect_backoff_ms", 250),
+                     ("grpc.max_reconnect_backoff_ms", 2000)]
 
 
 class KeyFile:
@@ -43,19 +53,23 @@ class TorchServeClient:
     def __init__(self, config: GatewayConfig):
         self.config = config
         self.keys = KeyFile(config.torchserve_key_file)
-        options = [
+        options = RECONNECT_OPTIONS + [
             ("grpc.max_send_message_length", config.max_request_bytes),
             ("grpc.max_receive_message_length", config.max_response_bytes + ENVELOPE_BYTES),
         ]
         self._inference_channel = grpc.aio.insecure_channel(config.torchserve_inference, options=options)
-        self._management_channel = grpc.aio.insecure_channel(config.torchserve_management)
+        self._management_channel = grpc.aio.insecure_channel(config.torchserve_management, options=RECONNECT_OPTIONS)
         self._inference = inference_pb2_grpc.InferenceAPIsServiceStub(self._inference_channel)
         self._management = management_pb2_grpc.ManagementAPIsServiceStub(self._management_channel)
 
     async def call(self, rpc: str, body: bytes, timeout_s: float) -> bytes:
-        """Runs one handler call; returns the handler's bytes unchanged. Raises grpc.aio.AioRpcError."""
+        """Runs one handler call; returns the handler's bytes unchanged. Raises grpc.aio.AioRpcError.
+
+        The handler gets the deadline too (wall clock: TorchServe runs on the same host or pod), so a call that
+        waited in TorchServe's queue past it is dropped before the engine spends work on it."""
+        deadline = f"{time.time() + timeout_s:.6f}".encode()
         request = inference_pb2.PredictionsRequest(
-            model_name=self.config.model, input={RPC_KEY: rpc.encode(), "body": body})
+            model_name=self.config.model, input={RPC_KEY: rpc.encode(), DEADLINE_KEY: deadline, "body": body})
         response = await self._inference.Predictions(request, timeout=timeout_s,
                                                      metadata=self.keys.metadata("inference"))
         return response.prediction

@@ -14,6 +14,7 @@ IMAGES_TOTAL = "galore_images_total"  # counter {model, kind}; kind = explanatio
 STAGE_SECONDS = "galore_stage_duration_seconds"  # histogram {model, stage}; seconds per batch and stage
 BATCH_SIZE = "galore_batch_size"  # histogram {model}; images per engine call
 EXEMPLAR_CACHE_TOTAL = "galore_exemplar_cache_total"  # counter {model, result}; result = hit | miss
+DROPPED_TOTAL = "galore_dropped_requests_total"  # counter {model, reason}; requests dropped before the engine
 STAGES = ("decode", "forward", "attribution", "regions", "encode")
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,10 @@ class WorkerMetrics:
 
     def batch_size(self, images: int) -> None:
         self._emit(BATCH_SIZE, MetricTypes.HISTOGRAM, images, [])
+
+    def dropped(self, reason: str, count: int = 1) -> None:
+        if count:
+            self._emit(DROPPED_TOTAL, MetricTypes.COUNTER, count, [reason])
 
     def exemplar_cache(self, result: str, count: int) -> None:
         if count:

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 from galore import ImageRequest
-from galore.errors import GaloreError, InvalidArgument, ResourceExhausted
+from galore.errors import DeadlineExceeded, GaloreError, InvalidArgument, ResourceExhausted
 from galore.options import ExplainOptions
 from galore.results import ImageResult
 from galore_api.v1 import explainer_pb2 as pb
@@ -19,7 +19,7 @@ from . import convert
 from .config import HandlerConfig
 from .decode import DRAFT_OVERSAMPLE, decode_image
 from .metrics import WorkerMetrics
-from .wire import Call, encode, read_request, response_type_for_error
+from .wire import Call, deadline, encode, read_request, response_type_for_error
 
 logger = logging.getLogger(__name__)
 MAX_ID_CHARS = 256
@@ -115,6 +115,11 @@ class ExplainService:
                 prepared.items.append(err)
 
     def prepare(self, row: dict, context, idx: int) -> Prepared:
+        """Parses and decodes one request; one whose deadline has passed is dropped here, before any work."""
+        due = deadline(row, context, idx)
+        if due is not None and time.time() >= due:
+            return Prepared(response_type=response_type_for_error(context, idx, row), error=DeadlineExceeded(
+                "", "the caller's deadline passed while the request waited in the queue; dropped unprocessed"))
         try:
             wire = read_request(row, context, idx)
         except GaloreError as err:
@@ -171,6 +176,7 @@ class ExplainService:
         """Exactly one Answer per row, in order."""
         start = time.perf_counter()
         prepared = [self.prepare(row, context, idx) for idx, row in enumerate(rows)]
+        metrics.dropped("deadline", sum(1 for p in prepared if isinstance(p.error, DeadlineExceeded)))
         flat = [item for p in prepared if p.error is None for item in p.items if not isinstance(item, GaloreError)]
         decode_s = time.perf_counter() - start
         engine_results = self._run_engine(flat, metrics, decode_s)

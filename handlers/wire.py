@@ -10,13 +10,14 @@ The answer uses the Accept header when it names a supported type, else the reque
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
-from galore.contract import RPC_KEY, Call
+from galore.contract import DEADLINE_KEY, RPC_KEY, Call
 from galore.errors import InvalidArgument, UnsupportedMediaType
 from galore_api.v1 import explainer_pb2 as pb
 
@@ -120,6 +121,23 @@ def read_request(row: dict, context, idx: int) -> WireRequest:
         return WireRequest(Call.EXPLAIN, raw_image_request(body), _accepted(headers, JSON))
     raise UnsupportedMediaType(
         "Content-Type", f"unsupported {content_type!r}; send {PROTOBUF}, {JSON} or an image (image/*)")
+
+
+def deadline(row: dict, context, idx: int) -> float | None:
+    """The request's deadline in Unix seconds (wall clock), or None when it has none or it is unreadable.
+
+    The gateway passes it as an input next to ``galore-rpc``; a REST caller may send the ``galore-deadline``
+    header. A malformed value is ignored (the request is served as if it had no deadline)."""
+    value = row.get(DEADLINE_KEY)
+    if value is None:
+        value = _headers(context, idx).get(DEADLINE_KEY)
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value).decode("ascii", "replace")
+    try:
+        seconds = float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+    return seconds if seconds is not None and math.isfinite(seconds) else None
 
 
 def response_type_for_error(context, idx: int, row: dict) -> str:

@@ -1,0 +1,105 @@
+"""`make serve` (python -m galore_gateway.local) restarts what crashes: TorchServe killed -> the gateway answers
+UNAVAILABLE at once and health says NOT_SERVING until TorchServe is back, then serves again by itself; the gateway
+killed -> started again; SIGTERM -> everything stops. Runs its own deployment, since it kills processes."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import grpc
+import numpy as np
+import psutil
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from galore_api.v1 import explainer_pb2 as pb
+from galore_api.v1 import explainer_pb2_grpc as pb_grpc
+from galore_gateway.local import free_ports
+from tests.conftest import MODEL, REPO
+
+from .conftest import jpeg
+
+SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def health(channel) -> int | None:
+    try:
+        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2).status
+    except grpc.RpcError:
+        return None
+
+
+def wait_for(predicate, timeout_s: float, what: str) -> float:
+    start = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - start < timeout_s, f"not {what} after {timeout_s} s"
+        time.sleep(0.2)
+    return time.monotonic() - start
+
+
+def descendant(root: psutil.Process, name: str) -> psutil.Process:
+    [proc] = [p for p in root.children(recursive=True) if p.name() == name or
+              (name == "gateway" and "galore_gateway" in " ".join(p.cmdline()) and p.ppid() == root.pid)]
+    return proc
+
+
+def test_serve_restarts_a_killed_torchserve_and_gateway_and_stops_on_sigterm(archive_dir, tmp_path):
+    ports = free_ports(7)
+    flags = ["--grpc-port", "--gateway-metrics-port", "--rest-port", "--management-port", "--metrics-port",
+             "--ts-grpc-port", "--ts-grpc-management-port"]
+    log = (tmp_path / "serve.log").open("w+")
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "galore_gateway.local", "--model-store", str(archive_dir), "--run-dir",
+         str(tmp_path / "run"), "--model", MODEL] + [str(x) for pair in zip(flags, ports) for x in pair],
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    root = psutil.Process(serve.pid)
+    request = pb.ExplainRequest(images=[pb.Image(data=jpeg(np.zeros((32, 32, 3), np.uint8)))])
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{ports[0]}") as channel:
+            stub = pb_grpc.ExplainerStub(channel)
+            wait_for(lambda: health(channel) == SERVING, 300, "SERVING")
+            stub.Explain(request, timeout=60)
+
+            # every worker dies while holding a call: the call fails as retryable, TorchServe starts new workers
+            slow = pb.ExplainRequest(images=[pb.Image(data=jpeg(np.full((600, 800, 3), 90, np.uint8)))] * 8,
+                                     options=pb.ExplainOptions(kinds=[1, 2, 3, 4], dims=[2, 3]))
+            held = stub.Explain.future(slow, timeout=120)
+            time.sleep(0.5)
+            for worker in [p for p in root.children(recursive=True)
+                           if any("model_service_worker" in part for part in p.cmdline())]:
+                worker.kill()
+            assert held.code() == grpc.StatusCode.UNAVAILABLE, (held.code(), held.details())
+            assert "retried" in held.details()
+            wait_for(lambda: health(channel) == SERVING, 300, "SERVING after the workers restarted")
+
+            descendant(root, "java").kill()  # TorchServe's frontend crashes
+            wait_for(lambda: health(channel) == NOT_SERVING, 10, "NOT_SERVING")
+            start = time.perf_counter()
+            try:
+                stub.Explain(request, timeout=30)
+                raise AssertionError("Explain answered while TorchServe was away")
+            except grpc.RpcError as err:
+                assert err.code() == grpc.StatusCode.UNAVAILABLE, err
+                assert "retried" in err.details()
+            assert time.perf_counter() - start < 2.0  # refused at once, not after the deadline
+            wait_for(lambda: health(channel) == SERVING, 300, "SERVING again")
+            stub.Explain(request, timeout=60)
+
+            descendant(root, "gateway").kill()
+            wait_for(lambda: health(channel) is None, 10, "gone")
+            wait_for(lambda: health(channel) == SERVING, 60, "SERVING after the gateway restart")
+            stub.Explain(request, timeout=60)
+        everyone = root.children(recursive=True)
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(timeout=90) == 0
+        gone, alive = psutil.wait_procs(everyone, timeout=30)
+        assert not alive, alive
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            for proc in root.children(recursive=True):
+                proc.kill()
+    log.seek(0)
+    text = log.read()
+    assert "torchserve exited" in text and "gateway exited" in text and "restarting in" in text, text[-2000:]
