@@ -150,7 +150,7 @@ def has_1xn_image(kind: str) -> bool:
 def fuzz(dep: Deployment, cases: int, seed: int) -> dict:
     workers = sorted(dep.worker_pids())
     started = time.monotonic()
-    generated = generate(cases, seed, degenerate=True)
+    generated = generate(cases, seed)
     report = send_all(generated, dep.grpc_target, dep.rest_url, concurrency=4, timeout_s=120)
     seconds = time.monotonic() - started
     # An engine failure fails the whole TorchServe batch, so a clean request batched with a bad one fails too:

@@ -31,9 +31,6 @@ PROTOBUF, JSON = "application/x-protobuf", "application/json"
 # Formats Pillow both writes and reads, so a valid file of each can be made and then mutated.
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "ICO", "TGA", "PCX", "SGI", "JPEG2000", "QOI", "IM")
 INT32_MIN, INT32_MAX = -2 ** 31, 2 ** 31 - 1
-# A 1 x N or N x 1 image (N > 1) makes today's engine fail the batch with INTERNAL (issue 9 fixes it in the
-# engine). ``degenerate=False`` keeps such shapes out of generated images, so the cases in `make test` judge the
-# serving layers; the full run (benchmarks/reliability.py) includes them and reports what they give.
 LOAD_CODES = {"DEADLINE_EXCEEDED", "UNAVAILABLE"}
 BAD_CODES = {"INTERNAL", "UNKNOWN"}
 
@@ -71,12 +68,10 @@ def _encode(array: np.ndarray, fmt: str) -> bytes:
 
 
 @st.composite
-def image_bytes(draw, degenerate: bool = False, max_side: int = 40) -> tuple[str, bytes]:
+def image_bytes(draw, max_side: int = 40) -> tuple[str, bytes]:
     """(kind, bytes): a small image in one of FORMATS, then maybe truncated, byte-flipped, or replaced by noise."""
     height = draw(st.integers(1, max_side))
     width = draw(st.integers(1, max_side))
-    if not degenerate and min(height, width) == 1 and max(height, width) > 1:
-        width = height = max(height, width)
     channels = draw(st.sampled_from([0, 3, 4]))
     seed = draw(st.integers(0, 2 ** 32 - 1))
     rng = np.random.default_rng(seed)
@@ -105,7 +100,7 @@ _FLOATS = st.one_of(st.sampled_from([math.nan, math.inf, -math.inf, 0.0, -0.0, 1
 
 
 @st.composite
-def options(draw, degenerate: bool = False) -> pb.ExplainOptions:
+def options(draw) -> pb.ExplainOptions:
     """Random ExplainOptions: unknown enum values, NaN/inf thresholds, extreme E, V, Q, k, odd counter classes."""
     message = pb.ExplainOptions()
     wild = draw(st.integers(0, 9)) < 4  # else mostly valid options, so the engine runs too
@@ -142,18 +137,18 @@ def options(draw, degenerate: bool = False) -> pb.ExplainOptions:
         counters.append(counters[0])  # a duplicate
     for counter in counters:
         if draw(st.integers(0, 4)) == 0:
-            counter.exemplar = draw(image_bytes(degenerate=degenerate))[1]
+            counter.exemplar = draw(image_bytes())[1]
     message.counter_classes.extend(counters)
     return message
 
 
 @st.composite
-def explain_request(draw, degenerate: bool = False) -> tuple[str, pb.ExplainRequest]:
-    images = draw(st.lists(image_bytes(degenerate=degenerate), min_size=0, max_size=3))
+def explain_request(draw) -> tuple[str, pb.ExplainRequest]:
+    images = draw(st.lists(image_bytes(), min_size=0, max_size=3))
     request = pb.ExplainRequest(images=[pb.Image(data=data, id=draw(st.sampled_from(["", "a", "x" * 300])))
                                         for _, data in images])
     if draw(st.booleans()):
-        request.options.CopyFrom(draw(options(degenerate=degenerate)))
+        request.options.CopyFrom(draw(options()))
     kinds = "+".join(sorted({kind for kind, _ in images})) or "no-images"
     return kinds, request
 
@@ -173,9 +168,9 @@ def _paths(node, prefix=()):
 
 
 @st.composite
-def wrong_json(draw, degenerate: bool = False) -> bytes:
+def wrong_json(draw) -> bytes:
     """The proto3 JSON of a valid-looking request with one value of the wrong type (or an unknown key)."""
-    _, request = draw(explain_request(degenerate=degenerate))
+    _, request = draw(explain_request())
     tree = json_format.MessageToDict(request)
     tree.setdefault("options", {"topE": 5})
     paths = [p for p in _paths(tree) if p]
@@ -195,7 +190,7 @@ def wrong_json(draw, degenerate: bool = False) -> bytes:
 
 
 @st.composite
-def cases(draw, degenerate: bool = False) -> Case:
+def cases(draw) -> Case:
     """One case for either transport."""
     transport = draw(st.sampled_from(["grpc", "rest"]))
     shape = draw(st.sampled_from(["request", "request", "request", "random-bytes", "json-wrong-type", "raw-image"]))
@@ -204,24 +199,24 @@ def cases(draw, degenerate: bool = False) -> Case:
         content_type = draw(st.sampled_from([PROTOBUF, JSON, "image/png", None, "text/plain"]))
         return Case(transport, shape, body, content_type if transport == "rest" else None)
     if transport == "rest" and shape == "json-wrong-type":
-        return Case("rest", shape, draw(wrong_json(degenerate=degenerate)), JSON)
+        return Case("rest", shape, draw(wrong_json()), JSON)
     if transport == "rest" and shape == "raw-image":
-        kind, data = draw(image_bytes(degenerate=degenerate))
+        kind, data = draw(image_bytes())
         return Case("rest", f"raw/{kind}", data, draw(st.sampled_from(["image/jpeg", "application/octet-stream",
                                                                        None])))
-    kind, request = draw(explain_request(degenerate=degenerate))
+    kind, request = draw(explain_request())
     if transport == "rest" and draw(st.booleans()):
         return Case("rest", f"json/{kind}", json_format.MessageToJson(request).encode(), JSON)
     return Case(transport, f"proto/{kind}", request.SerializeToString(), PROTOBUF if transport == "rest" else None)
 
 
-def generate(count: int, seed_value: int, degenerate: bool = False) -> list[Case]:
+def generate(count: int, seed_value: int) -> list[Case]:
     """``count`` cases drawn by hypothesis from ``seed_value`` (same seed, same cases), no shrinking."""
     drawn: list[Case] = []
 
     @settings(max_examples=count, database=None, deadline=None, phases=[Phase.generate], derandomize=False,
               suppress_health_check=list(HealthCheck))
-    @given(cases(degenerate=degenerate))
+    @given(cases())
     def collect(case):
         drawn.append(case)
 
