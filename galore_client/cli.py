@@ -109,7 +109,7 @@ def _add_loadtest(commands) -> None:
         from .loadtest import add_loadtest_parser
     except ImportError as exc:  # generated protobuf code missing
         parser = commands.add_parser("loadtest", help="load the running service (needs `make protos`)")
-        parser.set_defaults(func=lambda args: _missing(exc))
+        parser.set_defaults(func=lambda args, error=exc: _missing(error))  # ``exc`` is unbound after the block
         return
     add_loadtest_parser(commands)
 
