@@ -30,9 +30,11 @@ def bf16_supported(device: torch.device) -> bool:
 
 
 def resolve(precision: Precision, device: torch.device,
-            bf16: Callable[[torch.device], bool] = bf16_supported) -> Precision:
-    """The precision to serve on ``device``: AUTO -> BF16 where ``bf16(device)``, else FP32. Refuses FP16 off CUDA
-    and BF16 where unsupported (InvalidArgument naming ``precision``)."""
+            bf16: Callable[[torch.device], bool] | None = None) -> Precision:
+    """The precision to serve on ``device``: AUTO -> BF16 where ``bf16(device)`` (default: the hardware detection,
+    ``bf16_supported``), else FP32. Refuses FP16 off CUDA and BF16 where unsupported (InvalidArgument naming
+    ``precision``)."""
+    bf16 = bf16 or bf16_supported
     if not isinstance(precision, Precision):
         raise InvalidArgument("precision", f"expected one of {[p.value for p in Precision]}, got {precision!r}")
     if precision is Precision.AUTO:
