@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/photo_sizes.py --archs efficientnet_lite0 --sizes 0.15,12 --batches 1
     .venv/bin/python benchmarks/photo_sizes.py --rss          # peak RSS of one 24 MP request, E = 18, V = (2, 3)
     .venv/bin/python benchmarks/photo_sizes.py --response     # bytes of a default response for a 12 MP photo
+    .venv/bin/python benchmarks/photo_sizes.py --precision fp32,bf16 --sizes 0.15,12   # backbone precision column
 
 Every method starts from the same decoded uint8 photos (real skimage photos resized to the size), so the photo's
 resize to the model's input is in every figure. Per (model, size, batch), interleaved rounds of one
@@ -15,6 +16,10 @@ resize to the model's input is in every figure. Per (model, size, batch), interl
 Printed: images/s, the ratios to pred (target >= 0.9 for all), the same ratios in CPU seconds of this process
 (steadier than wall time when other processes share the cores), and the stage split of ``all`` (VGG16's
 attribution stage against its forward: target <= 0.5).
+
+With ``--precision`` (e.g. ``nchw,fp32,bf16``) every round runs every method at every listed backbone precision on
+the same engine, and every figure is against fp32 prediction only with the plain NCHW (contiguous) backbone, what
+the service ran before channels_last: ``nchw`` is that baseline, ``fp32`` the engine's fp32 with channels_last.
 """
 from __future__ import annotations
 
@@ -32,7 +37,8 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from engine_throughput import engine_version, machine, photo, setup, wait_for_quiet
-from galore import ExplainOptions, ImageRequest, Kind, MaskEncoding
+from galore import ExplainOptions, ImageRequest, Kind, MaskEncoding, Precision
+from galore.precision import resolve
 from galore.regions import WorkingGrid
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
@@ -114,6 +120,62 @@ def sweep(args) -> list[dict]:
     return rows
 
 
+def set_precision(engine, mode: str) -> None:
+    """Puts the engine's backbone in ``mode``: a Precision value, or "nchw" (fp32 without channels_last)."""
+    engine.precision = resolve(Precision.FP32 if mode == "nchw" else Precision(mode), engine.device)
+    engine.channels_last = mode != "nchw"
+    engine.split.backbone.to(memory_format=torch.channels_last if engine.channels_last else torch.contiguous_format)
+
+
+def precision_sweep(args) -> list[dict]:
+    """Every (model, size, batch): rounds of every method at every precision, against nchw fp32 prediction."""
+    rows, modes = [], ["nchw"] + [m for m in args.precision.split(",") if m != "nchw"]
+    for arch in args.archs.split(","):
+        bench = setup(arch)
+        sizes = [float(s) for s in args.sizes.split(",")]
+        photo_sets = {mp: resized(mp) for mp in sizes}
+        methods = {"pred": ExplainOptions(kinds=frozenset()), "default": ExplainOptions(),
+                   "all": counters_for(bench, list(photo_sets.values()))}
+        for mp in sizes:
+            for B in (int(b) for b in args.batches.split(",")):
+                images = [photo_sets[mp][j % len(PHOTOS)] for j in range(B)]
+                times = {(p, m): [] for p in modes for m in methods}
+                cpus = {(p, m): [] for p in modes for m in methods}
+                for round_ in range(args.repeats + 1):  # round 0 is the warm-up
+                    wait_for_quiet(args.max_wait)
+                    for mode in modes:
+                        set_precision(bench.engine, mode)
+                        for name, options in methods.items():
+                            elapsed, cpu, _ = time_round(bench.engine, images, options)
+                            if round_:
+                                times[mode, name].append(elapsed)
+                                cpus[mode, name].append(cpu)
+                base, base_cpu = statistics.median(times["nchw", "pred"]), statistics.median(cpus["nchw", "pred"])
+                for mode in modes:
+                    row = {"arch": arch, "mp": mp, "batch": B, "precision": mode}
+                    for name in methods:
+                        row[f"{name}_ips"] = B / statistics.median(times[mode, name])
+                        row[f"{name}_ratio"] = base / statistics.median(times[mode, name])
+                        row[f"{name}_cpu_ratio"] = base_cpu / statistics.median(cpus[mode, name])
+                    rows.append(row)
+                    print(precision_row(row), flush=True)
+        set_precision(bench.engine, "fp32")
+    return rows
+
+
+PRECISION_HEADER = ("| model | photo | batch | backbone | pred img/s | default img/s | all img/s "
+                    "| pred / default / all vs NCHW fp32 pred (wall) | same, CPU time |\n"
+                    "|---|---|---|---|---|---|---|---|---|")
+
+
+def precision_row(r: dict) -> str:
+    wall = " / ".join(f"{r[f'{m}_ratio']:.2f}" for m in ("pred", "default", "all"))
+    cpu = " / ".join(f"{r[f'{m}_cpu_ratio']:.2f}" for m in ("pred", "default", "all"))
+    name = "fp32 NCHW" if r["precision"] == "nchw" else f"{r['precision']} channels_last"
+    return (f"| {r['arch']} | {r['mp']:g} MP | {r['batch']} | {name} | {r['pred_ips']:.2f} | {r['default_ips']:.2f} | "
+            f"{r['all_ips']:.2f} | {wall} | {cpu} |")
+
+
 HEADER = ("| model | grid | photo | batch | pred img/s | default img/s | all img/s | default / pred | all / pred "
           "| CPU-time ratios default / all | all: preprocess / forward / attribution / regions ms |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|")
@@ -179,6 +241,7 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-wait", type=float, default=5.0, help="seconds to wait for a quiet machine per round")
     p.add_argument("--working-grid", type=int, help="side G of the regions' grid (default: the model's crop)")
+    p.add_argument("--precision", help="backbone precisions to compare, e.g. nchw,fp32,bf16 (see above)")
     p.add_argument("--rss", action="store_true", help="peak RSS of one 24 MP request with 969 maps")
     p.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--response", action="store_true", help="default response size for a 12 MP photo")
@@ -195,8 +258,12 @@ def main(argv=None) -> None:
         return
     if args.response:
         return response_size()
-    print(HEADER)
-    rows = sweep(args)
+    if args.precision:
+        print(PRECISION_HEADER)
+        rows = precision_sweep(args)
+    else:
+        print(HEADER)
+        rows = sweep(args)
     if args.json_path:
         with open(args.json_path, "w") as f:
             json.dump(rows, f, indent=1)

@@ -13,7 +13,8 @@ _HOMES = {
     "engine": ("Engine", "ImageRequest", "ModelInfo"),
     "errors": ("STATUS_TABLE", "GaloreError", "InvalidArgument", "FailedPrecondition", "ResourceExhausted",
                "UnsupportedMediaType", "ModelError"),
-    "options": ("Attribution", "ExemplarPolicy", "ExplainOptions", "Kind", "MaskEncoding", "Score", "Target", "Threshold"),
+    "options": ("Attribution", "ExemplarPolicy", "ExplainOptions", "Kind", "MaskEncoding", "Precision", "Score", "Target",
+                "Threshold"),
     "results": ("Attributive", "ClassScore", "Counterfactual", "ExemplarSide", "ImageResult", "Insecurity",
                 "Region"),
 }

@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from .options import Attribution, ExemplarPolicy, Kind, MaskEncoding, Score, Target
+from .options import Attribution, ExemplarPolicy, Kind, MaskEncoding, Precision, Score, Target
 
 DEFAULT_MODEL = "efficientnet_lite0"  # the model `make archive` builds and every tool targets by default
 HOST = "127.0.0.1"  # local deployments listen on loopback only
@@ -59,6 +59,7 @@ PROTO_ENUMS: dict[type[enum.Enum], tuple[str, str]] = {
     Target: ("AttributionTarget", "ATTRIBUTION_TARGET_"),
     MaskEncoding: ("MaskEncoding", "MASK_ENCODING_"),
     ExemplarPolicy: ("ExemplarPolicy", "EXEMPLAR_POLICY_"),
+    Precision: ("BackbonePrecision", "BACKBONE_PRECISION_"),
 }
 
 

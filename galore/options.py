@@ -58,6 +58,18 @@ class ExemplarPolicy(enum.Enum):
     MOST_CONFIDENT = "most_confident"  # the bank image the model classifies as that class with the highest h_c
 
 
+class Precision(enum.Enum):
+    """Number format of the backbone's forward (image -> F); the head and every gradient are always fp32."""
+
+    FP32 = "fp32"
+    BF16 = "bf16"  # CPUs with AVX512_BF16 or AMX, CUDA GPUs that support it
+    FP16 = "fp16"  # CUDA only
+    AUTO = "auto"  # bf16 where the hardware supports it, else fp32 (galore.precision.resolve)
+
+
+DEFAULT_PRECISION = Precision.FP32  # see BENCHMARKS.md "Reduced precision" for the measurements behind it
+
+
 class MaskEncoding(enum.Enum):
     """How masks travel on the wire (the engine itself keeps them on the working grid)."""
 

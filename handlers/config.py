@@ -11,6 +11,7 @@ Example yaml (see model_store/build.py, which writes it)::
       hardness_state_dict: null
       exemplar_bank: null             # folder in the archive: class_name/*.jpg
       working_grid: null              # side G of the grid regions are thresholded on; null: the model's crop
+      precision: fp32                 # backbone precision: fp32, bf16, fp16 (CUDA), auto (bf16 where supported)
       limits: {max_image_bytes: 20971520, max_pixels: 40000000, max_images_per_request: 16}
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 
 from galore.contract import DEFAULT_MODEL
 from galore.errors import InvalidArgument
+from galore.options import DEFAULT_PRECISION, Precision
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class HandlerConfig:
     hardness_state_dict: str | None = None
     exemplar_bank: str | None = None
     working_grid: int | None = None  # None: the model's input crop side
+    precision: Precision = DEFAULT_PRECISION  # the backbone's; the head and gradients are always fp32
     limits: Limits = field(default_factory=Limits)
     batch_size: int = 1
     max_request_bytes: int = 0  # 0: unknown (TorchServe's max_request_size is set outside the archive)
@@ -60,7 +63,7 @@ class HandlerConfig:
         model_yaml = model_yaml or {}
         section = dict(model_yaml.get("handler") or {})
         known = {"model", "state_dict", "labels", "layer", "hardness_arch", "hardness_state_dict",
-                 "exemplar_bank", "working_grid", "limits", "max_request_bytes", "max_response_bytes"}
+                 "exemplar_bank", "working_grid", "precision", "limits", "max_request_bytes", "max_response_bytes"}
         unknown = sorted(set(section) - known)
         if unknown:
             raise InvalidArgument("handler", f"unknown keys {unknown}; known: {sorted(known)}")
@@ -79,6 +82,7 @@ class HandlerConfig:
             hardness_state_dict=in_model_dir("hardness_state_dict"),
             exemplar_bank=in_model_dir("exemplar_bank"),
             working_grid=_working_grid(section.get("working_grid")),
+            precision=_precision(section.get("precision")),
             limits=limits,
             batch_size=int(model_yaml.get("batchSize", 1)),
             max_request_bytes=int(section.get("max_request_bytes") or 0),
@@ -92,3 +96,13 @@ def _working_grid(value) -> int | None:
     if not isinstance(value, int) or not 8 <= value <= 1024:
         raise InvalidArgument("handler.working_grid", f"must be an integer in [8, 1024] or null, got {value!r}")
     return value
+
+
+def _precision(value) -> Precision:
+    if value in (None, ""):
+        return DEFAULT_PRECISION
+    try:
+        return Precision(value)
+    except ValueError:
+        raise InvalidArgument("handler.precision", f"must be one of {[p.value for p in Precision]}, "
+                                                   f"got {value!r}") from None

@@ -27,14 +27,14 @@ def build_engine(config: HandlerConfig, device: str):
     from galore import Engine
 
     if config.model == DEFAULT_MODEL and config.state_dict is None:
-        engine = Engine.default(device=device, working_grid=config.working_grid)
+        engine = Engine.default(device=device, working_grid=config.working_grid, precision=config.precision)
     else:
         if config.labels is None:
             raise InvalidArgument("handler.labels", f"a label file is required for {config.model}")
         engine = Engine.from_torchvision(
             config.model, state_dict=config.state_dict, labels=read_labels(config.labels), layer=config.layer,
             hardness_arch=config.hardness_arch, hardness_state_dict=config.hardness_state_dict, device=device,
-            working_grid=config.working_grid)
+            working_grid=config.working_grid, precision=config.precision)
     if config.exemplar_bank:
         load_exemplar_bank(engine, Path(config.exemplar_bank), config)
     return engine

@@ -146,7 +146,7 @@ class ExplainService:
             feature_height=int(h), feature_width=int(w), input_size=int(info.input_size),
             exemplar_class_ids=[int(c) for c in info.exemplar_classes],
             has_hardness_predictor=bool(info.has_hardness), max_batch_size=self.config.batch_size,
-            working_grid=int(info.working_grid),
+            working_grid=int(info.working_grid), precision=convert.to_proto_enum(info.precision),
         )
         for class_id, count in info.exemplars_per_class.items():
             message.exemplars_per_class[int(class_id)] = int(count)

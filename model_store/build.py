@@ -26,6 +26,7 @@ import torch
 import yaml
 
 from galore.contract import DEFAULT_MODEL
+from galore.options import DEFAULT_PRECISION, Precision
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "deploy" / "torchserve" / "model-config.yaml"
@@ -104,8 +105,10 @@ def archive(name: str, handler_section: dict, out: Path, staging: Path, batch_si
     return out / f"{name}.mar"
 
 
-def build_default(out: Path, name: str = DEFAULT_MODEL, working_grid: int | None = None, **batching) -> Path:
+def build_default(out: Path, name: str = DEFAULT_MODEL, working_grid: int | None = None,
+                  precision: str | None = None, **batching) -> Path:
     section = {"model": DEFAULT_MODEL} | ({"working_grid": working_grid} if working_grid else {})
+    section |= {"precision": precision} if precision else {}
     with tempfile.TemporaryDirectory(prefix="galore-mar-") as tmp:
         return archive(name, section, out, Path(tmp), **batching)
 
@@ -113,7 +116,7 @@ def build_default(out: Path, name: str = DEFAULT_MODEL, working_grid: int | None
 def build_torchvision(out: Path, arch: str, state_dict: Path, labels: Path, name: str | None = None,
                       layer: str | None = None, hardness_arch: str | None = None,
                       hardness_state_dict: Path | None = None, exemplar_bank: Path | None = None,
-                      working_grid: int | None = None, **batching) -> Path:
+                      working_grid: int | None = None, precision: str | None = None, **batching) -> Path:
     from galore.zoo import TORCHVISION_ARCHS
 
     for option, value in (("--arch", arch), ("--hardness-arch", hardness_arch)):
@@ -130,6 +133,8 @@ def build_torchvision(out: Path, arch: str, state_dict: Path, labels: Path, name
         section = {"model": arch, "state_dict": "weights.pt", "labels": "labels.txt", "layer": layer}
         if working_grid:
             section["working_grid"] = working_grid
+        if precision:
+            section["precision"] = precision
         if hardness_arch is not None:
             _check_state_dict(hardness_state_dict, "--hardness-state-dict")
             shutil.copy2(hardness_state_dict, staging / "hardness.pt")
@@ -152,6 +157,9 @@ def main(argv=None) -> None:
         p.add_argument("--max-batch-delay", type=int, help="TorchServe maxBatchDelay, milliseconds")
         p.add_argument("--working-grid", type=int, metavar="G",
                        help="side of the grid regions are thresholded on (default: the model's input crop)")
+        p.add_argument("--precision", choices=[x.value for x in Precision],
+                       help=f"backbone precision (default {DEFAULT_PRECISION.value}; auto: bf16 where the worker's "
+                            "hardware supports it); head and gradients stay fp32")
     tv = sub.choices["torchvision"]
     tv.add_argument("--arch", required=True, help="torchvision architecture, e.g. resnet50")
     tv.add_argument("--state-dict", type=Path, required=True, help="state dict (.pt), loaded with weights_only=True")
@@ -164,11 +172,11 @@ def main(argv=None) -> None:
     batching = dict(batch_size=args.batch_size, max_batch_delay_ms=args.max_batch_delay)
     try:
         if args.command == "default":
-            path = build_default(args.out, args.name or DEFAULT_MODEL, args.working_grid, **batching)
+            path = build_default(args.out, args.name or DEFAULT_MODEL, args.working_grid, args.precision, **batching)
         else:
             path = build_torchvision(args.out, args.arch, args.state_dict, args.labels, args.name, args.layer,
                                      args.hardness_arch, args.hardness_state_dict, args.exemplar_bank,
-                                     args.working_grid, **batching)
+                                     args.working_grid, args.precision, **batching)
     except BuildError as err:
         parser.exit(2, f"error: {err}\n")
     print(path)

@@ -139,6 +139,7 @@ def test_model_info(grpc_client):
     assert info.limits.max_images_per_request == 16 and info.limits.max_pixels == 40_000_000
     assert info.limits.max_request_bytes == info.limits.max_response_bytes == 104857600
     assert info.max_batch_size == 4  # batchSize of deploy/torchserve/model-config.yaml
+    assert info.precision == pb.BACKBONE_PRECISION_FP32  # the default archive's backbone (BENCHMARKS.md)
 
 
 def test_explained_class_by_label(grpc_client, chelsea):

@@ -10,6 +10,7 @@ import torch
 import torchvision
 from skimage import data
 
+from galore.precision import bf16_supported
 from galore_api.v1 import explainer_pb2 as pb
 from model_store.build import BuildError, build_torchvision
 
@@ -31,7 +32,7 @@ def archive(tmp_path_factory):
         (folder / "bank" / label / f"{name}.jpg").write_bytes(encode(photo))
     mar = build_torchvision(folder / "out", "resnet18", folder / "w.pt", folder / "labels.txt", name="fruit",
                             hardness_arch="resnet18", hardness_state_dict=folder / "h.pt",
-                            exemplar_bank=folder / "bank", batch_size=4)
+                            exemplar_bank=folder / "bank", precision="auto", batch_size=4)
     return folder, mar
 
 
@@ -76,6 +77,7 @@ def test_archive_carries_weights_labels_bank_and_batching(archive):
             "exemplars/cherry/one.jpg",
             "galore_handler.py", "handlers/service.py", "galore_api/v1/explainer_pb2.py"} <= names
     assert "batchSize: 4" in config and "maxBatchDelay: 20" in config and "exemplar_bank: exemplars" in config
+    assert "precision: auto" in config
 
 
 def test_model_info_of_the_torchvision_archive(worker):
@@ -86,6 +88,9 @@ def test_model_info_of_the_torchvision_archive(worker):
     assert list(info.exemplar_class_ids) == [1, 2] and info.has_hardness_predictor
     assert dict(info.exemplars_per_class) == {1: 2, 2: 1}  # the bank keeps every image of a class
     assert pb.CONFIDENCE_SCORE_EASINESS in info.scores and info.max_batch_size == 4
+    # built with --precision auto: the worker serves what this CPU supports (head and gradients stay fp32)
+    served = pb.BACKBONE_PRECISION_BF16 if bf16_supported(torch.device("cpu")) else pb.BACKBONE_PRECISION_FP32
+    assert info.precision == served
 
 
 def test_bank_exemplar_and_easiness(worker):

@@ -10,7 +10,7 @@ from PIL import Image
 
 from galore import masks
 from galore.errors import InvalidArgument, ResourceExhausted
-from galore.options import MaskEncoding
+from galore.options import DEFAULT_PRECISION, MaskEncoding, Precision
 from tests.regions import region_of
 from galore.options import Attribution, Kind, Score, Target
 from galore_api.v1 import explainer_pb2 as pb
@@ -133,6 +133,11 @@ def test_handler_config_is_validated_and_paths_resolved(tmp_path):
     with pytest.raises(InvalidArgument) as caught:
         Limits(max_images_per_request=0)
     assert caught.value.field == "handler.limits.max_images_per_request"
+    assert config.precision is DEFAULT_PRECISION
+    assert HandlerConfig.from_model_yaml({"handler": {"precision": "auto"}}, str(tmp_path)).precision is Precision.AUTO
+    with pytest.raises(InvalidArgument) as caught:
+        HandlerConfig.from_model_yaml({"handler": {"precision": "int8"}}, str(tmp_path))
+    assert caught.value.field == "handler.precision" and "int8" in caught.value.message
 
 
 def test_gateway_takes_ports_and_size_limits_from_the_torchserve_config(tmp_path):

@@ -1,0 +1,125 @@
+"""Reduced-precision backbone against fp32, on real photos (the decision record for the default precision).
+
+    .venv/bin/python benchmarks/precision_fidelity.py                       # lite0, resnet50, vgg16; bf16
+    .venv/bin/python benchmarks/precision_fidelity.py --models lite0 --precision bf16
+
+Each photo of skimage.data is used whole, mirrored, and as two 70 % crops (32 images). Both engines share one split
+model (EfficientNet-Lite0 with its ImageNet weights; ResNet-50 and VGG16 with seeded random weights: no other
+weights are on this machine) and explain with E = 5, V = 2 and 3. Printed per model: top-1 agreement, the largest
+absolute probability difference over all classes, Pearson correlation of the feature-grid maps (attributive,
+self-aware, every insecurity, matched by classes; min / mean), working-grid mask IoU (min / mean), how often the
+strongest insecurity is the same, and the mean Kendall tau of the insecurity ranking (strengths of the tuples both
+engines return). The default rule (issue 15): top-1 >= 99 %, map correlation >= 0.99, same top insecurity.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import subprocess
+
+import numpy as np
+import skimage.data
+import torch
+import torchvision
+from scipy.stats import kendalltau
+
+from galore import Engine, ExplainOptions, ImageRequest, Precision, zoo
+from galore.model import split_classifier
+
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
+          "colorwheel")
+OPTIONS = ExplainOptions(dims=(2, 3), top_e=5)
+
+
+def photos() -> list[torch.Tensor]:
+    out = []
+    for name in PHOTOS:
+        img = torch.from_numpy(np.ascontiguousarray(getattr(skimage.data, name)()[..., :3])).permute(2, 0, 1)
+        _, h, w = img.shape
+        ch, cw = int(h * 0.7), int(w * 0.7)
+        out += [img.contiguous(), img.flip(-1).contiguous(), img[:, :ch, :cw].contiguous(),
+                img[:, h - ch:, w - cw:].contiguous()]
+    return out
+
+
+def engines(model: str, precision: Precision) -> tuple[Engine, Engine]:
+    torch.manual_seed(0)
+    labels = zoo.imagenet_labels()
+    if model == "lite0":
+        split, prep = split_classifier(zoo.efficientnet_lite0()), zoo.LITE_PREPROCESS
+    else:
+        split, prep = split_classifier(getattr(torchvision.models, model)().eval()), zoo.IMAGENET_PREPROCESS
+    return (Engine(model, split, labels, prep, device="cpu", precision=Precision.FP32),
+            Engine(model, split, labels, prep, device="cpu", precision=precision))
+
+
+def regions(res) -> dict:
+    """Every returned region of one result by a key that names it across precisions."""
+    out = {"attributive": res.attributive.region, "self_aware": res.self_aware.region}
+    for V, items in res.deliberative.items():
+        out.update({("insecurity", i.class_ids): i.region for i in items})
+    return out
+
+
+def compare(ref, low) -> dict:
+    probs = lambda r: {c.class_id: c.probability for c in r.top_classes}  # noqa: E731
+    p, q = probs(ref), probs(low)
+    a, b = regions(ref), regions(low)
+    shared = [k for k in a if k in b]
+    corr = [float(np.corrcoef(a[k].heatmap.flatten().numpy(), b[k].heatmap.flatten().numpy())[0, 1])
+            for k in shared]
+    ious = []
+    for k in shared:
+        union = float((a[k].cells | b[k].cells).sum())
+        ious.append(float((a[k].cells & b[k].cells).sum()) / union if union else 1.0)
+    same_top, taus = True, []
+    for V in ref.deliberative:
+        r, l = ref.deliberative[V], low.deliberative[V]
+        same_top &= r[0].class_ids == l[0].class_ids
+        common = [i.class_ids for i in r if i.class_ids in {j.class_ids for j in l}]
+        sl = {j.class_ids: j.region.strength for j in l}
+        if len(common) > 1:
+            taus.append(kendalltau([i.region.strength for i in r if i.class_ids in sl],
+                                   [sl[c] for c in common]).statistic)
+    return {"top1": ref.top_classes[0].class_id == low.top_classes[0].class_id,
+            "dprob": max(abs(p[c] - q.get(c, 0.0)) for c in p), "corr": corr, "iou": ious, "same_top": same_top,
+            "tau": float(np.mean(taus)) if taus else float("nan")}
+
+
+def machine() -> str:
+    cpu = subprocess.run(["sh", "-c", "lscpu | sed -n 's/^Model name: *//p'"], capture_output=True, text=True)
+    return f"{cpu.stdout.strip() or platform.processor()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="lite0,resnet50,vgg16")
+    p.add_argument("--precision", default="bf16", choices=[x.value for x in Precision if x is not Precision.FP32])
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    images = photos()
+    print(f"Machine: {machine()}; {len(images)} images ({len(PHOTOS)} skimage photos x 4 views)\n")
+    print("| model | weights | precision | top-1 agreement | max prob diff | map corr min / mean | mask IoU min / mean "
+          "| same top insecurity | Kendall tau (mean) | rule holds |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for model in args.models.split(","):
+        ref_engine, low_engine = engines(model, Precision(args.precision))
+        rows = []
+        for i in range(0, len(images), args.batch):
+            reqs = [ImageRequest(x, OPTIONS) for x in images[i:i + args.batch]]
+            rows += [compare(r, l) for r, l in zip(ref_engine.explain(reqs), low_engine.explain(reqs))]
+        top1 = np.mean([r["top1"] for r in rows])
+        corr = [c for r in rows for c in r["corr"]]
+        iou = [c for r in rows for c in r["iou"]]
+        same = sum(r["same_top"] for r in rows)
+        holds = top1 >= 0.99 and min(corr) >= 0.99 and same == len(rows)
+        print(f"| {model} | {'ImageNet' if model == 'lite0' else 'random'} | {low_engine.precision.value} | "
+              f"{top1:.1%} | {max(r['dprob'] for r in rows):.4f} | {min(corr):.4f} / {np.mean(corr):.4f} | "
+              f"{min(iou):.3f} / {np.mean(iou):.3f} | {same}/{len(rows)} | "
+              f"{np.nanmean([r['tau'] for r in rows]):.3f} | {'yes' if holds else 'no'} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
