@@ -12,7 +12,7 @@ Example:
     >>> from galore import Engine
     >>> from galore.evaluate import DEFAULT_SETTING, Scorer, evaluate_deletion, sample_photos
     >>> engine = Engine.default(device="cpu")
-    >>> report = evaluate_deletion(Scorer.of(engine), sample_photos(["chelsea"]), [DEFAULT_SETTING], steps=10)
+    >>> report = evaluate_deletion(Scorer.of(engine), sample_photos(["chelsea"]), [DEFAULT_SETTING], steps=2)
     >>> [row["method"] for row in report.summary()]  # doctest: +NORMALIZE_WHITESPACE
     ['gradient_x_activation/logit/clip/softmax', 'random map', 'pytorch-grad-cam GradCAM']
 """

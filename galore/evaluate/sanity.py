@@ -102,7 +102,9 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
         lo, hi = float(m.min()), float(m.max())
         return (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
 
-    return float(structural_similarity(unit(a), unit(b), data_range=1.0))
+    side = min(a.shape)
+    window = min(7, side if side % 2 else side - 1)  # skimage's default 7, odd, within the map
+    return float(structural_similarity(unit(a), unit(b), data_range=1.0, win_size=max(window, 1)))
 
 
 def evaluate_sanity(engine, photos: Sequence[Photo], settings: Sequence[Setting], max_steps: int | None = None,
@@ -118,7 +120,8 @@ def evaluate_sanity(engine, photos: Sequence[Photo], settings: Sequence[Setting]
     inputs = {p.name: original.input(p.image) for p in photos}
     for photo in photos:
         for s in settings:
-            options = s.with_kinds(Kind.DELIBERATIVE, dims=(2,), max_insecurities=1, top_e=max(2, s.options.top_e))
+            options = s.with_kinds(Kind.DELIBERATIVE, dims=(2,), max_insecurities=1,
+                                   top_e=min(s.options.top_e, len(engine.labels)))
             (res,) = engine.explain([ImageRequest(photo.image, options)])
             if res.error is not None:
                 raise res.error

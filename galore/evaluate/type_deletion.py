@@ -112,7 +112,8 @@ def evaluate_types(engine, photos: Sequence[Photo], settings: Sequence[Setting],
         for s in settings:
             progress(f"types {photo.name} {s.name}")
             options = s.with_kinds(Kind.ATTRIBUTIVE, Kind.DELIBERATIVE, Kind.COUNTERFACTUAL, dims=(2,),
-                                   max_insecurities=insecurities, top_e=max(2, s.options.top_e))
+                                   max_insecurities=insecurities,
+                                   top_e=min(s.options.top_e, len(engine.labels)))
             (res,) = engine.explain([ImageRequest(photo.image, options)])
             if res.error is not None:
                 raise res.error
