@@ -6,6 +6,15 @@ from pathlib import Path
 import numpy as np
 
 
+SHORT = {"gradient_x_activation": "gxa", "integrated_gradients": "ig", "gradient_hessian": "grad_hess",
+         "probability": "prob"}
+
+
+def short(setting: str) -> str:
+    """A setting's name for tick labels: 'gxa\nlogit\nclip\nsoftmax'."""
+    return "\n".join(SHORT.get(part, part) for part in setting.split("/"))
+
+
 def plot(metric: str, data: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -44,7 +53,7 @@ def _types(plt, data: dict):
             ax.bar(np.arange(len(rs)) + j * width, [r.get(name, np.nan) for r in rs], width,
                    label="explanation" if name == "effect" else name)
         ax.set_xticks(np.arange(len(rs)) + 0.4 - width / 2)
-        ax.set_xticklabels([r["setting"].replace("/", "\n") for r in rs], fontsize=6)
+        ax.set_xticklabels([short(r["setting"]) for r in rs], fontsize=7)
         ax.set_title({"attributive": "attributive: drop of h_y*",
                       "deliberative": "insecurity (a, b): ambiguity drop",
                       "counterfactual": "counterfactual: margin drop"}.get(kind, kind), fontsize=9)
@@ -77,7 +86,7 @@ def _pointing(plt, data: dict):
     ax.bar(x + 0.2, [r["energy_share"] for r in rows], 0.4, label="energy share")
     ax.axhline(0.25, color="gray", linestyle="--", label="chance")
     ax.set_xticks(x)
-    ax.set_xticklabels([r["method"].replace("/", "\n") for r in rows], fontsize=6)
+    ax.set_xticklabels([short(r["method"]) for r in rows], fontsize=7)
     ax.set_ylim(0, 1)
     ax.set_title("grid pointing game (2 x 2 mosaics)")
     ax.legend(fontsize=7)
