@@ -63,18 +63,24 @@ def _types(plt, data: dict):
 
 def _sanity(plt, data: dict):
     rows = data["summary"]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, key in zip(axes, ("spearman", "ssim")):
-        for setting in dict.fromkeys(r["setting"] for r in rows):
-            for kind in dict.fromkeys(r["kind"] for r in rows):
+    kinds = list(dict.fromkeys(r["kind"] for r in rows))
+    fig, axes = plt.subplots(2, len(kinds), figsize=(5 * len(kinds), 7.5), squeeze=False)
+    for col, kind in enumerate(kinds):
+        for row, key in enumerate(("spearman", "ssim")):
+            ax = axes[row][col]
+            for setting in dict.fromkeys(r["setting"] for r in rows):
                 rs = [r for r in rows if r["setting"] == setting and r["kind"] == kind]
-                ax.plot([r["step"] for r in rs], [r[key] for r in rs], marker=".", label=f"{kind} {setting}")
-        steps = [r for r in rows if r["setting"] == rows[0]["setting"] and r["kind"] == rows[0]["kind"]]
-        ax.set_xticks([r["step"] for r in steps])
-        ax.set_xticklabels([r["randomised_through"] or "original" for r in steps], rotation=90, fontsize=6)
-        ax.set_ylabel(f"{key} with the original map")
-        ax.set_title(f"cascading randomisation: {key}")
-        ax.legend(fontsize=6)
+                ax.plot([r["step"] for r in rs], [r[key] for r in rs], marker=".",
+                        label=short(setting).replace("\n", "/"))
+            steps = [r for r in rows if r["setting"] == rows[0]["setting"] and r["kind"] == kind]
+            ax.set_xticks([r["step"] for r in steps])
+            ax.set_xticklabels([r["randomised_through"].split(":")[-1] or "original" for r in steps],
+                               rotation=90, fontsize=6)
+            ax.set_ylim(-0.3, 1.05)
+            ax.set_title(f"{kind}: {key} with the original map", fontsize=9)
+            if row == 0 and col == 0:
+                ax.legend(fontsize=6)
+    fig.suptitle("cascading randomisation, top down (mean over photos)")
     return fig
 
 

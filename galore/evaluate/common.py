@@ -174,7 +174,7 @@ def baseline(x: torch.Tensor, kind: Baseline) -> torch.Tensor:
 
 def replaced(x: torch.Tensor, base: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """x with the pixels of each mask (M, S, S) bool taken from ``base``: (M, 3, S, S)."""
-    m = masks[:, None].to(x.dtype)
+    m = masks[:, None].to(x.device, x.dtype)
     return x[None] * (1 - m) + base[None] * m
 
 
