@@ -92,7 +92,7 @@ def _add_deletion(metrics) -> None:
                 "baseline; the probability of the class is followed. Lower deletion AUC and higher insertion AUC "
                 "are better. References: a random map and pytorch-grad-cam's GradCAM (Selvaraju et al. 2017).")
     _add_baseline(p)
-    p.add_argument("--steps", type=int, default=50, help="points on each curve minus one (default 50)")
+    _add_steps(p)
     p.add_argument("--no-references", action="store_true", help="skip the random-map and Grad-CAM references")
     p.set_defaults(func=run_metric, metric="deletion")
 
@@ -106,8 +106,7 @@ def _add_types(metrics) -> None:
                 "drop, the win rate against each reference and Spearman(strength, drop) (GALORE TPAMI 2023, "
                 "eqs. 15-16, standing in for Table II).")
     _add_baseline(p)
-    p.add_argument("--insecurities", type=int, default=3, help="strongest insecurities per photo (default 3)")
-    p.add_argument("--random-draws", type=int, default=8, help="random regions per region (default 8)")
+    _add_regions(p)
     p.add_argument("--no-references", action="store_true", help="skip FinerCAM")
     p.set_defaults(func=run_metric, metric="types")
 
@@ -118,7 +117,7 @@ def _add_sanity(metrics) -> None:
                 "cumulatively, and compares the attributive, deliberative and counterfactual maps of the same "
                 "classes with the original model's: Spearman rank correlation and SSIM (Adebayo et al., NeurIPS "
                 "2018). Faithful maps decorrelate.")
-    p.add_argument("--max-steps", type=int, metavar="N", help="randomise only the top N layer groups")
+    _add_max_steps(p)
     p.set_defaults(func=run_metric, metric="sanity")
 
 
@@ -133,11 +132,29 @@ def _add_pointing(metrics) -> None:
 
 
 def _add_all(metrics) -> None:
-    p = _metric(metrics, "all", "every metric above, with its defaults",
-                "Runs deletion, types, sanity and pointing in turn with their default parameters.")
+    p = _metric(metrics, "all", "every metric above",
+                "Runs deletion, types, pointing and sanity in turn, with the options of each.")
     _add_baseline(p)
-    p.set_defaults(func=run_metric, metric="all", steps=50, insecurities=3, random_draws=8, max_steps=None,
-                   no_references=False)
+    _add_steps(p)
+    _add_regions(p)
+    _add_max_steps(p)
+    p.add_argument("--no-references", action="store_true", help="skip the random-map, Grad-CAM and FinerCAM "
+                                                                "references")
+    p.set_defaults(func=run_metric, metric="all")
+
+
+def _add_steps(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, default=50, help="deletion: points on each curve minus one (default 50)")
+
+
+def _add_regions(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--insecurities", type=int, default=3, help="types: strongest insecurities per photo "
+                                                               "(default 3)")
+    p.add_argument("--random-draws", type=int, default=8, help="types: random regions per region (default 8)")
+
+
+def _add_max_steps(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-steps", type=int, metavar="N", help="sanity: randomise only the top N layer groups")
 
 
 def _add_baseline(p: argparse.ArgumentParser) -> None:
@@ -221,7 +238,7 @@ def _run(args) -> int:
     def progress(message: str) -> None:
         print(f"  {message}", file=sys.stderr, flush=True)
 
-    metrics = ["deletion", "types", "sanity", "pointing"] if args.metric == "all" else [args.metric]
+    metrics = ["deletion", "types", "pointing", "sanity"] if args.metric == "all" else [args.metric]
     summaries = {}
     for metric in metrics:
         if metric == "deletion":

@@ -49,3 +49,19 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys, argv, message):
 def test_missing_folder_is_a_clear_error(tmp_path, capsys):
     assert cli.main(["evaluate", "deletion", "--photos", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_all_runs_every_metric(tmp_path, capsys):
+    out = tmp_path / "all"
+    status = cli.main(["evaluate", "all", "--limit", "4", "--steps", "1", "--insecurities", "1", "--random-draws",
+                       "1", "--max-steps", "1", "--no-references", "--no-plot", "--out", str(out)])
+    assert status == 0
+    for metric in ("deletion", "types", "pointing", "sanity"):
+        data = json.loads((out / f"{metric}.json").read_text())
+        assert data["metric"] == metric and data["photos"] == ["chelsea", "astronaut", "coffee", "rocket"]
+        assert not (out / f"{metric}.png").exists()
+    sanity = json.loads((out / "sanity.json").read_text())
+    assert sanity["cascade"] == ["head:_fc"]
+    assert {r["step"] for r in sanity["summary"]} == {0, 1}
+    text = capsys.readouterr().out
+    assert all(f"## {m}" in text for m in ("deletion", "types", "pointing", "sanity"))
