@@ -12,6 +12,7 @@ Needs the ``evaluate`` extra (matplotlib, pytorch-grad-cam, scikit-image): pip i
 """
 
 import argparse
+import importlib.util
 import itertools
 import json
 import sys
@@ -224,8 +225,8 @@ def _run(args) -> int:
     settings = settings_from(args)
     try:
         import galore.evaluate as ev
-        if args.photos is None:
-            import skimage  # noqa: F401  the default photos ship with scikit-image
+        if args.photos is None and importlib.util.find_spec("skimage") is None:  # the default photos' source
+            raise ImportError("No module named 'skimage'")
     except ImportError as exc:
         raise EvaluateError(f"{exc}; install the evaluate extra: pip install 'galore-serve[evaluate]'") from exc
     photos = ev.folder_photos(args.photos, args.limit) if args.photos else ev.sample_photos()[:args.limit]

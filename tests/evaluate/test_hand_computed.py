@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from galore import ImageRequest
 from galore.errors import InvalidArgument
 from galore.evaluate import DEFAULT_SETTING, Baseline, Photo, Setting, evaluate_sanity, evaluate_types, spearman
 from galore.evaluate.common import baseline, kind_map, pixel_order, ranks, seeded
@@ -27,7 +28,7 @@ def softmax(z):
 
 
 def grays(image: torch.Tensor) -> np.ndarray:
-    return np.round(image.numpy()[0] .astype(np.float64)) / 255.0  # every channel equal
+    return image.numpy()[0].astype(np.float64) / 255.0  # every channel equal
 
 
 def test_auc_and_counts():
@@ -92,7 +93,7 @@ def test_counterfactual_and_attributive_effects_on_the_tiny_model(tiny_engine):
         h = np.where(mask, g.mean(), g)
         return h.reshape(2, 2, 2, 2).mean(axis=(1, 3)).ravel()
 
-    (res,) = tiny_engine.explain([__import__("galore").ImageRequest(
+    (res,) = tiny_engine.explain([ImageRequest(
         image, DEFAULT_SETTING.with_kinds(Kind.ATTRIBUTIVE, Kind.COUNTERFACTUAL))])
     y, c = res.counterfactual.predicted_id, res.counterfactual.counter_ids[0]
     f0 = features(np.zeros((4, 4), bool))
@@ -112,7 +113,7 @@ def test_counterfactual_and_attributive_effects_on_the_tiny_model(tiny_engine):
 def test_kind_maps_match_the_engine(tiny_engine, tiny_scorer):
     """The metrics' fixed-class maps are the engine's own maps (same attribution code path)."""
     image = quadrant_image()
-    (res,) = tiny_engine.explain([__import__("galore").ImageRequest(
+    (res,) = tiny_engine.explain([ImageRequest(
         image, DEFAULT_SETTING.with_kinds(Kind.ATTRIBUTIVE, Kind.COUNTERFACTUAL))])
     y, c = res.counterfactual.predicted_id, res.counterfactual.counter_ids[0]
     maps = tiny_scorer.maps(tiny_scorer.input(image), [y, c], DEFAULT_SETTING.options)
