@@ -59,8 +59,7 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def _metric(metrics, name: str, help: str, description: str) -> argparse.ArgumentParser:
-    p = metrics.add_parser(name, help=help, description=description,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = metrics.add_parser(name, help=help, description=description)
     p.add_argument("--photos", metavar="DIR", help="folder of photos (default: scikit-image's sample photos "
                                                    "chelsea, astronaut, coffee, rocket, camera)")
     p.add_argument("--limit", type=int, metavar="N", help="use the first N photos only")
