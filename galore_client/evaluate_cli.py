@@ -254,7 +254,7 @@ def _run(args) -> int:
         data = report.to_dict()
         data["photos"] = [p.name for p in photos]
         data["model"] = engine.name
-        (out / f"{metric}.json").write_text(json.dumps(data, indent=1, default=_plain))
+        (out / f"{metric}.json").write_text(json.dumps(data, default=_plain))
         table = markdown_table(data["summary"])
         (out / f"{metric}.md").write_text(f"# galore evaluate {metric}\n\n{table}\n")
         if not args.no_plot:
