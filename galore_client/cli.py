@@ -3,6 +3,7 @@
     galore explain IMAGE|FOLDER... [--server grpc://HOST:PORT | http://HOST:PORT | --local] [--out DIR] [--json]
     galore models [--server ... | --local] [--json]
     galore loadtest ...
+    galore evaluate deletion|types|sanity|pointing|all [--photos DIR] [--out DIR]  (faithfulness metrics)
 
 "explain" prints a summary per image (top classes, s(x), insecurities ranked by strength, counterfactual
 strength) and writes PNG figures plus a self-contained report.html into --out.
@@ -85,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(func=run_models)
 
     _add_loadtest(commands)
+    from .evaluate_cli import add_evaluate_parser
+    add_evaluate_parser(commands)
     return parser
 
 
