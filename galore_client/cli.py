@@ -85,7 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(func=run_models)
 
     _add_loadtest(commands)
+    _add_evaluate(commands)  # temporary home of `galore evaluate proxy` until issue 14 part A's `evaluate` lands
+    from .train_hardness_cli import add_parser as add_train_hardness
+    add_train_hardness(commands)
     return parser
+
+
+def _add_evaluate(commands) -> None:
+    from .proxy_cli import add_parser as add_proxy
+
+    evaluate = commands.add_parser("evaluate", help="measure explanation faithfulness")
+    add_proxy(evaluate.add_subparsers(dest="metric", metavar="METRIC"))
 
 
 def _add_target_arguments(parser: argparse.ArgumentParser) -> None:
