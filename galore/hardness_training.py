@@ -75,11 +75,15 @@ class HeldOutReport:
 
 @torch.no_grad()
 def classifier_targets(classifier: nn.Module, data: Dataset, batch_size: int = 64,
-                       device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+                       device: torch.device | str = "cpu", progress: bool = False
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Difficulty 1 - h_y(x) (N,) and error (N,) bool of the frozen ``classifier`` on every (x, y) of ``data``."""
+    from tqdm import tqdm
+
     classifier = classifier.to(device).eval()
     difficulty, errors = [], []
-    for x, y in DataLoader(data, batch_size=batch_size):
+    for x, y in tqdm(DataLoader(data, batch_size=batch_size), desc="classifier", disable=not progress,
+                     leave=False):
         probs = classifier(x.to(device)).softmax(-1).cpu()
         difficulty.append(1 - probs.gather(1, y[:, None])[:, 0])
         errors.append(probs.argmax(1) != y)
@@ -127,7 +131,7 @@ def train_hardness(classifier: nn.Module, train: Dataset, held_out: Dataset, out
     out.mkdir(parents=True, exist_ok=True)
     if len(train) == 0 or len(held_out) == 0:
         raise InvalidArgument("data", f"need training and held-out images, got {len(train)} and {len(held_out)}")
-    difficulty, _ = classifier_targets(classifier, train, config.batch_size, device)
+    difficulty, _ = classifier_targets(classifier, train, config.batch_size, device, progress)
     model = new_predictor(config).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     start = 0

@@ -4,7 +4,8 @@
         [--hardness-arch resnet18] [--epochs 10] [--held-out 0.2] --out DIR
 
 DATA is an ImageFolder (one folder per class, named by the classifier's labels) or a CUB-200-2011 root (its
-training split trains the predictor, its test split is held out). The classifier is frozen: a torchvision
+training split trains the predictor and its test split is held out, or ``--cub-train test``: part of the test
+split trains it). The classifier is frozen: a torchvision
 ``--arch`` with ``--state-dict`` and ``--labels`` (as for model_store/build.py), or the default EfficientNet-Lite0.
 Images go through the classifier's own preprocessing, so the predictor sees what the engine gives it.
 
@@ -46,7 +47,12 @@ def add_parser(commands) -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"(default {d.weight_decay:g})")
     p.add_argument("--no-flip", action="store_true", help="no random horizontal flips while training")
     p.add_argument("--held-out", type=float, default=0.2,
-                   help="ImageFolder: fraction of images held out for the report (default 0.2)")
+                   help="fraction of the images held out for the report: of DATA for an ImageFolder, of the test "
+                        "split for --cub-train test (default 0.2)")
+    p.add_argument("--cub-train", choices=("train", "test"), default="train",
+                   help="CUB: the split the predictor trains on: train (the test split is held out) or test (for "
+                        "a classifier that fits its training split: --held-out of the test split is held out) "
+                        "(default train)")
     p.add_argument("--seed", type=int, default=d.seed, help=f"(default {d.seed})")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for hardness.pt, checkpoint.pt, report.json")
     p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
@@ -144,8 +150,14 @@ def run(args: argparse.Namespace) -> int:
             if len(labels) != cub.num_classes:
                 raise CliError(f"the classifier has {len(labels)} classes, the dataset {cub.num_classes}",
                                EXIT_BAD_INPUT)
-            train = ImageFiles([(root / "images" / cub.paths[i], cub.labels[i]) for i in cub.train_ids], prep)
-            held = ImageFiles([(root / "images" / cub.paths[i], cub.labels[i]) for i in cub.test_ids], prep)
+            items = {i: (root / "images" / cub.paths[i], cub.labels[i]) for i in cub.image_ids}
+            if args.cub_train == "train":
+                train_ids, held_ids = cub.train_ids, cub.test_ids
+            else:  # the test split, less --held-out of it
+                t, h = split_indices(len(cub.test_ids), args.held_out, args.seed)
+                train_ids, held_ids = [cub.test_ids[i] for i in t], [cub.test_ids[i] for i in h]
+            train = ImageFiles([items[i] for i in train_ids], prep)
+            held = ImageFiles([items[i] for i in held_ids], prep)
         else:
             model, labels, prep = classifier_of(args, None)
             items = image_folder(root, labels)

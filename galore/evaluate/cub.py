@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -94,11 +95,10 @@ class Cub:
         return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()
 
 
-def _rows(path: Path, columns: int, name: str) -> list[tuple[int, list[str]]]:
-    """(line number, the first ``columns`` whitespace-separated fields) of each non-empty line."""
+def _rows(path: Path, columns: int, name: str) -> Iterator[tuple[int, list[str]]]:
+    """(line number, the first ``columns`` whitespace-separated fields) of each non-empty line, streamed."""
     if not path.is_file():
         raise CubFormatError(name, f"{path} does not exist")
-    out = []
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
             fields = line.split(maxsplit=columns - 1) if columns == 2 else line.split()
@@ -106,8 +106,7 @@ def _rows(path: Path, columns: int, name: str) -> list[tuple[int, list[str]]]:
                 continue
             if len(fields) < columns:
                 raise CubFormatError(f"{name}:{number}", f"expected {columns} fields, got {len(fields)}")
-            out.append((number, fields[:columns]))
-    return out
+            yield number, fields[:columns]
 
 
 def _int(text: str, where: str) -> int:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field, replace
-from itertools import combinations
+from itertools import chain, combinations
 from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -134,8 +134,8 @@ class GroundTruth:
 
     @classmethod
     def of(cls, cub: Cub, fraction: float = DEFAULT_FRACTION, smoothing: float = 1.0,
-           mapping: Mapping[str, Sequence[str]] = CUB_PART_GROUPS) -> "GroundTruth":
-        return cls(*part_similarity(cub, mapping, smoothing), fraction)
+           mapping: Mapping[str, Sequence[str]] = CUB_PART_GROUPS, seed: int = 0) -> "GroundTruth":
+        return cls(*part_similarity(cub, mapping, smoothing), fraction, seed)
 
     @property
     def num_classes(self) -> int:
@@ -155,8 +155,9 @@ class GroundTruth:
             eta = np.full((alpha.shape[0], len(tuples)), np.inf)
             for i, j in combinations(range(v), 2):
                 eta = np.minimum(eta, alpha[:, tuples[:, i], tuples[:, j]])
-            values = np.sort(eta.ravel())[::-1]
-            self._cuts[v] = float(values[max(1, math.ceil(self.fraction * len(values))) - 1])
+            values = eta.ravel()
+            m = max(1, math.ceil(self.fraction * len(values)))  # the M-th largest, without a full sort
+            self._cuts[v] = float(np.partition(values, len(values) - m)[len(values) - m])
         return self._cuts[v]
 
     def insecure_parts(self, classes: Sequence[int]) -> np.ndarray:
@@ -172,11 +173,17 @@ class GroundTruth:
 
 
 def _class_tuples(n: int, v: int, seed: int) -> np.ndarray:
-    """(T, v) class v-tuples: all of them, or MAX_EXACT_TUPLES distinct-class draws (seeded) when more."""
-    if math.comb(n, v) <= MAX_EXACT_TUPLES:
-        return np.array(list(combinations(range(n), v)), dtype=np.int64).reshape(-1, v)
+    """(T, v) class v-tuples: all of them, or MAX_EXACT_TUPLES seeded draws of v distinct classes when more."""
+    total = math.comb(n, v)
+    if total <= MAX_EXACT_TUPLES:
+        flat = np.fromiter(chain.from_iterable(combinations(range(n), v)), dtype=np.int64, count=total * v)
+        return flat.reshape(total, v)
     rng = np.random.default_rng(seed)
-    return np.argsort(rng.random((MAX_EXACT_TUPLES, n)), axis=1)[:, :v]
+    out = np.zeros((0, v), dtype=np.int64)
+    while len(out) < MAX_EXACT_TUPLES:  # rejection of draws with a repeated class (rare when v << n)
+        draw = np.sort(rng.integers(0, n, size=(MAX_EXACT_TUPLES, v)), axis=1)
+        out = np.concatenate([out, draw[(np.diff(draw, axis=1) > 0).all(1)]])
+    return out[:MAX_EXACT_TUPLES]
 
 
 # ---- regions at every coverage -------------------------------------------------------------------------------------
@@ -454,7 +461,7 @@ def run_protocol(engine, cub: Cub, settings: ProxySettings = ProxySettings(),
     if len(engine.labels) != cub.num_classes:
         raise InvalidArgument("model", f"the model has {len(engine.labels)} classes, the dataset "
                                        f"{cub.num_classes}: class i of the model must be CUB class i + 1")
-    gt = GroundTruth.of(cub, settings.fraction, settings.smoothing)
+    gt = GroundTruth.of(cub, settings.fraction, settings.smoothing, seed=settings.seed)
     base = replace(settings.options, include_heatmaps=True)
     ids = select_images(cub, settings)
     failures: dict[int, str] = {}

@@ -59,6 +59,10 @@ def test_train_hardness_cli_on_the_cub_layout(cub_root, resnet_weights, tmp_path
     state = torch.load(out / "hardness.pt", weights_only=True)
     assert state["fc.weight"].shape == (1, 512)
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    # --cub-train test: two of the three test images train, one is held out
+    assert main(args + ["--cub-train", "test", "--held-out", "0.34", "--out", str(tmp_path / "hp2")]) == 0
+    report = json.loads((tmp_path / "hp2" / "report.json").read_text())
+    assert report["train_images"] == 2 and report["held_out"]["images"] == 1
 
 
 def test_train_hardness_cli_bad_input_exits_2(tmp_path, resnet_weights, capsys):
