@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 TABLE_COVERAGES = (0.05, 0.1, 0.2, 0.3, 0.5)  # columns of the markdown table
@@ -132,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         report = run_protocol(engine, cub, settings, progress=bar.update)
         bar.close()
     except GaloreError as exc:
-        raise CliError(str(exc), EXIT_BAD_INPUT) from None
+        raise CliError(f"{_flag(exc.field)}: {exc.message}", EXIT_BAD_INPUT) from None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = report.summary()
@@ -140,13 +141,31 @@ def run(args: argparse.Namespace) -> int:
                         "hardness_arch": args.hardness_arch, "data": str(args.data)}
     (out / "proxy.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     (out / "proxy.md").write_text(markdown(summary), encoding="utf-8")
-    plot(summary, out / "proxy_pr.png")
+    written = [out / "proxy.json", out / "proxy.md"]
+    try:
+        plot(summary, out / "proxy_pr.png")
+        written.append(out / "proxy_pr.png")
+    except ImportError:
+        print("matplotlib is not installed: no proxy_pr.png (pip install matplotlib)", file=sys.stderr)
     print(markdown(summary))
-    print(f"wrote {out / 'proxy.json'}, {out / 'proxy.md'}, {out / 'proxy_pr.png'}")
+    print("wrote " + ", ".join(map(str, written)))
     if report.failures:
         print(f"{len(report.failures)} image(s) failed; see failures in proxy.json")
         return EXIT_IMAGE_FAILED
     return EXIT_OK
+
+
+def _flag(field: str) -> str:
+    """The command-line spelling of the field an error names: a flag, or CUB_ROOT and the file for the data."""
+    name = field.removeprefix("options.").split(".")[0]
+    if field in ("options.threshold.coverage", "options.threshold", "coverages"):
+        return "--coverage"
+    if name in ("attribution", "score", "target", "top_e", "dims", "ig_steps", "counter_dims", "counter_user",
+                "attributive_classes", "fraction", "split", "limit", "hardest", "batch_size", "arch", "layer"):
+        return "--" + name.replace("_", "-")
+    if field in ("model", "labels", "state_dict"):
+        return "--state-dict"
+    return "CUB_ROOT" if field == "root" else f"CUB_ROOT {field}"
 
 
 def _bar(total: int, disabled: bool):

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from galore.errors import InvalidArgument
-from galore.options import ExplainOptions, Kind, Threshold
+from galore.options import ExplainOptions, Kind
 
 from .cub import Cub, PartPoints
 
@@ -335,10 +335,17 @@ class ProxySettings:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise InvalidArgument(name, f"must be >= 1, got {value}")
+        if self.options.threshold.coverage is None:
+            raise InvalidArgument("options.threshold", "the protocol sweeps coverages: give a coverage, not an "
+                                                       "absolute threshold")
+        if min(abs(c - self.reference) for c in self.coverages) > 1e-9:
+            raise InvalidArgument("options.threshold.coverage", f"the reference coverage {self.reference} must be "
+                                                                "one of the swept coverages")
 
     @property
     def reference(self) -> float:
-        return self.options.threshold.coverage if self.options.threshold.coverage is not None else 0.1
+        """The coverage of the strength-precision correlation (and of the engine's own regions)."""
+        return self.options.threshold.coverage
 
 
 @dataclass(frozen=True, eq=False)

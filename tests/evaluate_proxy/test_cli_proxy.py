@@ -2,12 +2,18 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
 
 import pytest
 import torch
 import torchvision
 
 from galore_client.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +50,10 @@ def test_evaluate_proxy_bad_input_exits_2(cub_root, resnet_weights, tmp_path, ca
     assert "does not fit resnet18 with 3 classes" in capsys.readouterr().err
     assert main(["evaluate", "proxy", str(tmp_path / "nowhere"), "--arch", "resnet18", "--state-dict",
                  str(resnet_weights), "--out", str(tmp_path)]) == 2
-    assert "is not a folder" in capsys.readouterr().err
+    assert "CUB_ROOT: " in capsys.readouterr().err
+    assert main(["evaluate", "proxy", str(cub_root), "--arch", "resnet18", "--state-dict", str(resnet_weights),
+                 "--coverage", "0.105", "--out", str(tmp_path)]) == 2
+    assert "--coverage: the reference coverage 0.105" in capsys.readouterr().err
 
 
 def test_train_hardness_cli_on_the_cub_layout(cub_root, resnet_weights, tmp_path, capsys):
@@ -59,6 +68,15 @@ def test_train_hardness_cli_on_the_cub_layout(cub_root, resnet_weights, tmp_path
     state = torch.load(out / "hardness.pt", weights_only=True)
     assert state["fc.weight"].shape == (1, 512)
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    # the output goes into a model archive the way the brief's users will build one
+    labels = tmp_path / "labels.txt"
+    labels.write_text("A\nB\nC\n")
+    subprocess.run([sys.executable, "-m", "model_store.build", "torchvision", "--arch", "resnet18", "--state-dict",
+                    str(resnet_weights), "--labels", str(labels), "--hardness-arch", "resnet18",
+                    "--hardness-state-dict", str(out / "hardness.pt"), "--name", "cub_tiny", "--out",
+                    str(tmp_path / "mar")], check=True, cwd=REPO, capture_output=True)
+    with zipfile.ZipFile(tmp_path / "mar" / "cub_tiny.mar") as mar:
+        assert "hardness.pt" in mar.namelist()
     # --cub-train test: two of the three test images train, one is held out
     assert main(args + ["--cub-train", "test", "--held-out", "0.34", "--out", str(tmp_path / "hp2")]) == 0
     report = json.loads((tmp_path / "hp2" / "report.json").read_text())

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from galore.engine import ImageRequest
+from galore.errors import InvalidArgument
 from galore.evaluate import proxy
 from galore.evaluate.cub import CubFormatError, read_cub
 from galore.options import ExplainOptions, Kind, Threshold
@@ -213,10 +214,13 @@ def test_protocol_end_to_end_hand_numbers(cub_root, cub_engine):
 
 def test_hardest_and_limit_select_images(cub_root, cub_engine):
     cub = read_cub(cub_root)
-    opts = ExplainOptions(kinds=frozenset({Kind.ATTRIBUTIVE}), dims=(2,), top_e=3)
+    opts = ExplainOptions(kinds=frozenset({Kind.ATTRIBUTIVE}), dims=(2,), top_e=3, threshold=Threshold(coverage=0.5))
     report = proxy.run_protocol(cub_engine, cub, proxy.ProxySettings(options=opts, coverages=(0.5,), hardest=2,
                                                                       counter_dims=(1,)))
     scores = {i: cub_engine.explain([ImageRequest(cub.image(i), opts)])[0].score for i in cub.test_ids}
     assert report.images == sorted(scores, key=lambda i: (scores[i], i))[:2]
-    with pytest.raises(proxy.InvalidArgument, match="coverages"):
+    with pytest.raises(InvalidArgument, match="coverages"):
         proxy.ProxySettings(coverages=(0.0,))
+    with pytest.raises(InvalidArgument, match="reference coverage 0.105 must be one of the swept") as err:
+        proxy.ProxySettings(options=ExplainOptions(threshold=Threshold(coverage=0.105)))
+    assert err.value.field == "options.threshold.coverage"
