@@ -13,6 +13,8 @@ sweep, PIoU of counterfactual region pairs, and the Pearson correlation between 
 The classifier's class i must be CUB class i + 1 (classes.txt order). Writes DIR/proxy.json (every curve),
 DIR/proxy.md (a table) and DIR/proxy_pr.png (precision-recall curves). Exit status: 0 done, 1 some images failed
 (listed in the JSON), 2 bad input.
+
+ARCH: one of {archs}.
 """
 from __future__ import annotations
 
@@ -33,16 +35,20 @@ def add_parser(evaluate_commands) -> argparse.ArgumentParser:
     o, s = ExplainOptions(), ProxySettings()
     p = evaluate_commands.add_parser(
         "proxy", help="the paper's proxy protocol on CUB-200-2011 part/attribute annotations (GALORE §VI-B)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=__doc__.replace("{archs}", ", ".join(TORCHVISION_ARCHS)),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", metavar="CUB_ROOT", help="a dataset in the CUB-200-2011 layout")
     model = p.add_argument_group("model (the classifier's class i is CUB class i + 1)")
-    model.add_argument("--arch", required=True, choices=TORCHVISION_ARCHS, help="torchvision architecture")
+    model.add_argument("--arch", required=True, choices=TORCHVISION_ARCHS, metavar="ARCH",
+                       help="torchvision architecture")
     model.add_argument("--state-dict", required=True, help="its weights, trained on the dataset's classes")
     model.add_argument("--layer", help="layer F the explanations use (default: the last convolutional stage)")
-    model.add_argument("--hardness-arch", choices=TORCHVISION_ARCHS, help="hardness predictor (galore "
+    model.add_argument("--hardness-arch", choices=TORCHVISION_ARCHS, metavar="ARCH", help="hardness predictor (galore "
                                                                           "train-hardness) for --score easiness")
     model.add_argument("--hardness-state-dict", help="the hardness predictor's weights")
     model.add_argument("--device", help="torch device (default: CUDA if present, else CPU)")
+    model.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice; 1 is "
+                                                   "fastest on a busy machine, see EVALUATION.md)")
     g = p.add_argument_group("attribution settings under test")
     g.add_argument("--attribution", choices=choices(Attribution), default=o.attribution.value,
                    help=f"attribution function a(.) (§V-A) (default {o.attribution.value})")
@@ -118,6 +124,10 @@ def run(args: argparse.Namespace) -> int:
     from galore.evaluate.cub import read_cub
     from galore.evaluate.proxy import run_protocol, select_images
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise CliError(f"--threads: must be >= 1, got {args.threads}", EXIT_BAD_INPUT)
+        __import__("torch").set_num_threads(args.threads)
     try:
         settings = settings_of(args)
         cub = read_cub(args.data)

@@ -5,9 +5,11 @@
 
 DATA is an ImageFolder (one folder per class, named by the classifier's labels) or a CUB-200-2011 root (its
 training split trains the predictor and its test split is held out, or ``--cub-train test``: part of the test
-split trains it). The classifier is frozen: a torchvision
-``--arch`` with ``--state-dict`` and ``--labels`` (as for model_store/build.py), or the default EfficientNet-Lite0.
-Images go through the classifier's own preprocessing, so the predictor sees what the engine gives it.
+split trains it). The classifier is frozen: a torchvision ``--arch`` with ``--state-dict`` and ``--labels`` (as
+for model_store/build.py), or the default EfficientNet-Lite0. Images go through the classifier's own
+preprocessing, so the predictor sees what the engine gives it.
+
+ARCH: one of {archs}.
 
 Writes DIR/hardness.pt (load it with ``python -m model_store.build torchvision ... --hardness-arch ARCH
 --hardness-state-dict DIR/hardness.pt``), DIR/checkpoint.pt every epoch (``--resume`` continues) and
@@ -29,16 +31,17 @@ def add_parser(commands) -> argparse.ArgumentParser:
 
     d = HardnessTraining()
     p = commands.add_parser("train-hardness", help="train a hardness predictor for the easiness score (eq. 23)",
-                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                            description=__doc__.replace("{archs}", ", ".join(TORCHVISION_ARCHS)),
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", metavar="DATA", help="an ImageFolder (class_label/*.jpg) or a CUB-200-2011 root")
     p.add_argument("--layout", choices=("imagefolder", "cub"), default="imagefolder",
                    help="how DATA is organised (default imagefolder)")
-    p.add_argument("--arch", choices=TORCHVISION_ARCHS, help="the classifier's torchvision architecture "
-                                                             "(default: the built-in EfficientNet-Lite0)")
+    p.add_argument("--arch", choices=TORCHVISION_ARCHS, metavar="ARCH",
+                   help="the classifier's torchvision architecture (default: the built-in EfficientNet-Lite0)")
     p.add_argument("--state-dict", help="the classifier's weights (with --arch)")
     p.add_argument("--labels", help="the classifier's labels, one per line (with --arch; for --layout cub, "
                                     "default: the dataset's classes)")
-    p.add_argument("--hardness-arch", choices=TORCHVISION_ARCHS, default=d.arch,
+    p.add_argument("--hardness-arch", choices=TORCHVISION_ARCHS, metavar="ARCH", default=d.arch,
                    help=f"the predictor's torchvision architecture, one sigmoid output (default {d.arch})")
     p.add_argument("--init", help="state dict of --hardness-arch with one output to start from (default random)")
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"(default {d.epochs})")

@@ -16,6 +16,14 @@ from galore_client.cli import main
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture(autouse=True)
+def keep_threads():
+    """--threads sets torch's thread count for the process: give the rest of the session its own back."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def resnet_weights(tmp_path_factory):
     """A resnet18 with 3 outputs (random weights, seeded): a stand-in for a CUB-trained classifier."""
