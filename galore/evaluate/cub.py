@@ -7,7 +7,7 @@ Files read, relative to the dataset root (ids are 1-based in every file, as in C
     parts/parts.txt                         <part_id> <part name>            (names the K parts)
     parts/part_locs.txt                     <image_id> <part_id> <x> <y> <visible 0|1>   (original pixels)
     attributes.txt                          <attribute_id> <group>::<value>, e.g. has_bill_shape::hooked
-        (CUB ships it at the root; attributes/attributes.txt is accepted too)
+        (also read from attributes/attributes.txt, or next to the root, where the CUB archive unpacks it)
     attributes/image_attribute_labels.txt   <image_id> <attribute_id> <is_present 0|1> ...   (extra columns ignored)
     classes.txt                             <class_id> <name>   (optional: class names for reports)
 
@@ -151,9 +151,8 @@ def read_cub(root: str | Path) -> Cub:
         raise CubFormatError("parts/parts.txt", "part ids must be 1..K")
     part_names = tuple(parts[k] for k in range(1, len(parts) + 1))
     points = _part_points(root / "parts" / "part_locs.txt", image_ids, len(part_names))
-    attributes_file = root / "attributes.txt"
-    if not attributes_file.is_file() and (root / "attributes" / "attributes.txt").is_file():
-        attributes_file = root / "attributes" / "attributes.txt"
+    candidates = [root / "attributes.txt", root / "attributes" / "attributes.txt", root.parent / "attributes.txt"]
+    attributes_file = next((c for c in candidates if c.is_file()), candidates[0])
     attributes = _id_map(attributes_file, "attributes.txt")
     if sorted(attributes) != list(range(1, len(attributes) + 1)):
         raise CubFormatError("attributes.txt", "attribute ids must be 1..A")

@@ -468,6 +468,9 @@ def run_protocol(engine, cub: Cub, settings: ProxySettings = ProxySettings(),
     if len(engine.labels) != cub.num_classes:
         raise InvalidArgument("model", f"the model has {len(engine.labels)} classes, the dataset "
                                        f"{cub.num_classes}: class i of the model must be CUB class i + 1")
+    if max(settings.counter_dims) >= cub.num_classes:
+        raise InvalidArgument("counter_dims", f"{max(settings.counter_dims)} counter classes need more than "
+                                              f"{cub.num_classes} classes")
     gt = GroundTruth.of(cub, settings.fraction, settings.smoothing, seed=settings.seed)
     base = replace(settings.options, include_heatmaps=True)
     ids = select_images(cub, settings)

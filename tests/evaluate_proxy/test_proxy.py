@@ -224,3 +224,17 @@ def test_hardest_and_limit_select_images(cub_root, cub_engine):
     with pytest.raises(InvalidArgument, match="reference coverage 0.105 must be one of the swept") as err:
         proxy.ProxySettings(options=ExplainOptions(threshold=Threshold(coverage=0.105)))
     assert err.value.field == "options.threshold.coverage"
+    with pytest.raises(InvalidArgument, match="3 counter classes need more than 3 classes"):
+        proxy.run_protocol(cub_engine, cub, proxy.ProxySettings(options=opts, coverages=(0.5,), counter_dims=(3,)))
+
+
+def test_attributes_file_next_to_the_root_as_the_cub_archive_unpacks(cub_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "CUB_200_2011"
+    shutil.copytree(cub_root, root)
+    (root / "attributes.txt").rename(tmp_path / "attributes.txt")
+    assert read_cub(root).attribute_values[:2] == ("black", "yellow")
+    (tmp_path / "attributes.txt").unlink()
+    with pytest.raises(CubFormatError, match="attributes.txt does not exist"):
+        read_cub(root)
