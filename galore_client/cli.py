@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_loadtest(commands)
     from .evaluate_cli import add_evaluate_parser
     add_evaluate_parser(commands)
+    from .train_hardness_cli import add_parser as add_train_hardness
+    add_train_hardness(commands)
     return parser
 
 

@@ -22,6 +22,8 @@ from typing import Callable
 from galore.errors import InvalidArgument
 from galore.options import Attribution, Score, Target, choices, member
 
+from .proxy_cli import add_parser as add_proxy_parser
+
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
 POSTS = {"clip": (True, False), "minmax": (False, True), "clip+minmax": (True, True), "raw": (False, False)}
 
@@ -163,7 +165,7 @@ def _add_baseline(p: argparse.ArgumentParser) -> None:
                         "the crop's mean colour (default blur)")
 
 
-METRIC_PARSERS: list[Callable] = [_add_deletion, _add_types, _add_sanity, _add_pointing, _add_all]
+METRIC_PARSERS: list[Callable] = [_add_deletion, _add_types, _add_sanity, _add_pointing, _add_all, add_proxy_parser]
 
 
 # ---- running --------------------------------------------------------------------------------------------------
