@@ -37,6 +37,9 @@ REFERENCES = """references:
              2004 (SSIM)
   pointing   Zhang et al., "Top-down neural attention by excitation backprop", ECCV 2016 (pointing game);
              Böhle, Fritz & Schiele, "Convolutional dynamic alignment networks", CVPR 2021 (grid pointing game)
+  proxy      Wang & Vasconcelos, GALORE, TPAMI 2023, §VI-B and Table II (part/attribute ground truth, precision,
+             recall, PIoU, strength-precision correlation); "Deliberative explanations", NeurIPS 2019, §4;
+             Wah et al., "The Caltech-UCSD Birds-200-2011 dataset", 2011 (the data layout)
 """
 
 
