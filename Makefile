@@ -53,6 +53,8 @@ TS_METRICS_PORT ?= 8082
 TS_GRPC_PORT ?= 7070
 TS_GRPC_MANAGEMENT_PORT ?= 7071
 SERVE_FLAGS ?=
+# The host behind the gateway: torchserve (default) or kserve (galore_kserve on KServe's ModelServer).
+BACKEND ?= torchserve
 
 protos: $(PROTO_STAMP)
 
@@ -78,7 +80,7 @@ java:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends openjdk-17-jre-headless; }
 
 serve: java $(ARCHIVE)
-	$(PY) -m galore_gateway.local --model-store model_store --run-dir .run $(SERVE_FLAGS) \
+	$(PY) -m galore_gateway.local --model-store model_store --run-dir .run --backend $(BACKEND) $(SERVE_FLAGS) \
 	  --grpc-port $(GRPC_PORT) --gateway-metrics-port $(GATEWAY_METRICS_PORT) --rest-port $(TS_REST_PORT) \
 	  --management-port $(TS_MANAGEMENT_PORT) --metrics-port $(TS_METRICS_PORT) \
 	  --ts-grpc-port $(TS_GRPC_PORT) --ts-grpc-management-port $(TS_GRPC_MANAGEMENT_PORT)
