@@ -1,0 +1,150 @@
+"""The KServe host's own protocols, through the running host: v1 :predict / :explain, OIP v2 over REST (JSON with
+base64, and KServe's binary tensors) and gRPC, health, readiness, metadata, and request errors per protocol."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+
+import grpc
+import numpy as np
+import pytest
+import requests
+from google.protobuf import json_format
+
+from galore.contract import OIP_IMAGE_IDS, OIP_IMAGES, OIP_OPTIONS, OIP_RESPONSE, RPC_KEY, Call
+from galore_api.v1 import explainer_pb2 as pb
+from galore_client.client import RestClient
+from tests.serving.conftest import CATS, MODEL
+
+pytestmark = pytest.mark.backends("kserve")
+
+
+@pytest.fixture(scope="module")
+def http(service) -> str:
+    return f"http://127.0.0.1:{service.config.ports.rest}"
+
+
+def test_v1_predict_gives_the_top_classes_only_and_explain_everything(http, chelsea):
+    predicted = requests.post(f"{http}/v1/models/{MODEL}:predict", data=chelsea,
+                              headers={"Content-Type": "image/jpeg"}, timeout=120)
+    explained = requests.post(f"{http}/v1/models/{MODEL}:explain", data=chelsea,
+                              headers={"Content-Type": "image/jpeg"}, timeout=120)
+    assert predicted.status_code == explained.status_code == 200
+    assert predicted.headers["content-type"].startswith("application/json")
+    only = json.loads(predicted.content)["images"][0]
+    full = json.loads(explained.content)["images"][0]
+    assert only["topClasses"][0]["label"] in CATS and only["topClasses"] == full["topClasses"]
+    assert not {"attributive", "deliberative", "counterfactual"} & set(only)
+    assert {"attributive", "deliberative", "counterfactual"} <= set(full)
+
+
+def test_v1_predict_overrides_kinds_in_the_body(http, chelsea):
+    body = json_format.MessageToJson(pb.ExplainRequest(
+        images=[pb.Image(data=chelsea)], options=pb.ExplainOptions(kinds=[pb.EXPLANATION_KIND_DELIBERATIVE])))
+    answer = requests.post(f"{http}/v1/models/{MODEL}:predict", data=body,
+                           headers={"Content-Type": "application/json"}, timeout=120)
+    assert answer.status_code == 200 and "deliberative" not in answer.json()["images"][0]
+
+
+def test_model_info_over_v1_and_the_typed_rest_client(service, http):
+    with RestClient(f"{http}/v1", MODEL, timeout_s=60) as client:
+        info = client.model_info()
+    assert info.name == MODEL and len(info.classes) == 1000 and info.max_batch_size == 4
+    raw = requests.post(f"{http}/v1/models/{MODEL}:explain", data=b"", timeout=60,
+                        headers={RPC_KEY: Call.MODEL_INFO.value, "Content-Type": "application/x-protobuf"})
+    assert pb.ModelInfo.FromString(raw.content) == info
+
+
+def test_health_readiness_and_metadata(http):
+    assert requests.get(f"{http}/v2/health/live", timeout=10).json() == {"live": True}
+    assert requests.get(f"{http}/v2/health/ready", timeout=10).json() == {"ready": True}
+    assert requests.get(f"{http}/v1/models/{MODEL}", timeout=10).json() == {"name": MODEL, "ready": True}
+    assert requests.get(f"{http}/v2/models/{MODEL}/ready", timeout=10).json()["ready"] is True
+    metadata = requests.get(f"{http}/v2/models/{MODEL}", timeout=10).json()
+    assert {t["name"]: t["datatype"] for t in metadata["inputs"]}[OIP_IMAGES] == "BYTES"
+    assert [t["name"] for t in metadata["outputs"]] == [OIP_RESPONSE]
+
+
+def v2_json(images: list[bytes], options: dict | None = None, ids: list[str] | None = None) -> dict:
+    body = {"inputs": [{"name": OIP_IMAGES, "datatype": "BYTES", "shape": [len(images)],
+                        "data": [base64.b64encode(i).decode() for i in images]}]}
+    if ids is not None:
+        body["inputs"].append({"name": OIP_IMAGE_IDS, "datatype": "BYTES", "shape": [len(ids)], "data": ids})
+    if options is not None:
+        body["parameters"] = {OIP_OPTIONS: json.dumps(options)}
+    return body
+
+
+def test_oip_rest_json_with_base64_images(http, chelsea):
+    answer = requests.post(f"{http}/v2/models/{MODEL}/infer", timeout=120,
+                           json=v2_json([chelsea, b"broken"], {"predictionOnly": True}, ids=["cat", "junk"]))
+    assert answer.status_code == 200
+    [output] = answer.json()["outputs"]
+    assert (output["name"], output["datatype"], output["shape"]) == (OIP_RESPONSE, "BYTES", [1])
+    response = json_format.Parse(output["data"][0], pb.ExplainResponse())
+    assert [i.id for i in response.images] == ["cat", "junk"]
+    assert response.images[0].top_classes[0].label in CATS and not response.images[0].HasField("attributive")
+    assert (response.images[1].status.code, response.images[1].status.field) == ("INVALID_ARGUMENT", "images[1].data")
+
+
+@pytest.mark.parametrize("body, field, status", [
+    (v2_json([b"x"], {"score": "CONFIDENCE_SCORE_BRAVADO"}), "options.score", 400),
+    ({"inputs": [{"name": "pixels", "datatype": "BYTES", "shape": [1], "data": ["AA=="]}]}, "inputs.pixels", 400),
+    ({"inputs": [{"name": OIP_IMAGES, "datatype": "BYTES", "shape": [1], "data": ["***"]}]}, "inputs.images[0]", 400),
+    (v2_json([]), "images", 400),
+])
+def test_oip_rest_request_errors_carry_the_status(http, body, field, status):
+    answer = requests.post(f"{http}/v2/models/{MODEL}/infer", json=body, timeout=60)
+    assert answer.status_code == status
+    assert answer.json()["status"]["field"] == field and answer.json()["error"].startswith(f"{field}: ")
+
+
+def test_oip_binary_rest_and_grpc_with_kserves_clients(service, chelsea, coffee):
+    from kserve import InferenceGRPCClient, InferenceRESTClient, InferInput, InferRequest, RESTConfig
+
+    def request() -> InferRequest:
+        images = InferInput(OIP_IMAGES, [2], "BYTES")
+        images.set_data_from_numpy(np.array([chelsea, coffee], dtype=object), binary_data=True)
+        return InferRequest(model_name=MODEL, infer_inputs=[images],
+                            parameters={OIP_OPTIONS: json.dumps({"predictionOnly": True, "topK": 2})})
+
+    async def both():
+        rest = InferenceRESTClient(RESTConfig(protocol="v2", timeout=120))
+        grpc_client = InferenceGRPCClient(f"127.0.0.1:{service.config.ports.ts_grpc}", timeout=120)
+        try:
+            over_rest = await rest.infer(f"http://127.0.0.1:{service.config.ports.rest}", request(), MODEL)
+            over_grpc = await grpc_client.infer(request())
+        finally:
+            await rest.close()
+            await grpc_client.close()
+        return over_rest, over_grpc
+
+    answers = []
+    for response in asyncio.run(both()):
+        [output] = response.outputs
+        data = output.data[0]
+        answers.append(json_format.Parse(data.decode() if isinstance(data, bytes) else data, pb.ExplainResponse()))
+    over_rest, over_grpc = answers
+    assert [len(i.top_classes) for i in over_rest.images] == [2, 2]
+    assert json_format.MessageToDict(over_rest) == json_format.MessageToDict(over_grpc)
+
+
+def test_oip_grpc_request_error_has_the_tables_code(service):
+    from kserve import InferenceGRPCClient, InferInput, InferRequest
+
+    images = InferInput(OIP_IMAGES, [1], "BYTES")
+    images.set_data_from_numpy(np.array([b"x"], dtype=object), binary_data=True)
+    request = InferRequest(model_name=MODEL, infer_inputs=[images], parameters={OIP_OPTIONS: '{"topE": -1}'})
+
+    async def call():
+        client = InferenceGRPCClient(f"127.0.0.1:{service.config.ports.ts_grpc}", timeout=60)
+        try:
+            return await client.infer(request)
+        finally:
+            await client.close()
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        asyncio.run(call())
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith("options.top_e: ")
