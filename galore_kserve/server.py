@@ -1,7 +1,7 @@
 """KServe's ModelServer, bound to one address (loopback for ``make serve``; KServe itself binds every interface),
 with the answers galore's routes need: a v1 answer keeps its status and body (an ExplainResponse, as on TorchServe),
-a direct OIP v2 failure carries the status, and KServe's own JSON decode error on a v1 route is an ExplainResponse
-naming ``body``, as the TorchServe handler answers it."""
+a direct OIP v2 failure carries the status, KServe's own JSON decode error on a v1 route is an ExplainResponse
+naming ``body``, as the TorchServe handler answers it, and binary image tensors over REST are a 400, not a 500."""
 from __future__ import annotations
 
 import asyncio
@@ -14,7 +14,7 @@ from google.protobuf import json_format
 from grpc import aio
 from kserve import ModelServer
 from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
-from kserve.errors import InvalidInput, invalid_input_handler
+from kserve.errors import InferenceError, InvalidInput, inference_error_handler, invalid_input_handler
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
 from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
 from kserve.protocol.grpc.server import GRPCServer
@@ -53,6 +53,16 @@ async def v1_invalid_input_handler(request: Request, exc: InvalidInput) -> Respo
     return Response(content=json_format.MessageToJson(response, indent=None), status_code=400, media_type=JSON)
 
 
+async def v2_inference_error_handler(request: Request, exc: InferenceError) -> Response:
+    """KServe 0.21's REST decoder turns binary BYTES tensors into UTF-8 text and fails (500) on encoded images:
+    say so as a client error that names the way that works; any other InferenceError stays KServe's."""
+    if not (request.url.path.endswith("/infer") and "using UTF-8" in str(exc)):
+        return await inference_error_handler(request, exc)
+    error = InvalidArgument("inputs", "KServe's REST decoder cannot take binary BYTES tensors that are not UTF-8 "
+                                      "(encoded images): send them as base64 strings in JSON, or use OIP gRPC")
+    return await oip_error_handler(request, OipError(convert.status(error)))
+
+
 class GaloreRESTServer(RESTServer):
     def __init__(self, *args, host: str, **kwargs):
         super().__init__(*args, **kwargs)
@@ -63,6 +73,7 @@ class GaloreRESTServer(RESTServer):
         app.add_exception_handler(AnswerError, answer_error_handler)
         app.add_exception_handler(OipError, oip_error_handler)
         app.add_exception_handler(InvalidInput, v1_invalid_input_handler)
+        app.add_exception_handler(InferenceError, v2_inference_error_handler)
 
 
 class GaloreGRPCServer(GRPCServer):

@@ -1,5 +1,5 @@
 """The KServe host's own protocols, through the running host: v1 :predict / :explain, OIP v2 over REST (JSON with
-base64, and KServe's binary tensors) and gRPC, health, readiness, metadata, and request errors per protocol."""
+base64) and gRPC (binary tensors), health, readiness, metadata, and request errors per protocol."""
 from __future__ import annotations
 
 import asyncio
@@ -100,21 +100,23 @@ def test_oip_rest_request_errors_carry_the_status(http, body, field, status):
     assert answer.json()["status"]["field"] == field and answer.json()["error"].startswith(f"{field}: ")
 
 
-def test_oip_binary_rest_and_grpc_with_kserves_clients(service, chelsea, coffee):
+def test_oip_rest_base64_and_grpc_binary_with_kserves_clients(service, chelsea, coffee):
     from kserve import InferenceGRPCClient, InferenceRESTClient, InferInput, InferRequest, RESTConfig
 
-    def request() -> InferRequest:
-        images = InferInput(OIP_IMAGES, [2], "BYTES")
-        images.set_data_from_numpy(np.array([chelsea, coffee], dtype=object), binary_data=True)
-        return InferRequest(model_name=MODEL, infer_inputs=[images],
-                            parameters={OIP_OPTIONS: json.dumps({"predictionOnly": True, "topK": 2})})
+    options = {OIP_OPTIONS: json.dumps({"predictionOnly": True, "topK": 2})}
+    text = InferInput(OIP_IMAGES, [2], "BYTES", data=[base64.b64encode(i).decode() for i in (chelsea, coffee)])
+    binary = InferInput(OIP_IMAGES, [2], "BYTES")
+    binary.set_data_from_numpy(np.array([chelsea, coffee], dtype=object), binary_data=True)
 
     async def both():
         rest = InferenceRESTClient(RESTConfig(protocol="v2", timeout=120))
         grpc_client = InferenceGRPCClient(f"127.0.0.1:{service.config.ports.ts_grpc}", timeout=120)
         try:
-            over_rest = await rest.infer(f"http://127.0.0.1:{service.config.ports.rest}", request(), MODEL)
-            over_grpc = await grpc_client.infer(request())
+            over_rest = await rest.infer(f"http://127.0.0.1:{service.config.ports.rest}",
+                                         InferRequest(model_name=MODEL, infer_inputs=[text], parameters=options),
+                                         MODEL)
+            over_grpc = await grpc_client.infer(InferRequest(model_name=MODEL, infer_inputs=[binary],
+                                                             parameters=options))
         finally:
             await rest.close()
             await grpc_client.close()
@@ -128,6 +130,18 @@ def test_oip_binary_rest_and_grpc_with_kserves_clients(service, chelsea, coffee)
     over_rest, over_grpc = answers
     assert [len(i.top_classes) for i in over_rest.images] == [2, 2]
     assert json_format.MessageToDict(over_rest) == json_format.MessageToDict(over_grpc)
+
+
+def test_binary_image_tensors_over_rest_are_a_client_error_naming_the_way_out(service, chelsea):
+    """KServe 0.21's REST decoder cannot take non-UTF-8 binary BYTES (server side); a 400 that says what works."""
+    header = json.dumps({"inputs": [{"name": OIP_IMAGES, "datatype": "BYTES", "shape": [1],
+                                     "parameters": {"binary_data_size": len(chelsea) + 4}}]}).encode()
+    body = header + len(chelsea).to_bytes(4, "little") + chelsea
+    answer = requests.post(f"http://127.0.0.1:{service.config.ports.rest}/v2/models/{MODEL}/infer", data=body,
+                           headers={"Content-Type": "application/octet-stream",
+                                    "Inference-Header-Content-Length": str(len(header))}, timeout=60)
+    assert answer.status_code == 400
+    assert answer.json()["status"]["field"] == "inputs" and "base64" in answer.json()["error"]
 
 
 def test_oip_grpc_request_error_has_the_tables_code(service):
