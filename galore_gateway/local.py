@@ -156,7 +156,8 @@ class LocalService:
         self.kserve = subprocess.Popen(
             [sys.executable, "-m", "galore_kserve", "--archive", str((c.model_store / f"{c.model}.mar").resolve()),
              "--model-name", c.model, "--host", HOST, "--http-port", str(c.ports.rest),
-             "--grpc-port", str(c.ports.ts_grpc), "--work-dir", str(c.run_dir / "kserve")],
+             "--grpc-port", str(c.ports.ts_grpc), "--work-dir", str(c.run_dir / "kserve")]
+            + ([] if c.quiet else ["--verbose"]),
             cwd=REPO, env=self._env(), start_new_session=True)
 
     def start_torchserve(self) -> None:
@@ -304,7 +305,8 @@ def main(argv=None) -> None:
         parser.add_argument(f"--{flag}", dest=name, type=int, default=default)
     parser.add_argument("--enable-token-auth", action="store_true", help="TorchServe token authorization on")
     parser.add_argument("--enable-model-api", action="store_true", help="TorchServe model (un)registration API on")
-    parser.add_argument("--verbose", action="store_true", help="TorchServe's default (verbose) logging")
+    parser.add_argument("--verbose", action="store_true",
+                        help="TorchServe's default (verbose) logging; the KServe host's per-request logs")
     parser.add_argument("--backend", choices=[b.value for b in Backend], default=Backend.TORCHSERVE.value,
                         help="the host behind the gateway: torchserve (default) or kserve (galore_kserve)")
     args = parser.parse_args(argv)

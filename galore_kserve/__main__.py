@@ -24,6 +24,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="engines, each with its own thread (default: the archive's minWorkers)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
     parser.add_argument("--work-dir", type=Path, help="where the archive is unpacked (default: a temp dir)")
+    parser.add_argument("--verbose", action="store_true", help="KServe's per-request access and timing logs")
     return parser.parse_args(argv)
 
 
@@ -51,7 +52,11 @@ def main(argv=None) -> None:
     model = GaloreModel(name, archive, device=device, workers=workers)
     model.load()
     limit = max(archive.config.max_request_bytes, archive.config.max_response_bytes) or MAX_MESSAGE_BYTES
-    GaloreModelServer(args.host, limit, http_port=args.http_port, grpc_port=args.grpc_port).start([model])
+    server = GaloreModelServer(args.host, limit, http_port=args.http_port, grpc_port=args.grpc_port)
+    if not args.verbose:  # as TorchServe's quiet log config: no line per request
+        for name in ("uvicorn.access", "kserve.trace"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    server.start([model])
 
 
 if __name__ == "__main__":

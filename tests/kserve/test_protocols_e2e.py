@@ -162,3 +162,20 @@ def test_oip_grpc_request_error_has_the_tables_code(service):
         asyncio.run(call())
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert caught.value.details().startswith("options.top_e: ")
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_the_readme_tritonclient_example_runs(service, protocol):
+    """docs/examples/oip_client.py, as the README shows it, in its own interpreter (tritonclient and kserve both
+    register the OIP messages as "inference.*" and cannot share one process)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    port = service.config.ports.ts_grpc if protocol == "grpc" else service.config.ports.rest
+    done = subprocess.run([sys.executable, str(REPO / "docs/examples/oip_client.py"), protocol, f"127.0.0.1:{port}",
+                           str(REPO / "docs/examples/chelsea.jpg")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    top, ambiguity = done.stdout.strip().split(" | strongest ambiguity: ")
+    assert top in CATS and len(ambiguity.split(" / ")) == 2, done.stdout
