@@ -55,7 +55,7 @@ class KServeClient:
         raise RuntimeError(f"KServe at {self.address} answered without output {OIP_RESPONSE!r}")
 
     @staticmethod
-    def unavailable_reason(details: str) -> str | None:
+    def unavailable_reason(details: str) -> tuple[str, bool] | None:
         """KServe's host has no queue limit of its own and restarts no workers: nothing to reclassify."""
         return None
 

@@ -66,8 +66,8 @@ class ExplainerGateway:
             code, details = err.code(), err.details() or ""
             reason = backend.unavailable_reason(details)
             if reason is not None:  # the backend's own overload or lost-worker words: retryable
-                code = grpc.StatusCode.UNAVAILABLE
-                message = overloaded(reason) if "queue is full" in reason else f"{reason}; {RETRY_HINT}"
+                (what, overload), code = reason, grpc.StatusCode.UNAVAILABLE
+                message = overloaded(what) if overload else f"{what}; {RETRY_HINT}"
             elif code == grpc.StatusCode.UNAVAILABLE:
                 message = f"{backend.name} at {backend.address} is unavailable: {details}; {RETRY_HINT}"
             elif code == grpc.StatusCode.DEADLINE_EXCEEDED:

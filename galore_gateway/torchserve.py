@@ -78,12 +78,12 @@ class TorchServeClient:
         return response.prediction
 
     @staticmethod
-    def unavailable_reason(details: str) -> str | None:
-        """TorchServe's words for a retryable failure (full queue, lost worker) -> the caller's message, else None."""
+    def unavailable_reason(details: str) -> tuple[str, bool] | None:
+        """TorchServe's words for a retryable failure -> (what happened, whether it is overload), else None."""
         if QUEUE_FULL_PHRASE in details:  # TorchServe says so with INTERNAL over gRPC
-            return f"TorchServe's job queue is full: {details}"
+            return f"TorchServe's job queue is full: {details}", True
         if any(phrase in details for phrase in WORKER_LOST_PHRASES):
-            return f"the TorchServe worker holding this call stopped ({details})"
+            return f"the TorchServe worker holding this call stopped ({details})", False
         return None
 
     async def model_ready(self, timeout_s: float = 2.0) -> bool:
