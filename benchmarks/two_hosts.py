@@ -20,7 +20,7 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.bench_serving import ServeSettings, deployment, load, machine  # noqa: E402
+from benchmarks.bench_serving import ServeSettings, deployment, load, machine, server_cpu_seconds  # noqa: E402
 
 
 def cpu_model() -> str:
@@ -46,25 +46,31 @@ def rounds(deployments: dict, transports: tuple[str, ...], args) -> dict:
         for name, dep in deployments.items():
             for transport in transports:
                 calls, images = batch_counts(dep)
+                cpu = server_cpu_seconds(dep.service)
                 summary = load(dep, transport, tuple(args.kinds), args.concurrency, args.seconds).to_dict()
+                used = server_cpu_seconds(dep.service) - cpu  # the host and the gateway, not the load generator
+                summary["images_per_cpu_second"] = summary["ok_images"] / max(1e-9, used)
                 new_calls, new_images = batch_counts(dep)
                 summary["mean_batch_images"] = (new_images - images) / max(1.0, new_calls - calls)
                 results[name][transport].append(summary)
                 print(f"round {round_ + 1} {name:<24} {transport:<4} {summary['images_per_second']:6.2f} images/s "
-                      f"p99 {summary['p99_s']:.3f} s, {summary['mean_batch_images']:.2f} images per engine call, "
+                      f"p99 {summary['p99_s']:.3f} s, {summary['images_per_cpu_second']:.2f} images per CPU-s, "
+                      f"{summary['mean_batch_images']:.2f} images per engine call, "
                       f"errors {summary['errors']}", flush=True)
     return results
 
 
 def table(results: dict, cold: dict[str, float]) -> str:
-    lines = ["| Host | Transport | images/s (per round) | p99 s (worst round) | images per engine call | cold start s |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| Host | Transport | images/s (per round) | images per CPU-second | p99 s (worst round) "
+             "| images per engine call | cold start s |",
+             "|---|---|---|---|---|---|---|"]
     for name, by_transport in results.items():
         for transport, runs in by_transport.items():
             rates = " / ".join(f"{r['images_per_second']:.2f}" for r in runs)
             batch = statistics.mean(r["mean_batch_images"] for r in runs)
-            lines.append(f"| {name} | {transport} | {rates} | {max(r['p99_s'] for r in runs):.2f} | {batch:.2f} | "
-                         f"{cold[name]:.1f} |")
+            per_cpu = statistics.mean(r["images_per_cpu_second"] for r in runs)
+            lines.append(f"| {name} | {transport} | {rates} | {per_cpu:.2f} | {max(r['p99_s'] for r in runs):.2f} | "
+                         f"{batch:.2f} | {cold[name]:.1f} |")
     return "\n".join(lines)
 
 

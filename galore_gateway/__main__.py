@@ -29,7 +29,7 @@ def parse_args(argv=None) -> GatewayConfig:
                         help=f"TorchServe gRPC inference host:port (default {DEFAULTS.torchserve_inference})")
     parser.add_argument("--torchserve-management",
                         help=f"TorchServe gRPC management host:port (default {DEFAULTS.torchserve_management})")
-    parser.add_argument("--model", default=DEFAULTS.model, help=f"TorchServe model name (default {DEFAULTS.model})")
+    parser.add_argument("--model", default=DEFAULTS.model, help=f"the backend's model name (default {DEFAULTS.model})")
     parser.add_argument("--ts-key-file", help="TorchServe key_file.json, when TorchServe token auth is on")
     parser.add_argument("--default-timeout", type=float, default=DEFAULTS.default_timeout_s,
                         help=f"seconds, when the caller sets none (default {DEFAULTS.default_timeout_s:g})")

@@ -179,3 +179,13 @@ def test_the_readme_tritonclient_example_runs(service, protocol):
     assert done.returncode == 0, done.stderr[-2000:]
     top, ambiguity = done.stdout.strip().split(" | strongest ambiguity: ")
     assert top in CATS and len(ambiguity.split(" / ")) == 2, done.stdout
+
+
+def test_the_kserve_host_listens_on_loopback_only(service):
+    """KServe binds every interface by itself; galore_kserve binds both servers to --host (127.0.0.1 here)."""
+    from tests.reliability.test_security_e2e import LOOPBACK, listening
+
+    sockets = listening(service.kserve.pid) | listening(service.gateway.pid)
+    ports = service.config.ports
+    assert {port for _, port in sockets} >= {ports.grpc, ports.rest, ports.ts_grpc, ports.gateway_metrics}
+    assert {ip for ip, _ in sockets} <= LOOPBACK, sockets
