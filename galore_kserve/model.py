@@ -147,8 +147,11 @@ class GaloreModel(Model):
         return self._response(request, answer.body.decode("utf-8"))
 
     def _response(self, request: InferRequest, body: bytes | str) -> InferResponse:
+        """Output ``explain_response``; binary (raw output contents) when the caller sent binary inputs or asked for
+        binary outputs, as OIP clients such as tritonclient expect."""
         return InferResponse(response_id=request.id or "", model_name=self.name,
-                             infer_outputs=[InferOutput(OIP_RESPONSE, [1], "BYTES", [body])])
+                             infer_outputs=[InferOutput(OIP_RESPONSE, [1], "BYTES", [body])],
+                             use_binary_outputs=request.use_binary_outputs)
 
 
 def explain_request(request: InferRequest, params: dict) -> pb.ExplainRequest:

@@ -29,7 +29,8 @@ def explain(protocol: str, url: str, image: bytes, options: dict) -> dict:
     images.set_data_from_numpy(data, **({} if protocol == "grpc" else {"binary_data": False}))
     client = triton.InferenceServerClient(url)
     try:
-        result = client.infer(MODEL, [images], parameters={"options": json.dumps(options)})
+        headers = {} if protocol == "grpc" else {"Content-Type": "application/json"}  # KServe reads JSON by it
+        result = client.infer(MODEL, [images], parameters={"options": json.dumps(options)}, headers=headers)
     finally:
         client.close()
     return json.loads(result.as_numpy("explain_response")[0])

@@ -124,8 +124,8 @@ def test_oip_rest_base64_and_grpc_binary_with_kserves_clients(service, chelsea, 
 
     answers = []
     for response in asyncio.run(both()):
-        [output] = response.outputs
-        data = output.data[0]
+        [output] = response.outputs  # binary over gRPC (the inputs were), JSON text over REST
+        data = output.as_numpy()[0]
         answers.append(json_format.Parse(data.decode() if isinstance(data, bytes) else data, pb.ExplainResponse()))
     over_rest, over_grpc = answers
     assert [len(i.top_classes) for i in over_rest.images] == [2, 2]
