@@ -35,7 +35,9 @@ def read_properties(path: str | Path) -> dict[str, str]:
 class GatewayConfig:
     """listen: gRPC address served; metrics_port: Prometheus /metrics on 127.0.0.1 (0 = off).
 
-    Byte limits follow TorchServe's max_request_size / max_response_size so both hops accept the same sizes.
+    backend: TorchServe (torchserve_* addresses) or the KServe host (kserve_grpc, its OIP v2 gRPC address).
+    Byte limits follow TorchServe's max_request_size / max_response_size so both hops accept the same sizes (with
+    either backend: local.py passes the same config.properties).
     default_timeout_s: deadline for the TorchServe call when the caller sets none.
     max_inflight: Explain calls the gateway forwards at once. Read from TorchServe's config it is 3/4 of
     job_queue_size, so gRPC overload is shed here (before the request reaches TorchServe) and REST overload by
