@@ -1,8 +1,9 @@
 # syntax=docker/dockerfile:1
-# galore-serve image: TorchServe with the default model archive built in + the gRPC gateway. One image, two
-# entrypoints (deploy/docker/entrypoint.sh):
+# galore-serve image: TorchServe with the default model archive built in + the gRPC gateway + the KServe host. One
+# image, three roles (deploy/docker/entrypoint.sh):
 #   docker run galore-serve:0.1.0-cpu                 -> TorchServe (REST :8080, metrics :8082, gRPC 127.0.0.1:7070)
 #   docker run galore-serve:0.1.0-cpu gateway [ARGS]  -> python -m galore_gateway (gRPC :50051, metrics :9091)
+#   docker run galore-serve:0.1.0-cpu kserve [ARGS]   -> python -m galore_kserve (KServe v1/v2 REST :8080, gRPC :8081)
 # Build:
 #   docker build -t galore-serve:0.1.0-cpu .                                  # torch CPU wheels (default)
 #   docker build --build-arg TORCH_VARIANT=cuda -t galore-serve:0.1.0-cuda .  # torch CUDA wheels
@@ -42,6 +43,7 @@ COPY protos/ protos/
 COPY galore/ galore/
 COPY handlers/ handlers/
 COPY galore_gateway/ galore_gateway/
+COPY galore_kserve/ galore_kserve/
 COPY galore_client/ galore_client/
 COPY model_store/ model_store/
 COPY deploy/torchserve/ deploy/torchserve/
@@ -53,7 +55,7 @@ RUN pip install . \
  && touch /opt/venv/.installed \
  && make protos archive VENV=/opt/venv PY=/opt/venv/bin/python STAMP=/opt/venv/.installed \
  && pip install --no-deps --force-reinstall . \
- && python -I -c "import galore, handlers, galore_gateway, galore_api.v1.explainer_pb2"
+ && python -I -c "import galore, handlers, galore_gateway, galore_kserve, galore_api.v1.explainer_pb2"
 
 # ---- runtime: Java for the TorchServe frontend, the venv, the archive, the container config ----------------------
 FROM ${PYTHON_IMAGE} AS runtime

@@ -40,7 +40,7 @@ tools:
 	  || echo "could not install:$$missing; the tests that need them skip (and fail under CI=true)"; }
 
 # ---- serving: generated protobuf code, model archive, TorchServe + gateway (see README "Serve") ----
-PROTOS := $(wildcard protos/galore/v1/*.proto) $(wildcard protos/torchserve/*.proto)
+PROTOS := $(wildcard protos/galore/v1/*.proto) $(wildcard protos/torchserve/*.proto) $(wildcard protos/kserve/*.proto)
 PROTO_STAMP := galore_api/.generated
 ARCHIVE := model_store/efficientnet_lite0.mar
 ARCHIVE_DEPS := $(PROTO_STAMP) $(wildcard model_store/*.py handlers/*.py) deploy/torchserve/model-config.yaml
@@ -53,15 +53,19 @@ TS_METRICS_PORT ?= 8082
 TS_GRPC_PORT ?= 7070
 TS_GRPC_MANAGEMENT_PORT ?= 7071
 SERVE_FLAGS ?=
+# The host behind the gateway: torchserve (default) or kserve (galore_kserve on KServe's ModelServer).
+BACKEND ?= torchserve
 
 protos: $(PROTO_STAMP)
 
-# galore_api/ is generated (git-ignored): galore_api.v1.explainer_pb2(_grpc), galore_api.torchserve.*
+# galore_api/ is generated (git-ignored): galore_api.v1.explainer_pb2(_grpc), galore_api.torchserve.*,
+# galore_api.kserve.* (the Open Inference Protocol subset the gateway speaks to the KServe host)
 $(PROTO_STAMP): $(PROTOS) | $(STAMP)
-	rm -rf galore_api && mkdir -p galore_api/v1 galore_api/torchserve
+	rm -rf galore_api && mkdir -p galore_api/v1 galore_api/torchserve galore_api/kserve
 	$(PY) -m grpc_tools.protoc -Igalore_api/v1=protos/galore/v1 -Igalore_api/torchserve=protos/torchserve \
+	  -Igalore_api/kserve=protos/kserve \
 	  --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
-	touch galore_api/__init__.py galore_api/v1/__init__.py galore_api/torchserve/__init__.py $@
+	touch galore_api/__init__.py galore_api/v1/__init__.py galore_api/torchserve/__init__.py galore_api/kserve/__init__.py $@
 
 archive: $(ARCHIVE)
 
@@ -76,7 +80,7 @@ java:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends openjdk-17-jre-headless; }
 
 serve: java $(ARCHIVE)
-	$(PY) -m galore_gateway.local --model-store model_store --run-dir .run $(SERVE_FLAGS) \
+	$(PY) -m galore_gateway.local --model-store model_store --run-dir .run --backend $(BACKEND) $(SERVE_FLAGS) \
 	  --grpc-port $(GRPC_PORT) --gateway-metrics-port $(GATEWAY_METRICS_PORT) --rest-port $(TS_REST_PORT) \
 	  --management-port $(TS_MANAGEMENT_PORT) --metrics-port $(TS_METRICS_PORT) \
 	  --ts-grpc-port $(TS_GRPC_PORT) --ts-grpc-management-port $(TS_GRPC_MANAGEMENT_PORT)

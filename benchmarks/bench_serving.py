@@ -27,6 +27,8 @@ from galore_client import loadtest
 from galore_client.load_report import LoadSummary
 from galore_client.load_transports import open_sender, sample_images
 from galore_client.settings import ExplainSettings
+from galore_client.client import KSERVE_V1
+from galore_gateway.config import Backend
 from galore_gateway.local import LocalConfig, LocalService, Ports, free_ports
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,6 +41,7 @@ class ServeSettings:
     max_batch_delay_ms: int | None = None
     workers: int = 1
     threads: int = 0  # OMP_NUM_THREADS for the workers; 0: the environment's (LocalService default: 1)
+    backend: str = "torchserve"  # or "kserve": the KServe host (galore_kserve) behind the gateway
 
     @property
     def model(self) -> str:
@@ -89,9 +92,10 @@ def worker_pids(service: LocalService) -> list[int]:
 
 
 def server_cpu_seconds(service: LocalService) -> float:
-    """CPU seconds (user + system) used so far by TorchServe, its workers and the gateway, children included."""
+    """CPU seconds (user + system) used so far by the backend (TorchServe and its workers, or the KServe host) and
+    the gateway, children included."""
     total = 0.0
-    for root_pid in (service.torchserve.pid, service.gateway.pid):
+    for root_pid in (service.backend.pid, service.gateway.pid):
         root = psutil.Process(root_pid)
         for proc in (root, *root.children(recursive=True)):
             try:
@@ -128,7 +132,8 @@ def deployment(settings: ServeSettings):
         build_archive(settings, store)
         ports = Ports(*free_ports(7))
         config = LocalConfig(model_store=store, run_dir=tmp / "run", model=settings.model, ports=ports,
-                             model_api=settings.workers != 1)  # scaling goes through the model API
+                             model_api=settings.workers != 1,  # scaling goes through the model API
+                             backend=Backend(settings.backend))
         saved = os.environ.get("OMP_NUM_THREADS")
         if settings.threads:
             os.environ["OMP_NUM_THREADS"] = str(settings.threads)
@@ -154,6 +159,8 @@ def load(dep: Deployment, transport: str, kinds: tuple[str, ...], concurrency: i
     """One closed-loop load point against ``dep`` (no progress bar)."""
     port = dep.ports.grpc if transport == "grpc" else dep.ports.rest
     target = f"127.0.0.1:{port}"
+    if transport == "rest" and dep.settings.backend == "kserve":
+        target += KSERVE_V1  # the KServe host's v1 routes (galore_client.client.RestClient)
     config = loadtest.LoadConfig(
         transport=transport, target=target, model=dep.settings.model, concurrency=concurrency, rate=None,
         count=count, duration_s=seconds, images_per_request=images_per_request, timeout_s=600.0,

@@ -32,6 +32,17 @@ class Ports:
 
 
 DEFAULT_PORTS = Ports()
+
+
+@dataclass(frozen=True)
+class KServePorts:
+    """Ports of the KServe host (``python -m galore_kserve``); KServe's defaults."""
+
+    http: int = 8080  # v1 and OIP v2 REST, health, /metrics
+    grpc: int = 8081  # OIP v2 gRPC
+
+
+KSERVE_PORTS = KServePorts()
 DEFAULT_GRPC_ADDRESS = f"{HOST}:{DEFAULT_PORTS.grpc}"
 DEFAULT_REST_ADDRESS = f"{HOST}:{DEFAULT_PORTS.rest}"
 DEFAULT_SERVER = f"grpc://{DEFAULT_GRPC_ADDRESS}"  # the client's and CLI's default server URL
@@ -41,6 +52,16 @@ DEFAULT_TIMEOUT_S = 120.0  # per-call deadline of the CLI, the load tester and t
 # calls, read by handlers/wire.py); its values are the names of ``Call``.
 RPC_KEY = "galore-rpc"
 DEADLINE_KEY = "galore-deadline"  # the caller's deadline, Unix seconds (gateway input key or REST header)
+
+
+# The Open Inference Protocol (v2) layout of the KServe host (README "Serve", OIP v2): tensor and parameter names.
+OIP_IMAGES = "images"  # input, BYTES [N]: encoded images (JSON: base64 strings)
+OIP_IMAGE_IDS = "image_ids"  # optional input, BYTES [N]: the images' ids
+OIP_OPTIONS = "options"  # optional request parameter: ExplainOptions in proto3 JSON
+OIP_RESPONSE = "explain_response"  # output, BYTES [1]: ExplainResponse in proto3 JSON (or protobuf, see below)
+# The gateway's call: request parameter RPC_KEY (and DEADLINE_KEY), input OIP_REQUEST = the serialized galore.v1
+# request, output OIP_RESPONSE = the serialized galore.v1 answer (ExplainResponse or ModelInfo).
+OIP_REQUEST = "galore_request"
 
 
 class Call(enum.Enum):

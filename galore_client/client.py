@@ -111,14 +111,19 @@ class GrpcClient:
         self.close()
 
 
+KSERVE_V1 = "/v1"  # a REST base URL ending so speaks to the KServe host's v1 routes
+
+
 class RestClient:
-    """TorchServe REST: ``POST /predictions/<model>`` (or ``/explanations/<model>``) with JSON or protobuf."""
+    """TorchServe REST: ``POST /predictions/<model>`` (or ``/explanations/<model>``) with JSON or protobuf; with a
+    base URL ending in ``/v1``, the KServe host's ``POST /v1/models/<model>:explain`` (same bodies and answers)."""
 
     def __init__(self, base_url: str = f"http://{DEFAULT_REST_ADDRESS}", model: str = DEFAULT_MODEL,
                  timeout_s: float = 60.0, ca_cert: str | None = None, token: str | None = None):
         """``ca_cert``: path of a PEM file to trust for https:// URLs; ``token``: sent as
         ``Authorization: Bearer <token>``. Safe to share between threads (one HTTP session per thread)."""
         self.base_url = base_url.rstrip("/")
+        self.kserve = self.base_url.endswith(KSERVE_V1)
         self.model = model
         self.timeout_s = timeout_s
         self._ca_cert, self._token = ca_cert, token
@@ -140,6 +145,9 @@ class RestClient:
         return session
 
     def url(self, endpoint: str = "predictions") -> str:
+        """TorchServe's ``endpoint`` ("predictions" or "explanations", which answer alike); on KServe ``:explain``."""
+        if self.kserve:
+            return f"{self.base_url}/models/{self.model}:explain"
         return f"{self.base_url}/{endpoint}/{self.model}"
 
     def explain(self, images: Iterable[bytes] | bytes, options: pb.ExplainOptions | None = None,
@@ -176,11 +184,15 @@ class RestClient:
         return response
 
     def model_info(self, timeout_s: float | None = None) -> pb.ModelInfo:
-        """GetModelInfo over REST: a multipart form whose ``galore.contract.RPC_KEY`` field names the call; the
-        answer is a serialized ModelInfo."""
+        """GetModelInfo over REST: a multipart form whose ``galore.contract.RPC_KEY`` field names the call (KServe:
+        that header on an empty protobuf body); the answer is a serialized ModelInfo."""
+        if self.kserve:
+            call = dict(data=b"", headers={RPC_KEY: Call.MODEL_INFO.value, "Content-Type": PROTOBUF,
+                                           "Accept": PROTOBUF})
+        else:
+            call = dict(files={RPC_KEY: (None, Call.MODEL_INFO.value)}, headers={"Accept": PROTOBUF})
         try:
-            answer = self._session.post(self.url(), files={RPC_KEY: (None, Call.MODEL_INFO.value)},
-                                        headers={"Accept": PROTOBUF}, timeout=timeout_s or self.timeout_s)
+            answer = self._session.post(self.url(), timeout=timeout_s or self.timeout_s, **call)
         except requests.Timeout:
             raise GaloreClientError("DEADLINE_EXCEEDED", f"no answer from {self.base_url} in time") from None
         except requests.ConnectionError as err:
@@ -235,20 +247,23 @@ _SCHEMES = {"grpc": ("grpc", False), "grpcs": ("grpc", True), "http": ("rest", F
 
 
 def parse_server(url: str) -> tuple[str, bool, str]:
-    """'grpc://H:P' | 'grpcs://H:P' | 'http(s)://H:P' | 'H:P' (gRPC) -> (transport 'grpc'|'rest', tls, address).
+    """'grpc://H:P' | 'grpcs://H:P' | 'http(s)://H:P[/v1]' | 'H:P' (gRPC) -> (transport 'grpc'|'rest', tls, address).
 
-    ``address`` is 'H:P' for gRPC and the base URL for REST. Raises ValueError naming the bad part.
+    ``address`` is 'H:P' for gRPC and the base URL for REST ('/v1': the KServe host's v1 routes). Raises ValueError
+    naming the bad part.
     """
     scheme, sep, rest = url.partition("://")
     if not sep:
         scheme, rest = "grpc", url
     if scheme not in _SCHEMES:
         raise ValueError(f"server: unknown scheme {scheme!r} in {url!r}; use grpc://, grpcs://, http:// or https://")
-    host, colon, port = rest.rstrip("/").rpartition(":")
+    rest = rest.rstrip("/")
+    suffix = KSERVE_V1 if _SCHEMES[scheme][0] == "rest" and rest.endswith(KSERVE_V1) else ""
+    host, colon, port = rest.removesuffix(suffix).rpartition(":")
     if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"server: expected {scheme}://HOST:PORT, got {url!r}")
     transport, tls = _SCHEMES[scheme]
-    return transport, tls, (f"{host}:{port}" if transport == "grpc" else f"{scheme}://{host}:{port}")
+    return transport, tls, (f"{host}:{port}" if transport == "grpc" else f"{scheme}://{host}:{port}{suffix}")
 
 
 class GaloreClient:

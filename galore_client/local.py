@@ -62,7 +62,7 @@ class LocalBackend:
         from handlers.metrics import WorkerMetrics
 
         [answer] = self.service.answer_batch([{RPC_KEY: call.value.encode(), "body": body}], None,
-                                             WorkerMetrics(None, self.service.model_name))
+                                             WorkerMetrics(self.service.model_name))
         return answer.body
 
     def close(self) -> None:

@@ -1,14 +1,23 @@
-"""Gateway settings, parsed once from the command line and TorchServe's config.properties."""
+"""Gateway settings, parsed once from the command line and TorchServe's config.properties; the backend is
+TorchServe or the KServe host (galore_kserve), one module each (torchserve.py, kserve.py)."""
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from pathlib import Path
 
-from galore.contract import DEFAULT_GRPC_ADDRESS, DEFAULT_MODEL, DEFAULT_PORTS, DEFAULT_TIMEOUT_S, HOST
+from galore.contract import DEFAULT_GRPC_ADDRESS, DEFAULT_MODEL, DEFAULT_PORTS, DEFAULT_TIMEOUT_S, HOST, KSERVE_PORTS
 
 TORCHSERVE_DEFAULT_MAX_BYTES = 6553500  # TorchServe's default max_request_size / max_response_size
 ENVELOPE_BYTES = 4096  # room for the PredictionsRequest wrapper around the caller's bytes
 INFLIGHT_SHARE_OF_QUEUE = 3  # quarters of TorchServe's job_queue_size the gateway may fill
+
+
+class Backend(enum.Enum):
+    """Which host runs the handler: TorchServe (the default) or the KServe host."""
+
+    TORCHSERVE = "torchserve"
+    KSERVE = "kserve"
 
 
 def read_properties(path: str | Path) -> dict[str, str]:
@@ -26,7 +35,9 @@ def read_properties(path: str | Path) -> dict[str, str]:
 class GatewayConfig:
     """listen: gRPC address served; metrics_port: Prometheus /metrics on 127.0.0.1 (0 = off).
 
-    Byte limits follow TorchServe's max_request_size / max_response_size so both hops accept the same sizes.
+    backend: TorchServe (torchserve_* addresses) or the KServe host (kserve_grpc, its OIP v2 gRPC address).
+    Byte limits follow TorchServe's max_request_size / max_response_size so both hops accept the same sizes (with
+    either backend: local.py passes the same config.properties).
     default_timeout_s: deadline for the TorchServe call when the caller sets none.
     max_inflight: Explain calls the gateway forwards at once. Read from TorchServe's config it is 3/4 of
     job_queue_size, so gRPC overload is shed here (before the request reaches TorchServe) and REST overload by
@@ -34,6 +45,8 @@ class GatewayConfig:
     """
 
     listen: str = DEFAULT_GRPC_ADDRESS
+    backend: Backend = Backend.TORCHSERVE
+    kserve_grpc: str = f"{HOST}:{KSERVE_PORTS.grpc}"  # the KServe host's OIP v2 gRPC address (backend kserve)
     metrics_host: str = HOST
     metrics_port: int = DEFAULT_PORTS.gateway_metrics
     torchserve_inference: str = f"{HOST}:{DEFAULT_PORTS.ts_grpc}"
@@ -52,6 +65,8 @@ class GatewayConfig:
             raise ValueError(f"max_request_bytes and max_response_bytes must exceed {ENVELOPE_BYTES}")
         if self.default_timeout_s <= 0 or self.health_poll_s <= 0 or self.shutdown_grace_s < 0:
             raise ValueError("timeouts must be positive")
+        if not isinstance(self.backend, Backend):
+            object.__setattr__(self, "backend", Backend(self.backend))
         if self.max_inflight < 1:
             raise ValueError(f"max_inflight must be >= 1, got {self.max_inflight}")
 

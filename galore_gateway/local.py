@@ -1,9 +1,14 @@
-"""``python -m galore_gateway.local``: TorchServe + gateway on localhost, in the foreground (``make serve``).
+"""``python -m galore_gateway.local``: TorchServe (or the KServe host) + gateway on localhost, in the foreground
+(``make serve``, ``make serve BACKEND=kserve``).
 
-Renders deploy/torchserve/config.properties with the chosen ports into the run directory, starts TorchServe
-(quiet log4j2 config, no config snapshots, token auth and model API off unless asked) and the gateway, supervises
-both (a process that exits is started again after a backoff, as Kubernetes restarts a container) and stops both
-on Ctrl-C / SIGTERM. The end-to-end tests use ``LocalService`` with free ports and a temporary run dir.
+Renders deploy/torchserve/config.properties with the chosen ports into the run directory (its size limits and
+queue size also set the gateway's limits with either backend), starts TorchServe (quiet log4j2 config, no config
+snapshots, token auth and model API off unless asked) or the KServe host on the same archive, and the gateway,
+supervises both (a process that exits is started again after a backoff, as Kubernetes restarts a container) and
+stops both on Ctrl-C / SIGTERM. The end-to-end tests use ``LocalService`` with free ports and a temporary run dir.
+
+With the KServe backend, ``Ports.rest`` is its HTTP port (v1, v2, /metrics) and ``Ports.ts_grpc`` its OIP gRPC port;
+the TorchServe-only ports are unused.
 """
 from __future__ import annotations
 
@@ -22,6 +27,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from galore.contract import DEFAULT_MODEL, HOST, Ports
 
+from .config import Backend
+
 REPO = Path(__file__).resolve().parent.parent
 TS_DEPLOY = REPO / "deploy" / "torchserve"
 
@@ -35,10 +42,30 @@ class LocalConfig:
     token_auth: bool = False
     model_api: bool = False
     quiet: bool = True
+    backend: Backend = Backend.TORCHSERVE
 
     @property
     def ts_config(self) -> Path:
         return self.run_dir / "config.properties"
+
+    @property
+    def rest_base(self) -> str:
+        """The REST base URL galore_client takes: TorchServe's, or the KServe host's v1 routes (``/v1``)."""
+        base = f"http://{HOST}:{self.ports.rest}"
+        return f"{base}/v1" if self.backend is Backend.KSERVE else base
+
+    @property
+    def rest_url(self) -> str:
+        """Where a REST Explain is POSTed."""
+        if self.backend is Backend.KSERVE:
+            return f"http://{HOST}:{self.ports.rest}/v1/models/{self.model}:explain"
+        return f"http://{HOST}:{self.ports.rest}/predictions/{self.model}"
+
+    @property
+    def worker_metrics_url(self) -> str:
+        """The engine's metrics (galore_images_total, ...): TorchServe's metrics port or the KServe host's /metrics."""
+        port = self.ports.rest if self.backend is Backend.KSERVE else self.ports.metrics
+        return f"http://{HOST}:{port}/metrics"
 
 
 def render_ts_config(config: LocalConfig) -> Path:
@@ -81,12 +108,22 @@ class Backoff:
 
 
 class LocalService:
-    """Starts TorchServe and the gateway as child process groups; ``stop`` ends both (and only those)."""
+    """Starts the backend (TorchServe or the KServe host) and the gateway as child process groups; ``stop`` ends
+    both (and only those)."""
 
     def __init__(self, config: LocalConfig):
         self.config = config
         self.torchserve: subprocess.Popen | None = None
+        self.kserve: subprocess.Popen | None = None
         self.gateway: subprocess.Popen | None = None
+
+    @property
+    def backend_name(self) -> str:
+        return self.config.backend.value  # "torchserve" | "kserve": also the attribute holding its process
+
+    @property
+    def backend(self) -> subprocess.Popen | None:
+        return getattr(self, self.backend_name)
 
     def _env(self) -> dict[str, str]:
         tmp = self.config.run_dir / "tmp"  # TorchServe keeps its pid file in the temp dir: one per deployment
@@ -105,8 +142,23 @@ class LocalService:
         if not archive.is_file():
             raise FileNotFoundError(f"{archive} not found; run `make archive`")
         render_ts_config(c)
-        self.start_torchserve()
+        self.start_backend()
         self.start_gateway()
+
+    def start_backend(self) -> None:
+        (self.start_kserve if self.config.backend is Backend.KSERVE else self.start_torchserve)()
+
+    def start_kserve(self) -> None:
+        """(Re)starts the KServe host on the same archive, bound to loopback."""
+        c = self.config
+        if self.kserve is not None:
+            self._end(self.kserve, grace_s=0)
+        self.kserve = subprocess.Popen(
+            [sys.executable, "-m", "galore_kserve", "--archive", str((c.model_store / f"{c.model}.mar").resolve()),
+             "--model-name", c.model, "--host", HOST, "--http-port", str(c.ports.rest),
+             "--grpc-port", str(c.ports.ts_grpc), "--work-dir", str(c.run_dir / "kserve")]
+            + ([] if c.quiet else ["--verbose"]),
+            cwd=REPO, env=self._env(), start_new_session=True)
 
     def start_torchserve(self) -> None:
         """(Re)starts TorchServe; what is left of an earlier one (its workers) is killed first."""
@@ -127,17 +179,18 @@ class LocalService:
             self._end(self.gateway, grace_s=0)
         self.gateway = subprocess.Popen(
             [sys.executable, "-m", "galore_gateway", "--listen", f"{HOST}:{c.ports.grpc}",
-             "--metrics-port", str(c.ports.gateway_metrics), "--ts-config", str(c.ts_config), "--model", c.model]
+             "--metrics-port", str(c.ports.gateway_metrics), "--ts-config", str(c.ts_config), "--model", c.model,
+             "--backend", c.backend.value, "--kserve-grpc", f"{HOST}:{c.ports.ts_grpc}"]
             + (["--ts-key-file", str(c.run_dir / "key_file.json")] if c.token_auth else []),
             cwd=REPO, env=self._env(), start_new_session=True)
 
     def supervise(self, stopping, backoff: Backoff = Backoff(), poll_s: float = 0.5, log=None) -> None:
         """Until ``stopping()`` is true: a process that exited is started again after ``backoff``.
 
-        Each process has its own backoff, so a crash-looping TorchServe does not delay the gateway's restart; the
-        gateway keeps answering (UNAVAILABLE, health NOT_SERVING) while TorchServe is away."""
+        Each process has its own backoff, so a crash-looping backend does not delay the gateway's restart; the
+        gateway keeps answering (UNAVAILABLE, health NOT_SERVING) while the backend is away."""
         log = log or (lambda line: print(f"galore: {line}", file=sys.stderr, flush=True))
-        starters = {"torchserve": self.start_torchserve, "gateway": self.start_gateway}
+        starters = {self.backend_name: self.start_backend, "gateway": self.start_gateway}
         started = {name: time.monotonic() for name in starters}
         in_a_row = dict.fromkeys(starters, 0)
         due: dict[str, float] = {}
@@ -166,7 +219,7 @@ class LocalService:
         with grpc.insecure_channel(f"{HOST}:{self.config.ports.grpc}") as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
-                for name, proc in (("torchserve", self.torchserve), ("gateway", self.gateway)):
+                for name, proc in ((self.backend_name, self.backend), ("gateway", self.gateway)):
                     if proc.poll() is not None:
                         raise RuntimeError(f"{name} exited with code {proc.returncode}")
                 try:
@@ -195,9 +248,9 @@ class LocalService:
         proc.wait()
 
     def stop(self, grace_s: float = 20.0) -> None:
-        """Gateway first (drains its RPCs), then TorchServe and its workers."""
+        """Gateway first (drains its RPCs), then the backend (TorchServe and its workers, or the KServe host)."""
         self._end(self.gateway, grace_s)
-        self._end(self.torchserve, grace_s)
+        self._end(self.backend, grace_s)
 
     def __enter__(self) -> "LocalService":
         self.start()
@@ -252,19 +305,27 @@ def main(argv=None) -> None:
         parser.add_argument(f"--{flag}", dest=name, type=int, default=default)
     parser.add_argument("--enable-token-auth", action="store_true", help="TorchServe token authorization on")
     parser.add_argument("--enable-model-api", action="store_true", help="TorchServe model (un)registration API on")
-    parser.add_argument("--verbose", action="store_true", help="TorchServe's default (verbose) logging")
+    parser.add_argument("--verbose", action="store_true",
+                        help="TorchServe's default (verbose) logging; the KServe host's per-request logs")
+    parser.add_argument("--backend", choices=[b.value for b in Backend], default=Backend.TORCHSERVE.value,
+                        help="the host behind the gateway: torchserve (default) or kserve (galore_kserve)")
     args = parser.parse_args(argv)
     ports = Ports(**{name: getattr(args, name) for name in d.__dict__})
     config = LocalConfig(model_store=args.model_store, run_dir=args.run_dir.resolve(), model=args.model,
                          ports=ports, token_auth=args.enable_token_auth, model_api=args.enable_model_api,
-                         quiet=not args.verbose)
+                         quiet=not args.verbose, backend=Backend(args.backend))
     service = LocalService(config)
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
     service.start()
-    print(f"galore: gRPC Explain on {HOST}:{ports.grpc}, REST http://{HOST}:{ports.rest}/predictions/{args.model}, "
-          f"metrics :{ports.gateway_metrics} (gateway) :{ports.metrics} (TorchServe). Ctrl-C stops.", flush=True)
+    if config.backend is Backend.KSERVE:
+        print(f"galore: gRPC Explain on {HOST}:{ports.grpc}, KServe v1 REST {config.rest_url}, OIP v2 REST "
+              f"http://{HOST}:{ports.rest}/v2/models/{args.model}/infer and gRPC {HOST}:{ports.ts_grpc}, metrics "
+              f":{ports.gateway_metrics} (gateway) {config.worker_metrics_url} (KServe). Ctrl-C stops.", flush=True)
+    else:
+        print(f"galore: gRPC Explain on {HOST}:{ports.grpc}, REST {config.rest_url}, "
+              f"metrics :{ports.gateway_metrics} (gateway) :{ports.metrics} (TorchServe). Ctrl-C stops.", flush=True)
     try:
         service.supervise(lambda: bool(stopping))
     finally:

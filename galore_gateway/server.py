@@ -1,4 +1,5 @@
-"""The grpc.aio server: ``galore.v1.Explainer`` forwarding to TorchServe, plus health and reflection.
+"""The grpc.aio server: ``galore.v1.Explainer`` forwarding to the backend (TorchServe or the KServe host, one
+module each: torchserve.py, kserve.py), plus health and reflection.
 
 ``Explain`` and ``GetModelInfo`` are registered with identity (de)serializers: the caller's request bytes go to
 the handler as they are and the handler's response bytes come back as they are. The gateway only reads the
@@ -19,8 +20,9 @@ from galore.contract import Call
 from galore_api.v1 import explainer_pb2 as pb
 
 from . import metrics
-from .config import GatewayConfig
-from .torchserve import QUEUE_FULL_PHRASE, WORKER_LOST_PHRASES, TorchServeClient
+from .config import Backend, GatewayConfig
+from .kserve import KServeClient
+from .torchserve import TorchServeClient
 
 logger = logging.getLogger(__name__)
 SERVICE = pb.DESCRIPTOR.services_by_name["Explainer"].full_name  # "galore.v1.Explainer"
@@ -37,9 +39,9 @@ def overloaded(detail: str) -> str:
 class ExplainerGateway:
     """Implements Explain / GetModelInfo on raw bytes."""
 
-    def __init__(self, config: GatewayConfig, torchserve: TorchServeClient):
+    def __init__(self, config: GatewayConfig, backend: TorchServeClient | KServeClient):
         self.config = config
-        self.torchserve = torchserve
+        self.backend = backend
         self.images = metrics.images_rate(config.model)
         self.inflight = 0  # Explain calls being forwarded (one event loop: a plain counter is exact)
         self.ready = False  # TorchServe has a READY worker for the model (kept by watch_health)
@@ -49,30 +51,29 @@ class ExplainerGateway:
         return self.config.default_timeout_s if remaining is None else max(remaining, 0.001)
 
     async def _forward(self, rpc: str, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        """Calls the handler; TorchServe failures become UNAVAILABLE / DEADLINE_EXCEEDED / their own code.
+        """Calls the handler; backend failures become UNAVAILABLE / DEADLINE_EXCEEDED / their own code.
 
-        While health says NOT_SERVING (TorchServe away, starting, or without a ready worker) calls are refused at
+        While health says NOT_SERVING (backend away, starting, or without a ready worker) calls are refused at
         once with UNAVAILABLE instead of waiting in a queue nobody serves."""
+        backend = self.backend
         if not self.ready:
             await context.abort(grpc.StatusCode.UNAVAILABLE, (
-                f"TorchServe at {self.config.torchserve_inference} has no ready worker for model "
+                f"{backend.name} at {backend.address} has no ready worker for model "
                 f"{self.config.model} (health NOT_SERVING); {RETRY_HINT}"))
         try:
-            return await self.torchserve.call(rpc, request, self._timeout(context))
+            return await backend.call(rpc, request, self._timeout(context))
         except grpc.aio.AioRpcError as err:
             code, details = err.code(), err.details() or ""
-            if QUEUE_FULL_PHRASE in details:  # TorchServe's job queue is full; it says so with INTERNAL over gRPC
-                code, message = grpc.StatusCode.UNAVAILABLE, overloaded(f"TorchServe's job queue is full: {details}")
-            elif any(phrase in details for phrase in WORKER_LOST_PHRASES):
-                code = grpc.StatusCode.UNAVAILABLE
-                message = f"the TorchServe worker holding this call stopped ({details}); {RETRY_HINT}"
+            reason = backend.unavailable_reason(details)
+            if reason is not None:  # the backend's own overload or lost-worker words: retryable
+                (what, overload), code = reason, grpc.StatusCode.UNAVAILABLE
+                message = overloaded(what) if overload else f"{what}; {RETRY_HINT}"
             elif code == grpc.StatusCode.UNAVAILABLE:
-                message = (f"TorchServe at {self.config.torchserve_inference} is unavailable: {details}; "
-                           f"{RETRY_HINT}")
+                message = f"{backend.name} at {backend.address} is unavailable: {details}; {RETRY_HINT}"
             elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                message = "deadline exceeded while TorchServe was explaining"
+                message = f"deadline exceeded while {backend.name} was explaining"
             else:
-                message = f"TorchServe: {details}"
+                message = f"{backend.name}: {details}"
             await context.abort(code, message)
 
     async def _observe(self, rpc: str, request: bytes, context, on_answer) -> bytes:
@@ -134,10 +135,10 @@ class ExplainerGateway:
 
 
 async def watch_health(gateway: ExplainerGateway, servicer: health.aio.HealthServicer, poll_s: float) -> None:
-    """SERVING (overall and for galore.v1.Explainer) exactly while the TorchServe model has a READY worker."""
+    """SERVING (overall and for galore.v1.Explainer) exactly while the backend's model is ready."""
     last = None
     while True:
-        ready = gateway.ready = await gateway.torchserve.model_ready()
+        ready = gateway.ready = await gateway.backend.model_ready()
         status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
         if status != last:
             for name in ("", SERVICE):
@@ -149,8 +150,8 @@ async def watch_health(gateway: ExplainerGateway, servicer: health.aio.HealthSer
 
 async def serve(config: GatewayConfig, ready: asyncio.Event | None = None) -> None:
     """Runs until SIGTERM/SIGINT, then reports NOT_SERVING and drains for ``shutdown_grace_s``."""
-    torchserve = TorchServeClient(config)
-    gateway = ExplainerGateway(config, torchserve)
+    backend = KServeClient(config) if config.backend == Backend.KSERVE else TorchServeClient(config)
+    gateway = ExplainerGateway(config, backend)
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", config.caller_max_request_bytes),
         ("grpc.max_send_message_length", config.max_response_bytes),
@@ -171,7 +172,7 @@ async def serve(config: GatewayConfig, ready: asyncio.Event | None = None) -> No
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    logger.info("galore gateway on %s -> TorchServe %s (model %s)", config.listen, config.torchserve_inference,
+    logger.info("galore gateway on %s -> %s %s (model %s)", config.listen, backend.name, backend.address,
                 config.model)
     if ready is not None:
         ready.set()
@@ -180,4 +181,4 @@ async def serve(config: GatewayConfig, ready: asyncio.Event | None = None) -> No
     watcher.cancel()
     await health_servicer.enter_graceful_shutdown()
     await server.stop(config.shutdown_grace_s)
-    await torchserve.close()
+    await backend.close()

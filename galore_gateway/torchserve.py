@@ -50,8 +50,11 @@ class KeyFile:
 class TorchServeClient:
     """One channel per TorchServe API, opened once and shared by all RPCs."""
 
+    name = "TorchServe"
+
     def __init__(self, config: GatewayConfig):
         self.config = config
+        self.address = config.torchserve_inference
         self.keys = KeyFile(config.torchserve_key_file)
         options = RECONNECT_OPTIONS + [
             ("grpc.max_send_message_length", config.max_request_bytes),
@@ -73,6 +76,15 @@ class TorchServeClient:
         response = await self._inference.Predictions(request, timeout=timeout_s,
                                                      metadata=self.keys.metadata("inference"))
         return response.prediction
+
+    @staticmethod
+    def unavailable_reason(details: str) -> tuple[str, bool] | None:
+        """TorchServe's words for a retryable failure -> (what happened, whether it is overload), else None."""
+        if QUEUE_FULL_PHRASE in details:  # TorchServe says so with INTERNAL over gRPC
+            return f"TorchServe's job queue is full: {details}", True
+        if any(phrase in details for phrase in WORKER_LOST_PHRASES):
+            return f"the TorchServe worker holding this call stopped ({details})", False
+        return None
 
     async def model_ready(self, timeout_s: float = 2.0) -> bool:
         """True when TorchServe reports at least one READY worker for the model."""

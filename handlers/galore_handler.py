@@ -12,7 +12,7 @@ import sys
 from PIL import Image
 
 from handlers.config import HandlerConfig
-from handlers.metrics import WorkerMetrics
+from handlers.metrics import TorchServeMetrics
 from handlers.model import build_engine
 from handlers.service import ExplainService
 
@@ -40,7 +40,7 @@ class GaloreHandler:
         logger.info("galore handler ready: model=%s device=%s pid=%d", context.model_name, device, os.getpid())
 
     def handle(self, data: list[dict], context) -> list[bytes]:
-        metrics = WorkerMetrics(context, context.model_name)
+        metrics = TorchServeMetrics(context, context.model_name)
         answers = self.service.answer_batch(data, context, metrics)
         for idx, answer in enumerate(answers):
             context.set_response_status(answer.http_status, answer.phrase, idx)

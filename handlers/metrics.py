@@ -1,14 +1,15 @@
-"""Worker-side metrics, emitted through TorchServe's metrics API.
+"""Worker-side metrics: their names, and one emitter per host.
 
-Every name here must be declared in deploy/torchserve/metrics.yaml (TorchServe silently drops undeclared
-custom metrics); they appear on TorchServe's metrics endpoint (metrics_mode=prometheus) with an extra
-``Hostname`` label. Gateway-side metrics live in galore_gateway/metrics.py.
+The names are the one home for both hosts. TorchServe: every name must be declared in
+deploy/torchserve/metrics.yaml (TorchServe silently drops undeclared custom metrics); they appear on TorchServe's
+metrics endpoint (metrics_mode=prometheus) with an extra ``Hostname`` label. KServe: galore_kserve/metrics.py
+registers them with prometheus_client, served on the KServe host's ``/metrics``. Gateway-side metrics live in
+galore_gateway/metrics.py.
 """
 from __future__ import annotations
 
+import enum
 import logging
-
-from ts.metrics.metric_type_enum import MetricTypes
 
 IMAGES_TOTAL = "galore_images_total"  # counter {model, kind}; kind = explanation kind or "prediction"
 STAGE_SECONDS = "galore_stage_duration_seconds"  # histogram {model, stage}; seconds per batch and stage
@@ -16,39 +17,64 @@ BATCH_SIZE = "galore_batch_size"  # histogram {model}; images per engine call
 EXEMPLAR_CACHE_TOTAL = "galore_exemplar_cache_total"  # counter {model, result}; result = hit | miss
 DROPPED_TOTAL = "galore_dropped_requests_total"  # counter {model, reason}; requests dropped before the engine
 STAGES = ("decode", "forward", "attribution", "regions", "encode")
+# name -> its label names after "model"
+LABELS = {IMAGES_TOTAL: ("kind",), STAGE_SECONDS: ("stage",), BATCH_SIZE: (), EXEMPLAR_CACHE_TOTAL: ("result",),
+          DROPPED_TOTAL: ("reason",)}
 
 logger = logging.getLogger(__name__)
 
 
-class WorkerMetrics:
-    """Thin wrapper over ``context.metrics``; a metrics failure is logged, never fails a request."""
+class MetricKind(enum.Enum):
+    COUNTER = "counter"
+    HISTOGRAM = "histogram"
 
-    def __init__(self, context, model: str):
-        self._store = getattr(context, "metrics", None)
+
+class WorkerMetrics:
+    """What the service records per batch. This base records nothing (the in-process ``--local`` backend); a host
+    subclasses ``_record``. A metrics failure is logged, never fails a request."""
+
+    def __init__(self, model: str):
         self._model = model
 
-    def _emit(self, name: str, metric_type: MetricTypes, value: float, labels: list[str]) -> None:
-        if self._store is None:
-            return
+    def _record(self, name: str, kind: MetricKind, value: float, labels: list[str]) -> None:
+        """Adds ``value`` to metric ``name`` with labels [model, *labels]."""
+
+    def _emit(self, name: str, kind: MetricKind, value: float, labels: list[str]) -> None:
         try:
-            self._store.get_metric(name, metric_type).add_or_update(value, [self._model, *labels])
+            self._record(name, kind, value, labels)
         except Exception:  # a metric must never take a batch down
             logger.exception("cannot emit metric %s", name)
 
     def images(self, kind: str, count: int) -> None:
         if count:
-            self._emit(IMAGES_TOTAL, MetricTypes.COUNTER, count, [kind])
+            self._emit(IMAGES_TOTAL, MetricKind.COUNTER, count, [kind])
 
     def stage(self, stage: str, seconds: float) -> None:
-        self._emit(STAGE_SECONDS, MetricTypes.HISTOGRAM, seconds, [stage])
+        self._emit(STAGE_SECONDS, MetricKind.HISTOGRAM, seconds, [stage])
 
     def batch_size(self, images: int) -> None:
-        self._emit(BATCH_SIZE, MetricTypes.HISTOGRAM, images, [])
+        self._emit(BATCH_SIZE, MetricKind.HISTOGRAM, images, [])
 
     def dropped(self, reason: str, count: int = 1) -> None:
         if count:
-            self._emit(DROPPED_TOTAL, MetricTypes.COUNTER, count, [reason])
+            self._emit(DROPPED_TOTAL, MetricKind.COUNTER, count, [reason])
 
     def exemplar_cache(self, result: str, count: int) -> None:
         if count:
-            self._emit(EXEMPLAR_CACHE_TOTAL, MetricTypes.COUNTER, count, [result])
+            self._emit(EXEMPLAR_CACHE_TOTAL, MetricKind.COUNTER, count, [result])
+
+
+class TorchServeMetrics(WorkerMetrics):
+    """Emits through TorchServe's ``context.metrics``."""
+
+    def __init__(self, context, model: str):
+        super().__init__(model)
+        self._store = getattr(context, "metrics", None)
+
+    def _record(self, name: str, kind: MetricKind, value: float, labels: list[str]) -> None:
+        if self._store is None:
+            return
+        from ts.metrics.metric_type_enum import MetricTypes
+
+        metric_type = MetricTypes.COUNTER if kind is MetricKind.COUNTER else MetricTypes.HISTOGRAM
+        self._store.get_metric(name, metric_type).add_or_update(value, [self._model, *labels])

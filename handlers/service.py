@@ -19,7 +19,7 @@ from . import convert
 from .config import HandlerConfig
 from .decode import DRAFT_OVERSAMPLE, decode_image
 from .metrics import WorkerMetrics
-from .wire import Call, deadline, encode, read_request, response_type_for_error
+from .wire import PREDICTION_ONLY_KEY, Call, deadline, encode, read_request, response_type_for_error
 
 logger = logging.getLogger(__name__)
 MAX_ID_CHARS = 256
@@ -125,6 +125,9 @@ class ExplainService:
         except GaloreError as err:
             return Prepared(response_type=response_type_for_error(context, idx, row), error=err)
         prepared = Prepared(response_type=wire.response_type, call=wire.call)
+        if wire.call is Call.EXPLAIN and row.get(PREDICTION_ONLY_KEY):  # KServe v1 :predict
+            wire.message.options.ClearField("kinds")
+            wire.message.options.prediction_only = True
         if wire.call is Call.EXPLAIN:
             try:
                 self._prepare_explain(wire.message, prepared, _request_id(context, idx))

@@ -23,6 +23,11 @@ from galore_api.v1 import explainer_pb2 as pb
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
+# Set by a host on a request whose route asks for the prediction only (KServe v1 ``:predict``): the request's
+# kinds are dropped and ``prediction_only`` is set, whatever the body says.
+PREDICTION_ONLY_KEY = "galore-prediction-only"
+
+
 @dataclass(frozen=True)
 class WireRequest:
     """One parsed TorchServe request: the call, its message (None for MODEL_INFO) and the answer's media type."""

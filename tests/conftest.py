@@ -1,8 +1,13 @@
-"""One real deployment for every end-to-end test: TorchServe + gateway, started exactly as `make serve` starts them
-(galore_gateway.local.LocalService), on free loopback ports in a temp dir.
+"""One real deployment per backend for every end-to-end test: TorchServe (or the KServe host) + gateway, started
+exactly as `make serve [BACKEND=kserve]` starts them (galore_gateway.local.LocalService), on free loopback ports in
+a temp dir.
 
-Started by the first test that needs it and always stopped at the end of the session, also when tests fail, so
-the suite pays one TorchServe start and never runs two side by side.
+The ``service`` fixture is parametrised by backend. The e2e tests under tests/serving, tests/client and
+tests/kserve run against both (per-image errors and field names included); the others (observability,
+reliability: TorchServe's metrics port, worker processes and fault injection) against TorchServe only, to keep the
+suite's time. A test or module narrows its backends with ``@pytest.mark.backends("torchserve")``. pytest groups the
+tests by backend, so each deployment starts once and two never run side by side; each is always stopped, also
+when tests fail.
 """
 from __future__ import annotations
 
@@ -13,6 +18,30 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "efficientnet_lite0"
+BACKENDS = ("torchserve", "kserve")
+BOTH_BACKENDS_UNDER = ("serving", "client", "kserve")  # tests/<dir> whose e2e tests run on every backend
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "backends(*names): the backends a service test runs against")
+
+
+def pytest_generate_tests(metafunc):
+    """Every test that uses the deployment gets a ``backend`` parameter (session scope: one deployment each)."""
+    if "service" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("backends")
+    if marker is not None:
+        backends = marker.args
+    else:
+        parts = Path(str(metafunc.definition.fspath)).relative_to(REPO).parts
+        backends = BACKENDS if len(parts) > 1 and parts[1] in BOTH_BACKENDS_UNDER else BACKENDS[:1]
+    metafunc.parametrize("backend", backends, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def backend(request) -> str:
+    return request.param
 
 
 def newest_source() -> float:
@@ -36,14 +65,15 @@ def archive_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def service(archive_dir, tmp_path_factory):
-    """The running deployment; ``service.config.ports`` has its ports."""
+def service(backend, archive_dir, tmp_path_factory):
+    """The running deployment; ``service.config.ports`` has its ports, ``service.config.backend`` its backend."""
+    from galore_gateway.config import Backend
     from galore_gateway.local import LocalConfig, LocalService, Ports, free_ports
 
-    if shutil.which("java") is None:
+    if backend == "torchserve" and shutil.which("java") is None:
         pytest.fail("TorchServe needs Java 17 on PATH: `make java` installs openjdk-17-jre-headless")
-    config = LocalConfig(model_store=archive_dir, run_dir=tmp_path_factory.mktemp("run"), model=MODEL,
-                         ports=Ports(*free_ports(7)))
+    config = LocalConfig(model_store=archive_dir, run_dir=tmp_path_factory.mktemp(f"run-{backend}"), model=MODEL,
+                         ports=Ports(*free_ports(7)), backend=Backend(backend))
     local = LocalService(config)
     try:
         local.start()

@@ -2,6 +2,7 @@
 # galore-serve container entrypoint. First argument picks the role:
 #   torchserve (default)  TorchServe in the foreground with the container config and the built-in model archive
 #   gateway [ARGS]        the gRPC gateway: python -m galore_gateway ARGS
+#   kserve [ARGS]         the KServe host on the built-in archive, all interfaces: python -m galore_kserve ARGS
 #   anything else         executed as is (e.g. `bash`, `galore models ...`)
 set -eu
 
@@ -19,6 +20,10 @@ case "$role" in
     ;;
   gateway)
     exec python -m galore_gateway "$@"
+    ;;
+  kserve)
+    exec python -m galore_kserve --archive /home/model-server/model-store/efficientnet_lite0.mar --host 0.0.0.0 \
+      --work-dir /tmp/galore-kserve "$@"
     ;;
   *)
     exec "$role" "$@"

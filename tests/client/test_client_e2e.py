@@ -25,7 +25,7 @@ def grpc_url(service) -> str:
 
 @pytest.fixture(scope="module")
 def http_url(service) -> str:
-    return f"http://127.0.0.1:{service.config.ports.rest}"
+    return service.config.rest_base
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:

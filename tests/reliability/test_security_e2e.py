@@ -27,7 +27,9 @@ def listening(pid: int) -> set[tuple[str, int]]:
     root = psutil.Process(pid)
     found = set()
     for proc in (root, *root.children(recursive=True)):
-        for conn in proc.net_connections(kind="inet"):
+        # psutil 6 renamed connections() to net_connections(); kserve 0.21 needs psutil < 6
+        connections = getattr(proc, "net_connections", None) or proc.connections
+        for conn in connections(kind="inet"):
             if conn.status == psutil.CONN_LISTEN:
                 found.add((conn.laddr.ip, conn.laddr.port))
     return found

@@ -40,10 +40,10 @@ def grpc_client(service):
 
 @pytest.fixture(scope="package")
 def rest_client(service):
-    with RestClient(f"http://127.0.0.1:{service.config.ports.rest}", MODEL, timeout_s=120) as client:
+    with RestClient(service.config.rest_base, MODEL, timeout_s=120) as client:
         yield client
 
 
 @pytest.fixture(scope="package")
 def rest_url(service) -> str:
-    return f"http://127.0.0.1:{service.config.ports.rest}/predictions/{MODEL}"
+    return service.config.rest_url

@@ -12,8 +12,8 @@ CLIENTS = 8
 
 
 def batch_histogram(service) -> tuple[float, float]:
-    """(observations, observations of batch size <= 1) of galore_batch_size on TorchServe's metrics endpoint."""
-    text = requests.get(f"http://127.0.0.1:{service.config.ports.metrics}/metrics", timeout=30).text
+    """(observations, observations of batch size <= 1) of galore_batch_size on the worker's metrics endpoint."""
+    text = requests.get(service.config.worker_metrics_url, timeout=30).text
     count = re.search(r'^galore_batch_size_count\{[^}]*model="efficientnet_lite0"[^}]*\} (\S+)', text, re.M)
     small = re.search(r'^galore_batch_size_bucket\{[^}]*le="1.0"[^}]*\} (\S+)', text, re.M)
     return (float(count.group(1)) if count else 0.0), (float(small.group(1)) if small else 0.0)

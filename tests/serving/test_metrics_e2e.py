@@ -1,4 +1,5 @@
-"""The declared metrics show up with the right values on TorchServe's and the gateway's /metrics endpoints."""
+"""The declared metrics show up with the right values on the worker's (TorchServe's or the KServe host's) and the
+gateway's /metrics endpoints."""
 from __future__ import annotations
 
 import re
@@ -20,17 +21,19 @@ def sample(text: str, name: str, **labels) -> float:
     return 0.0
 
 
-def scrape(port: int) -> str:
-    return requests.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+def scrape(where: int | str) -> str:
+    """A /metrics page: a full URL, or the port of one on loopback."""
+    url = where if isinstance(where, str) else f"http://127.0.0.1:{where}/metrics"
+    return requests.get(url, timeout=30).text
 
 
 def test_worker_and_gateway_metrics_count_what_was_served(service, grpc_client, chelsea, coffee):
     ports = service.config.ports
-    worker_before, gateway_before = scrape(ports.metrics), scrape(ports.gateway_metrics)
+    worker_before, gateway_before = scrape(service.config.worker_metrics_url), scrape(ports.gateway_metrics)
     options = pb.ExplainOptions(kinds=[pb.EXPLANATION_KIND_ATTRIBUTIVE, pb.EXPLANATION_KIND_DELIBERATIVE])
     response = grpc_client.explain([chelsea, b"broken", coffee], options)
     assert [i.status.code for i in response.images] == ["OK", "INVALID_ARGUMENT", "OK"]
-    worker, gateway = scrape(ports.metrics), scrape(ports.gateway_metrics)
+    worker, gateway = scrape(service.config.worker_metrics_url), scrape(ports.gateway_metrics)
 
     def worker_delta(name, **labels):
         return sample(worker, name, **labels) - sample(worker_before, name, **labels)
@@ -58,7 +61,7 @@ def test_exemplar_cache_hits_on_a_repeated_exemplar(service, grpc_client, chelse
     """Each worker keeps its own cache: with W workers, W + 1 sequential requests miss at most W times (once per
     worker) and, by pigeonhole, hit at least once."""
     workers = int(yaml.safe_load((REPO / "deploy/torchserve/model-config.yaml").read_text())["minWorkers"])
-    port = service.config.ports.metrics
+    port = service.config.worker_metrics_url
     options = pb.ExplainOptions(kinds=[pb.EXPLANATION_KIND_COUNTERFACTUAL],
                                 counter_classes=[pb.CounterClass(label="tabby", exemplar=coffee)])
     before = scrape(port)

@@ -1,9 +1,11 @@
-"""REST on TorchServe: JSON, protobuf and raw images on /predictions and /explanations, Accept honoured."""
+"""REST on both hosts (TorchServe /predictions and /explanations, the KServe host v1 :explain): JSON, protobuf and
+raw images, Accept honoured."""
 from __future__ import annotations
 
 import base64
 import json
 
+import pytest
 import requests
 from google.protobuf import json_format
 
@@ -48,6 +50,7 @@ def test_raw_image_gets_every_kind(rest_client, chelsea):
     assert [g.dim for g in image.deliberative] == [2]
 
 
+@pytest.mark.backends("torchserve")  # TorchServe's second route; the KServe host has :explain and :predict
 def test_explanations_endpoint_answers_the_same(rest_client, chelsea):
     predictions = rest_client.explain([chelsea], PREDICTION_ONLY)
     explanations = rest_client.explain([chelsea], PREDICTION_ONLY, endpoint="explanations")

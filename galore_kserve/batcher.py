@@ -1,0 +1,113 @@
+"""Micro-batching for the KServe host: concurrent requests are gathered into one ``ExplainService.answer_batch``
+call (one engine call per batch), as TorchServe's frontend batches for its workers.
+
+Each engine worker owns its own ``ExplainService`` (engine, caches) and one thread, like a TorchServe worker
+process; all workers take batches from one queue: the first request waits at most ``max_delay_s`` for others, a
+batch holds at most ``max_batch_size`` requests, and requests that arrive while every worker is busy form the next
+batch at once. (KServe's own batcher is a sidecar of the InferenceService, not part of the Python ModelServer; see
+BENCHMARKS.md "Two hosts".)
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from handlers.metrics import WorkerMetrics
+from handlers.service import Answer, ExplainService
+
+from .archive import Batching
+
+logger = logging.getLogger(__name__)
+
+
+class BatchContext:
+    """What handlers/wire.py reads from a batch (TorchServe's context interface): each request's headers and id."""
+
+    def __init__(self, headers: list[dict[str, str]], request_ids: list[str]):
+        self._headers = headers
+        self.request_ids = dict(enumerate(request_ids))
+
+    def get_all_request_header(self, idx: int) -> dict[str, str]:
+        return self._headers[idx]
+
+
+@dataclass
+class Pending:
+    row: dict
+    headers: dict[str, str]
+    request_id: str
+    future: asyncio.Future = field(repr=False)
+
+
+class MicroBatcher:
+    def __init__(self, services: list[ExplainService], metrics: WorkerMetrics, batching: Batching):
+        if not services:
+            raise ValueError("at least one engine worker is needed")
+        self.services = services
+        self.metrics = metrics
+        self.batching = batching
+        self._queue: asyncio.Queue[Pending] | None = None
+        self._workers: list[asyncio.Task] = []
+        self._executors = [ThreadPoolExecutor(1, thread_name_prefix=f"galore-engine-{i}")
+                           for i in range(len(services))]
+
+    def _start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._workers = [asyncio.create_task(self._work(service, executor), name=f"galore-batcher-{i}")
+                         for i, (service, executor) in enumerate(zip(self.services, self._executors))]
+
+    async def submit(self, row: dict, headers: dict[str, str], request_id: str = "") -> Answer:
+        """Queues one request; returns its Answer once its batch has run."""
+        if self._queue is None:
+            self._start()
+        future = asyncio.get_running_loop().create_future()
+        await self._queue.put(Pending(row, headers, request_id, future))
+        return await future
+
+    async def _gather(self) -> list[Pending]:
+        loop = asyncio.get_running_loop()
+        batch = [await self._queue.get()]
+        due = loop.time() + self.batching.max_delay_s
+        while len(batch) < self.batching.max_batch_size:
+            try:
+                batch.append(self._queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            remaining = due - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except asyncio.TimeoutError:
+                break
+        return batch
+
+    async def _work(self, service: ExplainService, executor: ThreadPoolExecutor) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._gather()
+            live = [p for p in batch if not p.future.done()]  # a caller that went away costs nothing
+            if not live:
+                continue
+            context = BatchContext([p.headers for p in live], [p.request_id for p in live])
+            try:
+                answers = await loop.run_in_executor(
+                    executor, service.answer_batch, [p.row for p in live], context, self.metrics)
+            except Exception as exc:  # answer_batch isolates failures; this is a last resort
+                logger.exception("batch of %d requests failed", len(live))
+                for p in live:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+                continue
+            for p, answer in zip(live, answers):
+                if not p.future.done():
+                    p.future.set_result(answer)
+
+    def close(self) -> None:
+        for task in self._workers:
+            task.cancel()
+        for executor in self._executors:
+            executor.shutdown(wait=False, cancel_futures=True)
