@@ -13,10 +13,10 @@ Files read, relative to the dataset root (ids are 1-based in every file, as in C
 
 A malformed file raises ``CubFormatError`` naming the file and line. numpy, torch and Pillow only.
 
-Example:
-    >>> cub = read_cub("CUB_200_2011")                                        # doctest: +SKIP
-    >>> cub.num_classes, cub.parts[:2], cub.test_ids[:3]                      # doctest: +SKIP
-    (200, ('back', 'beak'), (2, 3, 5))
+Example (needs the dataset, so it is not a doctest; tests/evaluate_proxy builds a small layout)::
+
+    cub = read_cub("CUB_200_2011")
+    cub.num_classes, cub.parts[:2], cub.test_ids[:3]    # (200, ('back', 'beak'), (2, 3, 5))
 """
 from __future__ import annotations
 
