@@ -33,6 +33,14 @@ STATUS_TABLE: dict[str, tuple[int, int]] = {
 }
 
 
+RETRY_HINT = "the call may be retried with backoff"
+
+
+def overloaded(detail: str) -> str:
+    """The one wording of a shed call: the gateway's in-flight limit, TorchServe's or the KServe host's full queue."""
+    return f"the service is overloaded ({detail}); {RETRY_HINT}"
+
+
 class GaloreError(Exception):
     """Base of every error the project raises on purpose. ``field`` names the offending request field."""
 
@@ -74,6 +82,12 @@ class ResourceExhausted(GaloreError):
     """Too many pixels, bytes, images or targets for the configured limits."""
 
     code = "RESOURCE_EXHAUSTED"
+
+
+class Unavailable(GaloreError):
+    """The service cannot take the request now (its queue is full); the caller may retry with backoff."""
+
+    code = "UNAVAILABLE"
 
 
 class DeadlineExceeded(GaloreError):

@@ -56,7 +56,8 @@ class KServeClient:
 
     @staticmethod
     def unavailable_reason(details: str) -> tuple[str, bool] | None:
-        """KServe's host has no queue limit of its own and restarts no workers: nothing to reclassify."""
+        """Nothing to reclassify: the KServe host answers its full queue inside the galore.v1 answer (status
+        UNAVAILABLE, "overloaded"), which the gateway passes on, and it restarts no workers."""
         return None
 
     async def model_ready(self, timeout_s: float = 2.0) -> bool:

@@ -27,7 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from galore.contract import DEFAULT_MODEL, HOST, Ports
 
-from .config import Backend
+from .config import Backend, read_properties
 
 REPO = Path(__file__).resolve().parent.parent
 TS_DEPLOY = REPO / "deploy" / "torchserve"
@@ -157,6 +157,7 @@ class LocalService:
             [sys.executable, "-m", "galore_kserve", "--archive", str((c.model_store / f"{c.model}.mar").resolve()),
              "--model-name", c.model, "--host", HOST, "--http-port", str(c.ports.rest),
              "--grpc-port", str(c.ports.ts_grpc), "--work-dir", str(c.run_dir / "kserve")]
+            + (["--job-queue-size", queue] if (queue := read_properties(c.ts_config).get("job_queue_size")) else [])
             + ([] if c.quiet else ["--verbose"]),
             cwd=REPO, env=self._env(), start_new_session=True)
 

@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from galore.contract import Call
+from galore.errors import RETRY_HINT, overloaded
 from galore_api.v1 import explainer_pb2 as pb
 
 from . import metrics
@@ -28,14 +29,6 @@ logger = logging.getLogger(__name__)
 SERVICE = pb.DESCRIPTOR.services_by_name["Explainer"].full_name  # "galore.v1.Explainer"
 TRANSPORT = "grpc"
 _CODE_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
-RETRY_HINT = "the call may be retried with backoff"
-
-
-def overloaded(detail: str) -> str:
-    """The one wording of a shed call (gateway in-flight limit or TorchServe's full queue)."""
-    return f"the service is overloaded ({detail}); {RETRY_HINT}"
-
-
 class ExplainerGateway:
     """Implements Explain / GetModelInfo on raw bytes."""
 

@@ -22,6 +22,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--grpc-port", type=int, default=KSERVE_PORTS.grpc, help="OIP v2 gRPC")
     parser.add_argument("--engine-workers", type=int,
                         help="engines, each with its own thread (default: the archive's minWorkers)")
+    parser.add_argument("--job-queue-size", type=int, default=None,
+                        help="requests that may wait for an engine; one more gets UNAVAILABLE (503), as TorchServe's "
+                             "job_queue_size (default 100, TorchServe's default; make serve passes "
+                             "deploy/torchserve/config.properties')")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
     parser.add_argument("--work-dir", type=Path, help="where the archive is unpacked (default: a temp dir)")
     parser.add_argument("--verbose", action="store_true", help="KServe's per-request access and timing logs")
@@ -37,6 +41,7 @@ def main(argv=None) -> None:
     import torch
 
     from .archive import open_archive
+    from .batcher import DEFAULT_JOB_QUEUE_SIZE
     from .model import GaloreModel
     from .server import GaloreModelServer
 
@@ -49,7 +54,10 @@ def main(argv=None) -> None:
     workers = args.engine_workers or archive.workers
     if workers < 1:
         raise SystemExit(f"--engine-workers: must be >= 1, got {workers}")
-    model = GaloreModel(name, archive, device=device, workers=workers)
+    queue = DEFAULT_JOB_QUEUE_SIZE if args.job_queue_size is None else args.job_queue_size
+    if queue < 1:
+        raise SystemExit(f"--job-queue-size: must be >= 1, got {queue}")
+    model = GaloreModel(name, archive, device=device, workers=workers, max_queued=queue)
     model.load()
     limit = max(archive.config.max_request_bytes, archive.config.max_response_bytes) or MAX_MESSAGE_BYTES
     server = GaloreModelServer(args.host, limit, http_port=args.http_port, grpc_port=args.grpc_port)

@@ -4,7 +4,8 @@ call (one engine call per batch), as TorchServe's frontend batches for its worke
 Each engine worker owns its own ``ExplainService`` (engine, caches) and one thread, like a TorchServe worker
 process; all workers take batches from one queue: the first request waits at most ``max_delay_s`` for others, a
 batch holds at most ``max_batch_size`` requests, and requests that arrive while every worker is busy form the next
-batch at once. (KServe's own batcher is a sidecar of the InferenceService, not part of the Python ModelServer; see
+batch at once. At most ``max_queued`` requests wait (TorchServe's ``job_queue_size``); one more is answered at once
+with UNAVAILABLE, "overloaded, retry", as TorchServe answers its full queue. (KServe's own batcher is a sidecar of the InferenceService, not part of the Python ModelServer; see
 BENCHMARKS.md "Two hosts".)
 """
 from __future__ import annotations
@@ -14,12 +15,14 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from galore.errors import Unavailable, overloaded
 from handlers.metrics import WorkerMetrics
 from handlers.service import Answer, ExplainService
 
 from .archive import Batching
 
 logger = logging.getLogger(__name__)
+DEFAULT_JOB_QUEUE_SIZE = 100  # TorchServe's default job_queue_size; make serve passes deploy/torchserve's (24)
 
 
 class BatchContext:
@@ -42,9 +45,13 @@ class Pending:
 
 
 class MicroBatcher:
-    def __init__(self, services: list[ExplainService], metrics: WorkerMetrics, batching: Batching):
+    def __init__(self, services: list[ExplainService], metrics: WorkerMetrics, batching: Batching,
+                 max_queued: int = DEFAULT_JOB_QUEUE_SIZE):
         if not services:
             raise ValueError("at least one engine worker is needed")
+        if max_queued < 1:
+            raise ValueError(f"max_queued must be >= 1, got {max_queued}")
+        self.max_queued = max_queued
         self.services = services
         self.metrics = metrics
         self.batching = batching
@@ -62,6 +69,11 @@ class MicroBatcher:
         """Queues one request; returns its Answer once its batch has run."""
         if self._queue is None:
             self._start()
+        if self._queue.qsize() >= self.max_queued:
+            self.metrics.dropped("queue_full")
+            context = BatchContext([headers], [request_id])
+            return self.services[0].refuse(row, context, Unavailable("", overloaded(
+                f"the KServe host's job queue is full, job_queue_size={self.max_queued}")), self.metrics)
         future = asyncio.get_running_loop().create_future()
         await self._queue.put(Pending(row, headers, request_id, future))
         return await future

@@ -36,7 +36,7 @@ from handlers.service import Answer, ExplainService
 from handlers.wire import JSON, PREDICTION_ONLY_KEY, PROTOBUF, parse_explain_json
 
 from .archive import Archive
-from .batcher import MicroBatcher
+from .batcher import DEFAULT_JOB_QUEUE_SIZE, MicroBatcher
 from .metrics import PrometheusMetrics
 
 logger = logging.getLogger(__name__)
@@ -63,18 +63,20 @@ class OipError(GrpcException):
 
 
 class GaloreModel(Model):
-    def __init__(self, name: str, archive: Archive, device: str = "cpu", workers: int = 1):
+    def __init__(self, name: str, archive: Archive, device: str = "cpu", workers: int = 1,
+                 max_queued: int = DEFAULT_JOB_QUEUE_SIZE):
         super().__init__(name, return_response_headers=True)
         self.archive = archive
         self.device = device
         self.workers = workers
+        self.max_queued = max_queued
         self.batcher: MicroBatcher | None = None
 
     def load(self) -> bool:
         config = self.archive.config
         Image.MAX_IMAGE_PIXELS = config.limits.max_pixels  # Pillow's decompression-bomb guard
         services = [ExplainService(build_engine(config, self.device), config, self.name) for _ in range(self.workers)]
-        self.batcher = MicroBatcher(services, PrometheusMetrics(self.name), self.archive.batching)
+        self.batcher = MicroBatcher(services, PrometheusMetrics(self.name), self.archive.batching, self.max_queued)
         self.ready = True
         logger.info("galore model %s ready: %d engine workers on %s, batches of <= %d within %.0f ms", self.name,
                     self.workers, self.device, self.archive.batching.max_batch_size,

@@ -140,6 +140,11 @@ class ExplainService:
                 prepared.items.clear()
         return prepared
 
+    def refuse(self, row: dict, context, error: GaloreError, metrics: WorkerMetrics) -> Answer:
+        """The answer to a request the host will not run (the KServe host's full queue): ``error`` is its status."""
+        prepared = Prepared(response_type=response_type_for_error(context, 0, row), error=error)
+        return self._answer(prepared, [], metrics)
+
     # ---- response side ------------------------------------------------------------------------------------
     def model_info(self) -> pb.ModelInfo:
         info = self.engine.info

@@ -6,7 +6,7 @@ import pytest
 
 from galore_gateway.config import GatewayConfig, read_properties
 from galore_gateway.local import Backoff
-from galore_gateway.server import overloaded
+from galore.errors import overloaded
 from handlers.wire import DEADLINE_KEY, deadline
 from tests.conftest import REPO
 
