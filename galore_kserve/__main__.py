@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import tempfile
+import warnings
 from pathlib import Path
 
 from galore.contract import DEFAULT_MODEL, HOST, KSERVE_PORTS
@@ -34,6 +35,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    # KServe 0.21's ModelServer sets fastapi's ORJSONResponse as its default response class, which fastapi now
+    # deprecates: a library matter we cannot change, printed once per process on the operator's console otherwise.
+    warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s kserve-host %(levelname)s %(name)s: %(message)s")
     import json
     import zipfile

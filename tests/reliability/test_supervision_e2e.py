@@ -1,6 +1,7 @@
-"""`make serve` (python -m galore_gateway.local) restarts what crashes: TorchServe killed -> the gateway answers
-UNAVAILABLE at once and health says NOT_SERVING until TorchServe is back, then serves again by itself; the gateway
-killed -> started again; SIGTERM -> everything stops. Runs its own deployment, since it kills processes."""
+"""`make serve` (python -m galore_gateway.local) restarts what crashes: TorchServe (or the KServe host) killed ->
+the gateway answers UNAVAILABLE at once and health says NOT_SERVING until the backend is back, then serves again by
+itself; the gateway killed -> started again; SIGTERM -> everything stops. Runs its own deployments, since it kills
+processes."""
 from __future__ import annotations
 
 import signal
@@ -103,3 +104,48 @@ def test_serve_restarts_a_killed_torchserve_and_gateway_and_stops_on_sigterm(arc
     log.seek(0)
     text = log.read()
     assert "torchserve exited" in text and "gateway exited" in text and "restarting in" in text, text[-2000:]
+
+
+def test_serve_restarts_a_killed_kserve_host_and_the_gateway_refuses_at_once_meanwhile(archive_dir, tmp_path):
+    ports = free_ports(7)
+    flags = ["--grpc-port", "--gateway-metrics-port", "--rest-port", "--management-port", "--metrics-port",
+             "--ts-grpc-port", "--ts-grpc-management-port"]
+    log = (tmp_path / "serve.log").open("w+")
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "galore_gateway.local", "--backend", "kserve", "--model-store", str(archive_dir),
+         "--run-dir", str(tmp_path / "run"), "--model", MODEL] + [str(x) for pair in zip(flags, ports) for x in pair],
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    root = psutil.Process(serve.pid)
+    request = pb.ExplainRequest(images=[pb.Image(data=jpeg(np.zeros((32, 32, 3), np.uint8)))])
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{ports[0]}") as channel:
+            stub = pb_grpc.ExplainerStub(channel)
+            wait_for(lambda: health(channel) == SERVING, 300, "SERVING")
+            stub.Explain(request, timeout=60)
+
+            [host] = [p for p in root.children() if "galore_kserve" in " ".join(p.cmdline())]
+            host.kill()  # the KServe host crashes
+            wait_for(lambda: health(channel) == NOT_SERVING, 10, "NOT_SERVING")
+            start = time.perf_counter()
+            try:
+                stub.Explain(request, timeout=30)
+                raise AssertionError("Explain answered while the KServe host was away")
+            except grpc.RpcError as err:
+                assert err.code() == grpc.StatusCode.UNAVAILABLE, err
+                assert "retried" in err.details()
+            assert time.perf_counter() - start < 2.0  # refused at once, not after the deadline
+            wait_for(lambda: health(channel) == SERVING, 300, "SERVING again")
+            assert stub.Explain(request, timeout=60).status.code == "OK"
+        everyone = root.children(recursive=True)
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(timeout=90) == 0
+        gone, alive = psutil.wait_procs(everyone, timeout=30)
+        assert not alive, alive
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            for proc in root.children(recursive=True):
+                proc.kill()
+    log.seek(0)
+    text = log.read()
+    assert "kserve exited" in text and "restarting in" in text, text[-2000:]
