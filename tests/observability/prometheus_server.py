@@ -16,14 +16,17 @@ from .promql import PROMETHEUS_CONFIG, RULES
 SCRAPE_INTERVAL_S = 1
 
 
-def write_config(path: Path, gateway_metrics: str, torchserve_metrics: str) -> Path:
-    """The deploy config with these two targets, the rules by absolute path, and 1 s scrape/evaluation."""
+def write_config(path: Path, gateway_metrics: str, torchserve_metrics: str, worker_path: str = "/metrics") -> Path:
+    """The deploy config with these two targets (the worker job scraping ``worker_path``: TorchServe's metrics port
+    or the KServe host's /metrics), the rules by absolute path, and 1 s scrape/evaluation."""
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     config["global"] = {"scrape_interval": f"{SCRAPE_INTERVAL_S}s", "evaluation_interval": f"{SCRAPE_INTERVAL_S}s"}
     config["rule_files"] = [str(RULES)]
     targets = {"galore-gateway": gateway_metrics, "galore-torchserve": torchserve_metrics}
     for job in config["scrape_configs"]:
         job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
+        if job["job_name"] == "galore-torchserve":
+            job["metrics_path"] = worker_path
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 

@@ -1,10 +1,12 @@
-"""Real scrape: Debian's prometheus scrapes the running gateway and TorchServe while a known number of images is
-explained through the gateway; PromQL over what it stored must agree with what the client counted."""
+"""Real scrape: Debian's prometheus scrapes the running gateway and the worker metrics (TorchServe's metrics port, or
+the KServe host's /metrics: the module runs on both backends) while a known number of images is explained through
+the gateway; PromQL over what it stored must agree with what the client counted."""
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import grpc
 import pytest
@@ -21,6 +23,7 @@ from galore_gateway.local import free_ports
 from .prometheus_server import SCRAPE_INTERVAL_S, Prometheus, write_config
 from .promql import CONTRACT_METRICS, ROOT, dashboard_exprs, metric_names, recording_rules, tool
 
+pytestmark = pytest.mark.backends("torchserve", "kserve")  # the same metrics, scraped from either host
 MODEL = "efficientnet_lite0"
 REQUESTS, IMAGES_PER_REQUEST = 6, 2
 IMAGES = REQUESTS * IMAGES_PER_REQUEST  # what the burst explains
@@ -78,7 +81,8 @@ def prometheus(service, tmp_path_factory):
     binary = tool("prometheus")
     ports = service.config.ports
     work = tmp_path_factory.mktemp("prometheus")
-    config = write_config(work / "prometheus.yml", f"127.0.0.1:{ports.gateway_metrics}", f"127.0.0.1:{ports.metrics}")
+    worker = urlsplit(service.config.worker_metrics_url)  # TorchServe's metrics port or the KServe host's /metrics
+    config = write_config(work / "prometheus.yml", f"127.0.0.1:{ports.gateway_metrics}", worker.netloc, worker.path)
     server = Prometheus(binary, config, work / "data", free_ports(1)[0])
     try:
         server.wait_ready()
