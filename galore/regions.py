@@ -163,8 +163,8 @@ def _measure(values: torch.Tensor, k: torch.Tensor, absolute: torch.Tensor, coun
 
     A cell is kept when its value reaches tau: the k-th largest value for a count, just above T x scale for an
     absolute threshold, the smallest positive value when fewer cells than wanted are positive. For counts the
-    strength comes from the top-k sum (cells tied at tau add tau each), so a map costs one selection and one
-    counting pass; ``positive`` is counted only where ``count_positive`` asks (-1 elsewhere)."""
+    strength comes from the top-k sum (cells tied at tau add tau each), so a map costs one selection, and a
+    counting pass only when a cell outside its top k ties with tau; ``positive`` is counted only where ``count_positive`` asks (-1 elsewhere)."""
     M, N = values.shape
     floor = torch.finfo(values.dtype).tiny
     counted = k >= 0
@@ -179,18 +179,24 @@ def _measure(values: torch.Tensor, k: torch.Tensor, absolute: torch.Tensor, coun
         tau[rows] = limit
     wanted = wanted.clamp(max=N)
     select = counted & (wanted > 0)
-    kth, top_sum = kth_largest(values, torch.where(select, wanted, 0))
+    kth, top_sum, tied = kth_largest(values, torch.where(select, wanted, 0))
     tau = torch.where(select, kth, tau)
     tau = torch.where(wanted == 0, math.inf, tau)
     few = (wanted > 0) & (tau <= 0)  # fewer positive cells than wanted: keep every positive one
     tau = torch.where(few, floor, tau)
-    keep = values >= tau[:, None]
-    kept = keep.sum(1)
-    strength = (top_sum + (kept - wanted) * tau.clamp(max=torch.finfo(values.dtype).max)) / kept.clamp_min(1)
     direct = few | ~counted
+    # a count keeps exactly its top k cells unless a cell outside them ties with tau: only those rows, the rows of
+    # an absolute T and the few-positive rows take a counting pass over their cells
+    kept = torch.where(select, wanted, 0)
+    recount = (direct | (select & tied)) & (wanted > 0)
+    if bool(recount.any()):
+        rows = recount.nonzero()[:, 0]
+        kept[rows] = (values[rows] >= tau[rows, None]).sum(1)
+    strength = (top_sum + (kept - wanted) * tau.clamp(max=torch.finfo(values.dtype).max)) / kept.clamp_min(1)
     if bool(direct.any()):
         rows = direct.nonzero()[:, 0]
-        strength[rows] = (values[rows] * keep[rows]).sum(1) / kept[rows].clamp_min(1)
+        keep = values[rows] >= tau[rows, None]
+        strength[rows] = (values[rows] * keep).sum(1) / kept[rows].clamp_min(1)
     strength = torch.where(kept > 0, strength, 0.0)
     positive = torch.full_like(kept, -1)
     if bool(count_positive.any()):
@@ -199,16 +205,30 @@ def _measure(values: torch.Tensor, k: torch.Tensor, absolute: torch.Tensor, coun
     return Measured(wanted, tau, kept, positive, strength)
 
 
-def kth_largest(values: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k[m]-th largest value of each row of ``values`` (M, N) (+inf where k[m] == 0, exact) and the sum of the
-    k[m] largest. One unsorted top-k per distinct k (a coverage gives every map the same k): no row is sorted."""
+def kth_largest(values: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The k[m]-th largest value of each row of ``values`` (M, N) (+inf where k[m] == 0, exact), the sum of the
+    k[m] largest, and whether a value outside those k equals the k-th (a tie: counting ``values >= kth`` then
+    gives more than k). One unsorted top-(k+1) per distinct k (a coverage gives every map the same k): no row is
+    sorted.
+
+    Example:
+        >>> kth_largest(torch.tensor([[3., 1., 2., 2.], [4., 3., 2., 1.]]), torch.tensor([2, 2]))
+        (tensor([2., 3.]), tensor([5., 7.]), tensor([ True, False]))
+    """
+    M, N = values.shape
     out = torch.full(k.shape, math.inf, device=values.device, dtype=values.dtype)
     total = torch.zeros(k.shape, device=values.device, dtype=values.dtype)
+    tied = torch.zeros(k.shape, device=values.device, dtype=torch.bool)
     for kk in torch.unique(k[k > 0]).tolist():  # one host sync; typically a single k
-        rows = (k == kk).nonzero()[:, 0]
-        top = torch.topk(values[rows], int(kk), dim=1, sorted=False).values
-        out[rows], total[rows] = top.amin(1), top.sum(1)
-    return out, total
+        every = bool((k == kk).all())
+        rows = slice(None) if every else (k == kk).nonzero()[:, 0]
+        top = torch.topk(values if every else values[rows], min(kk + 1, N), dim=1, sorted=False).values
+        if kk < N:  # the two smallest of the k + 1 largest: the (k+1)-th and the k-th value
+            last, kth = torch.topk(top, 2, dim=1, largest=False, sorted=True).values.unbind(1)
+            out[rows], total[rows], tied[rows] = kth, top.sum(1) - last, last == kth
+        else:
+            out[rows], total[rows] = top.amin(1), top.sum(1)
+    return out, total, tied
 
 
 def regions(maps: torch.Tensor, geo: Geometry, threshold: Threshold, grid: WorkingGrid | None = None) -> list:

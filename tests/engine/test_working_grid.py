@@ -2,6 +2,7 @@
 original pixels, COCO RLE through pycocotools, reduced decodes, degenerate shapes and per-image failure isolation."""
 from __future__ import annotations
 
+import math
 import dataclasses
 import logging
 
@@ -146,3 +147,36 @@ def test_a_failing_image_fails_alone(error, code, caplog):
         (alone,) = healthy.explain([req])
         assert alone.top_classes == got.top_classes
         assert alone.counterfactual.strength == pytest.approx(got.counterfactual.strength)
+
+
+def test_measure_equals_a_sorting_reference_with_ties_absolute_t_and_few_positive_cells():
+    """``_measure`` selects without sorting and counts only on ties; a plain sort per row must agree exactly."""
+    from galore.regions import _measure
+
+    g = torch.Generator().manual_seed(0)
+    M, N = 60, 50
+    values = torch.randint(-3, 6, (M, N), generator=g).float()  # integers: ties at the threshold everywhere
+    values[0] = -1.0  # no positive cell
+    values[1, :3], values[1, 3:] = 2.0, -2.0  # fewer positive cells than wanted
+    k = torch.randint(0, N + 1, (M,), generator=g)
+    k[1], k[2], k[3] = 10, N, 0
+    k[::7] = -1  # absolute threshold rows: T x scale = 0.5 x 4 = 2
+    absolute, scale = torch.full((M,), 0.5), torch.full((M,), 4.0)
+    got = _measure(values, k, absolute, torch.ones(M, dtype=torch.bool), scale)
+    for m in range(M):
+        v = values[m]
+        if k[m] < 0:
+            tau = float(torch.nextafter(torch.tensor(2.0), torch.tensor(math.inf)))
+            wanted = int((v >= tau).sum())
+        else:
+            wanted = int(k[m])
+            tau = float(v.sort(descending=True).values[wanted - 1]) if wanted else math.inf
+        tau = math.inf if wanted == 0 else tau
+        tau = torch.finfo(torch.float32).tiny if wanted and tau <= 0 else tau
+        keep = v >= tau
+        assert int(got.wanted[m]) == wanted and int(got.kept[m]) == int(keep.sum()), m
+        assert float(got.tau[m]) == tau, m
+        expected = float(v[keep].mean()) if keep.any() else 0.0
+        assert math.isclose(float(got.strength[m]), expected, rel_tol=1e-6, abs_tol=1e-6), m
+        assert int(got.positive[m]) == int((v > 0).sum()), m
+    assert int(got.kept[1]) == 3 and int(got.kept[0]) == 0  # every positive cell, none
