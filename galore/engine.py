@@ -36,7 +36,7 @@ from .contract import DEFAULT_MODEL
 from .errors import FailedPrecondition, GaloreError, InvalidArgument, ResourceExhausted
 from .exemplars import ExemplarStore, Features
 from .kinds import Prediction, measure_batch, plan
-from .model import SplitModel, split_classifier
+from .model import SplitModel, fold_batch_norms, split_classifier
 from .options import DEFAULT_PRECISION, Attribution, ExplainOptions, Kind, Precision, Score
 from .precision import autocast, resolve
 from .preprocess import Geometry, Preprocess
@@ -94,6 +94,14 @@ class _Query:
     exemplar_keys: dict[int, str]  # the request's own exemplars
 
 
+def _for_inference(split: SplitModel, device: torch.device, memory: torch.memory_format) -> SplitModel:
+    """The engine's own copy of ``split`` on ``device``: BatchNorms folded into the backbone's convolutions, the
+    backbone in ``memory`` format (channels_last by default). The head is the model's, unchanged."""
+    split = split.to(device)
+    backbone = fold_batch_norms(split.backbone).to(memory_format=memory)
+    return SplitModel(backbone, split.head, split.layer, split.feature_shape, split.input_size)
+
+
 class Engine:
     """Explains batches of images with one classifier split at layer F (see module docstring)."""
 
@@ -106,11 +114,8 @@ class Engine:
         self.precision = resolve(precision, self.device)
         self.channels_last = channels_last  # NHWC backbone: faster convolutions in every precision (BENCHMARKS.md)
         memory = torch.channels_last if channels_last else torch.contiguous_format
-        self.split = split.to(self.device)
-        self.split.backbone.to(memory_format=memory)
-        self.hardness = hardness.to(self.device) if hardness is not None else None
-        if self.hardness is not None:
-            self.hardness.backbone.to(memory_format=memory)
+        self.split = _for_inference(split, self.device, memory)
+        self.hardness = _for_inference(hardness, self.device, memory) if hardness is not None else None
         self.labels = tuple(labels)
         self.preprocess = preprocess
         self.grid = WorkingGrid(working_grid or preprocess.crop, preprocess.crop)
