@@ -10,12 +10,19 @@ import time, torch, torchvision
 from galore.model import fold_batch_norms, split_classifier
 torch.set_num_threads(2)
 torch.manual_seed(0)
-for arch in ["resnet50", "vgg16_bn", "mobilenet_v2"]:
-    m = getattr(torchvision.models, arch)().eval()
-    # make BN non-trivial, as trained nets have
-    for mod in m.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.5, 0.5); mod.running_var.uniform_(0.5, 2); mod.weight.data.uniform_(0.5, 1.5); mod.bias.data.uniform_(-0.2, 0.2)
+from galore.zoo import efficientnet_lite0
+
+for arch in ["efficientnet_lite0", "resnet50", "vgg16_bn", "mobilenet_v2"]:
+    if arch == "efficientnet_lite0":  # its ImageNet weights and statistics (convolutions traced as torch.conv2d)
+        m = efficientnet_lite0().eval()
+    else:
+        m = getattr(torchvision.models, arch)().eval()
+        for mod in m.modules():  # BatchNorm statistics away from identity, as trained nets have them
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.5, 0.5)
+                mod.running_var.uniform_(0.5, 2)
+                mod.weight.data.uniform_(0.5, 1.5)
+                mod.bias.data.uniform_(-0.2, 0.2)
     split = split_classifier(m)
     plain = split.backbone.to(memory_format=torch.channels_last)
     fused = fold_batch_norms(split.backbone).to(memory_format=torch.channels_last)

@@ -94,11 +94,13 @@ class _Query:
     exemplar_keys: dict[int, str]  # the request's own exemplars
 
 
-def _for_inference(split: SplitModel, device: torch.device, memory: torch.memory_format) -> SplitModel:
-    """The engine's own copy of ``split`` on ``device``: BatchNorms folded into the backbone's convolutions, the
-    backbone in ``memory`` format (channels_last by default). The head is the model's, unchanged."""
+def _for_inference(split: SplitModel, device: torch.device, memory: torch.memory_format, fold: bool) -> SplitModel:
+    """The engine's split on ``device``: with ``fold``, its own copy of the backbone with the BatchNorms folded
+    into the convolutions; the backbone in ``memory`` format (channels_last by default). The head is the model's.
+    Folding is for fp32 only: in bf16 the folded weights round worse (EfficientNet-Lite0's top-1 agreement with fp32
+    fell from 94 % to 84 %, BENCHMARKS.md "BatchNorms folded")."""
     split = split.to(device)
-    backbone = fold_batch_norms(split.backbone).to(memory_format=memory)
+    backbone = (fold_batch_norms(split.backbone) if fold else split.backbone).to(memory_format=memory)
     return SplitModel(backbone, split.head, split.layer, split.feature_shape, split.input_size)
 
 
@@ -114,8 +116,9 @@ class Engine:
         self.precision = resolve(precision, self.device)
         self.channels_last = channels_last  # NHWC backbone: faster convolutions in every precision (BENCHMARKS.md)
         memory = torch.channels_last if channels_last else torch.contiguous_format
-        self.split = _for_inference(split, self.device, memory)
-        self.hardness = _for_inference(hardness, self.device, memory) if hardness is not None else None
+        fold = self.precision is Precision.FP32
+        self.split = _for_inference(split, self.device, memory, fold)
+        self.hardness = _for_inference(hardness, self.device, memory, fold) if hardness is not None else None
         self.labels = tuple(labels)
         self.preprocess = preprocess
         self.grid = WorkingGrid(working_grid or preprocess.crop, preprocess.crop)

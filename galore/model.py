@@ -74,15 +74,64 @@ def split_classifier(model: nn.Module, layer: str | None = None, input_size: int
 
 
 def fold_batch_norms(backbone: nn.Module) -> nn.Module:
-    """A copy of ``backbone`` with every eval-mode BatchNorm folded into the convolution that feeds only it
-    (torch.fx's ``fuse``): the same function up to float rounding, one memory pass less per BatchNorm. Only the
-    backbone is folded: it runs without autograd, and the head keeps the model's own layers. A module that is not a
-    GraphModule (every split is one) is returned as it is."""
+    """A copy of ``backbone`` with every eval-mode BatchNorm folded into the convolution that feeds only it: the
+    same function up to float rounding, one memory pass less per BatchNorm. ``nn.Conv2d`` modules are folded by
+    torch.fx's ``fuse``; convolutions traced as ``torch.conv2d`` calls (EfficientNet-Lite's same-padding convs) by
+    ``_fold_conv_calls``. Only the backbone is folded: it runs without autograd, and the head keeps the model's own
+    layers. A module that is not a GraphModule (every split is one) is returned as it is."""
     if not isinstance(backbone, fx.GraphModule) or backbone.training:
         return backbone
     from torch.fx.experimental.optimization import fuse
 
-    return fuse(backbone, no_trace=True).eval()
+    folded = fuse(backbone, no_trace=True)
+    _fold_conv_calls(folded)
+    return folded.eval()
+
+
+def _fold_conv_calls(gm: fx.GraphModule) -> None:
+    """In place: every ``torch.conv2d(x, W, b, ...)`` call whose only user is an eval BatchNorm2d module takes the
+    BatchNorm's scale into W and its shift into a new bias (kept on W's module), and the BatchNorm leaves the
+    graph. W and b must be attributes used by that call alone; anything else is left as it is."""
+    modules = dict(gm.named_modules())
+    for node in list(gm.graph.nodes):
+        bn = modules.get(node.target) if node.op == "call_module" else None
+        if not isinstance(bn, nn.BatchNorm2d) or bn.running_var is None or len(node.args) != 1 or node.kwargs:
+            continue
+        conv = node.args[0]
+        if not (isinstance(conv, fx.Node) and conv.op == "call_function" and conv.target is torch.conv2d
+                and len(conv.users) == 1 and not conv.kwargs and len(conv.args) >= 2):
+            continue
+        args = list(conv.args) + [None] * max(0, 3 - len(conv.args))  # (input, weight, bias, stride, ...)
+        weight, bias = args[1], args[2]
+        if not _own_attr(weight) or (bias is not None and not _own_attr(bias)):
+            continue
+        owner_name, _, name = weight.target.rpartition(".")
+        owner = gm.get_submodule(owner_name)
+        w = getattr(owner, name)
+        b = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device) if bias is None else _attr(gm, bias.target)
+        with torch.no_grad():
+            scale = torch.rsqrt(bn.running_var + bn.eps) * (bn.weight if bn.affine else 1.0)  # (D_out,)
+            shift = (bn.bias if bn.affine else 0.0) - bn.running_mean * scale
+            setattr(owner, name, nn.Parameter(w * scale.reshape(-1, 1, 1, 1)))
+            owner.register_parameter(f"{name}_folded_bias", nn.Parameter(b * scale + shift))
+        with gm.graph.inserting_before(conv):
+            args[2] = gm.graph.get_attr(f"{owner_name}.{name}_folded_bias" if owner_name else f"{name}_folded_bias")
+        conv.args = tuple(args)
+        node.replace_all_uses_with(conv)
+        gm.graph.erase_node(node)
+    gm.graph.eliminate_dead_code()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+
+
+def _own_attr(node) -> bool:
+    return isinstance(node, fx.Node) and node.op == "get_attr" and len(node.users) == 1
+
+
+def _attr(gm: nn.Module, target: str):
+    for part in target.split("."):
+        gm = getattr(gm, part)
+    return gm
 
 
 def _probe(model: nn.Module, split: SplitModel) -> None:

@@ -18,12 +18,16 @@ def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(np.corrcoef(a.flatten().numpy(), b.flatten().numpy())[0, 1])
 
 
-def test_bf16_backbone_keeps_prediction_maps_and_top_insecurity_on_a_real_photo(lite_engine, monkeypatch):
+@pytest.mark.parametrize("name", ["coffee", "rocket"])
+def test_bf16_backbone_keeps_prediction_maps_and_top_insecurity_on_a_real_photo(lite_engine, monkeypatch, name):
+    """On photos the model is decisive about (top-1 0.96 and 0.36 against 0.01 and 0.25). bf16 reorders near ties,
+    such as chelsea's tiger cat 0.379 against Egyptian cat 0.376: that is why fp32 stays the default (BENCHMARKS.md,
+    "Reduced precision")."""
     # bf16 autocast runs on every x86 CPU (emulated where AVX512_BF16/AMX are absent), so this never skips.
     monkeypatch.setattr(precision_module, "bf16_supported", lambda device: True)
     bf16 = Engine("lite0-bf16", lite_engine.split, lite_engine.labels, lite_engine.preprocess, device="cpu",
                   precision=Precision.BF16)
-    request = [ImageRequest(photo("chelsea"), OPTIONS)]
+    request = [ImageRequest(photo(name), OPTIONS)]
     (ref,), (low,) = lite_engine.explain(request), bf16.explain(request)
     assert ref.ok and low.ok and bf16.info.precision is Precision.BF16
     assert ref.top_classes[0].class_id == low.top_classes[0].class_id
