@@ -112,19 +112,30 @@ def test_calls_beyond_the_inflight_limit_are_shed_and_the_client_retries_them_wi
 
 def test_a_full_torchserve_queue_is_overloaded_on_both_transports_never_internal(service, grpc_target, rest_url,
                                                                                  photo, tiny):
-    """140 REST calls (a photo, every kind) fill TorchServe's job queue: REST gets 503, gRPC calls arriving then
-    get UNAVAILABLE saying so."""
+    """140 REST callers (a photo, every kind) keep TorchServe's job queue full: REST gets 503, and gRPC calls sent
+    once the queue is full get UNAVAILABLE saying so. The callers post again until the gRPC calls are answered, so
+    the queue stays full however fast the engine drains it."""
+    stop, full = threading.Event(), threading.Event()
+
     def rest(_):
-        return requests.post(rest_url, data=photo, headers={"Content-Type": "image/jpeg"}, timeout=120)
+        codes = []
+        while not stop.is_set():
+            codes.append(requests.post(rest_url, data=photo, headers={"Content-Type": "image/jpeg"},
+                                       timeout=120).status_code)
+            if codes[-1] == 503:
+                full.set()
+        return codes
 
     request = pb.ExplainRequest(images=[pb.Image(data=tiny)])
     with ThreadPoolExecutor(160) as pool:
         rest_calls = [pool.submit(rest, i) for i in range(140)]
-        time.sleep(0.5)
-        grpc_calls = [pool.submit(explain, grpc_target, request, 120) for _ in range(16)]
-        answers = [f.result() for f in rest_calls]
-        grpc_results = [f.result() for f in grpc_calls]
-    statuses = {a.status_code for a in answers}
+        try:
+            assert full.wait(60), "140 REST callers never filled the queue"
+            grpc_calls = [pool.submit(explain, grpc_target, request, 120) for _ in range(16)]
+            grpc_results = [f.result() for f in grpc_calls]
+        finally:
+            stop.set()
+        statuses = {code for f in rest_calls for code in f.result()}
     assert statuses <= {200, 503} and 503 in statuses, statuses
     codes = {code for code, _, _ in grpc_results}
     assert codes <= {"OK", "UNAVAILABLE"}, grpc_results
