@@ -4,6 +4,7 @@ itself; the gateway killed -> started again; SIGTERM -> everything stops. Runs i
 processes."""
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -45,52 +46,23 @@ def descendant(root: psutil.Process, name: str) -> psutil.Process:
     return proc
 
 
-def test_serve_restarts_a_killed_torchserve_and_gateway_and_stops_on_sigterm(archive_dir, tmp_path):
+@contextlib.contextmanager
+def serving(archive_dir, tmp_path, *flags: str):
+    """`make serve` (python -m galore_gateway.local ``flags``) on free ports: yields (its process, a channel to the
+    gateway, the log file). Leaving stops it with SIGTERM and checks that every process it started has ended."""
     ports = free_ports(7)
-    flags = ["--grpc-port", "--gateway-metrics-port", "--rest-port", "--management-port", "--metrics-port",
+    names = ["--grpc-port", "--gateway-metrics-port", "--rest-port", "--management-port", "--metrics-port",
              "--ts-grpc-port", "--ts-grpc-management-port"]
     log = (tmp_path / "serve.log").open("w+")
     serve = subprocess.Popen(
-        [sys.executable, "-m", "galore_gateway.local", "--model-store", str(archive_dir), "--run-dir",
-         str(tmp_path / "run"), "--model", MODEL] + [str(x) for pair in zip(flags, ports) for x in pair],
+        [sys.executable, "-m", "galore_gateway.local", *flags, "--model-store", str(archive_dir), "--run-dir",
+         str(tmp_path / "run"), "--model", MODEL] + [str(x) for pair in zip(names, ports) for x in pair],
         cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     root = psutil.Process(serve.pid)
-    request = pb.ExplainRequest(images=[pb.Image(data=jpeg(np.zeros((32, 32, 3), np.uint8)))])
     try:
         with grpc.insecure_channel(f"127.0.0.1:{ports[0]}") as channel:
-            stub = pb_grpc.ExplainerStub(channel)
             wait_for(lambda: health(channel) == SERVING, 300, "SERVING")
-            stub.Explain(request, timeout=60)
-
-            # every worker dies while holding a call: the call fails as retryable, TorchServe starts new workers
-            slow = pb.ExplainRequest(images=[pb.Image(data=jpeg(np.full((600, 800, 3), 90, np.uint8)))] * 8,
-                                     options=pb.ExplainOptions(kinds=[1, 2, 3, 4], dims=[2, 3]))
-            held = stub.Explain.future(slow, timeout=120)
-            time.sleep(0.5)
-            for worker in [p for p in root.children(recursive=True)
-                           if any("model_service_worker" in part for part in p.cmdline())]:
-                worker.kill()
-            assert held.code() == grpc.StatusCode.UNAVAILABLE, (held.code(), held.details())
-            assert "retried" in held.details()
-            wait_for(lambda: health(channel) == SERVING, 300, "SERVING after the workers restarted")
-
-            descendant(root, "java").kill()  # TorchServe's frontend crashes
-            wait_for(lambda: health(channel) == NOT_SERVING, 10, "NOT_SERVING")
-            start = time.perf_counter()
-            try:
-                stub.Explain(request, timeout=30)
-                raise AssertionError("Explain answered while TorchServe was away")
-            except grpc.RpcError as err:
-                assert err.code() == grpc.StatusCode.UNAVAILABLE, err
-                assert "retried" in err.details()
-            assert time.perf_counter() - start < 2.0  # refused at once, not after the deadline
-            wait_for(lambda: health(channel) == SERVING, 300, "SERVING again")
-            stub.Explain(request, timeout=60)
-
-            descendant(root, "gateway").kill()
-            wait_for(lambda: health(channel) is None, 10, "gone")
-            wait_for(lambda: health(channel) == SERVING, 60, "SERVING after the gateway restart")
-            stub.Explain(request, timeout=60)
+            yield serve, channel, log
         everyone = root.children(recursive=True)
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(timeout=90) == 0
@@ -101,51 +73,66 @@ def test_serve_restarts_a_killed_torchserve_and_gateway_and_stops_on_sigterm(arc
             serve.kill()
             for proc in root.children(recursive=True):
                 proc.kill()
+
+
+def refused_at_once(stub, request, what: str) -> None:
+    """The backend is away: Explain gets UNAVAILABLE ("retried") in under 2 s, not after its deadline."""
+    start = time.perf_counter()
+    try:
+        stub.Explain(request, timeout=30)
+        raise AssertionError(f"Explain answered while {what} was away")
+    except grpc.RpcError as err:
+        assert err.code() == grpc.StatusCode.UNAVAILABLE, err
+        assert "retried" in err.details()
+    assert time.perf_counter() - start < 2.0
+
+
+TINY = pb.ExplainRequest(images=[pb.Image(data=jpeg(np.zeros((32, 32, 3), np.uint8)))])
+
+
+def test_serve_restarts_a_killed_torchserve_and_gateway_and_stops_on_sigterm(archive_dir, tmp_path):
+    with serving(archive_dir, tmp_path) as (serve, channel, log):
+        root = psutil.Process(serve.pid)
+        stub = pb_grpc.ExplainerStub(channel)
+        stub.Explain(TINY, timeout=60)
+
+        # every worker dies while holding a call: the call fails as retryable, TorchServe starts new workers
+        slow = pb.ExplainRequest(images=[pb.Image(data=jpeg(np.full((600, 800, 3), 90, np.uint8)))] * 8,
+                                 options=pb.ExplainOptions(kinds=[1, 2, 3, 4], dims=[2, 3]))
+        held = stub.Explain.future(slow, timeout=120)
+        time.sleep(0.5)
+        for worker in [p for p in root.children(recursive=True)
+                       if any("model_service_worker" in part for part in p.cmdline())]:
+            worker.kill()
+        assert held.code() == grpc.StatusCode.UNAVAILABLE, (held.code(), held.details())
+        assert "retried" in held.details()
+        wait_for(lambda: health(channel) == SERVING, 300, "SERVING after the workers restarted")
+
+        descendant(root, "java").kill()  # TorchServe's frontend crashes
+        wait_for(lambda: health(channel) == NOT_SERVING, 10, "NOT_SERVING")
+        refused_at_once(stub, TINY, "TorchServe")
+        wait_for(lambda: health(channel) == SERVING, 300, "SERVING again")
+        stub.Explain(TINY, timeout=60)
+
+        descendant(root, "gateway").kill()
+        wait_for(lambda: health(channel) is None, 10, "gone")
+        wait_for(lambda: health(channel) == SERVING, 60, "SERVING after the gateway restart")
+        stub.Explain(TINY, timeout=60)
     log.seek(0)
     text = log.read()
     assert "torchserve exited" in text and "gateway exited" in text and "restarting in" in text, text[-2000:]
 
 
 def test_serve_restarts_a_killed_kserve_host_and_the_gateway_refuses_at_once_meanwhile(archive_dir, tmp_path):
-    ports = free_ports(7)
-    flags = ["--grpc-port", "--gateway-metrics-port", "--rest-port", "--management-port", "--metrics-port",
-             "--ts-grpc-port", "--ts-grpc-management-port"]
-    log = (tmp_path / "serve.log").open("w+")
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "galore_gateway.local", "--backend", "kserve", "--model-store", str(archive_dir),
-         "--run-dir", str(tmp_path / "run"), "--model", MODEL] + [str(x) for pair in zip(flags, ports) for x in pair],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    root = psutil.Process(serve.pid)
-    request = pb.ExplainRequest(images=[pb.Image(data=jpeg(np.zeros((32, 32, 3), np.uint8)))])
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{ports[0]}") as channel:
-            stub = pb_grpc.ExplainerStub(channel)
-            wait_for(lambda: health(channel) == SERVING, 300, "SERVING")
-            stub.Explain(request, timeout=60)
-
-            [host] = [p for p in root.children() if "galore_kserve" in " ".join(p.cmdline())]
-            host.kill()  # the KServe host crashes
-            wait_for(lambda: health(channel) == NOT_SERVING, 10, "NOT_SERVING")
-            start = time.perf_counter()
-            try:
-                stub.Explain(request, timeout=30)
-                raise AssertionError("Explain answered while the KServe host was away")
-            except grpc.RpcError as err:
-                assert err.code() == grpc.StatusCode.UNAVAILABLE, err
-                assert "retried" in err.details()
-            assert time.perf_counter() - start < 2.0  # refused at once, not after the deadline
-            wait_for(lambda: health(channel) == SERVING, 300, "SERVING again")
-            assert stub.Explain(request, timeout=60).status.code == "OK"
-        everyone = root.children(recursive=True)
-        serve.send_signal(signal.SIGTERM)
-        assert serve.wait(timeout=90) == 0
-        gone, alive = psutil.wait_procs(everyone, timeout=30)
-        assert not alive, alive
-    finally:
-        if serve.poll() is None:
-            serve.kill()
-            for proc in root.children(recursive=True):
-                proc.kill()
+    with serving(archive_dir, tmp_path, "--backend", "kserve") as (serve, channel, log):
+        stub = pb_grpc.ExplainerStub(channel)
+        stub.Explain(TINY, timeout=60)
+        [host] = [p for p in psutil.Process(serve.pid).children() if "galore_kserve" in " ".join(p.cmdline())]
+        host.kill()  # the KServe host crashes
+        wait_for(lambda: health(channel) == NOT_SERVING, 10, "NOT_SERVING")
+        refused_at_once(stub, TINY, "the KServe host")
+        wait_for(lambda: health(channel) == SERVING, 300, "SERVING again")
+        assert stub.Explain(TINY, timeout=60).status.code == "OK"
     log.seek(0)
     text = log.read()
     assert "kserve exited" in text and "restarting in" in text, text[-2000:]
