@@ -44,6 +44,15 @@ class CliError(Exception):
         self.status = status
 
 
+def set_threads(threads: int | None) -> None:
+    """``--threads N`` of the in-process commands (evaluate proxy, train-hardness): torch's CPU threads."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise CliError(f"--threads: must be >= 1, got {threads}", EXIT_BAD_INPUT)
+    __import__("torch").set_num_threads(threads)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

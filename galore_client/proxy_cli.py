@@ -117,17 +117,14 @@ def settings_of(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from .cli import EXIT_BAD_INPUT, EXIT_IMAGE_FAILED, EXIT_OK, CliError
+    from .cli import EXIT_BAD_INPUT, EXIT_IMAGE_FAILED, EXIT_OK, CliError, set_threads
 
     from galore import Engine
     from galore.errors import GaloreError
     from galore.evaluate.cub import read_cub
     from galore.evaluate.proxy import run_protocol, select_images
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise CliError(f"--threads: must be >= 1, got {args.threads}", EXIT_BAD_INPUT)
-        __import__("torch").set_num_threads(args.threads)
+    set_threads(args.threads)
     try:
         settings = settings_of(args)
         cub = read_cub(args.data)

@@ -131,15 +131,12 @@ def classifier_of(args, labels: list[str] | None):
 
 
 def run(args: argparse.Namespace) -> int:
-    from .cli import EXIT_BAD_INPUT, EXIT_OK, CliError
+    from .cli import EXIT_BAD_INPUT, EXIT_OK, CliError, set_threads
 
     from galore.errors import GaloreError
     from galore.hardness_training import HardnessTraining, split_indices, train_hardness
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise CliError(f"--threads: must be >= 1, got {args.threads}", EXIT_BAD_INPUT)
-        __import__("torch").set_num_threads(args.threads)
+    set_threads(args.threads)
     try:
         config = HardnessTraining(arch=args.hardness_arch, epochs=args.epochs, batch_size=args.batch_size,
                                   lr=args.lr, weight_decay=args.weight_decay, flip=not args.no_flip,
