@@ -11,6 +11,10 @@ TorchServe or gateway is started again). Phases, in order:
             SIGTERM the gateway; each: failed calls by code, slowest call, recovery time
   overload  --overload-clients closed-loop gRPC clients, 5 s deadline, UNAVAILABLE retried 3 times with backoff as
             galore_client does; then 100 ms deadlines
+  goodput   open loop at --goodput-levels x the gRPC capacity (closed loop, 8 clients, gRPC-only mix), --goodput-seconds
+            each, 5 s deadline, retried by galore_client's own gRPC service config (retry policy, budget, the
+            gateway's pushback): goodput, shed calls and attempts, p50/p99 of the accepted calls, work computed for
+            expired calls, and the CPU of the load generator (this process), the gateway and the workers
 Figures only, nothing asserted; the small versions of these checks are tests/reliability (`make test`).
 """
 from __future__ import annotations
@@ -38,6 +42,8 @@ sys.path.insert(0, str(REPO))
 from benchmarks.reliability_fuzz import generate, send_all  # noqa: E402
 from benchmarks.reliability_load import Load, Sender, mix, percentiles, photos, rss_mib, summarize  # noqa: E402
 from galore_api.v1 import explainer_pb2 as pb  # noqa: E402
+from galore_client.client import MAX_MESSAGE_BYTES, SERVICE  # noqa: E402
+from galore_client.retry import RetryPolicy  # noqa: E402
 from galore_gateway.local import Backoff, LocalConfig, LocalService, Ports, free_ports  # noqa: E402
 
 MODEL = "efficientnet_lite0"
@@ -115,9 +121,42 @@ class Deployment:
         return next(p for p in (root, *root.children(recursive=True)) if p.name() == "java")
 
     def dropped(self) -> float:
-        text = requests.get(f"http://127.0.0.1:{self.service.config.ports.metrics}/metrics", timeout=10).text
+        return self.metric(self.service.config.ports.metrics, "galore_dropped_requests_total")
+
+    @staticmethod
+    def metric(port: int, name: str, contains: str = "") -> float:
+        """Sum of the samples of ``name`` (whose labels contain ``contains``) on 127.0.0.1:port/metrics."""
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith("galore_dropped_requests_total{"))
+                   if line.startswith(name + "{") and contains in line)
+
+    def counters(self) -> dict[str, float]:
+        """The counters the goodput phase reads: worker-side drops and late answers, gateway attempts and sheds."""
+        ports = self.service.config.ports
+        return {"dropped_deadline": self.metric(ports.metrics, "galore_dropped_requests_total", 'reason="deadline"'),
+                "late": self.metric(ports.metrics, "galore_late_requests_total"),
+                "computed": self.metric(ports.metrics, "galore_images_total", 'kind="prediction"'),
+                "attempts": self.metric(ports.gateway_metrics, "galore_requests_total"),
+                "attempts_unavailable": self.metric(ports.gateway_metrics, "galore_requests_total",
+                                                    'status="UNAVAILABLE"'),
+                "shed_at_gateway": self.metric(ports.gateway_metrics, "galore_shed_total")}
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds so far of this process (the load generator), the gateway, and TorchServe with its workers."""
+        def total(procs) -> float:
+            seconds = 0.0
+            for proc in procs:
+                try:
+                    times = proc.cpu_times()
+                    seconds += times.user + times.system
+                except psutil.NoSuchProcess:
+                    pass
+            return seconds
+
+        torchserve = psutil.Process(self.service.torchserve.pid)
+        return {"load_generator": total([psutil.Process()]),
+                "gateway": total([psutil.Process(self.service.gateway.pid)]),
+                "torchserve": total([torchserve, *torchserve.children(recursive=True)])}
 
     def wait(self, predicate, timeout_s: float) -> float | None:
         start = time.monotonic()
@@ -288,6 +327,51 @@ def overload(dep: Deployment, sender: Sender, clients: int, seconds: float, seed
     return result
 
 
+def goodput(dep: Deployment, levels: list[float], seconds: float, capacity_seconds: float, seed: int) -> dict:
+    """Open-loop overload at ``levels`` x the gRPC capacity, through galore_client's retry policy (module doc)."""
+    policy = RetryPolicy()
+    sender = Sender(dep.grpc_target, dep.rest_url, pool=512,
+                    grpc_options=policy.grpc_channel_options(SERVICE, MAX_MESSAGE_BYTES))
+    items = mix(100_000, seed, transports=("grpc",))
+    try:
+        closed = Load(sender, items, timeout_s=120, clients=8).start()
+        time.sleep(capacity_seconds)
+        rate = sum(1 for r in closed.stop() if r.code == "OK") / capacity_seconds
+        say(f"goodput: gRPC capacity {rate:.2f} calls/s (8 closed-loop clients, {capacity_seconds:.0f} s)")
+        result = {"capacity_rps": rate, "deadline_s": 5.0, "seconds": seconds, "retry_policy": policy.__dict__,
+                  "levels": []}
+        for level in levels:
+            dep.wait(lambda: dep.metric(dep.service.config.ports.gateway_metrics, "galore_inflight_requests") == 0,
+                     60)
+            counters, cpu = dep.counters(), dep.cpu_seconds()
+            load = Load(sender, items, timeout_s=5.0, rate=level * rate).start()
+            start = time.monotonic()
+            time.sleep(seconds)
+            results = [r for r in load.stop() if r.due < start + seconds]  # calls offered during the level
+            owed = time.monotonic() - start
+            time.sleep(3)  # the workers' last counters reach TorchServe's metrics endpoint
+            counters = {k: v - counters[k] for k, v in dep.counters().items()}
+            cpu = {k: round((v - cpu[k]) / owed, 2) for k, v in dep.cpu_seconds().items()}
+            stats = summarize(results)
+            accepted = [r for r in results if r.code != "UNAVAILABLE"]
+            row = {"level": level, "offered_rps": round(level * rate, 2), "calls": len(results),
+                   "ok": stats["ok"], "goodput_rps": round(stats["ok"] / seconds, 2),
+                   "goodput_of_capacity": round(stats["ok"] / seconds / rate, 3), "codes": stats["codes"],
+                   "shed_calls": stats["codes"].get("UNAVAILABLE", 0),
+                   "accepted_p50_s": round(percentiles([r.latency_s for r in accepted])["p50"], 3),
+                   "accepted_p99_s": round(percentiles([r.latency_s for r in accepted])["p99"], 3),
+                   "attempts_at_gateway": int(counters["attempts"]),
+                   "shed_attempts": int(counters["attempts_unavailable"]),
+                   "computed_images": int(counters["computed"]),
+                   "expired_dropped_before_engine": int(counters["dropped_deadline"]),
+                   "expired_computed": int(counters["late"]), "cpu_cores": cpu}
+            result["levels"].append(row)
+            say(f"goodput {row}")
+        return result
+    finally:
+        sender.close()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fuzz-cases", type=int, default=10_000)
@@ -299,7 +383,9 @@ def main(argv=None) -> int:
     parser.add_argument("--fault-load", type=float, default=0.5, help="fraction of capacity during faults")
     parser.add_argument("--overload-clients", type=int, default=256)
     parser.add_argument("--overload-seconds", type=float, default=60)
-    parser.add_argument("--phases", default="capacity,fuzz,soak,faults,overload")
+    parser.add_argument("--goodput-levels", default="1,2,4", help="offered load, multiples of the gRPC capacity")
+    parser.add_argument("--goodput-seconds", type=float, default=60, help="seconds per level")
+    parser.add_argument("--phases", default="capacity,fuzz,soak,faults,overload,goodput")
     parser.add_argument("--model-store", type=Path, default=REPO / "model_store")
     parser.add_argument("--json", type=Path, help="write every figure here")
     args = parser.parse_args(argv)
@@ -324,6 +410,9 @@ def main(argv=None) -> int:
                 figures["faults"] = faults(dep, sender, args.fault_load * rate, args.seed)
             if "overload" in phases:
                 figures["overload"] = overload(dep, sender, args.overload_clients, args.overload_seconds, args.seed)
+            if "goodput" in phases:
+                figures["goodput"] = goodput(dep, [float(x) for x in args.goodput_levels.split(",")],
+                                             args.goodput_seconds, args.capacity_seconds, args.seed)
         finally:
             sender.close()
             dep.stop()

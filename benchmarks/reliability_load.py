@@ -87,8 +87,11 @@ class Result:
 class Sender:
     """Sends one Item over its transport and names the outcome with a gRPC code name."""
 
-    def __init__(self, grpc_target: str, rest_url: str, pool: int = 64):
-        self.channel = grpc.insecure_channel(grpc_target, options=[("grpc.max_receive_message_length", -1)])
+    def __init__(self, grpc_target: str, rest_url: str, pool: int = 64, grpc_options: list | None = None):
+        """``grpc_options``: more channel arguments (e.g. galore_client's retry policy: the calls are then retried
+        by gRPC itself, and ``Result.attempts`` counts only this module's own retries)."""
+        self.channel = grpc.insecure_channel(grpc_target, options=[("grpc.max_receive_message_length", -1),
+                                                                   *(grpc_options or [])])
         self.explain = self.channel.unary_unary(EXPLAIN_METHOD)
         self.session = requests.Session()
         self.session.mount("http://", requests.adapters.HTTPAdapter(pool_connections=pool, pool_maxsize=pool))

@@ -112,7 +112,8 @@ def _add_target_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"TorchServe model name (REST; default {DEFAULT_MODEL})")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
                         help=f"seconds per call (default {DEFAULT_TIMEOUT_S:g})")
-    parser.add_argument("--retries", type=int, default=3, help="retries on UNAVAILABLE, with backoff (default 3)")
+    parser.add_argument("--retries", type=int, default=3, help="retries on UNAVAILABLE (HTTP 503), 0-4, after a jittered backoff or the server's "
+                             "own hint; gRPC also keeps a retry budget (default 3)")
     parser.add_argument("--token", default=os.environ.get("GALORE_TOKEN"),
                         help="bearer token sent with each call (default $GALORE_TOKEN)")
     parser.add_argument("--ca-cert", metavar="PEM", help="CA certificate for grpcs:// or https://")

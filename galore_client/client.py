@@ -10,12 +10,12 @@ image's ``status`` in the response.
 
 ``GaloreClient`` (end of this module) is the typed API over either transport: ``grpc://``, ``grpcs://``,
 ``http://`` or ``https://`` server URLs, ``ExplainSettings`` in, ``Explanation`` objects (numpy masks and heatmaps,
-labelled classes, strengths) out, retries on UNAVAILABLE with backoff, TLS and bearer tokens.
+labelled classes, strengths) out, TLS and bearer tokens. Retries (UNAVAILABLE, HTTP 503) are the transports' own:
+a gRPC service config with a retry budget, urllib3's Retry honouring ``Retry-After`` (``galore_client.retry``).
 """
 from __future__ import annotations
 
 import threading
-import time
 from typing import Iterable, Mapping
 
 import grpc
@@ -30,6 +30,7 @@ from galore_api.v1 import explainer_pb2 as pb
 from galore_api.v1 import explainer_pb2_grpc
 
 from .errors import GaloreClientError
+from .retry import NO_RETRIES, RetryPolicy
 from .results import Explanation, ImageFailure
 from .settings import ExplainSettings, ModelSummary
 from .typed import WireFormatError, explanation_from_proto, mask_from_proto, settings_to_proto, summary_from_proto
@@ -37,6 +38,7 @@ from .typed import WireFormatError, explanation_from_proto, mask_from_proto, set
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 MAX_MESSAGE_BYTES = 100 * 1024 * 1024  # deploy/torchserve/config.properties max_request_size / max_response_size
+SERVICE = pb.DESCRIPTOR.services_by_name["Explainer"].full_name  # "galore.v1.Explainer"
 
 
 def build_request(images: Iterable[bytes] | bytes, options: pb.ExplainOptions | None = None,
@@ -65,12 +67,14 @@ class GrpcClient:
 
     def __init__(self, target: str = DEFAULT_GRPC_ADDRESS, timeout_s: float = 60.0,
                  max_message_bytes: int = MAX_MESSAGE_BYTES, tls: bool = False, ca_cert: bytes | None = None,
-                 token: str | None = None):
+                 token: str | None = None, retry: RetryPolicy = NO_RETRIES):
         """``tls``: TLS channel, trusting ``ca_cert`` (PEM bytes) or the system roots; ``token``: sent as
-        ``authorization: Bearer <token>`` metadata on every call."""
+        ``authorization: Bearer <token>`` metadata on every call; ``retry``: the channel's retry policy and budget
+        (a call's ``timeout_s`` covers all its attempts)."""
         self.timeout_s = timeout_s
         options = [("grpc.max_send_message_length", max_message_bytes),
-                   ("grpc.max_receive_message_length", max_message_bytes)]
+                   ("grpc.max_receive_message_length", max_message_bytes),
+                   *retry.grpc_channel_options(SERVICE, max_message_bytes)]
         if tls or ca_cert:
             credentials = grpc.ssl_channel_credentials(root_certificates=ca_cert)
             self._channel = grpc.secure_channel(target, credentials, options=options)
@@ -119,14 +123,16 @@ class RestClient:
     base URL ending in ``/v1``, the KServe host's ``POST /v1/models/<model>:explain`` (same bodies and answers)."""
 
     def __init__(self, base_url: str = f"http://{DEFAULT_REST_ADDRESS}", model: str = DEFAULT_MODEL,
-                 timeout_s: float = 60.0, ca_cert: str | None = None, token: str | None = None):
+                 timeout_s: float = 60.0, ca_cert: str | None = None, token: str | None = None,
+                 retry: RetryPolicy = NO_RETRIES):
         """``ca_cert``: path of a PEM file to trust for https:// URLs; ``token``: sent as
-        ``Authorization: Bearer <token>``. Safe to share between threads (one HTTP session per thread)."""
+        ``Authorization: Bearer <token>``; ``retry``: 503 answers and refused connections are retried (each attempt
+        gets ``timeout_s``), honouring ``Retry-After``. Safe to share between threads (one session per thread)."""
         self.base_url = base_url.rstrip("/")
         self.kserve = self.base_url.endswith(KSERVE_V1)
         self.model = model
         self.timeout_s = timeout_s
-        self._ca_cert, self._token = ca_cert, token
+        self._ca_cert, self._token, self._retry = ca_cert, token, retry
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
         self._lock = threading.Lock()
@@ -136,6 +142,9 @@ class RestClient:
         session = getattr(self._local, "session", None)
         if session is None:
             session = self._local.session = requests.Session()
+            adapter = requests.adapters.HTTPAdapter(max_retries=self._retry.http_retry())
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
             if self._ca_cert:
                 session.verify = self._ca_cert
             if self._token:
@@ -273,21 +282,21 @@ class GaloreClient:
             [result] = client.explain([open("cat.jpg", "rb").read()], ExplainSettings(dims=(2, 3)))
         result.insecurities[0].labels, result.insecurities[0].region.mask.shape   # ('tabby', 'tiger cat'), (H0, W0)
 
-    Calls that fail with UNAVAILABLE (server down, restarting or overloaded) are retried ``retries`` times, waiting
-    ``backoff_s`` * 2**attempt seconds (at most ``max_backoff_s``) in between; Explain is side-effect free, so
-    retrying is safe. Every request-level failure raises ``GaloreClientError``; one image's failure is its
-    ``Explanation.error``. ``ca_cert`` is a PEM file path; ``token`` is sent as a bearer token.
+    Calls that fail with UNAVAILABLE (server down, restarting or overloaded; HTTP 503) are retried up to ``retries``
+    times (0-4), the n-th after about ``backoff_s`` * 2 ** (n - 1) seconds (at most ``max_backoff_s``), jittered, or
+    after the server's own hint (``grpc-retry-pushback-ms``, ``Retry-After``); on gRPC a retry budget stops retrying
+    while most calls fail (``galore_client.retry``). Explain is side-effect free, so retrying is safe. Every
+    request-level failure raises ``GaloreClientError``; one image's failure is its ``Explanation.error``.
+    ``ca_cert`` is a PEM file path; ``token`` is sent as a bearer token.
     """
 
     def __init__(self, server: str = DEFAULT_SERVER, model: str = DEFAULT_MODEL, timeout_s: float = 60.0,
                  retries: int = 3, backoff_s: float = 0.2, max_backoff_s: float = 5.0, token: str | None = None,
-                 ca_cert: str | None = None, sleep=time.sleep):
-        if retries < 0:
-            raise ValueError(f"retries: must be >= 0, got {retries}")
+                 ca_cert: str | None = None):
+        retry = RetryPolicy(retries=retries, initial_backoff_s=backoff_s, max_backoff_s=max_backoff_s)
         self.transport, tls, address = parse_server(server)
         self.server = server
-        self.retries, self.backoff_s, self.max_backoff_s = retries, backoff_s, max_backoff_s
-        self._sleep = sleep
+        self.retry = retry
         self._summary: ModelSummary | None = None
         if self.transport == "grpc":
             pem = None
@@ -297,30 +306,19 @@ class GaloreClient:
                         pem = handle.read()
                 except OSError as exc:
                     raise ValueError(f"ca_cert: cannot read {ca_cert!r}: {exc.strerror}") from None
-            self.raw = GrpcClient(address, timeout_s, tls=tls, ca_cert=pem, token=token)
+            self.raw = GrpcClient(address, timeout_s, tls=tls, ca_cert=pem, token=token, retry=retry)
         else:
-            self.raw = RestClient(address, model, timeout_s, ca_cert=ca_cert, token=token)
-
-    def with_retries(self, call, *args, **kwargs):
-        """Runs ``call``; on GaloreClientError UNAVAILABLE waits and retries, up to ``retries`` times."""
-        for attempt in range(self.retries + 1):
-            try:
-                return call(*args, **kwargs)
-            except GaloreClientError as err:
-                if err.code != "UNAVAILABLE" or attempt == self.retries:
-                    raise
-                self._sleep(min(self.max_backoff_s, self.backoff_s * 2 ** attempt))
-        raise AssertionError("unreachable")  # pragma: no cover
+            self.raw = RestClient(address, model, timeout_s, ca_cert=ca_cert, token=token, retry=retry)
 
     def model_info(self) -> ModelSummary:
         """The served model: classes, feature grid, crop size, limits (cached after the first call)."""
         if self._summary is None:
-            self._summary = summary_from_proto(self.with_retries(self.raw.model_info))
+            self._summary = summary_from_proto(self.raw.model_info())
         return self._summary
 
     def explain_request(self, request: pb.ExplainRequest) -> pb.ExplainResponse:
         """Sends a ready ExplainRequest (with retries); raises GaloreClientError when the request failed."""
-        return checked(self.with_retries(self.raw.explain_request, request), len(request.images))
+        return checked(self.raw.explain_request(request), len(request.images))
 
     def explain(self, images: Iterable[bytes] | bytes, settings: ExplainSettings | None = None,
                 exemplars: Mapping[int | str, bytes] | None = None, ids: Iterable[str] | None = None,

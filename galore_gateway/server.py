@@ -16,6 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from galore.backpressure import PUSHBACK_KEY, DrainEstimate, jittered
 from galore.contract import Call
 from galore.errors import RETRY_HINT, overloaded
 from galore_api.v1 import explainer_pb2 as pb
@@ -29,6 +30,8 @@ logger = logging.getLogger(__name__)
 SERVICE = pb.DESCRIPTOR.services_by_name["Explainer"].full_name  # "galore.v1.Explainer"
 TRANSPORT = "grpc"
 _CODE_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
 class ExplainerGateway:
     """Implements Explain / GetModelInfo on raw bytes."""
 
@@ -38,6 +41,14 @@ class ExplainerGateway:
         self.images = metrics.images_rate(config.model)
         self.inflight = 0  # Explain calls being forwarded (one event loop: a plain counter is exact)
         self.ready = False  # TorchServe has a READY worker for the model (kept by watch_health)
+        self.drain = DrainEstimate()  # answered calls -> the pushback a shed call gets
+
+    async def _shed(self, context: grpc.aio.ServicerContext, message: str, wait_s: float | None = None) -> None:
+        """UNAVAILABLE with ``grpc-retry-pushback-ms``: ``wait_s`` (jittered), else the time the calls in flight
+        take to drain at the rate answers came back lately (galore.backpressure)."""
+        pushback = self.drain.pushback_ms(self.inflight) if wait_s is None else str(round(jittered(wait_s) * 1000))
+        context.set_trailing_metadata(((PUSHBACK_KEY, pushback),))
+        await context.abort(grpc.StatusCode.UNAVAILABLE, message)
 
     def _timeout(self, context: grpc.aio.ServicerContext) -> float:
         remaining = context.time_remaining()
@@ -49,20 +60,23 @@ class ExplainerGateway:
         While health says NOT_SERVING (backend away, starting, or without a ready worker) calls are refused at
         once with UNAVAILABLE instead of waiting in a queue nobody serves."""
         backend = self.backend
-        if not self.ready:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, (
+        if not self.ready:  # health is polled every health_poll_s: no sooner can a retry find it ready
+            await self._shed(context, (
                 f"{backend.name} at {backend.address} has no ready worker for model "
-                f"{self.config.model} (health NOT_SERVING); {RETRY_HINT}"))
+                f"{self.config.model} (health NOT_SERVING); {RETRY_HINT}"), self.config.health_poll_s)
         try:
             return await backend.call(rpc, request, self._timeout(context))
         except grpc.aio.AioRpcError as err:
             code, details = err.code(), err.details() or ""
             reason = backend.unavailable_reason(details)
             if reason is not None:  # the backend's own overload or lost-worker words: retryable
-                (what, overload), code = reason, grpc.StatusCode.UNAVAILABLE
-                message = overloaded(what) if overload else f"{what}; {RETRY_HINT}"
+                what, overload = reason
+                if overload:
+                    await self._shed(context, overloaded(what))
+                code, message = grpc.StatusCode.UNAVAILABLE, f"{what}; {RETRY_HINT}"
             elif code == grpc.StatusCode.UNAVAILABLE:
-                message = f"{backend.name} at {backend.address} is unavailable: {details}; {RETRY_HINT}"
+                await self._shed(context, f"{backend.name} at {backend.address} is unavailable: {details}; "
+                                          f"{RETRY_HINT}", self.config.health_poll_s)
             elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 message = f"deadline exceeded while {backend.name} was explaining"
             else:
@@ -78,9 +92,9 @@ class ExplainerGateway:
         try:
             if self.inflight > self.config.max_inflight:
                 metrics.SHED_TOTAL.labels(**labels).inc()
-                await context.abort(grpc.StatusCode.UNAVAILABLE, overloaded(
-                    f"{self.config.max_inflight} calls in flight at the gateway"))
+                await self._shed(context, overloaded(f"{self.config.max_inflight} calls in flight at the gateway"))
             answer = await self._forward(rpc, request, context)
+            self.drain.completed()
             status = on_answer(answer)
             if status != "OK":
                 await self._abort_with_status(answer, context)

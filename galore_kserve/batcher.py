@@ -5,16 +5,19 @@ Each engine worker owns its own ``ExplainService`` (engine, caches) and one thre
 process; all workers take batches from one queue: the first request waits at most ``max_delay_s`` for others, a
 batch holds at most ``max_batch_size`` requests, and requests that arrive while every worker is busy form the next
 batch at once. At most ``max_queued`` requests wait (TorchServe's ``job_queue_size``); one more is answered at once
-with UNAVAILABLE, "overloaded, retry", as TorchServe answers its full queue. (KServe's own batcher is a sidecar of the InferenceService, not part of the Python ModelServer; see
+with UNAVAILABLE, "overloaded, retry", as TorchServe answers its full queue, and ``Retry-After``: the time the
+queue takes to drain at the rate answers came back lately (galore.backpressure). (KServe's own batcher is a sidecar of the InferenceService, not part of the Python ModelServer; see
 BENCHMARKS.md "Two hosts".)
 """
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from galore.backpressure import DrainEstimate
 from galore.errors import Unavailable, overloaded
 from handlers.metrics import WorkerMetrics
 from handlers.service import Answer, ExplainService
@@ -55,6 +58,7 @@ class MicroBatcher:
         self.services = services
         self.metrics = metrics
         self.batching = batching
+        self.drain = DrainEstimate()
         self._queue: asyncio.Queue[Pending] | None = None
         self._workers: list[asyncio.Task] = []
         self._executors = [ThreadPoolExecutor(1, thread_name_prefix=f"galore-engine-{i}")
@@ -72,8 +76,9 @@ class MicroBatcher:
         if self._queue.qsize() >= self.max_queued:
             self.metrics.dropped("queue_full")
             context = BatchContext([headers], [request_id])
-            return self.services[0].refuse(row, context, Unavailable("", overloaded(
+            refused = self.services[0].refuse(row, context, Unavailable("", overloaded(
                 f"the KServe host's job queue is full, job_queue_size={self.max_queued}")), self.metrics)
+            return dataclasses.replace(refused, retry_after=self.drain.retry_after(self._queue.qsize()))
         future = asyncio.get_running_loop().create_future()
         await self._queue.put(Pending(row, headers, request_id, future))
         return await future
@@ -115,6 +120,7 @@ class MicroBatcher:
                         p.future.set_exception(exc)
                 continue
             for p, answer in zip(live, answers):
+                self.drain.completed()
                 if not p.future.done():
                     p.future.set_result(answer)
 

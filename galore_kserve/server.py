@@ -21,6 +21,7 @@ from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.grpc.servicer import InferenceServicer
 from kserve.protocol.rest.server import RESTServer
 
+from galore.backpressure import RETRY_AFTER_HEADER
 from galore.errors import InvalidArgument
 from galore_api.v1 import explainer_pb2 as pb
 from handlers import convert
@@ -34,7 +35,9 @@ V1_VERBS = (":predict", ":explain")
 
 async def answer_error_handler(_: Request, exc: AnswerError) -> Response:
     answer = exc.answer
-    return Response(content=answer.body, status_code=answer.http_status, media_type=answer.media_type)
+    headers = {RETRY_AFTER_HEADER: answer.retry_after} if answer.retry_after else None
+    return Response(content=answer.body, status_code=answer.http_status, media_type=answer.media_type,
+                    headers=headers)
 
 
 async def oip_error_handler(_: Request, exc: OipError) -> Response:

@@ -76,13 +76,18 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-_service = GaloreHandler()
+def entry_point(service: GaloreHandler):
+    """The module-level ``handle(data, context)`` TorchServe calls, over ``service``: initializes it on first use
+    (data is None on the load ping)."""
+
+    def handle(data, context):
+        if not service.initialized:
+            service.initialize(context)
+        if data is None:
+            return None
+        return service.handle(data, context)
+
+    return handle
 
 
-def handle(data, context):
-    """Module-level entry TorchServe calls; initializes on first use (data is None on the load ping)."""
-    if not _service.initialized:
-        _service.initialize(context)
-    if data is None:
-        return None
-    return _service.handle(data, context)
+handle = entry_point(GaloreHandler())

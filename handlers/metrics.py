@@ -16,10 +16,11 @@ STAGE_SECONDS = "galore_stage_duration_seconds"  # histogram {model, stage}; sec
 BATCH_SIZE = "galore_batch_size"  # histogram {model}; images per engine call
 EXEMPLAR_CACHE_TOTAL = "galore_exemplar_cache_total"  # counter {model, result}; result = hit | miss
 DROPPED_TOTAL = "galore_dropped_requests_total"  # counter {model, reason}; requests dropped before the engine
+LATE_TOTAL = "galore_late_requests_total"  # counter {model}; requests computed but answered after their deadline
 STAGES = ("decode", "forward", "attribution", "regions", "encode")
 # name -> its label names after "model"
 LABELS = {IMAGES_TOTAL: ("kind",), STAGE_SECONDS: ("stage",), BATCH_SIZE: (), EXEMPLAR_CACHE_TOTAL: ("result",),
-          DROPPED_TOTAL: ("reason",)}
+          DROPPED_TOTAL: ("reason",), LATE_TOTAL: ()}
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,11 @@ class WorkerMetrics:
     def dropped(self, reason: str, count: int = 1) -> None:
         if count:
             self._emit(DROPPED_TOTAL, MetricKind.COUNTER, count, [reason])
+
+    def late(self, count: int) -> None:
+        """Requests whose engine work finished after the caller's deadline: computed for nobody."""
+        if count:
+            self._emit(LATE_TOTAL, MetricKind.COUNTER, count, [])
 
     def exemplar_cache(self, result: str, count: int) -> None:
         if count:

@@ -31,6 +31,7 @@ class Prepared:
 
     response_type: str
     call: Call = Call.EXPLAIN
+    due: float | None = None  # the caller's deadline, Unix seconds
     error: GaloreError | None = None
     options: ExplainOptions | None = None
     ids: list[str] = field(default_factory=list)
@@ -40,12 +41,14 @@ class Prepared:
 
 @dataclass(frozen=True)
 class Answer:
-    """What the handler returns for one request: bytes, media type, HTTP status and phrase."""
+    """What the handler returns for one request: bytes, media type, HTTP status and phrase; ``retry_after``: the
+    ``Retry-After`` header of a refused request (seconds, galore.backpressure), "" for none."""
 
     body: bytes
     media_type: str
     http_status: int
     phrase: str
+    retry_after: str = ""
 
 
 class ExplainService:
@@ -124,7 +127,7 @@ class ExplainService:
             wire = read_request(row, context, idx)
         except GaloreError as err:
             return Prepared(response_type=response_type_for_error(context, idx, row), error=err)
-        prepared = Prepared(response_type=wire.response_type, call=wire.call)
+        prepared = Prepared(response_type=wire.response_type, call=wire.call, due=due)
         if wire.call is Call.EXPLAIN and row.get(PREDICTION_ONLY_KEY):  # KServe v1 :predict
             wire.message.options.ClearField("kinds")
             wire.message.options.prediction_only = True
@@ -188,6 +191,8 @@ class ExplainService:
         flat = [item for p in prepared if p.error is None for item in p.items if not isinstance(item, GaloreError)]
         decode_s = time.perf_counter() - start
         engine_results = self._run_engine(flat, metrics, decode_s)
+        now = time.time()
+        metrics.late(sum(1 for p in prepared if p.error is None and p.items and p.due is not None and now >= p.due))
         encode_start = time.perf_counter()
         answers = []
         for p in prepared:

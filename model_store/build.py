@@ -30,6 +30,7 @@ from galore.options import DEFAULT_PRECISION, Precision
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "deploy" / "torchserve" / "model-config.yaml"
+HANDLER = REPO / "handlers" / "galore_handler.py"  # the archive's TorchServe entry (--handler)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 
@@ -84,8 +85,10 @@ def _copy_bank(bank: Path, labels: list[str], staging: Path) -> int:
 
 
 def archive(name: str, handler_section: dict, out: Path, staging: Path, batch_size: int | None = None,
-            max_batch_delay_ms: int | None = None) -> Path:
-    """Writes the model config, packs ``staging`` with torch-model-archiver, returns the .mar path."""
+            max_batch_delay_ms: int | None = None, handler: Path = HANDLER) -> Path:
+    """Writes the model config, packs ``staging`` with torch-model-archiver, returns the .mar path. ``handler``:
+    the TorchServe entry module (no flag sets it: only the tests' gated archive, tests/reliability/gate.py, has
+    another)."""
     config = yaml.safe_load(DEFAULT_CONFIG.read_text(encoding="utf-8"))
     config["handler"] = {**config.get("handler", {}), **handler_section}
     if batch_size is not None:
@@ -99,7 +102,7 @@ def archive(name: str, handler_section: dict, out: Path, staging: Path, batch_si
     out.mkdir(parents=True, exist_ok=True)
     subprocess.run([  # a directory given to --extra-files has its entries copied to the archive root
         str(Path(sys.executable).with_name("torch-model-archiver")), "--model-name", name, "--version", "1.0",
-        "--handler", str(REPO / "handlers" / "galore_handler.py"), "--extra-files", str(staging),
+        "--handler", str(handler), "--extra-files", str(staging),
         "--config-file", str(config_file), "--export-path", str(out), "--force",
     ], check=True)
     return out / f"{name}.mar"

@@ -11,6 +11,7 @@ when tests fail.
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -64,16 +65,16 @@ def archive_dir(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def service(backend, archive_dir, tmp_path_factory):
-    """The running deployment; ``service.config.ports`` has its ports, ``service.config.backend`` its backend."""
+@contextlib.contextmanager
+def deployment(backend: str, model_store: Path, run_dir: Path):
+    """A deployment as `make serve` starts it, serving ``model_store``'s archive on free ports; always stopped."""
     from galore_gateway.config import Backend
     from galore_gateway.local import LocalConfig, LocalService, Ports, free_ports
 
     if backend == "torchserve" and shutil.which("java") is None:
         pytest.fail("TorchServe needs Java 17 on PATH: `make java` installs openjdk-17-jre-headless")
-    config = LocalConfig(model_store=archive_dir, run_dir=tmp_path_factory.mktemp(f"run-{backend}"), model=MODEL,
-                         ports=Ports(*free_ports(7)), backend=Backend(backend))
+    config = LocalConfig(model_store=model_store, run_dir=run_dir, model=MODEL, ports=Ports(*free_ports(7)),
+                         backend=Backend(backend))
     local = LocalService(config)
     try:
         local.start()
@@ -81,3 +82,10 @@ def service(backend, archive_dir, tmp_path_factory):
         yield local
     finally:
         local.stop()
+
+
+@pytest.fixture(scope="session")
+def service(backend, archive_dir, tmp_path_factory):
+    """The running deployment; ``service.config.ports`` has its ports, ``service.config.backend`` its backend."""
+    with deployment(backend, archive_dir, tmp_path_factory.mktemp(f"run-{backend}")) as local:
+        yield local

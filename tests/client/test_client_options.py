@@ -6,12 +6,14 @@ import http.server
 import socket
 import subprocess
 import threading
+import time
 from concurrent import futures
 
 import grpc
 import pytest
 from google.protobuf import json_format
 
+from galore.backpressure import PUSHBACK_KEY
 from galore_api.v1 import explainer_pb2 as pb
 from galore_api.v1 import explainer_pb2_grpc
 from galore_client.client import GaloreClient, parse_server
@@ -21,18 +23,27 @@ from tests.tools import require_tool
 
 
 class FlakyExplainer(explainer_pb2_grpc.ExplainerServicer):
-    """Answers GetModelInfo, but first fails ``failures`` calls with ``code``; records each call's metadata."""
+    """Answers GetModelInfo, but first fails ``failures`` calls with ``code`` (and ``pushback_ms`` as
+    grpc-retry-pushback-ms when set); records each call's metadata and arrival time."""
 
-    def __init__(self, failures: int = 0, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE):
-        self.failures, self.code, self.calls = failures, code, []
+    def __init__(self, failures: int = 0, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE,
+                 pushback_ms: int | None = None):
+        self.failures, self.code, self.pushback_ms = failures, code, pushback_ms
+        self.calls, self.arrivals = [], []
 
     def GetModelInfo(self, request, context):
+        self.arrivals.append(time.monotonic())
         self.calls.append(dict(context.invocation_metadata()))
         if len(self.calls) <= self.failures:
+            if self.pushback_ms is not None:
+                context.set_trailing_metadata(((PUSHBACK_KEY, str(self.pushback_ms)),))
             context.abort(self.code, f"refused call {len(self.calls)}")
         return pb.ModelInfo(name="tiny", classes=[pb.ClassInfo(class_id=0, label="zero"),
                                                   pb.ClassInfo(class_id=1, label="one")], input_size=4,
                             feature_height=2, feature_width=2)
+
+    def gaps(self) -> list[float]:
+        return [b - a for a, b in zip(self.arrivals, self.arrivals[1:])]
 
 
 def start_server(servicer, credentials=None) -> tuple[grpc.Server, int]:
@@ -48,8 +59,8 @@ def start_server(servicer, credentials=None) -> tuple[grpc.Server, int]:
 def flaky():
     servers = []
 
-    def make(failures: int = 0, code=grpc.StatusCode.UNAVAILABLE, credentials=None):
-        servicer = FlakyExplainer(failures, code)
+    def make(failures: int = 0, code=grpc.StatusCode.UNAVAILABLE, credentials=None, pushback_ms=None):
+        servicer = FlakyExplainer(failures, code, pushback_ms)
         server, port = start_server(servicer, credentials)
         servers.append(server)
         return servicer, port
@@ -61,33 +72,69 @@ def flaky():
 
 def test_unavailable_is_retried_with_exponential_backoff(flaky):
     servicer, port = flaky(failures=2)
-    sleeps = []
-    with GaloreClient(f"grpc://127.0.0.1:{port}", retries=3, backoff_s=0.25, sleep=sleeps.append) as client:
+    with GaloreClient(f"grpc://127.0.0.1:{port}", retries=3, backoff_s=0.25) as client:
         summary = client.model_info()
     assert summary.labels == ("zero", "one") and summary.class_id("one") == 1
-    assert len(servicer.calls) == 3 and sleeps == [0.25, 0.5]
+    assert len(servicer.calls) == 3
+    first, second = servicer.gaps()
+    # gRPC waits backoff * multiplier ** (n - 1), jittered by +-20 %; never sooner
+    assert first >= 0.25 * 0.8 and second >= 0.5 * 0.8, servicer.gaps()
 
 
-def test_retries_give_up_with_the_servers_message(flaky):
+def test_retries_give_up_after_the_configured_attempts_with_the_servers_message(flaky):
     servicer, port = flaky(failures=10)
-    sleeps = []
-    with GaloreClient(f"grpc://127.0.0.1:{port}", retries=3, backoff_s=1.0, max_backoff_s=3.0,
-                      sleep=sleeps.append) as client:
+    with GaloreClient(f"grpc://127.0.0.1:{port}", retries=3, backoff_s=0.05, max_backoff_s=0.1) as client:
         with pytest.raises(GaloreClientError) as info:
             client.model_info()
     assert info.value.code == "UNAVAILABLE" and info.value.message == "refused call 4"
     assert info.value.grpc_code == 14 and info.value.http_status == 503
-    assert len(servicer.calls) == 4 and sleeps == [1.0, 2.0, 3.0]  # capped at max_backoff_s
+    assert len(servicer.calls) == 4
+
+
+def test_retries_are_jittered(flaky):
+    """20 clients, each refused once: the gaps before their retries spread around the backoff. Scheduling delays
+    only lengthen a gap, so a gap shorter than the backoff is jitter, measured."""
+    backoff = 0.2
+    gaps = []
+    for _ in range(20):
+        servicer, port = flaky(failures=1)
+        with GaloreClient(f"grpc://127.0.0.1:{port}", retries=1, backoff_s=backoff) as client:
+            client.model_info()
+        gaps += servicer.gaps()
+    assert min(gaps) >= 0.8 * backoff * 0.99, gaps
+    assert sum(gap < 0.97 * backoff for gap in gaps) >= 3, gaps
+
+
+def test_the_retry_budget_stops_retries_while_most_calls_fail(flaky):
+    servicer, port = flaky(failures=1000)
+    with GaloreClient(f"grpc://127.0.0.1:{port}", retries=4, backoff_s=0.01, max_backoff_s=0.02) as client:
+        for _ in range(10):
+            with pytest.raises(GaloreClientError):
+                client.model_info()
+    # without a budget: 10 x 5 attempts; with gRPC's (10 tokens, one per failure, retries only above 5 tokens)
+    # the first calls retry a few times, then every call makes one attempt
+    assert 10 <= len(servicer.calls) <= 10 + 5, len(servicer.calls)
+
+
+def test_the_servers_pushback_replaces_the_backoff(flaky):
+    servicer, port = flaky(failures=1, pushback_ms=600)
+    with GaloreClient(f"grpc://127.0.0.1:{port}", retries=2, backoff_s=0.01, max_backoff_s=0.02) as client:
+        client.model_info()
+    assert len(servicer.calls) == 2 and servicer.gaps()[0] >= 0.6, servicer.gaps()
+
+
+def test_retries_are_bounded_by_grpcs_limit():
+    with pytest.raises(ValueError, match="retries: must be an integer from 0 to 4"):
+        GaloreClient("grpc://127.0.0.1:1", retries=5)
 
 
 def test_other_errors_are_not_retried(flaky):
     servicer, port = flaky(failures=1, code=grpc.StatusCode.INVALID_ARGUMENT)
-    sleeps = []
-    with GaloreClient(f"127.0.0.1:{port}", retries=3, sleep=sleeps.append) as client:
+    with GaloreClient(f"127.0.0.1:{port}", retries=3) as client:
         with pytest.raises(GaloreClientError) as info:
             client.model_info()
     assert info.value.code == "INVALID_ARGUMENT" and info.value.message == "refused call 1"
-    assert len(servicer.calls) == 1 and sleeps == []
+    assert len(servicer.calls) == 1
 
 
 def test_grpc_token_is_sent_as_bearer_metadata(flaky):
@@ -138,14 +185,28 @@ def broken_answer() -> pb.ImageExplanation:
 
 
 class _Recorder(http.server.BaseHTTPRequestHandler):
-    """Answers every image OK at 1x1 pixels, except images with data b"broken" (see ``broken_answer``)."""
+    """Answers every image OK at 1x1 pixels, except images with data b"broken" (see ``broken_answer``); the first
+    ``refusals`` posts get 503 with ``Retry-After: retry_after`` instead. Records each post and its arrival time."""
 
     seen: list = []
+    arrivals: list = []
+    refusals, retry_after = 0, "1"
 
     def do_POST(self):  # noqa: N802 - http.server's naming
         length = int(self.headers["Content-Length"])
         request = json_format.Parse(self.rfile.read(length), pb.ExplainRequest())
         type(self).seen.append((self.path, self.headers.get("Authorization"), request))
+        type(self).arrivals.append(time.monotonic())
+        if len(self.seen) <= self.refusals:
+            body = json_format.MessageToJson(pb.ExplainResponse(status=pb.Status(
+                code="UNAVAILABLE", message="the service is overloaded", http_status=503))).encode()
+            self.send_response(503)
+            self.send_header("Retry-After", self.retry_after)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         body = json_format.MessageToJson(pb.ExplainResponse(
             status=pb.Status(code="OK"),
             images=[broken_answer() if image.data == b"broken" else
@@ -163,7 +224,7 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def recorder():
-    _Recorder.seen = []
+    _Recorder.seen, _Recorder.arrivals, _Recorder.refusals = [], [], 0
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -183,6 +244,24 @@ def test_rest_sends_the_token_and_the_proto_json_request(recorder):
     assert result.ok and (result.width, result.height) == (1, 1) and result.crop_box is None
 
 
+def test_rest_honours_retry_after_on_503(recorder):
+    _Recorder.refusals = 1
+    with GaloreClient(recorder, model="m", retries=2, backoff_s=0.01, max_backoff_s=0.02) as client:
+        [result] = client.explain([b"img"], input_size=0)
+    assert result.ok and len(_Recorder.seen) == 2
+    first, second = _Recorder.arrivals
+    assert second - first >= 1.0  # Retry-After: 1 second, not the 10 ms backoff
+
+
+def test_rest_retries_503_at_most_the_configured_times(recorder):
+    _Recorder.refusals, _Recorder.retry_after = 100, "0"
+    with GaloreClient(recorder, model="m", retries=2, backoff_s=0.01, max_backoff_s=0.02) as client:
+        with pytest.raises(GaloreClientError) as info:
+            client.explain([b"img"], input_size=0)
+    assert info.value.code == "UNAVAILABLE" and info.value.http_status == 503
+    assert len(_Recorder.seen) == 3
+
+
 @pytest.mark.parametrize("url,parsed", [
     ("grpc://127.0.0.1:50051", ("grpc", False, "127.0.0.1:50051")),
     ("127.0.0.1:50051", ("grpc", False, "127.0.0.1:50051")),
@@ -198,11 +277,12 @@ def test_closed_port_is_unavailable_after_the_retries():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    sleeps = []
-    with GaloreClient(f"grpc://127.0.0.1:{port}", retries=2, sleep=sleeps.append) as client:
+    start = time.monotonic()
+    with GaloreClient(f"grpc://127.0.0.1:{port}", retries=2, backoff_s=0.2) as client:
         with pytest.raises(GaloreClientError) as info:
             client.model_info()
-    assert info.value.code == "UNAVAILABLE" and sleeps == [0.2, 0.4]
+    assert info.value.code == "UNAVAILABLE"
+    assert time.monotonic() - start >= 0.8 * (0.2 + 0.4)  # two backoffs: the refused connection was retried
 
 
 def test_an_answer_that_breaks_the_contract_fails_that_image_only(recorder):

@@ -58,6 +58,9 @@ def test_requests_beyond_the_queue_are_refused_at_once_as_overloaded(explain_ser
     answers = asyncio.run(burst())
     # submit() puts without yielding, so the first two wait in the queue and the four after them find it full
     assert [a.http_status for a in answers] == [200, 200, 503, 503, 503, 503]
+    # REST's Retry-After: whole seconds, at least 1 (galore.backpressure); none on answered requests
+    assert [a.retry_after for a in answers[:2]] == ["", ""]
+    assert all(a.retry_after.isdigit() and int(a.retry_after) >= 1 for a in answers[2:]), answers
     refused_grpc = pb.ExplainResponse.FromString(answers[2].body)
     assert refused_grpc.status.code == "UNAVAILABLE"
     assert refused_grpc.status.grpc_code == STATUS_TABLE["UNAVAILABLE"][0] == 14

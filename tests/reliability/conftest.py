@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import re
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -15,7 +16,30 @@ import requests
 from PIL import Image
 from skimage import data
 
-from tests.conftest import MODEL
+from tests.conftest import MODEL, deployment
+
+from .gate import Gate, build_gated_archive
+
+
+@pytest.fixture(scope="session")
+def gate(tmp_path_factory) -> Gate:
+    """The gate of every gated deployment of the session (tests count arrivals relative to their start)."""
+    return Gate(tmp_path_factory.mktemp("gate"))
+
+
+@pytest.fixture(scope="session")
+def gated_store(gate, tmp_path_factory) -> Path:
+    """A model store whose efficientnet_lite0.mar is the gated archive (tests/reliability/gate.py)."""
+    out = tmp_path_factory.mktemp("gated-store")
+    build_gated_archive(out, gate)
+    return out
+
+
+@pytest.fixture(scope="module")
+def gated_service(gated_store, tmp_path_factory):
+    """A TorchServe deployment of the gated archive, as `make serve` starts it."""
+    with deployment("torchserve", gated_store, tmp_path_factory.mktemp("run-gated")) as local:
+        yield local
 
 
 def jpeg(array: np.ndarray) -> bytes:

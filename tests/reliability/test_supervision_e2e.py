@@ -90,21 +90,22 @@ def refused_at_once(stub, request, what: str) -> None:
 TINY = pb.ExplainRequest(images=[pb.Image(data=jpeg(np.zeros((32, 32, 3), np.uint8)))])
 
 
-def test_serve_restarts_a_killed_torchserve_and_gateway_and_stops_on_sigterm(archive_dir, tmp_path):
-    with serving(archive_dir, tmp_path) as (serve, channel, log):
+def test_serve_restarts_a_killed_torchserve_and_gateway_and_stops_on_sigterm(gated_store, gate, tmp_path):
+    with serving(gated_store, tmp_path) as (serve, channel, log):
         root = psutil.Process(serve.pid)
         stub = pb_grpc.ExplainerStub(channel)
         stub.Explain(TINY, timeout=60)
 
-        # every worker dies while holding a call: the call fails as retryable, TorchServe starts new workers
-        slow = pb.ExplainRequest(images=[pb.Image(data=jpeg(np.full((600, 800, 3), 90, np.uint8)))] * 8,
-                                 options=pb.ExplainOptions(kinds=[1, 2, 3, 4], dims=[2, 3]))
-        held = stub.Explain.future(slow, timeout=120)
-        time.sleep(0.5)
-        for worker in [p for p in root.children(recursive=True)
-                       if any("model_service_worker" in part for part in p.cmdline())]:
-            worker.kill()
-        assert held.code() == grpc.StatusCode.UNAVAILABLE, (held.code(), held.details())
+        # every worker dies while holding a call (held at the gate): the call fails as retryable, TorchServe starts
+        # new workers
+        with gate.held():
+            entered = gate.entered()
+            held = stub.Explain.future(TINY, timeout=120)
+            gate.wait_entered(entered + 1)
+            for worker in [p for p in root.children(recursive=True)
+                           if any("model_service_worker" in part for part in p.cmdline())]:
+                worker.kill()
+            assert held.code() == grpc.StatusCode.UNAVAILABLE, (held.code(), held.details())
         assert "retried" in held.details()
         wait_for(lambda: health(channel) == SERVING, 300, "SERVING after the workers restarted")
 
