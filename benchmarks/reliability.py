@@ -11,7 +11,8 @@ TorchServe or gateway is started again). Phases, in order:
             SIGTERM the gateway; each: failed calls by code, slowest call, recovery time
   overload  --overload-clients closed-loop gRPC clients, 5 s deadline, UNAVAILABLE retried 3 times with backoff as
             galore_client does; then 100 ms deadlines
-  goodput   open loop at --goodput-levels x the gRPC capacity (closed loop, 8 clients, gRPC-only mix), --goodput-seconds
+  goodput   open loop at --goodput-levels x the gRPC capacity (closed loop, as many clients as the gateway forwards
+            at once, so every slot stays busy and none is shed; gRPC-only mix), --goodput-seconds
             each, 5 s deadline, retried by galore_client's own gRPC service config (retry policy, budget, the
             gateway's pushback): goodput, shed calls and attempts, p50/p99 of the accepted calls, work computed for
             expired calls, and the CPU of the load generator (this process), the gateway and the workers
@@ -44,6 +45,7 @@ from benchmarks.reliability_load import Load, Sender, mix, percentiles, photos, 
 from galore_api.v1 import explainer_pb2 as pb  # noqa: E402
 from galore_client.client import MAX_MESSAGE_BYTES, SERVICE  # noqa: E402
 from galore_client.retry import RetryPolicy  # noqa: E402
+from galore_gateway.config import GatewayConfig  # noqa: E402
 from galore_gateway.local import Backoff, LocalConfig, LocalService, Ports, free_ports  # noqa: E402
 
 MODEL = "efficientnet_lite0"
@@ -333,11 +335,14 @@ def goodput(dep: Deployment, levels: list[float], seconds: float, capacity_secon
     sender = Sender(dep.grpc_target, dep.rest_url, pool=512,
                     grpc_options=policy.grpc_channel_options(SERVICE, MAX_MESSAGE_BYTES))
     items = mix(100_000, seed, transports=("grpc",))
+    slots = GatewayConfig.with_torchserve_config(dep.service.config.ts_config).max_inflight
     try:
-        closed = Load(sender, items, timeout_s=120, clients=8).start()
+        closed = Load(sender, items, timeout_s=120, clients=slots).start()
         time.sleep(capacity_seconds)
-        rate = sum(1 for r in closed.stop() if r.code == "OK") / capacity_seconds
-        say(f"goodput: gRPC capacity {rate:.2f} calls/s (8 closed-loop clients, {capacity_seconds:.0f} s)")
+        capacity_results = closed.stop()
+        rate = sum(1 for r in capacity_results if r.code == "OK") / capacity_seconds
+        say(f"goodput: gRPC capacity {rate:.2f} calls/s ({slots} closed-loop clients, {capacity_seconds:.0f} s; "
+            f"{summarize(capacity_results)['codes']})")
         result = {"capacity_rps": rate, "deadline_s": 5.0, "seconds": seconds, "retry_policy": policy.__dict__,
                   "levels": []}
         for level in levels:
