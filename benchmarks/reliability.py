@@ -9,8 +9,8 @@ TorchServe or gateway is started again). Phases, in order:
   soak      open loop at --soak-load x capacity; errors, p50/p95/p99 and RSS of workers and gateway per window
   faults    under open-loop load: kill one worker, kill all workers, kill TorchServe (supervisor restarts it),
             SIGTERM the gateway; each: failed calls by code, slowest call, recovery time
-  overload  --overload-clients closed-loop gRPC clients, 5 s deadline, UNAVAILABLE retried 3 times with backoff as
-            galore_client does; then 100 ms deadlines
+  overload  --overload-clients closed-loop gRPC clients, 5 s deadline, retried by galore_client's gRPC service config
+            (3 retries, budget, pushback); then 100 ms deadlines
   goodput   open loop at --goodput-levels x the gRPC capacity (closed loop, as many clients as the gateway forwards
             at once, so every slot stays busy and none is shed; gRPC-only mix), --goodput-seconds
             each, 5 s deadline, retried by galore_client's own gRPC service config (retry policy, budget, the
@@ -121,9 +121,6 @@ class Deployment:
     def java(self) -> psutil.Process:
         root = psutil.Process(self.service.torchserve.pid)
         return next(p for p in (root, *root.children(recursive=True)) if p.name() == "java")
-
-    def dropped(self) -> float:
-        return self.metric(self.service.config.ports.metrics, "galore_dropped_requests_total")
 
     @staticmethod
     def metric(port: int, name: str, contains: str = "") -> float:
@@ -286,11 +283,17 @@ def faults(dep: Deployment, sender: Sender, rate: float, seed: int) -> list[dict
     return out
 
 
-def overload(dep: Deployment, sender: Sender, clients: int, seconds: float, seed: int) -> dict:
+def retrying_sender(dep: Deployment) -> Sender:
+    """gRPC calls retried as galore_client retries them: its default RetryPolicy as the channel's service config."""
+    return Sender(dep.grpc_target, dep.rest_url, pool=512,
+                  grpc_options=RetryPolicy().grpc_channel_options(SERVICE, MAX_MESSAGE_BYTES))
+
+
+def overload(dep: Deployment, clients: int, seconds: float, seed: int) -> dict:
     rss_before = rss_mib(dep.worker_pids()), rss_mib([dep.service.gateway.pid])
-    dropped_before = dep.dropped()
-    load = Load(sender, mix(100_000, seed, transports=("grpc",)), timeout_s=5.0, clients=clients,
-                retries=3).start()
+    counters = dep.counters()
+    sender = retrying_sender(dep)
+    load = Load(sender, mix(100_000, seed, transports=("grpc",)), timeout_s=5.0, clients=clients).start()
     peak = [0.0, 0.0]
     start = time.monotonic()
     while time.monotonic() - start < seconds:
@@ -298,13 +301,16 @@ def overload(dep: Deployment, sender: Sender, clients: int, seconds: float, seed
         peak = [max(peak[0], rss_mib(dep.worker_pids())), max(peak[1], rss_mib([dep.service.gateway.pid]))]
     stopped = time.monotonic()
     results = load.stop()
+    sender.close()
     drained = dep.wait(lambda: dep.ready_workers() > 0 and dep.serving(), 60)
     stats = summarize(results)
+    counters = {k: int(v - counters[k]) for k, v in dep.counters().items()}
     result = {"clients": clients, "seconds": seconds, **stats,
               "ok_per_s": stats["ok"] / seconds, "deadline_s": 5.0,
               "workers_rss_mib": {"before": round(rss_before[0]), "peak": round(peak[0])},
               "gateway_rss_mib": {"before": round(rss_before[1]), "peak": round(peak[1])},
-              "dropped_before_engine": dep.dropped() - dropped_before,
+              "attempts_at_gateway": counters["attempts"],
+              "dropped_before_engine": counters["dropped_deadline"], "expired_computed": counters["late"],
               "owed_answers_s": round(time.monotonic() - stopped, 2), "serving_after_s": drained}
     say(f"overload {result}")
     short = []
@@ -331,9 +337,7 @@ def overload(dep: Deployment, sender: Sender, clients: int, seconds: float, seed
 
 def goodput(dep: Deployment, levels: list[float], seconds: float, capacity_seconds: float, seed: int) -> dict:
     """Open-loop overload at ``levels`` x the gRPC capacity, through galore_client's retry policy (module doc)."""
-    policy = RetryPolicy()
-    sender = Sender(dep.grpc_target, dep.rest_url, pool=512,
-                    grpc_options=policy.grpc_channel_options(SERVICE, MAX_MESSAGE_BYTES))
+    sender = retrying_sender(dep)
     items = mix(100_000, seed, transports=("grpc",))
     slots = GatewayConfig.with_torchserve_config(dep.service.config.ts_config).max_inflight
     try:
@@ -343,7 +347,7 @@ def goodput(dep: Deployment, levels: list[float], seconds: float, capacity_secon
         rate = sum(1 for r in capacity_results if r.code == "OK") / capacity_seconds
         say(f"goodput: gRPC capacity {rate:.2f} calls/s ({slots} closed-loop clients, {capacity_seconds:.0f} s; "
             f"{summarize(capacity_results)['codes']})")
-        result = {"capacity_rps": rate, "deadline_s": 5.0, "seconds": seconds, "retry_policy": policy.__dict__,
+        result = {"capacity_rps": rate, "deadline_s": 5.0, "seconds": seconds, "retry_policy": RetryPolicy().__dict__,
                   "levels": []}
         for level in levels:
             dep.wait(lambda: dep.metric(dep.service.config.ports.gateway_metrics, "galore_inflight_requests") == 0,
@@ -414,7 +418,7 @@ def main(argv=None) -> int:
             if "faults" in phases:
                 figures["faults"] = faults(dep, sender, args.fault_load * rate, args.seed)
             if "overload" in phases:
-                figures["overload"] = overload(dep, sender, args.overload_clients, args.overload_seconds, args.seed)
+                figures["overload"] = overload(dep, args.overload_clients, args.overload_seconds, args.seed)
             if "goodput" in phases:
                 figures["goodput"] = goodput(dep, [float(x) for x in args.goodput_levels.split(",")],
                                              args.goodput_seconds, args.capacity_seconds, args.seed)

@@ -76,8 +76,6 @@ class Result:
     transport: str
     code: str
     reason: str = ""  # for UNAVAILABLE: which refusal (gateway-limit, queue-full, not-serving, ...)
-    attempts: int = 1
-    last_attempt_s: float = 0.0  # duration of the final attempt (the one the server answered)
 
     @property
     def latency_s(self) -> float:
@@ -88,8 +86,8 @@ class Sender:
     """Sends one Item over its transport and names the outcome with a gRPC code name."""
 
     def __init__(self, grpc_target: str, rest_url: str, pool: int = 64, grpc_options: list | None = None):
-        """``grpc_options``: more channel arguments (e.g. galore_client's retry policy: the calls are then retried
-        by gRPC itself, and ``Result.attempts`` counts only this module's own retries)."""
+        """``grpc_options``: more channel arguments (e.g. galore_client's retry policy: gRPC then retries the calls
+        itself, and the gateway's counters tell the attempts)."""
         self.channel = grpc.insecure_channel(grpc_target, options=[("grpc.max_receive_message_length", -1),
                                                                    *(grpc_options or [])])
         self.explain = self.channel.unary_unary(EXPLAIN_METHOD)
@@ -143,11 +141,8 @@ class Load:
     senders when rate is None. ``results`` fills as answers come back; ``stop()`` waits for what is owed."""
 
     def __init__(self, sender: Sender, items: list[Item], timeout_s: float, rate: float | None = None,
-                 clients: int = 8, max_inflight: int = 512, retries: int = 0, backoff_s: float = 0.2):
-        """``retries``: UNAVAILABLE is retried that many times after backoff_s * 2**attempt (+-50 % jitter), as
-        galore_client.GaloreClient does; the call's latency then covers every attempt."""
+                 clients: int = 8, max_inflight: int = 512):
         self.sender, self.items, self.timeout_s = sender, items, timeout_s
-        self.retries, self.backoff_s = retries, backoff_s
         self.rate, self.clients = rate, clients
         self.results: list[Result] = []
         self._lock = threading.Lock()
@@ -156,15 +151,9 @@ class Load:
         self._thread = threading.Thread(target=self._open if rate else self._closed, daemon=True)
 
     def _one(self, item: Item, due: float) -> None:
-        for attempt in range(self.retries + 1):
-            sent = time.monotonic()
-            code, reason = self.sender.send(item, self.timeout_s)
-            if code != "UNAVAILABLE" or attempt == self.retries or self._stop.is_set():
-                break
-            time.sleep(min(5.0, self.backoff_s * 2 ** attempt) * random.uniform(0.5, 1.5))
+        code, reason = self.sender.send(item, self.timeout_s)
         with self._lock:
-            self.results.append(Result(due, time.monotonic(), item.transport, code, reason, attempt + 1,
-                                       time.monotonic() - sent))
+            self.results.append(Result(due, time.monotonic(), item.transport, code, reason))
 
     def _open(self) -> None:
         start = time.monotonic()
@@ -217,10 +206,8 @@ def summarize(results: list[Result]) -> dict:
     ok = [r.latency_s for r in results if r.code == "OK"]
     return {"requests": len(results), "ok": len(ok), "codes": dict(Counter(r.code for r in results)),
             "unavailable_reasons": dict(Counter(r.reason for r in results if r.code == "UNAVAILABLE")),
-            "attempts": sum(r.attempts for r in results),
             "latency_ok_s": percentiles(ok), "slowest_s": max((r.latency_s for r in results), default=0.0),
-            "last_attempt_ok_s": percentiles([r.last_attempt_s for r in results if r.code == "OK"]),
-            "slowest_attempt_s": max((r.last_attempt_s for r in results), default=0.0)}
+            }
 
 
 def rss_mib(pids) -> float:

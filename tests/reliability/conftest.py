@@ -35,7 +35,7 @@ def gated_store(gate, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def gated_service(gated_store, tmp_path_factory):
     """A TorchServe deployment of the gated archive, as `make serve` starts it."""
     with deployment("torchserve", gated_store, tmp_path_factory.mktemp("run-gated")) as local:

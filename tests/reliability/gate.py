@@ -37,12 +37,17 @@ class Gate:
     def open(self) -> None:
         (self.folder / "closed").unlink(missing_ok=True)
 
-    def entered(self) -> int:
-        """Engine calls that have arrived at the gate so far (held or passed)."""
+    def calls(self) -> list[int]:
+        """Images of each engine call that has arrived at the gate so far (held or passed), in arrival order."""
         try:
-            return len((self.folder / "entered").read_text(encoding="utf-8").splitlines())
+            lines = (self.folder / "entered").read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:
-            return 0
+            return []
+        return [int(line.split()[1]) for line in lines]
+
+    def entered(self) -> int:
+        """Engine calls that have arrived at the gate so far."""
+        return len(self.calls())
 
     def wait_entered(self, count: int, timeout_s: float = 120.0) -> None:
         """Returns once ``count`` engine calls have arrived; fails after ``timeout_s``."""

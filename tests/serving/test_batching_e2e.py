@@ -1,22 +1,12 @@
-"""Concurrent clients share TorchServe batches and each gets its own answer (options never leak)."""
+"""Concurrent clients each get their own answer (options never leak), on both hosts. That they share batches is
+tests/reliability/test_batching_e2e.py's: it holds the workers so the calls queue, whatever the machine's speed."""
 from __future__ import annotations
 
-import re
 from concurrent.futures import ThreadPoolExecutor
-
-import requests
 
 from galore_api.v1 import explainer_pb2 as pb
 
 CLIENTS = 8
-
-
-def batch_histogram(service) -> tuple[float, float]:
-    """(observations, observations of batch size <= 1) of galore_batch_size on the worker's metrics endpoint."""
-    text = requests.get(service.config.worker_metrics_url, timeout=30).text
-    count = re.search(r'^galore_batch_size_count\{[^}]*model="efficientnet_lite0"[^}]*\} (\S+)', text, re.M)
-    small = re.search(r'^galore_batch_size_bucket\{[^}]*le="1.0"[^}]*\} (\S+)', text, re.M)
-    return (float(count.group(1)) if count else 0.0), (float(small.group(1)) if small else 0.0)
 
 
 def options_for(i: int) -> pb.ExplainOptions:
@@ -27,9 +17,7 @@ def options_for(i: int) -> pb.ExplainOptions:
                              threshold=pb.Threshold(coverage=0.05 * (i + 1)))
 
 
-def test_concurrent_clients_share_batches_and_get_their_own_answers(service, grpc_client, rest_client, chelsea,
-                                                                    coffee):
-    before = batch_histogram(service)
+def test_concurrent_clients_get_their_own_answers(service, grpc_client, rest_client, chelsea, coffee):
 
     def call(i: int) -> pb.ExplainResponse:
         images = [chelsea if i % 3 else coffee]
@@ -50,7 +38,3 @@ def test_concurrent_clients_share_batches_and_get_their_own_answers(service, grp
             coverages[i] = image.attributive.region.mask.pixel_count
     cat_runs = sorted((i, n) for i, n in coverages.items() if i % 3)
     assert [n for _, n in cat_runs] == sorted(n for _, n in cat_runs)  # larger coverage -> more pixels, per client
-    after = batch_histogram(service)
-    batches, single = after[0] - before[0], after[1] - before[1]
-    assert 0 < batches < CLIENTS  # fewer engine calls than requests
-    assert batches - single >= 1  # at least one batch held more than one image
