@@ -4,9 +4,9 @@
 The estimate is the time to answer the calls ahead: ``queued`` calls / the completion rate over the last
 ``window_s`` seconds, kept within [``floor_s``, ``ceiling_s``], then jittered by a factor drawn from [0.5, 1.5)
 so that callers shed together do not return together. With no completion in the window (nothing measured yet, or
-the server is stuck) the estimate is the ceiling. The gateway sends it as gRPC's ``grpc-retry-pushback-ms`` trailer (which
-a gRPC client's retry policy waits instead of its own backoff); REST hosts send it as ``Retry-After`` (whole
-seconds, rounded up).
+the server is stuck) the estimate is the ceiling. The gateway sends it as gRPC's ``grpc-retry-pushback-ms``
+trailer (which a gRPC client's retry policy waits instead of its own backoff); REST hosts send it as
+``Retry-After`` (whole seconds, rounded up).
 
 Example:
     >>> import random

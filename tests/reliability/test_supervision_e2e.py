@@ -15,6 +15,7 @@ import numpy as np
 import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from galore.backpressure import PUSHBACK_KEY
 from galore_api.v1 import explainer_pb2 as pb
 from galore_api.v1 import explainer_pb2_grpc as pb_grpc
 from galore_gateway.local import free_ports
@@ -76,7 +77,8 @@ def serving(archive_dir, tmp_path, *flags: str):
 
 
 def refused_at_once(stub, request, what: str) -> None:
-    """The backend is away: Explain gets UNAVAILABLE ("retried") in under 2 s, not after its deadline."""
+    """The backend is away: Explain gets UNAVAILABLE ("retried") in under 2 s, not after its deadline, with a
+    pushback of the gateway's health poll interval (1 s, jittered x0.5-1.5)."""
     start = time.perf_counter()
     try:
         stub.Explain(request, timeout=30)
@@ -84,6 +86,7 @@ def refused_at_once(stub, request, what: str) -> None:
     except grpc.RpcError as err:
         assert err.code() == grpc.StatusCode.UNAVAILABLE, err
         assert "retried" in err.details()
+        assert 500 <= int(dict(err.trailing_metadata())[PUSHBACK_KEY]) <= 1500, err.trailing_metadata()
     assert time.perf_counter() - start < 2.0
 
 
