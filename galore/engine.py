@@ -396,8 +396,10 @@ def _fp32(F: torch.Tensor) -> torch.Tensor:
 
 
 def _image_seed(x: torch.Tensor) -> bytes:
-    """Bytes identifying the network input x: seeds the bank draw, so the same image gets the same exemplar."""
-    return hashlib.sha256(x.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).digest()
+    """Bytes identifying the network input x (on the host): seeds the bank draw, so the same image gets the same
+    exemplar."""
+    with host_side():
+        return hashlib.sha256(x.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).digest()
 
 
 def _out_of_memory(exc: BaseException) -> bool:

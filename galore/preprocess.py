@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torchvision.transforms.v2.functional as TF
 
+from .device import to_device
 from .errors import InvalidArgument
 
 
@@ -100,8 +101,11 @@ class Preprocess:
                                                                                 self.crop)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 (..., 3, S, S) -> float32 (x / 255 - mean) / std, on x's device (the same numbers on any)."""
-        return TF.normalize(x.float().div_(255), list(self.mean), list(self.std))
+        """uint8 (..., 3, S, S) -> float32 (x / 255 - mean) / std, on x's device (the same numbers on any; the same
+        operations as torchvision's ``normalize``, whose mean and std would cross to the device with a wait)."""
+        mean = to_device(self.mean, x.device, torch.float32)[:, None, None]  # (3, 1, 1)
+        std = to_device(self.std, x.device, torch.float32)[:, None, None]
+        return x.float().div_(255).sub_(mean).div_(std)
 
 
 def _axis_weights(n_out: int, scale: float, offset: int, crop: int, n_grid: int, device) -> torch.Tensor:
