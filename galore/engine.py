@@ -39,7 +39,7 @@ from .exemplars import ExemplarStore, Features
 from .kinds import Prediction, measure_batch, plan
 from .model import SplitModel, fold_batch_norms, split_classifier
 from .options import DEFAULT_PRECISION, Attribution, ExplainOptions, Kind, Precision, Score
-from .precision import autocast, resolve
+from .precision import autocast, fp32_math, resolve
 from .preprocess import Geometry, Preprocess
 from .regions import WorkingGrid
 from .results import ClassScore, ImageResult
@@ -81,7 +81,8 @@ class ModelInfo:
     has_hardness: bool
     working_grid: int  # side G of the grid regions are thresholded on, cells over the centre crop
     exemplars_per_class: Mapping[int, int] = field(default_factory=dict)  # bank exemplars per class id
-    precision: Precision = Precision.FP32  # the backbone's, as served (never AUTO); head and gradients are fp32
+    precision: Precision = Precision.FP32  # the backbone's, as served (never AUTO; FP32: TF32 off); head and
+    # gradients are IEEE fp32
 
 
 @dataclass(frozen=True)
@@ -200,7 +201,7 @@ class Engine:
         self.class_id(class_id, "exemplar.class")
         x, geo = self.preprocess.crop_uint8(image, original_size, field=f"exemplar {key}")
         F, Fs = self._backbone(x[None])
-        with torch.no_grad():
+        with torch.no_grad(), fp32_math(self.device):
             confidence = float(self.split.head(F.clone()).softmax(-1)[0, class_id])
         self.exemplars.add_to_bank(class_id, key, Features(F[0], None if Fs is None else Fs[0], geo), confidence)
 
@@ -215,6 +216,10 @@ class Engine:
         goes to the ``galore.engine`` logger.
         """
         clock = _Clock(timings, self.device)
+        with fp32_math(self.device):  # the head and every gradient: IEEE fp32 whatever the backbone's precision
+            return self._explain_isolated(requests, clock)
+
+    def _explain_isolated(self, requests: Sequence[ImageRequest], clock: "_Clock") -> list[ImageResult]:
         try:
             return self._explain(requests, clock)
         except Exception as exc:  # noqa: BLE001 - isolate, then report per image
@@ -334,7 +339,8 @@ class Engine:
         x = x.to(self.device, non_blocking=True)
         if x.dtype == torch.uint8:
             x = self.preprocess.normalize(x)
-        with torch.no_grad(), autocast(self.precision, self.device):
+        with torch.no_grad(), autocast(self.precision, self.device), \
+                fp32_math(self.device, tf32=self.precision is Precision.TF32):
             x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
             F = _fp32(self.split.backbone(x))
             Fs = _fp32(self.hardness.backbone(x)) if self.hardness is not None else None
