@@ -6,7 +6,8 @@
 
 Counts, never times: the figures do not depend on the machine's speed or load. Workload: EfficientNet-Lite0
 (``Engine.default``), photos from ``skimage.data`` cycled to fill the batch, every explanation kind, V = 2 and 3
-over the top-5 classes, two counter classes with bank exemplars. Per batch size: one untimed call, then one counted.
+over the top-5 classes, two counter classes with bank exemplars. One call on one image first (lazy caches), then
+one counted call per batch size.
 
 Counters:
   counted   ``galore.device.SyncCounter`` around the call: the known sync points (``to_host``; ``.tolist()``,
@@ -66,7 +67,6 @@ def main() -> None:
         engine.explain([ImageRequest(photos[0], options)])  # untimed: lazy caches
         for B in sizes:
             requests = [ImageRequest(photos[i % len(photos)], options) for i in range(B)]
-            engine.explain(requests)
             driver = None
             with counter_cls() as syncs:
                 if args.device.startswith("cuda"):

@@ -34,7 +34,7 @@ from .attribution import GRADIENT_ONLY
 from .confidence import SELF_REFERENTIAL, easiness_score
 from .contract import DEFAULT_MODEL
 from .device import host_side, synchronize, to_host
-from .errors import FailedPrecondition, GaloreError, InvalidArgument, ResourceExhausted
+from .errors import DeviceUnusable, FailedPrecondition, GaloreError, InvalidArgument, ResourceExhausted
 from .exemplars import ExemplarStore, Features
 from .kinds import Prediction, measure_batch, plan
 from .model import SplitModel, fold_batch_norms, split_classifier
@@ -47,6 +47,9 @@ from .rows import HeadPass, Row, attribute_rows, group_of
 
 logger = logging.getLogger(__name__)
 MAX_AMBIGUITIES = 1000  # candidate V-tuples per image (sum over V of C(E, V)); each is one working-grid map
+# CUDA errors after which the context stays unusable: every later call fails too (CUDA runtime error strings)
+STICKY_DEVICE_ERRORS = ("illegal memory access", "device-side assert", "unspecified launch failure",
+                        "illegal instruction", "misaligned address", "uncorrectable ECC error", "launch timed out")
 
 
 @dataclass(frozen=True)
@@ -213,7 +216,9 @@ class Engine:
         ``timings``, if given, receives seconds spent per stage: preprocess, forward, attribution, regions.
         An unexpected exception (a bug, out of memory) is retried image by image, so it becomes the status of the
         image that raised it: RESOURCE_EXHAUSTED naming its field for out of memory, else INTERNAL; the traceback
-        goes to the ``galore.engine`` logger.
+        goes to the ``galore.engine`` logger. After an out-of-memory error the CUDA caching allocator's free blocks
+        go back to the device before the retry. A sticky CUDA error (``STICKY_DEVICE_ERRORS``) is not retried: it
+        raises DeviceUnusable, for the worker to exit and be restarted.
         """
         clock = _Clock(timings, self.device)
         with fp32_math(self.device):  # the head and every gradient: IEEE fp32 whatever the backbone's precision
@@ -223,6 +228,7 @@ class Engine:
         try:
             return self._explain(requests, clock)
         except Exception as exc:  # noqa: BLE001 - isolate, then report per image
+            self._recover(exc)
             if len(requests) == 1:
                 return [ImageResult(error=self._failure(exc, requests[0]))]
             logger.warning("a batch of %d images failed (%s: %s); explaining each image alone",
@@ -232,8 +238,16 @@ class Engine:
             try:
                 results += self._explain([request], clock)
             except Exception as exc:  # noqa: BLE001
+                self._recover(exc)
                 results.append(ImageResult(error=self._failure(exc, request)))
         return results
+
+    def _recover(self, exc: BaseException) -> None:
+        """After a failure: raises DeviceUnusable for a sticky device error; frees cached blocks after an OOM."""
+        if _device_unusable(exc):
+            raise DeviceUnusable(f"{self.device} is unusable after {type(exc).__name__}: {exc}") from exc
+        if _out_of_memory(exc) and self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def _failure(self, exc: BaseException, request: ImageRequest) -> GaloreError:
         where = request.tag or request.field
@@ -414,6 +428,12 @@ def _out_of_memory(exc: BaseException) -> bool:
     text = str(exc)
     return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text
                                               or "not enough memory" in text)
+
+
+def _device_unusable(exc: BaseException) -> bool:
+    """A CUDA error that leaves the context unusable (torch raises them as RuntimeError / AcceleratorError)."""
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and "CUDA error" in text and any(s in text for s in STICKY_DEVICE_ERRORS)
 
 
 class _Clock:

@@ -196,3 +196,41 @@ def test_sync_free_regions_give_the_same_results_as_the_cpu_path():
             for r, s in regions:
                 assert (r.cells == s.cells).all()
                 assert math.isclose(r.strength, s.strength, rel_tol=1e-6, abs_tol=1e-7)
+
+
+class BrokenDevice(torch.nn.Module):
+    """A real backbone that fails as a CUDA context does after an illegal memory access: on every call."""
+
+    def __init__(self, message: str):
+        super().__init__()
+        self.message, self.calls = message, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        raise RuntimeError(self.message)
+
+
+@pytest.mark.parametrize("message, unusable", [
+    ("CUDA error: an illegal memory access was encountered", True),
+    ("CUDA error: device-side assert triggered", True),
+    ("CUDA error: out of memory", False),  # not sticky: becomes RESOURCE_EXHAUSTED per image
+    ("some bug", False),
+])
+def test_a_sticky_device_error_is_raised_not_retried_image_by_image(message, unusable):
+    import dataclasses
+
+    from galore.errors import DeviceUnusable
+
+    engine = Engine.from_module("tiny", gray_pool_model(), LABELS, IDENTITY_PREP, layer="1", device="cpu")
+    broken = BrokenDevice(message)
+    engine.split = dataclasses.replace(engine.split, backbone=broken)
+    requests = [ImageRequest(quadrant_image(), ExplainOptions(top_e=3)) for _ in range(3)]
+    if unusable:
+        with pytest.raises(DeviceUnusable, match="illegal memory access|device-side assert"):
+            engine.explain(requests)
+        assert broken.calls == 1  # the batch only: no per-image retries on a dead context
+    else:
+        results = engine.explain(requests)
+        codes = {r.error.code for r in results}
+        assert codes == ({"RESOURCE_EXHAUSTED"} if "out of memory" in message else {"INTERNAL"})
+        assert broken.calls == 1 + len(requests)  # the batch, then each image alone
