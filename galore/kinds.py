@@ -88,8 +88,8 @@ def plan(opts: ExplainOptions, pred: Prediction, query: RowMaps, exemplars: dict
 def measure_batch(grid: WorkingGrid, items: list[tuple[ExplainOptions, Prediction, Plan, Features]],
                   labels: tuple[str, ...], results: list[ImageResult]) -> None:
     """Regions of every image of the batch, measured together; fills ``results`` (one per item). Everything up to
-    the masks stays on the maps' device and reads no device value on the host; the masks, maps and strengths of
-    the regions returned then come to the host in ONE copy."""
+    the masks stays on the maps' device, and off the CPU reads no device value on the host (the working grid's
+    sync-free path); the masks, maps and strengths of the regions returned then come to the host in ONE copy."""
     if not items:
         return
     singles = torch.cat([p.single for _, _, p, _ in items])  # (S, h, w)
