@@ -72,7 +72,8 @@ def synchronize(device: torch.device) -> None:
 class SyncCounter(TorchFunctionMode):
     """Counts host-device synchronisations at the known sync points, on any device (CPU included, where they cost
     nothing but would each stall a GPU): ``to_host`` (one per call), the tensor reads in ``SYNC_POINTS``, indexing
-    with a Python list or a host index tensor (a blocking host-to-device copy on a GPU), and ``synchronize``.
+    with a Python list (a blocking host-to-device copy on a GPU), and ``synchronize``. It cannot see a tensor built
+    on the host and used on the device (a blocking copy too): tests/engine/test_device.py's lint forbids those.
     Host-side work on tensors that ``to_host`` returned runs inside ``host_side()`` and is not counted.
 
     ``count`` is the total, ``points`` the count per sync point. On CUDA, ``torch.cuda.set_sync_debug_mode("warn")``
@@ -105,8 +106,7 @@ class SyncCounter(TorchFunctionMode):
 
 
 def _host_index(index) -> bool:
-    """True when an index holds a Python list or a CPU tensor used as an index: a copy to the device on a GPU.
-    (On a CPU run every tensor is a host tensor: only Python lists are counted, as they would be on a GPU.)"""
+    """True when an index holds a Python list: torch copies it to the tensor's device, blocking, on a GPU."""
     parts = index if isinstance(index, tuple) else (index,)
     return any(isinstance(p, list) for p in parts)
 
