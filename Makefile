@@ -69,8 +69,10 @@ $(PROTO_STAMP): $(PROTOS) | $(STAMP)
 
 archive: $(ARCHIVE)
 
+# ARCHIVE_FLAGS: more model_store.build options (the CUDA image passes its GPU operating point, see Dockerfile).
+ARCHIVE_FLAGS ?=
 $(ARCHIVE): $(ARCHIVE_DEPS) | $(STAMP)
-	$(PY) -m model_store.build default --out model_store
+	$(PY) -m model_store.build default --out model_store $(ARCHIVE_FLAGS)
 
 # TorchServe's frontend needs Java 17 (Debian: openjdk-17-jre-headless).
 java:
