@@ -51,9 +51,13 @@ COPY deploy/torchserve/ deploy/torchserve/
 # Runtime dependencies + the project (not editable), then the Makefile's own recipes for the generated code and
 # the archive, pointed at this venv (its stamp marks the venv as set up, so make installs nothing else); the
 # final import runs isolated (-I), so it checks the installed packages, not /src.
+# The CUDA image's archive has the GPU operating point (issue 20): one TorchServe worker per GPU (TorchServe gives
+# each worker its gpu_id) and larger batches; 16 is a starting point until `make gpu-bench` measures 16-64.
+ARG GPU_ARCHIVE_FLAGS="--workers 1 --batch-size 16"
 RUN pip install . \
  && touch /opt/venv/.installed \
- && make protos archive VENV=/opt/venv PY=/opt/venv/bin/python STAMP=/opt/venv/.installed \
+ && flags="" && if [ "${TORCH_VARIANT}" = cuda ]; then flags="${GPU_ARCHIVE_FLAGS}"; fi \
+ && make protos archive VENV=/opt/venv PY=/opt/venv/bin/python STAMP=/opt/venv/.installed ARCHIVE_FLAGS="${flags}" \
  && pip install --no-deps --force-reinstall . \
  && python -I -c "import galore, handlers, galore_gateway, galore_kserve, galore_api.v1.explainer_pb2"
 

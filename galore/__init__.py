@@ -12,7 +12,7 @@ import importlib
 _HOMES = {
     "engine": ("Engine", "ImageRequest", "ModelInfo"),
     "errors": ("STATUS_TABLE", "GaloreError", "InvalidArgument", "FailedPrecondition", "ResourceExhausted",
-               "UnsupportedMediaType", "ModelError"),
+               "UnsupportedMediaType", "ModelError", "DeviceUnusable"),
     "options": ("Attribution", "ExemplarPolicy", "ExplainOptions", "Kind", "MaskEncoding", "Precision", "Score", "Target",
                 "Threshold"),
     "results": ("Attributive", "ClassScore", "Counterfactual", "ExemplarSide", "ImageResult", "Insecurity",

@@ -123,12 +123,12 @@ def gradient_hessian(fn: TargetFn, F: torch.Tensor, locations_per_pass: int = 16
             locs = torch.arange(start, min(start + locations_per_pass, h * w), device=F.device)
             K = locs.numel()
             v = torch.zeros((K,) + Fd.shape, device=F.device, dtype=F.dtype)  # (K, R*T, D, h*w)
-            v[torch.arange(K), :, :, locs] = Fd[:, :, locs].permute(2, 0, 1)
+            v[torch.arange(K, device=F.device), :, :, locs] = Fd[:, :, locs].permute(2, 0, 1)
             (hvp,) = torch.autograd.grad(grads, Frep, grad_outputs=v.reshape((K,) + Frep.shape),
                                          retain_graph=True, is_grads_batched=True, allow_unused=True)
             if hvp is None:
                 break
-            hvp = hvp.reshape(K, -1, D, h * w)[torch.arange(K), :, :, locs]  # (K, R*T, D)
+            hvp = hvp.reshape(K, -1, D, h * w)[torch.arange(K, device=F.device), :, :, locs]  # (K, R*T, D)
             quad[:, :, locs] = (hvp * Fd[:, :, locs].permute(2, 0, 1)).permute(1, 2, 0)
     contrib = grads.detach() * Frep.detach() + 0.5 * quad.reshape(Frep.shape)  # (R*T, D, h, w)
     return _out(contrib.reshape(R, T, D, h, w), split_last)

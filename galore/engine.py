@@ -33,12 +33,13 @@ from . import zoo
 from .attribution import GRADIENT_ONLY
 from .confidence import SELF_REFERENTIAL, easiness_score
 from .contract import DEFAULT_MODEL
-from .errors import FailedPrecondition, GaloreError, InvalidArgument, ResourceExhausted
+from .device import host_side, synchronize, to_host
+from .errors import DeviceUnusable, FailedPrecondition, GaloreError, InvalidArgument, ResourceExhausted
 from .exemplars import ExemplarStore, Features
 from .kinds import Prediction, measure_batch, plan
 from .model import SplitModel, fold_batch_norms, split_classifier
 from .options import DEFAULT_PRECISION, Attribution, ExplainOptions, Kind, Precision, Score
-from .precision import autocast, resolve
+from .precision import autocast, fp32_math, resolve
 from .preprocess import Geometry, Preprocess
 from .regions import WorkingGrid
 from .results import ClassScore, ImageResult
@@ -46,6 +47,9 @@ from .rows import HeadPass, Row, attribute_rows, group_of
 
 logger = logging.getLogger(__name__)
 MAX_AMBIGUITIES = 1000  # candidate V-tuples per image (sum over V of C(E, V)); each is one working-grid map
+# CUDA errors after which the context stays unusable: every later call fails too (CUDA runtime error strings)
+STICKY_DEVICE_ERRORS = ("illegal memory access", "device-side assert", "unspecified launch failure",
+                        "illegal instruction", "misaligned address", "uncorrectable ECC error", "launch timed out")
 
 
 @dataclass(frozen=True)
@@ -80,7 +84,8 @@ class ModelInfo:
     has_hardness: bool
     working_grid: int  # side G of the grid regions are thresholded on, cells over the centre crop
     exemplars_per_class: Mapping[int, int] = field(default_factory=dict)  # bank exemplars per class id
-    precision: Precision = Precision.FP32  # the backbone's, as served (never AUTO); head and gradients are fp32
+    precision: Precision = Precision.FP32  # the backbone's, as served (never AUTO; FP32: TF32 off); head and
+    # gradients are IEEE fp32
 
 
 @dataclass(frozen=True)
@@ -89,7 +94,7 @@ class _Query:
 
     index: int
     request: ImageRequest
-    x: torch.Tensor  # (3, S, S) network input
+    x: torch.Tensor  # (3, S, S) uint8: the crop the network sees, before normalisation (on the device)
     geo: Geometry
     exemplar_keys: dict[int, str]  # the request's own exemplars
 
@@ -197,9 +202,9 @@ class Engine:
         ``original_size``, if given) to the bank, next to the class's other exemplars; its features and the
         model's probability of ``class_id`` for it are computed now, once."""
         self.class_id(class_id, "exemplar.class")
-        x, geo = self.preprocess(image, original_size, field=f"exemplar {key}")
+        x, geo = self.preprocess.crop_uint8(image, original_size, field=f"exemplar {key}")
         F, Fs = self._backbone(x[None])
-        with torch.no_grad():
+        with torch.no_grad(), fp32_math(self.device):
             confidence = float(self.split.head(F.clone()).softmax(-1)[0, class_id])
         self.exemplars.add_to_bank(class_id, key, Features(F[0], None if Fs is None else Fs[0], geo), confidence)
 
@@ -211,12 +216,19 @@ class Engine:
         ``timings``, if given, receives seconds spent per stage: preprocess, forward, attribution, regions.
         An unexpected exception (a bug, out of memory) is retried image by image, so it becomes the status of the
         image that raised it: RESOURCE_EXHAUSTED naming its field for out of memory, else INTERNAL; the traceback
-        goes to the ``galore.engine`` logger.
+        goes to the ``galore.engine`` logger. After an out-of-memory error the CUDA caching allocator's free blocks
+        go back to the device before the retry. A sticky CUDA error (``STICKY_DEVICE_ERRORS``) is not retried: it
+        raises DeviceUnusable, for the worker to exit and be restarted.
         """
-        clock = _Clock(timings)
+        clock = _Clock(timings, self.device)
+        with fp32_math(self.device):  # the head and every gradient: IEEE fp32 whatever the backbone's precision
+            return self._explain_isolated(requests, clock)
+
+    def _explain_isolated(self, requests: Sequence[ImageRequest], clock: "_Clock") -> list[ImageResult]:
         try:
             return self._explain(requests, clock)
         except Exception as exc:  # noqa: BLE001 - isolate, then report per image
+            self._recover(exc)
             if len(requests) == 1:
                 return [ImageResult(error=self._failure(exc, requests[0]))]
             logger.warning("a batch of %d images failed (%s: %s); explaining each image alone",
@@ -226,8 +238,16 @@ class Engine:
             try:
                 results += self._explain([request], clock)
             except Exception as exc:  # noqa: BLE001
+                self._recover(exc)
                 results.append(ImageResult(error=self._failure(exc, request)))
         return results
+
+    def _recover(self, exc: BaseException) -> None:
+        """After a failure: raises DeviceUnusable for a sticky device error; frees cached blocks after an OOM."""
+        if _device_unusable(exc):
+            raise DeviceUnusable(f"{self.device} is unusable after {type(exc).__name__}: {exc}") from exc
+        if _out_of_memory(exc) and self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def _failure(self, exc: BaseException, request: ImageRequest) -> GaloreError:
         where = request.tag or request.field
@@ -244,9 +264,9 @@ class Engine:
         for i, req in enumerate(requests):
             try:
                 self._validate(req)
-                x, geo = self.preprocess(req.image, req.original_size, req.field)
+                x, geo = self.preprocess.crop_uint8(req.image, req.original_size, req.field)
                 keys = self.exemplars.request_keys(dict(req.exemplars), dict(req.exemplar_sizes), pending,
-                                                   self.preprocess)
+                                                   self.preprocess.crop_uint8)
                 queries.append(_Query(i, req, x, geo, keys))
             except GaloreError as err:
                 results[i].error = err
@@ -267,14 +287,18 @@ class Engine:
         with torch.no_grad():
             logits = head.logits.detach() if head else self.split.head(F)  # (B, C)
             hard = self.hardness.head(torch.stack([f.Fs for f in feats])) if self.hardness is not None else None
+            # every image's probabilities and every score its options ask for, in ONE copy to the host
+            wanted = sorted({q.request.options.score for q in queries}, key=list(Score).index)
+            scores = [easiness_score(hard) if s is Score.EASINESS else SELF_REFERENTIAL[s](logits) for s in wanted]
+            probs, *scores = to_host([logits.softmax(-1)] + scores)  # (B, C), each (B,)
         groups: dict[tuple, dict[int, Row]] = {}
         predictions: dict[int, Prediction] = {}
         for b, q in enumerate(queries):
             if head:
                 head.index[id(feats[b])] = b
             try:
-                predictions[b] = self._predict(q, feats[b], logits[b:b + 1], None if hard is None else hard[b:b + 1],
-                                               results[q.index], groups)
+                score = scores[wanted.index(q.request.options.score)][b]
+                predictions[b] = self._predict(q, feats[b], probs[b], score, results[q.index], groups)
             except GaloreError as err:
                 results[q.index] = ImageResult(error=err)
         maps = attribute_rows(self.split, self.hardness, groups, head)
@@ -320,10 +344,18 @@ class Engine:
                 raise InvalidArgument("exemplars", f"exemplar given for class {c}, which is not a counter class")
 
     def _backbone(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x (N, 3, S, S) -> F (N, D, h, w) and the hardness predictor's F_s, without autograd, in the engine's
-        precision; both come back fp32 and contiguous: the head and every gradient are fp32 (the split's contract)."""
-        with torch.no_grad(), autocast(self.precision, self.device):
-            x = x.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        """x (N, 3, S, S) uint8 crops (sent as uint8, from pinned memory without waiting on CUDA, and normalised on
+        the device) or float32 network inputs -> F (N, D, h, w) and the hardness predictor's F_s, without autograd,
+        in the engine's precision; both come back fp32 and contiguous: the head and every gradient are fp32 (the
+        split's contract)."""
+        if self.device.type == "cuda" and x.device.type == "cpu":
+            x = x.pin_memory()
+        x = x.to(self.device, non_blocking=True)
+        if x.dtype == torch.uint8:
+            x = self.preprocess.normalize(x)
+        with torch.no_grad(), autocast(self.precision, self.device), \
+                fp32_math(self.device, tf32=self.precision is Precision.TF32):
+            x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
             F = _fp32(self.split.backbone(x))
             Fs = _fp32(self.hardness.backbone(x)) if self.hardness is not None else None
         return F, Fs
@@ -331,27 +363,26 @@ class Engine:
     def _forward(self, queries: list[_Query], pending: dict) -> list[Features]:
         """ONE backbone call for every query image and every uncached exemplar of the batch."""
         keys = list(pending)
-        x = torch.stack([q.x for q in queries] + [pending[k][0] for k in keys])  # (N, 3, S, S)
+        x = torch.stack([q.x for q in queries] + [pending[k][0] for k in keys])  # (N, 3, S, S) uint8
         F, Fs = self._backbone(x)
-        for j, key in enumerate(keys, start=len(queries)):
-            self.exemplars.cache(key, Features(F[j], None if Fs is None else Fs[j], pending[key][1]))
+        for j, key in enumerate(keys, start=len(queries)):  # a copy: a view F[j] would keep the whole batch's F
+            self.exemplars.cache(key, Features(F[j].clone(), None if Fs is None else Fs[j].clone(), pending[key][1]))
         return [Features(F[i], None if Fs is None else Fs[i], q.geo) for i, q in enumerate(queries)]
 
-    def _predict(self, q: _Query, feats: Features, logits: torch.Tensor, hard: torch.Tensor | None,
-                 result: ImageResult, groups: dict[tuple, dict[int, Row]]) -> Prediction:
-        """Top classes, y*, s(x), counter classes from logits (1, C) [and hardness logit (1, 1)]; registers the
-        image's attribution rows in ``groups`` (attribution group -> id(Features) -> row)."""
+    def _predict(self, q: _Query, feats: Features, probs: torch.Tensor, score: torch.Tensor, result: ImageResult,
+                 groups: dict[tuple, dict[int, Row]]) -> Prediction:
+        """Top classes, y*, s(x), counter classes from the host copies of the image's probabilities (C,) and score
+        (0-dim); registers the image's attribution rows in ``groups`` (attribution group -> id(Features) -> row)."""
         opts = q.request.options
-        probs = logits.softmax(-1)[0]
-        score = easiness_score(hard)[0] if opts.score is Score.EASINESS else SELF_REFERENTIAL[opts.score](logits)[0]
         k = min(max(opts.top_k, opts.top_e, 2), len(self.labels))
-        top = torch.topk(probs, k)
-        ranked = top.indices.tolist()
+        with host_side():
+            top = torch.topk(probs, k)
+            ranked = top.indices.tolist()
+            values, score = top.values[:opts.top_k].tolist(), float(score)
         predicted = ranked[0]
         result.width, result.height = q.geo.width, q.geo.height
-        result.top_classes = [ClassScore(c, self.labels[c], float(p))
-                              for c, p in zip(ranked[:opts.top_k], top.values[:opts.top_k].tolist())]
-        result.score_name, result.score = opts.score.value, float(score)
+        result.top_classes = [ClassScore(c, self.labels[c], p) for c, p in zip(ranked[:opts.top_k], values)]
+        result.score_name, result.score = opts.score.value, score
         explained = predicted if opts.explained_class is None else opts.explained_class
         classes, counters, keys = [explained, predicted], (), dict(q.exemplar_keys)
         if Kind.DELIBERATIVE in opts.kinds:
@@ -366,10 +397,11 @@ class Engine:
             classes += list(counters)
             for c in counters:  # a bank exemplar where the request brought none (runner-up included)
                 if c not in keys:
-                    bank = self.exemplars.bank_key(c, opts.exemplar_policy, lambda: _image_seed(q.x))
+                    bank = self.exemplars.bank_key(c, opts.exemplar_policy,
+                                                   lambda: _image_seed(self.preprocess.normalize(q.x)))
                     if bank is not None:
                         keys[c] = bank
-        pred = Prediction(predicted, probs, counters, keys, explained)
+        pred = Prediction(predicted, probs, tuple(ranked), counters, keys, explained)
         if opts.kinds:
             group = groups.setdefault(group_of(opts), {})
             group.setdefault(id(feats), Row(feats)).need(classes)
@@ -384,8 +416,10 @@ def _fp32(F: torch.Tensor) -> torch.Tensor:
 
 
 def _image_seed(x: torch.Tensor) -> bytes:
-    """Bytes identifying the network input x: seeds the bank draw, so the same image gets the same exemplar."""
-    return hashlib.sha256(x.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).digest()
+    """Bytes identifying the network input x (on the host): seeds the bank draw, so the same image gets the same
+    exemplar."""
+    with host_side():
+        return hashlib.sha256(x.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).digest()
 
 
 def _out_of_memory(exc: BaseException) -> bool:
@@ -396,11 +430,23 @@ def _out_of_memory(exc: BaseException) -> bool:
                                               or "not enough memory" in text)
 
 
+def _device_unusable(exc: BaseException) -> bool:
+    """A CUDA error that leaves the context unusable (torch raises them as RuntimeError / AcceleratorError)."""
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and "CUDA error" in text and any(s in text for s in STICKY_DEVICE_ERRORS)
+
+
 class _Clock:
-    def __init__(self, sink: dict[str, float] | None):
-        self.sink, self.t = sink, time.perf_counter()
+    """Seconds per stage into ``sink``. On CUDA each lap first waits for the stage's queued kernels (only when
+    timings are asked for: one wait per stage, the metric's granularity), else a stage's time would land in the
+    next stage that reads a result."""
+
+    def __init__(self, sink: dict[str, float] | None, device: torch.device):
+        self.sink, self.device, self.t = sink, device, time.perf_counter()
 
     def lap(self, stage: str) -> None:
+        if self.sink is not None:
+            synchronize(self.device)
         now = time.perf_counter()
         if self.sink is not None:
             self.sink[stage] = self.sink.get(stage, 0.0) + now - self.t

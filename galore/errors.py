@@ -100,3 +100,9 @@ class ModelError(GaloreError):
     """The model cannot be split or loaded as configured (bad layer name, unsupported architecture)."""
 
     code = "FAILED_PRECONDITION"
+
+
+class DeviceUnusable(Exception):
+    """The accelerator's context is broken: a sticky CUDA error (an illegal memory access, a device-side assert)
+    makes every later call on it fail too. Not a status of one image, and never answered: the worker process must
+    exit so that its supervisor (TorchServe, the KServe pod's restart policy) starts a fresh one."""

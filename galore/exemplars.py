@@ -18,6 +18,7 @@ from typing import Callable
 
 import torch
 
+from .device import host_side
 from .errors import InvalidArgument
 from .options import ExemplarPolicy
 from .preprocess import Geometry
@@ -87,7 +88,8 @@ class ExemplarStore:
         keys = {}
         for c, image in exemplars.items():
             size = sizes.get(c)
-            key = "sha1:" + hashlib.sha1(image.cpu().numpy().tobytes()).hexdigest() + f":{tuple(image.shape)}"
+            with host_side():  # the request's own bytes, on the host
+                key = "sha1:" + hashlib.sha1(image.cpu().numpy().tobytes()).hexdigest() + f":{tuple(image.shape)}"
             key += f":{size[0]}x{size[1]}" if size else ""
             if key in self._cache or key in pending:
                 self.hits += 1

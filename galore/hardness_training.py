@@ -156,7 +156,7 @@ def train_hardness(classifier: nn.Module, train: Dataset, held_out: Dataset, out
         for x, index in bar:
             x = x.to(device)
             if config.flip:
-                flip = torch.rand(len(x), generator=generator) < 0.5
+                flip = torch.rand(len(x), generator=generator, device="cpu") < 0.5
                 x = torch.where(flip.to(device)[:, None, None, None], x.flip(-1), x)
             target = difficulty[index].to(device)
             loss = loss_fn(model(x)[:, 0], target)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .combiner import TABLE_I, combine
+from .device import host_side, to_device, to_host
 from .exemplars import Features
 from .masks import CellFrame
 from .options import ExplainOptions, Kind
@@ -22,10 +23,12 @@ from .rows import RowMaps
 
 @dataclass(frozen=True)
 class Prediction:
-    """The head's answer for one image: y*, class probabilities (C,), the counter classes and their exemplars."""
+    """The head's answer for one image: y*, class probabilities (C,) (on the host), the classes by decreasing
+    probability (at least the top max(top_k, top_e, 2)), the counter classes and their exemplars."""
 
     predicted: int
     probs: torch.Tensor
+    ranked: tuple[int, ...]
     counters: tuple[int, ...]
     exemplar_keys: dict[int, str]  # counter class -> exemplar key (request or bank); absent: no exemplar
     explained: int  # the class attributive and self-aware explain: y* or ExplainOptions.explained_class
@@ -59,10 +62,11 @@ def plan(opts: ExplainOptions, pred: Prediction, query: RowMaps, exemplars: dict
             blocks.append(combine(TABLE_I[kind], a_explained, None, query.score, query.inverse_score)[None])
             keys.append(kind)
     if Kind.DELIBERATIVE in opts.kinds:
-        candidates = torch.topk(pred.probs, opts.top_e).indices.tolist()
+        candidates = list(pred.ranked[:opts.top_e])  # the prediction's ranking: no second top-E
         for V in opts.dims:
             tuples = list(itertools.combinations(candidates, V))  # the ambiguity set A = (C choose V)
-            classes = query.of(candidates)[torch.tensor([[candidates.index(c) for c in t] for t in tuples])]
+            index = to_device([[candidates.index(c) for c in t] for t in tuples], a_pred.device, torch.long)
+            classes = query.of(candidates)[index]  # (A, V, h, w)
             blocks.append(combine(TABLE_I[Kind.DELIBERATIVE], None, classes, query.score, query.inverse_score))
             keys += [(V, t) for t in tuples]  # (A, h, w), eqs. (5), (12)
     sides, side_classes, side_feats = [], [], []
@@ -83,71 +87,67 @@ def plan(opts: ExplainOptions, pred: Prediction, query: RowMaps, exemplars: dict
 
 def measure_batch(grid: WorkingGrid, items: list[tuple[ExplainOptions, Prediction, Plan, Features]],
                   labels: tuple[str, ...], results: list[ImageResult]) -> None:
-    """Regions of every image of the batch, measured together; fills ``results`` (one per item)."""
+    """Regions of every image of the batch, measured together; fills ``results`` (one per item). Everything up to
+    the masks stays on the maps' device, and off the CPU reads no device value on the host (the working grid's
+    sync-free path); the masks, maps and strengths of the regions returned then come to the host in ONE copy."""
     if not items:
         return
-    singles = torch.cat([p.single for _, _, p, _ in items])
-    sides = torch.cat([p.sides for _, _, p, _ in items])
-    rules = _rules(grid, items)
-    n_single = singles.shape[0]
-    # pass 1: every single map by its own rule; the counterfactual sides only have their positive cells counted
-    count_positive = torch.zeros(n_single + sides.shape[0], dtype=torch.bool)
-    count_positive[n_single:] = True
+    singles = torch.cat([p.single for _, _, p, _ in items])  # (S, h, w)
+    sides = torch.cat([p.sides for _, _, p, _ in items])  # (E, h, w)
+    device, n_single = singles.device, singles.shape[0]
+    # host bookkeeping: each counterfactual's query row, which counterfactual each exemplar side belongs to, and a
+    # bound on the query's cell count (its coverage; all cells for an absolute T)
+    cf_rows, side_owner, cf_bound = [], [], []
     s0 = 0
     for o, _, p, _ in items:
         if Kind.COUNTERFACTUAL in o.kinds:
-            count_positive[s0 + p.keys.index(Kind.COUNTERFACTUAL)] = True
+            cf_rows.append(s0 + p.keys.index(Kind.COUNTERFACTUAL))
+            side_owner += [len(cf_rows) - 1] * len(p.side_classes)
+            wanted = Rule.cells_wanted(o.threshold, grid.cells)
+            cf_bound.append(grid.cells if wanted is None else wanted)
         s0 += len(p.keys)
-    first = grid.measure(torch.cat([singles, sides]), rules, count_positive)
-    # counterfactual: every side keeps the same number of cells (equal size where the model looks, note under
-    # eq. 16): the query's count, no more than any side with evidence has; a side without evidence keeps none
-    side_k = torch.zeros(sides.shape[0], dtype=torch.long)
-    query_k = {}
-    s0, e0 = 0, n_single
-    for o, _, p, _ in items:
-        if Kind.COUNTERFACTUAL in o.kinds:
-            q = s0 + p.keys.index(Kind.COUNTERFACTUAL)
-            idx = [q] + list(range(e0, e0 + len(p.side_classes)))
-            pos = first.positive[idx]
-            count = min([int(first.wanted[q])] + [int(v) for v in pos if v > 0])
-            k = torch.where(pos > 0, count, 0)
-            query_k[q] = int(k[0])
-            side_k[e0 - n_single:e0 - n_single + len(p.side_classes)] = k[1:]
-        s0 += len(p.keys)
-        e0 += len(p.side_classes)
-    cf_rows = sorted(query_k)
+    # pass 1: every single map by its own rule; the counterfactual sides only have their positive cells counted
+    count_positive = to_device([False] * n_single + [True] * sides.shape[0], device, torch.bool)
+    first = grid.measure(torch.cat([singles, sides]), _rules(grid, items, device),
+                         count_positive.index_fill(0, to_device(cf_rows, device, torch.long), True))
     tau = first.tau[:n_single].clone()
     strength = first.strength[:n_single].clone()
-    side_tau = side_strength = torch.zeros(0)
+    side_tau = side_strength = first.tau.new_zeros(0)
     if cf_rows:  # pass 2: the counterfactual sides at their common count
-        second = grid.measure(torch.cat([singles[cf_rows], sides]),
-                              Rule(torch.tensor([query_k[q] for q in cf_rows] + side_k.tolist(), dtype=torch.long),
-                                   torch.zeros(len(cf_rows) + sides.shape[0])))
-        tau[cf_rows], strength[cf_rows] = second.tau[:len(cf_rows)], second.strength[:len(cf_rows)]
+        q = to_device(cf_rows, device, torch.long)
+        query_k, side_k = _common_counts(first.wanted[q], first.positive[q], first.positive[n_single:],
+                                         to_device(side_owner, device, torch.long))
+        second = grid.measure(torch.cat([singles[q], sides]),
+                              Rule(torch.cat([query_k, side_k]), tau.new_zeros(len(cf_rows) + sides.shape[0]),
+                                   k_max=max(cf_bound), any_absolute=False))
+        tau[q], strength[q] = second.tau[:len(cf_rows)], second.strength[:len(cf_rows)]
         side_tau, side_strength = second.tau[len(cf_rows):], second.strength[len(cf_rows):]
 
-    # choose the regions to return, then cut all their masks in one batch
-    chosen: list[tuple[int, object]] = []  # (item, key) per returned single map, in ``wanted`` order
-    wanted: list[int] = []
+    # the regions to return: every non-deliberative map, and per image and V the strongest insecurities with a cell
+    fixed: list[tuple[int, object, int]] = []  # (item, key, row of singles)
+    segments: list[tuple[int, int, list[int], int]] = []  # (item, V, rows of its ambiguity set, most returned)
+    key_of: dict[int, object] = {}
     s0 = 0
     for i, (o, _, p, _) in enumerate(items):
         for j, key in enumerate(p.keys):
+            key_of[s0 + j] = key
             if not isinstance(key, tuple):
-                chosen.append((i, key))
-                wanted.append(s0 + j)
+                fixed.append((i, key, s0 + j))
         for V in (o.dims if Kind.DELIBERATIVE in o.kinds else ()):
-            idx = [j for j, key in enumerate(p.keys) if isinstance(key, tuple) and key[0] == V]
-            rows = [s0 + j for j in idx]
-            order = torch.sort(strength[rows], descending=True, stable=True).indices
-            order = order[first.kept[rows][order] > 0]  # an insecurity left with no cell (absolute T) is dropped
-            for r in order[:o.max_insecurities].tolist():
-                chosen.append((i, p.keys[idx[r]]))
-                wanted.append(s0 + idx[r])
+            rows = [s0 + j for j, key in enumerate(p.keys) if isinstance(key, tuple) and key[0] == V]
+            segments.append((i, V, rows, o.max_insecurities))
         s0 += len(p.keys)
-    cells = grid.cell_masks(torch.cat([singles[wanted], sides]), torch.cat([tau[wanted], side_tau])).cpu().numpy()
-    heat = torch.cat([singles[wanted], sides]).detach().float().cpu()
-    strengths = torch.cat([strength[wanted], side_strength]).tolist()
-    probabilities = torch.stack([pred.probs[pred.explained] for _, pred, _, _ in items]).tolist()  # one sync
+    candidates, alive = _strongest(strength, first.kept, [(rows, most) for _, _, rows, most in segments], device)
+    chosen = torch.cat([to_device([r for _, _, r in fixed], device, torch.long), candidates])
+    heat = torch.cat([singles[chosen], sides])  # (R, h, w)
+    cells, heat, strengths, candidates, alive = to_host([
+        grid.cell_masks(heat, torch.cat([tau[chosen], side_tau])), heat.detach().float(),
+        torch.cat([strength[chosen], side_strength]), candidates, alive])  # the batch's one copy to the host
+
+    with host_side():
+        cells, strengths = cells.numpy(), strengths.tolist()
+        candidates, alive = candidates.tolist(), alive.tolist()
+        probabilities = [float(pred.probs[pred.explained]) for _, pred, _, _ in items]
     frames: dict[int, CellFrame] = {}
     cf_query: dict[int, Region] = {}
 
@@ -157,7 +157,10 @@ def measure_batch(grid: WorkingGrid, items: list[tuple[ExplainOptions, Predictio
             frame = frames[id(feats)] = grid.frame(feats.geo)
         return Region.of(cells[n], frame, heat[n], strengths[n])
 
-    for n, (i, key) in enumerate(chosen):
+    owners = [i for i, _, rows, most in segments for _ in range(min(most, len(rows)))]
+    picked = [(i, key, n) for n, (i, key, _) in enumerate(fixed)] + [
+        (i, key_of[row], len(fixed) + c) for c, (i, row, ok) in enumerate(zip(owners, candidates, alive)) if ok]
+    for i, key, n in picked:
         o, pred, _, feats = items[i]
         res = results[i]
         r = region(n, feats)
@@ -169,7 +172,7 @@ def measure_batch(grid: WorkingGrid, items: list[tuple[ExplainOptions, Predictio
             cf_query[i] = r  # the query side; the exemplar sides follow
         else:
             res.deliberative.setdefault(key[0], []).append(Insecurity(key[1], r))
-    n = len(chosen)
+    n = len(fixed) + len(candidates)
     for i, (o, pred, p, _) in enumerate(items):
         if Kind.COUNTERFACTUAL not in o.kinds:
             continue
@@ -180,16 +183,61 @@ def measure_batch(grid: WorkingGrid, items: list[tuple[ExplainOptions, Predictio
         results[i].counterfactual = _counterfactual(pred, cf_query[i], side_regions, labels)
 
 
-def _rules(grid: WorkingGrid, items) -> Rule:
-    """The first pass's rule for every single map, then every side, in ``measure_batch``'s order. Scale groups of
-    an absolute T (eqs. 6, 8, 9): the insecurities of one image and one V share one (pairs and triples are products
-    of 2 and 3 maps: different units); the counterfactual query and its exemplar sides share one; attributive and
-    self-aware maps each have their own."""
+def _common_counts(query_wanted: torch.Tensor, query_positive: torch.Tensor, side_positive: torch.Tensor,
+                   owner: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Counterfactual: every side keeps the same number of cells (equal size where the model looks, note under
+    eq. 16): the query's count, no more than any side with evidence has; a side without evidence keeps none.
+    query_wanted, query_positive (Q,) per counterfactual; side_positive (E,) per exemplar side, ``owner`` (E,) its
+    counterfactual -> cells to keep (Q,), (E,). On tensors: no host read.
+
+    Example:
+        >>> _common_counts(torch.tensor([10, 10]), torch.tensor([30, 0]), torch.tensor([4, 0, 50]),
+        ...                torch.tensor([0, 0, 1]))
+        (tensor([4, 0]), tensor([ 4,  0, 10]))
+    """
+    none = torch.iinfo(query_wanted.dtype).max
+    count = torch.minimum(query_wanted, torch.where(query_positive > 0, query_positive, none))  # (Q,)
+    count = count.scatter_reduce(0, owner, torch.where(side_positive > 0, side_positive, none), "amin")
+    return torch.where(query_positive > 0, count, 0), torch.where(side_positive > 0, count[owner], 0)
+
+
+def _strongest(strength: torch.Tensor, kept: torch.Tensor, segments: list[tuple[list[int], int]],
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each segment (rows of ``strength`` (S,), the most to return): its min(most, len(rows)) rows by
+    decreasing strength (ties: row order), those with a kept cell first (an insecurity left with no cell, absolute
+    T, is dropped by the caller). Segments in order, on the device, without a host read: rows (K,), has a cell (K,).
+
+    Example:
+        >>> _strongest(torch.tensor([1., 3., 2., 5., 4.]), torch.tensor([1, 0, 1, 1, 1]), [([0, 1, 2], 2), ([3, 4], 5)],
+        ...            torch.device("cpu"))
+        (tensor([2, 0, 3, 4]), tensor([True, True, True, True]))
+    """
+    rows = to_device([r for seg, _ in segments for r in seg], device, torch.long)  # (R,)
+    segment = to_device([g for g, (seg, _) in enumerate(segments) for _ in seg], device, torch.long)  # (R,)
+    empty = kept[rows] <= 0
+    order = torch.sort(strength[rows], descending=True, stable=True).indices  # stable sorts, last key first
+    order = order[torch.sort(empty[order].to(torch.uint8), stable=True).indices]
+    order = order[torch.sort(segment[order], stable=True).indices]  # each segment keeps its place
+    starts = [0]
+    for seg, _ in segments:
+        starts.append(starts[-1] + len(seg))
+    positions = to_device([starts[g] + j for g, (seg, most) in enumerate(segments) for j in range(min(most, len(seg)))],
+                          device, torch.long)
+    pick = order[positions]
+    return rows[pick], ~empty[pick]
+
+
+def _rules(grid: WorkingGrid, items, device: torch.device) -> Rule:
+    """The first pass's rule for every single map, then every side, in ``measure_batch``'s order, on ``device``.
+    Scale groups of an absolute T (eqs. 6, 8, 9): the insecurities of one image and one V share one (pairs and
+    triples are products of 2 and 3 maps: different units); the counterfactual query and its exemplar sides share
+    one; attributive and self-aware maps each have their own."""
     k, absolute, groups = [], [], []
     side_k, side_absolute, side_groups = [], [], []
     next_group = 0
     for o, _, p, _ in items:
-        rule = Rule.coverage_of(o.threshold, grid.cells)
+        wanted = Rule.cells_wanted(o.threshold, grid.cells)
+        rule_k, rule_t = (-1, float(o.threshold.absolute)) if wanted is None else (wanted, 0.0)
         shared: dict[str, int] = {}
 
         def group(name: str | None) -> int:
@@ -202,17 +250,17 @@ def _rules(grid: WorkingGrid, items) -> Rule:
             return shared[name]
 
         for key in p.keys:
-            k.append(rule.k)
-            absolute.append(rule.absolute)
+            k.append(rule_k)
+            absolute.append(rule_t)
             groups.append(group(f"deliberative V={key[0]}" if isinstance(key, tuple) else
                                 "counterfactual" if key is Kind.COUNTERFACTUAL else None))
         for _ in p.side_classes:  # pass 1 only counts a side's positive cells; its peak joins the query's scale
-            side_k.append(torch.zeros(1, dtype=torch.long))
-            side_absolute.append(torch.zeros(1))
+            side_k.append(0)
+            side_absolute.append(0.0)
             side_groups.append(group("counterfactual"))
-    empty_long, empty = torch.zeros(0, dtype=torch.long), torch.zeros(0)
-    return Rule(torch.cat(k + side_k + [empty_long]), torch.cat(absolute + side_absolute + [empty]),
-                torch.tensor(groups + side_groups, dtype=torch.long))
+    return Rule(to_device(k + side_k, device, torch.long), to_device(absolute + side_absolute, device, torch.float32),
+                to_device(groups + side_groups, device, torch.long), k_max=max(k + side_k, default=0),
+                any_absolute=any(v < 0 for v in k))
 
 
 def _counterfactual(pred: Prediction, query: Region, sides: dict[int, Region], labels) -> Counterfactual:

@@ -58,7 +58,7 @@ def split_classifier(model: nn.Module, layer: str | None = None, input_size: int
     graph = tracer.trace(model)
     gm = fx.GraphModule(tracer.root, graph)
     names = {node: tracer.node_to_qualname.get(node, node.name) for node in graph.nodes}
-    ShapeProp(gm).propagate(torch.zeros(1, 3, input_size, input_size))
+    ShapeProp(gm).propagate(torch.zeros(1, 3, input_size, input_size, device="cpu"))
     (out_node,) = [n for n in graph.nodes if n.op == "output"]
     logits = out_node.args[0]
     cut = _find_node(graph, names, layer) if layer else _last_feature_map(gm, graph, logits)
@@ -137,7 +137,8 @@ def _attr(gm: nn.Module, target: str):
 def _probe(model: nn.Module, split: SplitModel) -> None:
     """Refuses, at load, a split that cannot explain: the head must reproduce the model's logits from F and be
     differentiable with respect to F (ModelError naming ``layer`` otherwise)."""
-    x = torch.randn(1, 3, split.input_size, split.input_size, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(1, 3, split.input_size, split.input_size, generator=torch.Generator().manual_seed(0),
+                    device="cpu")
     try:
         with torch.no_grad():
             expected, F = model(x), split.backbone(x)

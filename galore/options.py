@@ -61,9 +61,10 @@ class ExemplarPolicy(enum.Enum):
 class Precision(enum.Enum):
     """Number format of the backbone's forward (image -> F); the head and every gradient are always fp32."""
 
-    FP32 = "fp32"
-    BF16 = "bf16"  # CPUs with AVX512_BF16 or AMX, CUDA GPUs that support it
+    FP32 = "fp32"  # IEEE fp32: TensorFloat-32 is off (cuDNN would otherwise use it for CUDA convolutions)
+    BF16 = "bf16"  # CPUs with AVX512_BF16 or AMX, CUDA GPUs that support it natively
     FP16 = "fp16"  # CUDA only
+    TF32 = "tf32"  # CUDA compute capability 8.0+ only: fp32 tensors, TensorFloat-32 convolutions and matmuls
     AUTO = "auto"  # bf16 where the hardware supports it, else fp32 (galore.precision.resolve)
 
 

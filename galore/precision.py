@@ -21,12 +21,19 @@ DTYPES = {Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}
 
 
 def bf16_supported(device: torch.device) -> bool:
-    """True where bf16 convolutions run natively: CUDA GPUs that report it, CPUs with AVX512_BF16 or AMX (oneDNN)."""
+    """True where bf16 convolutions run natively: the engine's CUDA GPU when it has bf16 units (emulation, as on
+    pre-Ampere GPUs, does not count), CPUs with AVX512_BF16 or AMX (oneDNN)."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        with torch.cuda.device(device):
+            return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
         return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return False
+
+
+def tf32_supported(device: torch.device) -> bool:
+    """True on CUDA GPUs of compute capability 8.0 (Ampere) or newer, which have TensorFloat-32 units."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 def resolve(precision: Precision, device: torch.device,
@@ -41,6 +48,9 @@ def resolve(precision: Precision, device: torch.device,
         return Precision.BF16 if bf16(device) else Precision.FP32
     if precision is Precision.FP16 and device.type != "cuda":
         raise InvalidArgument("precision", f"fp16 needs a CUDA device; this engine runs on {device.type}")
+    if precision is Precision.TF32 and not tf32_supported(device):
+        raise InvalidArgument("precision", f"tf32 needs a CUDA GPU of compute capability 8.0 or newer; this engine "
+                                           f"runs on {device}")
     if precision is Precision.BF16 and not bf16(device):
         raise InvalidArgument("precision", f"bf16 is not supported on this {device.type} (no AVX512_BF16/AMX "
                                            "or CUDA bf16); use fp32 or auto")
@@ -48,7 +58,24 @@ def resolve(precision: Precision, device: torch.device,
 
 
 def autocast(precision: Precision, device: torch.device) -> contextlib.AbstractContextManager:
-    """Context running the ops inside it in ``precision`` (a no-op for FP32)."""
+    """Context running the ops inside it in ``precision`` (a no-op for FP32 and TF32: fp32 tensors)."""
     if precision not in DTYPES:
         return contextlib.nullcontext()
     return torch.autocast(device.type, DTYPES[precision])
+
+
+@contextlib.contextmanager
+def fp32_math(device: torch.device, tf32: bool = False):
+    """Context in which fp32 convolutions and matmuls on ``device`` run as IEEE fp32 (default) or, with ``tf32``,
+    in TensorFloat-32: an explicit choice, never cuDNN's default (TF32 convolutions). The flags are the process's
+    (``torch.backends.cudnn.conv`` / ``cuda.matmul.fp32_precision``), restored on exit; nothing happens off CUDA."""
+    if device.type != "cuda":
+        yield
+        return
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    before = conv.fp32_precision, matmul.fp32_precision
+    conv.fp32_precision = matmul.fp32_precision = "tf32" if tf32 else "ieee"
+    try:
+        yield
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = before

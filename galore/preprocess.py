@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torchvision.transforms.v2.functional as TF
 
+from .device import to_device
 from .errors import InvalidArgument
 
 
@@ -66,7 +67,15 @@ class Preprocess:
 
     def __call__(self, image: torch.Tensor, original_size: tuple[int, int] | None = None,
                  field: str = "image") -> tuple[torch.Tensor, Geometry]:
-        """image (3, H, W) uint8 RGB -> ((3, crop, crop) float32 normalised, Geometry of the ORIGINAL image).
+        """image (3, H, W) uint8 RGB -> ((3, crop, crop) float32 normalised, Geometry of the ORIGINAL image):
+        ``crop`` then ``normalize``. Errors as ``crop``'s."""
+        x, geo = self.crop_uint8(image, original_size, field)
+        return self.normalize(x), geo
+
+    def crop_uint8(self, image: torch.Tensor, original_size: tuple[int, int] | None = None,
+                   field: str = "image") -> tuple[torch.Tensor, Geometry]:
+        """image (3, H, W) uint8 RGB -> ((3, crop, crop) uint8, Geometry of the ORIGINAL image): resized and cropped,
+        not yet normalised, so it crosses to the device at a quarter of float32's bytes (``normalize`` there).
 
         original_size: (H0, W0) when ``image`` is a reduced decode of a larger original (JPEG DCT scaling): the
         resize target and the Geometry follow the original, so masks stay exact in original pixels. Errors name
@@ -88,9 +97,15 @@ class Preprocess:
             rh, rw = max(self.crop, int(self.resize * h0 / w0)), self.resize
         resized = image if (rh, rw) == tuple(image.shape[1:]) else TF.resize(image, [rh, rw], antialias=True)
         top, left = int(round((rh - self.crop) / 2.0)), int(round((rw - self.crop) / 2.0))
-        x = resized[:, top:top + self.crop, left:left + self.crop].float().div_(255)
-        x = TF.normalize(x, list(self.mean), list(self.std))
-        return x, Geometry(h0, w0, rh / h0, rw / w0, top, left, self.crop)
+        return resized[:, top:top + self.crop, left:left + self.crop], Geometry(h0, w0, rh / h0, rw / w0, top, left,
+                                                                                self.crop)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (..., 3, S, S) -> float32 (x / 255 - mean) / std, on x's device (the same numbers on any; the same
+        operations as torchvision's ``normalize``, whose mean and std would cross to the device with a wait)."""
+        mean = to_device(self.mean, x.device, torch.float32)[:, None, None]  # (3, 1, 1)
+        std = to_device(self.std, x.device, torch.float32)[:, None, None]
+        return x.float().div_(255).sub_(mean).div_(std)
 
 
 def _axis_weights(n_out: int, scale: float, offset: int, crop: int, n_grid: int, device) -> torch.Tensor:

@@ -33,37 +33,58 @@ CHUNK_CELLS = 16_000_000  # working-grid values per chunk (64 MB of float32): bo
 @dataclass(frozen=True)
 class Rule:
     """How many cells each map keeps: ``k`` (M,) a count, or -1 where ``absolute`` (M,) T applies: value > T x the
-    largest working-grid value of all maps of the same ``scale_group`` (M,) (default: each map its own group)."""
+    largest working-grid value of all maps of the same ``scale_group`` (M,) (default: each map its own group; ids in
+    [0, M)). Host-side hints, known from the options without reading the device: ``k_max``, no map asks for more
+    cells (None: unknown); ``any_absolute``, some map has an absolute T (None: unknown). They only bound the
+    sync-free path's work; a wrong hint would give wrong regions, an absent one costs more work, never a sync."""
 
     k: torch.Tensor  # (M,) long
     absolute: torch.Tensor  # (M,) float
     scale_group: torch.Tensor | None = None  # (M,) long: maps sharing T's scale; None: one group per map
+    k_max: int | None = None
+    any_absolute: bool | None = None
 
     @staticmethod
-    def coverage_of(threshold: Threshold, cells: int) -> "Rule":
-        if threshold.coverage is not None:
-            return Rule(torch.tensor([int(round(threshold.coverage * cells))]), torch.zeros(1))
-        return Rule(torch.tensor([-1]), torch.tensor([float(threshold.absolute)]))
+    def cells_wanted(threshold: Threshold, cells: int) -> int | None:
+        """The cells a coverage keeps of ``cells`` (host int); None for an absolute T (it depends on the map)."""
+        return None if threshold.coverage is None else int(round(threshold.coverage * cells))
+
+    @staticmethod
+    def coverage_of(threshold: Threshold, cells: int, device: torch.device | str = "cpu") -> "Rule":
+        k = Rule.cells_wanted(threshold, cells)
+        if k is not None:
+            return Rule(torch.full((1,), k, dtype=torch.long, device=device), torch.zeros(1, device=device),
+                        k_max=k, any_absolute=False)
+        return Rule(torch.full((1,), -1, dtype=torch.long, device=device),
+                    torch.full((1,), float(threshold.absolute), device=device), k_max=0, any_absolute=True)
 
     def expand(self, n: int) -> "Rule":
-        return Rule(self.k.expand(n), self.absolute.expand(n))
+        return Rule(self.k.expand(n), self.absolute.expand(n), None, self.k_max, self.any_absolute)
 
     def grouped(self, scale_group: torch.Tensor) -> "Rule":
-        return Rule(self.k, self.absolute, scale_group)
+        return Rule(self.k, self.absolute, scale_group, self.k_max, self.any_absolute)
+
+    def to(self, device: torch.device) -> "Rule":
+        group = None if self.scale_group is None else self.scale_group.to(device)
+        return Rule(self.k.to(device), self.absolute.to(device), group, self.k_max, self.any_absolute)
 
     def groups(self) -> torch.Tensor:
-        return torch.arange(len(self.k)) if self.scale_group is None else self.scale_group
+        return torch.arange(len(self.k), device=self.k.device) if self.scale_group is None else self.scale_group
 
     @staticmethod
     def cat(rules: list["Rule"]) -> "Rule":
-        """Rules of several images in one; scale groups stay apart (renumbered)."""
+        """Rules of several images in one; scale groups stay apart (renumbered). Reads each rule's group ids on the
+        host (one sync per rule): not for the hot path."""
         groups, base = [], 0
         for r in rules:
             g = r.groups()
             groups.append(g + base)
             base += int(g.max()) + 1 if len(g) else 0
+        known = all(r.k_max is not None for r in rules)
         return Rule(torch.cat([r.k for r in rules]), torch.cat([r.absolute for r in rules]),
-                    torch.cat(groups) if groups else None)
+                    torch.cat(groups) if groups else None,
+                    max((r.k_max for r in rules), default=0) if known else None,
+                    None if any(r.any_absolute is None for r in rules) else any(r.any_absolute for r in rules))
 
 
 @dataclass(frozen=True)
@@ -80,12 +101,17 @@ class Measured:
 
 
 class WorkingGrid:
-    """G x G cells over the model's square centre crop of ``crop`` pixels."""
+    """G x G cells over the model's square centre crop of ``crop`` pixels.
 
-    def __init__(self, side: int, crop: int):
+    ``sync_free``: measure without reading any device value on the host (full-width ``torch.where`` instead of
+    data-dependent branches; the counting passes run over every map). None (default): sync-free on every device but
+    the CPU, where a host read costs no synchronisation and the branches skip most of the work."""
+
+    def __init__(self, side: int, crop: int, sync_free: bool | None = None):
         if side < 1:
             raise ValueError(f"working grid side must be >= 1, got {side}")
         self.side, self.crop = int(side), int(crop)
+        self.sync_free = sync_free
 
     @property
     def cells(self) -> int:
@@ -96,32 +122,47 @@ class WorkingGrid:
         wy, wx = _weights(self.side, *maps.shape[-2:], str(maps.device))
         return wy @ maps.float() @ wx.T
 
+    def is_sync_free(self, device: torch.device) -> bool:
+        return device.type != "cpu" if self.sync_free is None else bool(self.sync_free)
+
     def measure(self, maps: torch.Tensor, rule: Rule, count_positive: torch.Tensor | None = None) -> Measured:
         """Thresholds every map (M, h, w) by ``rule``; only positive cells can be kept. Chunked over maps so the
-        working values never exceed CHUNK_CELLS. ``count_positive`` (M,) bool: maps whose positive cells to count."""
-        M = maps.shape[0]
-        flags = torch.zeros(M, dtype=torch.bool) if count_positive is None else count_positive
-        out = [_measure(maps.new_zeros(0, self.cells), rule.k[:0], rule.absolute[:0], flags[:0],
-                        rule.absolute[:0])]  # M = 0 stays valid
+        working values never exceed CHUNK_CELLS. ``count_positive`` (M,) bool: maps whose positive cells to count.
+        Everything stays on the maps' device; the rule is moved there if it is not."""
+        M, device = maps.shape[0], maps.device
+        rule = rule.to(device)
+        flags = (torch.zeros(M, dtype=torch.bool, device=device) if count_positive is None
+                 else count_positive.to(device))
+        if self.is_sync_free(device):
+            k_max = self.cells if rule.k_max is None else min(rule.k_max, self.cells)
+
+            def measure(values, k, absolute, positive, scale):
+                return _measure_sync_free(values, k, absolute, positive, scale, k_max, rule.any_absolute)
+        else:
+            measure = _measure
+        out = [measure(maps.new_zeros(0, self.cells), rule.k[:0], rule.absolute[:0], flags[:0],
+                       rule.absolute[:0])]  # M = 0 stays valid
         step = max(1, CHUNK_CELLS // self.cells)
         scale = self._scales(maps, rule, step)
         for s in range(0, M, step):
             values = self.upsample(maps[s:s + step]).flatten(1)  # (m, G*G)
-            out.append(_measure(values, rule.k[s:s + step].to(values.device),
-                                rule.absolute[s:s + step].to(values.device), flags[s:s + step].to(values.device),
-                                scale[s:s + step].to(values.device)))
+            out.append(measure(values, rule.k[s:s + step], rule.absolute[s:s + step], flags[s:s + step],
+                               scale[s:s + step]))
         return Measured(*(torch.cat([getattr(m, f) for m in out]) for f in ("wanted", "tau", "kept", "positive", "strength")))
 
     def _scales(self, maps: torch.Tensor, rule: Rule, step: int) -> torch.Tensor:
         """(M,) the scale T multiplies: the largest working-grid value over each map's scale group. Peaks are only
-        computed when some map has an absolute T (one pass more over the maps); else 0 (unused)."""
-        if not bool((rule.k < 0).any()):
-            return maps.new_zeros(maps.shape[0], dtype=torch.float32)
+        computed when some map may have an absolute T (one pass more over the maps); else 0 (unused). Whether one
+        has is read from the rule's host hint, or (CPU only, where it costs no sync) from its values."""
+        M = maps.shape[0]
+        absent = rule.any_absolute is False or (rule.any_absolute is None and not self.is_sync_free(maps.device)
+                                                and not bool((rule.k < 0).any()))
+        if absent:
+            return maps.new_zeros(M, dtype=torch.float32)
         peaks = torch.cat([maps.new_zeros(0, dtype=torch.float32)] + [
-            self.upsample(maps[s:s + step]).flatten(1).amax(1) for s in range(0, maps.shape[0], step)])
+            self.upsample(maps[s:s + step]).flatten(1).amax(1) for s in range(0, M, step)])
         groups = rule.groups().to(peaks.device)
-        top = torch.full((int(groups.max()) + 1,), -math.inf, device=peaks.device).scatter_reduce(
-            0, groups, peaks, "amax")
+        top = torch.full((M,), -math.inf, device=peaks.device).scatter_reduce(0, groups, peaks, "amax")  # ids < M
         return top[groups]
 
     def cell_masks(self, maps: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
@@ -146,12 +187,13 @@ def _weights(side: int, h: int, w: int, device: str) -> tuple[torch.Tensor, torc
 
 
 def _axis_weights(side: int, n: int, device: str) -> torch.Tensor:
-    """(side, n) bilinear weights from n feature-grid cells to ``side`` working cells over the same crop."""
-    u = ((torch.arange(side, dtype=torch.float64) + 0.5) * n / side - 0.5).clamp(0, n - 1)
+    """(side, n) bilinear weights from n feature-grid cells to ``side`` working cells over the same crop. Built on
+    the host in float64 (not every device has it), moved to ``device`` once: ``_weights`` caches them."""
+    u = ((torch.arange(side, dtype=torch.float64, device="cpu") + 0.5) * n / side - 0.5).clamp(0, n - 1)
     i0 = u.floor().long()
     i1 = (i0 + 1).clamp(max=n - 1)
     frac = (u - i0).float()
-    weights = torch.zeros(side, n)
+    weights = torch.zeros(side, n, device="cpu")
     weights.scatter_add_(1, i0[:, None], (1 - frac)[:, None])
     weights.scatter_add_(1, i1[:, None], frac[:, None])
     return weights.to(device)
@@ -205,6 +247,58 @@ def _measure(values: torch.Tensor, k: torch.Tensor, absolute: torch.Tensor, coun
     return Measured(wanted, tau, kept, positive, strength)
 
 
+def _measure_sync_free(values: torch.Tensor, k: torch.Tensor, absolute: torch.Tensor,
+                       count_positive: torch.Tensor, scale: torch.Tensor, k_max: int,
+                       any_absolute: bool | None) -> Measured:
+    """``_measure`` without reading a device value on the host: the same numbers (tau and the counts exactly), with
+    every data-dependent branch resolved by a full-width ``torch.where``. ``k_max`` (host): no counted map wants
+    more cells; ``any_absolute`` (host hint, None: unknown) False skips the absolute-T count."""
+    M, N = values.shape
+    floor = torch.finfo(values.dtype).tiny
+    counted = k >= 0
+    tau = torch.full((M,), math.inf, device=values.device, dtype=values.dtype)
+    wanted = k
+    if any_absolute is not False:
+        limit = torch.nextafter(absolute * scale.to(values.dtype).clamp_min(floor), tau)  # just above T x scale
+        wanted = torch.where(counted, k, (values >= limit[:, None]).sum(1))  # map / scale > T
+        tau = torch.where(counted, tau, limit)
+    wanted = wanted.clamp(max=N)
+    select = counted & (wanted > 0)
+    kth, top_sum, tied = _kth_largest_sync_free(values, torch.where(select, wanted, 0), k_max)
+    tau = torch.where(select, kth, tau)
+    tau = torch.where(wanted == 0, math.inf, tau)
+    few = (wanted > 0) & (tau <= 0)  # fewer positive cells than wanted: keep every positive one
+    tau = torch.where(few, floor, tau)
+    direct = few | ~counted
+    keep = values >= tau[:, None]  # (M, N)
+    recount = (direct | (select & tied)) & (wanted > 0)
+    kept = torch.where(recount, keep.sum(1), torch.where(select, wanted, 0))
+    strength = (top_sum + (kept - wanted) * tau.clamp(max=torch.finfo(values.dtype).max)) / kept.clamp_min(1)
+    strength = torch.where(direct, torch.where(keep, values, 0.0).sum(1) / kept.clamp_min(1), strength)
+    strength = torch.where(kept > 0, strength, 0.0)
+    positive = torch.where(count_positive, (values > 0).sum(1), -1)
+    return Measured(wanted, tau, kept, positive, strength)
+
+
+def _kth_largest_sync_free(values: torch.Tensor, k: torch.Tensor, k_max: int
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``kth_largest`` for any mix of k (M,) <= ``k_max`` (host int) without a host read: one sorted top-(k_max + 1)
+    per row, read at each row's own k."""
+    M, N = values.shape
+    K = max(1, min(k_max + 1, N))
+    if N == 0:
+        inf = torch.full((M,), math.inf, device=values.device, dtype=values.dtype)
+        return inf, torch.zeros_like(inf), torch.zeros(M, dtype=torch.bool, device=values.device)
+    top = torch.topk(values, K, dim=1, sorted=True).values  # (M, K), descending
+    kth = top.gather(1, (k - 1).clamp(0, K - 1)[:, None])[:, 0]
+    after = top.gather(1, k.clamp(0, K - 1)[:, None])[:, 0]  # the (k+1)-th largest where k < K
+    rank = torch.arange(K, device=values.device)
+    total = torch.where(rank < k[:, None], top, 0.0).sum(1)
+    has = k > 0
+    return (torch.where(has, kth, math.inf), torch.where(has, total, 0.0),
+            has & (k < N) & (after == kth))
+
+
 def kth_largest(values: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The k[m]-th largest value of each row of ``values`` (M, N) (+inf where k[m] == 0, exact), the sum of the
     k[m] largest, and whether a value outside those k equals the k-th (a tie: counting ``values >= kth`` then
@@ -237,7 +331,7 @@ def regions(maps: torch.Tensor, geo: Geometry, threshold: Threshold, grid: Worki
     from .results import Region
 
     grid = grid or WorkingGrid(geo.crop, geo.crop)
-    measured = grid.measure(maps, Rule.coverage_of(threshold, grid.cells).expand(maps.shape[0]))
+    measured = grid.measure(maps, Rule.coverage_of(threshold, grid.cells, maps.device).expand(maps.shape[0]))
     cells = grid.cell_masks(maps, measured.tau).cpu().numpy()
     frame = grid.frame(geo)
     return [Region.of(cells[m], frame, maps[m].detach().float().cpu(), s)

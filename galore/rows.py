@@ -14,6 +14,7 @@ import torch
 
 from .attribution import GRADIENT_ONLY, attribute, batched_vjp
 from .confidence import SELF_REFERENTIAL, class_values, easiness_score
+from .device import to_device
 from .exemplars import Features
 from .model import SplitModel
 from .options import ExplainOptions, Score
@@ -49,7 +50,7 @@ class RowMaps:
     inverse_score: torch.Tensor
 
     def of(self, classes: Sequence[int]) -> torch.Tensor:
-        return self.maps[[self.slot[c] for c in classes]]  # (V, h, w)
+        return self.maps[to_device([self.slot[c] for c in classes], self.maps.device, torch.long)]  # (V, h, w)
 
 
 class HeadPass:
@@ -67,7 +68,7 @@ class HeadPass:
         VGG16's is bound by reading its weights, once per forward and once per backward)."""
         if any(id(r.feats) not in self.index for r in rows):
             return None
-        index = [self.index[id(r.feats)] for r in rows]
+        index = to_device([self.index[id(r.feats)] for r in rows], self.leaf.device, torch.long)
         with torch.enable_grad():
             values = values_of(self.logits[index], torch.arange(len(rows), device=self.leaf.device))
         (grads,) = batched_vjp([values], [self.leaf], retain_graph=True)  # (B, T, D, h, w)
@@ -90,7 +91,7 @@ def _attribute_group(split, hardness, key: tuple, rows: list[Row], head_pass: He
     T = max(len(r.slot) for r in rows)
     F = torch.stack([r.feats.F for r in rows])  # (R, D, h, w)
     padded = [list(r.slot) + [next(iter(r.slot))] * (T - len(r.slot)) for r in rows]
-    idx = torch.tensor(padded, device=F.device)  # (R, T), padded with a repeat (its map is ignored)
+    idx = to_device(padded, F.device, torch.long)  # (R, T), padded with a repeat (its map is ignored)
     score_fn = SELF_REFERENTIAL.get(score)
 
     def values_of(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:  # (N, C), (N,) -> (N, T + 1)

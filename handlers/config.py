@@ -11,7 +11,7 @@ Example yaml (see model_store/build.py, which writes it)::
       hardness_state_dict: null
       exemplar_bank: null             # folder in the archive: class_name/*.jpg
       working_grid: null              # side G of the grid regions are thresholded on; null: the model's crop
-      precision: fp32                 # backbone precision: fp32, bf16, fp16 (CUDA), auto (bf16 where supported)
+      precision: fp32                 # backbone: fp32 (TF32 off), bf16, fp16 (CUDA), tf32 (CUDA 8.0+), auto
       limits: {max_image_bytes: 20971520, max_pixels: 40000000, max_images_per_request: 16}
 """
 from __future__ import annotations

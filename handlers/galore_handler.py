@@ -32,8 +32,10 @@ class GaloreHandler:
         model_dir = properties.get("model_dir")
         config = HandlerConfig.from_model_yaml(getattr(context, "model_yaml_config", None), model_dir)
         Image.MAX_IMAGE_PIXELS = config.limits.max_pixels  # Pillow's decompression-bomb guard
-        gpu = properties.get("gpu_id")
+        gpu = properties.get("gpu_id")  # TorchServe gives each worker its own GPU (round robin over number_of_gpu)
         device = f"cuda:{gpu}" if gpu is not None and _cuda_available() else "cpu"
+        if device != "cpu":
+            _set_cuda_device(device)  # the worker's current device: CUDA context, streams and handles on its GPU
         engine = build_engine(config, device)
         self.service = ExplainService(engine, config, context.model_name)
         self.initialized = True
@@ -74,6 +76,12 @@ def _cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def _set_cuda_device(device: str) -> None:
+    import torch
+
+    torch.cuda.set_device(device)
 
 
 def entry_point(service: GaloreHandler):

@@ -6,11 +6,12 @@ Options belong to their own request only; a bad request or image gets its own st
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 
 from galore import ImageRequest
-from galore.errors import DeadlineExceeded, GaloreError, InvalidArgument, ResourceExhausted
+from galore.errors import DeadlineExceeded, DeviceUnusable, GaloreError, InvalidArgument, ResourceExhausted
 from galore.options import ExplainOptions
 from galore.results import ImageResult
 from galore_api.v1 import explainer_pb2 as pb
@@ -23,6 +24,7 @@ from .wire import PREDICTION_ONLY_KEY, Call, deadline, encode, read_request, res
 
 logger = logging.getLogger(__name__)
 MAX_ID_CHARS = 256
+EXIT_DEVICE_UNUSABLE = 75  # the worker's exit status when its GPU context is broken (EX_TEMPFAIL: restart it)
 
 
 @dataclass
@@ -224,6 +226,11 @@ class ExplainService:
                 raise RuntimeError(f"engine returned {len(results)} results for {len(flat)} images")
         except GaloreError as err:  # should be per image, but never let it take the batch down
             results = [ImageResult(error=err) for _ in flat]
+        except DeviceUnusable:  # every later batch would fail too: exit, the supervisor starts a fresh worker
+            logger.critical("the device is unusable; exiting with status %d so that the worker is restarted",
+                            EXIT_DEVICE_UNUSABLE, exc_info=True)
+            logging.shutdown()
+            os._exit(EXIT_DEVICE_UNUSABLE)
         except Exception:  # the engine isolates failures per image; this is a last resort
             logger.exception("engine failed on a batch of %d images", len(flat))
             internal = GaloreError("", "internal error while explaining the batch; see the worker log")

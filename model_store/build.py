@@ -85,16 +85,20 @@ def _copy_bank(bank: Path, labels: list[str], staging: Path) -> int:
 
 
 def archive(name: str, handler_section: dict, out: Path, staging: Path, batch_size: int | None = None,
-            max_batch_delay_ms: int | None = None, handler: Path = HANDLER) -> Path:
-    """Writes the model config, packs ``staging`` with torch-model-archiver, returns the .mar path. ``handler``:
-    the TorchServe entry module (no flag sets it: only the tests' gated archive, tests/reliability/gate.py, has
-    another)."""
+            max_batch_delay_ms: int | None = None, workers: int | None = None, handler: Path = HANDLER) -> Path:
+    """Writes the model config, packs ``staging`` with torch-model-archiver, returns the .mar path. ``workers``:
+    TorchServe's minWorkers = maxWorkers (a GPU archive: 1, one worker per GPU). ``handler``: the TorchServe entry
+    module (no flag sets it: only the tests' gated archive, tests/reliability/gate.py, has another)."""
     config = yaml.safe_load(DEFAULT_CONFIG.read_text(encoding="utf-8"))
     config["handler"] = {**config.get("handler", {}), **handler_section}
     if batch_size is not None:
         config["batchSize"] = batch_size
     if max_batch_delay_ms is not None:
         config["maxBatchDelay"] = max_batch_delay_ms
+    if workers is not None:
+        if workers < 1:
+            raise BuildError(f"--workers must be >= 1, got {workers}")
+        config["minWorkers"] = config["maxWorkers"] = workers
     _copy_package("handlers", staging)
     _copy_package("galore_api", staging)
     config_file = staging / "model-config.yaml"
@@ -158,6 +162,8 @@ def main(argv=None) -> None:
         p.add_argument("--name", help="TorchServe model name (default: efficientnet_lite0 / --arch)")
         p.add_argument("--batch-size", type=int, help="TorchServe batchSize (default from model-config.yaml)")
         p.add_argument("--max-batch-delay", type=int, help="TorchServe maxBatchDelay, milliseconds")
+        p.add_argument("--workers", type=int, help="TorchServe minWorkers = maxWorkers (default from "
+                                                   "model-config.yaml; on a GPU: 1, one worker per GPU)")
         p.add_argument("--working-grid", type=int, metavar="G",
                        help="side of the grid regions are thresholded on (default: the model's input crop)")
         p.add_argument("--precision", choices=[x.value for x in Precision],
@@ -172,7 +178,7 @@ def main(argv=None) -> None:
     tv.add_argument("--hardness-state-dict", type=Path, help="its state dict")
     tv.add_argument("--exemplar-bank", type=Path, help="folder of class_name/*.jpg exemplars")
     args = parser.parse_args(argv)
-    batching = dict(batch_size=args.batch_size, max_batch_delay_ms=args.max_batch_delay)
+    batching = dict(batch_size=args.batch_size, max_batch_delay_ms=args.max_batch_delay, workers=args.workers)
     try:
         if args.command == "default":
             path = build_default(args.out, args.name or DEFAULT_MODEL, args.working_grid, args.precision, **batching)

@@ -111,7 +111,7 @@ class Scorer:
     def __init__(self, split: SplitModel, preprocess: Preprocess, hardness: SplitModel | None = None):
         self.split, self.preprocess, self.hardness = split, preprocess, hardness
         self.side = preprocess.crop
-        self.device = next(split.head.parameters(), torch.zeros(0)).device
+        self.device = next(split.head.parameters(), torch.zeros(0, device="cpu")).device
 
     @classmethod
     def of(cls, engine) -> "Scorer":
@@ -146,7 +146,7 @@ class Scorer:
 
     def pixels(self, cells: np.ndarray | torch.Tensor) -> torch.Tensor:
         """A region's working-grid cells (G, G) -> (S, S) bool mask of the crop's pixels."""
-        cells = torch.as_tensor(np.asarray(cells), dtype=torch.float32)
+        cells = torch.as_tensor(np.asarray(cells), dtype=torch.float32, device="cpu")
         if cells.shape[-1] == self.side:
             return cells.bool()
         return torch.nn.functional.interpolate(cells[None, None], size=(self.side, self.side),
@@ -181,20 +181,20 @@ def replaced(x: torch.Tensor, base: torch.Tensor, masks: torch.Tensor) -> torch.
 def pixel_order(values: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Pixel indices of an (S, S) map, highest value first; ties in random order (seeded)."""
     flat = values.flatten()
-    perm = torch.randperm(flat.numel(), generator=generator)
+    perm = torch.randperm(flat.numel(), generator=generator, device="cpu")
     return perm[torch.argsort(flat[perm], descending=True, stable=True)]
 
 
 def top_mask(values: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
     """The k highest pixels of an (S, S) map as a bool mask (ties broken at random, seeded)."""
-    mask = torch.zeros(values.numel(), dtype=torch.bool)
+    mask = torch.zeros(values.numel(), dtype=torch.bool, device="cpu")
     mask[pixel_order(values, generator)[:k]] = True
     return mask.view(values.shape)
 
 
 def random_maps(n: int, grid: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
     """(n, h, w) uniform noise on the feature grid: once upsampled, random blobs of the maps' own smoothness."""
-    return torch.rand((n,) + tuple(grid), generator=generator)
+    return torch.rand((n,) + tuple(grid), generator=generator, device="cpu")
 
 
 def seeded(*parts: object) -> torch.Generator:

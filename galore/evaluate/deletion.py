@@ -88,7 +88,7 @@ def probabilities(scorer: Scorer, x: torch.Tensor, order: torch.Tensor, base: to
     """Softmax probability of ``class_id`` after removing (or, with ``insert``, restoring onto ``base``) the first
     counts[i] pixels of ``order`` (flat indices into the S x S crop), for each i."""
     side = x.shape[-1]
-    masks = torch.zeros(len(counts), side * side, dtype=torch.bool)
+    masks = torch.zeros(len(counts), side * side, dtype=torch.bool, device="cpu")
     for i, k in enumerate(counts):
         masks[i, order[:int(k)]] = True
     masks = masks.view(len(counts), side, side)

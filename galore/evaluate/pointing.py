@@ -70,7 +70,7 @@ def cell_masks(side: int) -> torch.Tensor:
     """(4, side, side) bool: the quadrants of the S x S crop (of a square mosaic the centre crop keeps their
     boundaries at the middle)."""
     half = side // 2
-    out = torch.zeros(CELLS, side, side, dtype=torch.bool)
+    out = torch.zeros(CELLS, side, side, dtype=torch.bool, device="cpu")
     out[0, :half, :half] = out[1, :half, half:] = out[2, half:, :half] = out[3, half:, half:] = True
     return out
 

@@ -76,7 +76,7 @@ def randomise(module: torch.nn.Module, names: Sequence[str], generator: torch.Ge
     for name in names:
         m = modules[name]
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device="cpu")))
             if hasattr(m, "reset_parameters"):
                 m.reset_parameters()
                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):  # identity affine: draw it instead

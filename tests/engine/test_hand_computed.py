@@ -172,7 +172,7 @@ def test_equal_size_side_without_evidence_is_empty():
     opts = ExplainOptions(kinds=frozenset({Kind.COUNTERFACTUAL}), counter_classes=(1, 2),
                           threshold=Threshold(coverage=0.5))
     feats = Features(torch.zeros(1, 2, 2), None, geo)
-    pred = Prediction(0, torch.tensor([0.5, 0.3, 0.2]), (1, 2), {1: "a", 2: "b"}, 0)
+    pred = Prediction(0, torch.tensor([0.5, 0.3, 0.2]), (0, 1, 2), (1, 2), {1: "a", 2: "b"}, 0)
     plan = Plan(query[None], [Kind.COUNTERFACTUAL], torch.stack([side, query / 2]), [1, 2], [feats, feats])
     result = ImageResult()
     measure_batch(WorkingGrid(4, 4), [(opts, pred, plan, feats)], ("zero", "one", "two"), [result])

@@ -67,8 +67,26 @@ def test_auto_falls_back_to_fp32_without_bf16_and_unsupported_precisions_are_ref
     engine = Engine.from_module("tiny", gray_pool_model(), ["zero", "one", "two"], IDENTITY_PREP, layer="1",
                                 device="cpu", precision=Precision.AUTO)
     assert engine.precision is Precision.FP32 and engine.info.precision is Precision.FP32
-    for refused in (Precision.BF16, Precision.FP16):
+    for refused in (Precision.BF16, Precision.FP16, Precision.TF32):
         with pytest.raises(InvalidArgument) as caught:
             Engine.from_module("tiny", gray_pool_model(), ["zero", "one", "two"], IDENTITY_PREP, layer="1",
                                device="cpu", precision=refused)
         assert caught.value.field == "precision" and refused.value in caught.value.message
+
+
+def test_tf32_is_an_explicit_choice_set_around_the_backbone_and_off_elsewhere():
+    """cuDNN's default makes CUDA fp32 convolutions TF32; the engine sets the process's flags itself: IEEE fp32
+    (FP32, the head, every gradient) or TF32 (Precision.TF32, backbone only), restored afterwards. The flags are
+    plain process settings, so this runs without a GPU; off CUDA the context changes nothing."""
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    before = conv.fp32_precision, matmul.fp32_precision
+    cuda = torch.device("cuda")
+    with precision_module.fp32_math(cuda):
+        assert (conv.fp32_precision, matmul.fp32_precision) == ("ieee", "ieee")
+        with precision_module.fp32_math(cuda, tf32=True):
+            assert (conv.fp32_precision, matmul.fp32_precision) == ("tf32", "tf32")
+        assert (conv.fp32_precision, matmul.fp32_precision) == ("ieee", "ieee")
+    assert (conv.fp32_precision, matmul.fp32_precision) == before
+    with precision_module.fp32_math(torch.device("cpu"), tf32=True):
+        assert (conv.fp32_precision, matmul.fp32_precision) == before
+    assert not precision_module.tf32_supported(torch.device("cpu"))

@@ -149,9 +149,11 @@ def test_a_failing_image_fails_alone(error, code, caplog):
         assert alone.counterfactual.strength == pytest.approx(got.counterfactual.strength)
 
 
-def test_measure_equals_a_sorting_reference_with_ties_absolute_t_and_few_positive_cells():
-    """``_measure`` selects without sorting and counts only on ties; a plain sort per row must agree exactly."""
-    from galore.regions import _measure
+@pytest.mark.parametrize("path", ["host branches (CPU)", "sync-free, k bound", "sync-free, no hints"])
+def test_measure_equals_a_sorting_reference_with_ties_absolute_t_and_few_positive_cells(path):
+    """``_measure`` selects without sorting and counts only on ties; the sync-free path (every device but the CPU)
+    resolves the same branches with full-width ``torch.where``; a plain sort per row must agree exactly."""
+    from galore.regions import _measure, _measure_sync_free
 
     g = torch.Generator().manual_seed(0)
     M, N = 60, 50
@@ -162,7 +164,11 @@ def test_measure_equals_a_sorting_reference_with_ties_absolute_t_and_few_positiv
     k[1], k[2], k[3] = 10, N, 0
     k[::7] = -1  # absolute threshold rows: T x scale = 0.5 x 4 = 2
     absolute, scale = torch.full((M,), 0.5), torch.full((M,), 4.0)
-    got = _measure(values, k, absolute, torch.ones(M, dtype=torch.bool), scale)
+    flags = torch.ones(M, dtype=torch.bool)
+    if path.startswith("host"):
+        got = _measure(values, k, absolute, flags, scale)
+    else:  # the tightest bound the options could give, or none (all cells, absolute T possible)
+        got = _measure_sync_free(values, k, absolute, flags, scale, int(k.max()) if "bound" in path else N, None)
     for m in range(M):
         v = values[m]
         if k[m] < 0:

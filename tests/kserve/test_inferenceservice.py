@@ -101,6 +101,10 @@ def test_gpu_asks_for_one_gpu_and_the_cuda_image():
     [container] = load(KSERVE / "inferenceservice-gpu.yaml")["spec"]["predictor"]["containers"]
     assert container["image"].endswith("-cuda")
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    args = container["args"]
+    assert args[args.index("--engine-workers") + 1] == "1"  # one engine per GPU: one model copy, one stream
+    from galore_kserve.__main__ import parse_args
+    assert parse_args(args[1:]).engine_workers == 1  # the host accepts the arguments as written
     [cpu] = load(KSERVE / "inferenceservice-cpu.yaml")["spec"]["predictor"]["containers"]
     assert "nvidia.com/gpu" not in cpu["resources"]["limits"]
 
