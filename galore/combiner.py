@@ -17,12 +17,13 @@ from dataclasses import dataclass
 import torch
 
 from .options import Kind
+from .rows import CLIP_FLOOR
 
 
 class Beta(enum.Enum):
     ONE = "1"  # classes ignored
     IDENTITY = "a"  # eq. (5), (12)
-    COMPLEMENT = "M - a"  # eq. (10), M shared by the maps of y* and C (see ``complement``)
+    COMPLEMENT = "max a - a"  # eq. (10), per map; 1 for a class without evidence (see ``complement``)
 
 
 class Gamma(enum.Enum):
@@ -48,18 +49,18 @@ TABLE_I: dict[Kind, Recipe] = {
 }
 
 
-def complement(a: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
-    """m^beta of eq. (10) for the counter classes' maps a (..., V, h, w) of a discriminant map (eqs. 11, 14) whose
-    m^alpha map is ``pred`` (..., h, w): M - a_ij, with ONE scale M per discriminant map, the largest value of the
-    maps of y* and of every class of C together, M = max(max_ij a_ij(h_y*), max_c max_ij a_ij(h_c)).
+def complement(a: torch.Tensor) -> torch.Tensor:
+    """m^beta of eq. (10) for the counter classes' maps a (..., V, h, w) of a discriminant map (eqs. 11, 14): each
+    map against its own max, max_ij a_ij(h_c) - a_ij(h_c), as in the paper and the authors' code
+    (``np.amax(counter) - counter``). With min-max normalisation (§V-A) every max is 1 and this is 1 - a(h_c).
 
-    Eq. (10) reads max_ij a_ij per map. With clipping, a counter class without positive evidence has a map of
-    ~1e-7 everywhere, whose own complement is 0 everywhere: D of eq. (11) vanishes and the counterfactual is empty
-    exactly when "why not c?" has its clearest answer. Against the shared M the complement of such a class is
-    ~M everywhere, so D(x, y*, c) = M a(h_y*) a(s): y*'s own evidence (the self-aware map of eq. 4) stands. For a
-    counter class whose evidence peaks at least as high as y*'s, M is its own max and eq. (10) is unchanged."""
-    scale = torch.maximum(a.amax(dim=(-3, -2, -1)), pred.amax(dim=(-2, -1)))[..., None, None, None]
-    return scale - a
+    A counter class without positive evidence (max_ij a_ij(h_c) <= ``CLIP_FLOOR``: with clipping, a map of ~1e-7
+    everywhere) would get a complement of 0 everywhere, and D of eq. (11) would vanish exactly when "why not c?"
+    has its clearest answer. Such a class gets m^beta = 1 instead: it removes nothing, so D(x, y*, c) =
+    a(h_y*) a(s), y*'s self-aware map (eq. 4). Decided by figures against a scale M shared by y* and C
+    (EVALUATION.md, section 2)."""
+    peak = a.amax(dim=(-2, -1), keepdim=True)  # (..., V, 1, 1)
+    return torch.where(peak > CLIP_FLOOR, peak - a, torch.ones_like(a))
 
 
 def combine(recipe: Recipe, pred: torch.Tensor | None, classes: torch.Tensor | None, score: torch.Tensor | None,
@@ -69,7 +70,7 @@ def combine(recipe: Recipe, pred: torch.Tensor | None, classes: torch.Tensor | N
     at once). Inputs are already clipped or normalised maps; the product is never renormalised."""
     out = pred.clone() if recipe.alpha else None
     if recipe.beta is not Beta.ONE:
-        factors = classes if recipe.beta is Beta.IDENTITY else complement(classes, pred)
+        factors = classes if recipe.beta is Beta.IDENTITY else complement(classes)
         prod = factors.prod(dim=-3)  # (..., h, w)
         out = prod if out is None else out * prod
     if recipe.gamma is not Gamma.ONE:

@@ -17,7 +17,14 @@ from .masks import CellFrame
 from .options import ExplainOptions, Kind
 from .regions import Rule, WorkingGrid
 from .results import Attributive, Counterfactual, ExemplarSide, ImageResult, Insecurity, Region
-from .rows import RowMaps
+from .rows import CLIP_FLOOR, RowMaps
+
+# An insecurity needs shared evidence (eq. 5: the region holds evidence for every class of the tuple). A V-tuple is
+# returned only if (i) some feature cell has every class's map above the clip floor and a(1 - s) > 0, and (ii) its
+# strength is at least this share of the image's strongest insecurity of the same V. Measured (EVALUATION.md,
+# section 2): on 7 skimage photos every top-5 pair and triple of the default model shares 23-49 of 49 cells and
+# has a ratio >= 0.22; a product at the clip floor's scale has a ratio of ~1e-6.
+SHARED_EVIDENCE_RATIO = 1e-3
 
 
 @dataclass(frozen=True)
@@ -46,18 +53,20 @@ class Plan:
     sides: torch.Tensor  # (E, h, w)
     side_classes: list[int]
     side_feats: list[Features]
+    shared: torch.Tensor | None = None  # (S,) bool per single map: False for a V-tuple sharing no evidence
 
 
 def plan(opts: ExplainOptions, pred: Prediction, query: RowMaps, exemplars: dict[int, tuple[Features, RowMaps]]
          ) -> Plan:
     """Table I applied to one image (eqs. 3, 4, 5, 12, 13, 14)."""
-    y, blocks, keys = pred.predicted, [], []
+    y, blocks, keys, shared = pred.predicted, [], [], []
     a_pred = query.of([y])[0]
     a_explained = query.of([pred.explained])[0]
     for kind in (Kind.ATTRIBUTIVE, Kind.SELF_AWARE):
         if kind in opts.kinds:
             blocks.append(combine(TABLE_I[kind], a_explained, None, query.score, query.inverse_score)[None])
             keys.append(kind)
+            shared.append(a_pred.new_ones(1, dtype=torch.bool))
     if Kind.DELIBERATIVE in opts.kinds:
         candidates = torch.topk(pred.probs, opts.top_e).indices.tolist()
         for V in opts.dims:
@@ -65,11 +74,14 @@ def plan(opts: ExplainOptions, pred: Prediction, query: RowMaps, exemplars: dict
             classes = query.of(candidates)[torch.tensor([[candidates.index(c) for c in t] for t in tuples])]
             blocks.append(combine(TABLE_I[Kind.DELIBERATIVE], None, classes, query.score, query.inverse_score))
             keys += [(V, t) for t in tuples]  # (A, h, w), eqs. (5), (12)
+            # (A,): some cell where every class of the tuple has evidence and the model is unsure (eq. 5)
+            shared.append(((classes > CLIP_FLOOR).all(dim=-3) & (query.inverse_score > 0)).flatten(-2).any(-1))
     sides, side_classes, side_feats = [], [], []
     if Kind.COUNTERFACTUAL in opts.kinds:
         recipe = TABLE_I[Kind.COUNTERFACTUAL]
         blocks.append(combine(recipe, a_pred, query.of(pred.counters), query.score, None)[None])  # D(x, y*, C)
         keys.append(Kind.COUNTERFACTUAL)
+        shared.append(a_pred.new_ones(1, dtype=torch.bool))
         for c in pred.counters:  # D(x^v, y^v, C'_v), eq. (13), in counter order
             if c in exemplars:
                 feats, row = exemplars[c]
@@ -78,7 +90,8 @@ def plan(opts: ExplainOptions, pred: Prediction, query: RowMaps, exemplars: dict
                 side_feats.append(feats)
     h, w = a_pred.shape
     return Plan(torch.cat(blocks) if blocks else a_pred.new_zeros(0, h, w), keys,
-                torch.stack(sides) if sides else a_pred.new_zeros(0, h, w), side_classes, side_feats)
+                torch.stack(sides) if sides else a_pred.new_zeros(0, h, w), side_classes, side_feats,
+                torch.cat(shared) if shared else a_pred.new_zeros(0, dtype=torch.bool))
 
 
 def measure_batch(grid: WorkingGrid, items: list[tuple[ExplainOptions, Prediction, Plan, Features]],
@@ -127,6 +140,8 @@ def measure_batch(grid: WorkingGrid, items: list[tuple[ExplainOptions, Predictio
         side_tau, side_strength = second.tau[len(cf_rows):], second.strength[len(cf_rows):]
 
     # choose the regions to return, then cut all their masks in one batch
+    shared = torch.cat([p.shared if p.shared is not None else torch.ones(len(p.keys), dtype=torch.bool)
+                        for _, _, p, _ in items]).to(strength.device)
     chosen: list[tuple[int, object]] = []  # (item, key) per returned single map, in ``wanted`` order
     wanted: list[int] = []
     s0 = 0
@@ -140,6 +155,9 @@ def measure_batch(grid: WorkingGrid, items: list[tuple[ExplainOptions, Predictio
             rows = [s0 + j for j in idx]
             order = torch.sort(strength[rows], descending=True, stable=True).indices
             order = order[first.kept[rows][order] > 0]  # an insecurity left with no cell (absolute T) is dropped
+            order = order[shared[rows][order]]  # classes without shared evidence (eq. 5) are no insecurity
+            if len(order):  # at the clip floor's scale against the image's strongest of this V: noise
+                order = order[strength[rows][order] >= SHARED_EVIDENCE_RATIO * strength[rows][order[0]]]
             for r in order[:o.max_insecurities].tolist():
                 chosen.append((i, p.keys[idx[r]]))
                 wanted.append(s0 + idx[r])
