@@ -105,9 +105,11 @@ def _add_deletion(metrics) -> None:
 def _add_types(metrics) -> None:
     p = _metric(metrics, "types", "deletion test of each explanation type against same-size references",
                 "Removes each region the engine returns (attributive: probability of y*; deliberative insecurity "
-                "(a, b), V = 2: ambiguity 2 min(p_a, p_b) / (p_a + p_b); counterfactual: margin logit(y*) - "
-                "logit(y^c)) and, as references, random regions and the attributive region of the same size, and "
-                "for counterfactuals FinerCAM (Zhang et al. CVPR 2025) for the same classes. Reports the mean "
+                "(a, b[, c]), per V = 2, 3: min_c h_c, the evidence eq. 5 says the classes share, and, keeping "
+                "only the region, sum_c h_c (insertion), with the former ambiguity V min_c h_c / sum_c h_c as a "
+                "column; counterfactual: margin logit(y*) - logit(y^c)) and, as references, random regions and "
+                "the attributive region of the same size (insecurities: each class's own), and for "
+                "counterfactuals FinerCAM (Zhang et al. CVPR 2025) for the same classes. Reports the mean "
                 "drop, the win rate against each reference and Spearman(strength, drop) (GALORE TPAMI 2023, "
                 "eqs. 15-16, standing in for Table II).")
     _add_baseline(p)
@@ -153,7 +155,7 @@ def _add_steps(p: argparse.ArgumentParser) -> None:
 
 
 def _add_regions(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--insecurities", type=int, default=3, help="types: strongest insecurities per photo "
+    p.add_argument("--insecurities", type=int, default=3, help="types: strongest insecurities per photo and V "
                                                                "(default 3)")
     p.add_argument("--random-draws", type=int, default=8, help="types: random regions per region (default 8)")
 

@@ -28,7 +28,8 @@ TABLE_COVERAGES = (0.05, 0.1, 0.2, 0.3, 0.5)  # columns of the markdown table
 
 def add_parser(evaluate_commands) -> argparse.ArgumentParser:
     """Adds the ``proxy`` sub-command to ``galore evaluate``'s sub-parsers."""
-    from galore.evaluate.proxy import DEFAULT_FRACTION, CounterUser, ProxySettings
+    from galore.evaluate.proxy import COVERAGE_PRESETS, DEFAULT_FRACTION, ESTIMATORS, PART_MAPPINGS, CounterUser, \
+        ProxySettings
     from galore.options import Attribution, ExplainOptions, Score, Target, choices
     from galore.zoo import TORCHVISION_ARCHS
 
@@ -69,6 +70,16 @@ def add_parser(evaluate_commands) -> argparse.ArgumentParser:
     g.add_argument("--coverage", type=float, default=s.reference, metavar="FRACTION",
                    help=f"reference coverage of the strength-precision correlation (default {s.reference})")
     pr = p.add_argument_group("protocol")
+    pr.add_argument("--coverages", default="default", metavar="PRESET|C[,C...]",
+                    help="coverages swept: a preset (" + ", ".join(COVERAGE_PRESETS) + "; default: 0.5 %% then "
+                         "1 %%..90 %%; table3-*: Table III's one receptive-field unit) or a comma list of fractions; "
+                         "must hold --coverage")
+    pr.add_argument("--part-mapping", choices=tuple(PART_MAPPINGS), default=s.part_mapping,
+                    help=f"attribute groups of each part (default {s.part_mapping}: the authors' "
+                         "create_similarityMatrix_cls_part_cub.py)")
+    pr.add_argument("--estimator", choices=ESTIMATORS, default=s.estimator,
+                    help=f"Table II correlation (default {s.estimator}: one point per segment at --coverage; pooled: "
+                         "one point per coverage level)")
     pr.add_argument("--counter-dims", type=_ints, default=s.counter_dims, metavar="N[,N]",
                     help=f"numbers of counter classes: 1 binary, 2 multi-class (default {_text(s.counter_dims)})")
     pr.add_argument("--counter-user", choices=choices(CounterUser), default=s.counter_user.value,
@@ -98,6 +109,19 @@ def _ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected a comma list of integers, got {text!r}") from None
 
 
+def _coverages(text: str) -> tuple[float, ...]:
+    from galore.errors import InvalidArgument
+    from galore.evaluate.proxy import COVERAGE_PRESETS
+
+    if text in COVERAGE_PRESETS:
+        return COVERAGE_PRESETS[text]
+    try:
+        return tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise InvalidArgument("coverages", f"a preset ({', '.join(COVERAGE_PRESETS)}) or a comma list of "
+                                           f"fractions, got {text!r}") from None
+
+
 def _text(values) -> str:
     return ",".join(str(v) for v in values)
 
@@ -110,7 +134,8 @@ def settings_of(args: argparse.Namespace):
                              target=Target(args.target), clip_negative=args.clip_negative,
                              normalize=args.normalize, ig_steps=args.ig_steps, top_e=args.top_e,
                              dims=tuple(sorted(args.dims)), threshold=Threshold(coverage=args.coverage))
-    return ProxySettings(options=options, counter_dims=tuple(args.counter_dims),
+    return ProxySettings(options=options, coverages=_coverages(args.coverages), part_mapping=args.part_mapping,
+                         estimator=args.estimator, counter_dims=tuple(args.counter_dims),
                          counter_user=CounterUser(args.counter_user), attributive_classes=args.attributive_classes,
                          fraction=args.fraction, split=args.split, limit=args.limit, hardest=args.hardest,
                          batch_size=args.batch_size, seed=args.seed)
@@ -165,8 +190,10 @@ def run(args: argparse.Namespace) -> int:
 def _flag(field: str) -> str:
     """The command-line spelling of the field an error names: a flag, or CUB_ROOT and the file for the data."""
     name = field.removeprefix("options.").split(".")[0]
-    if field in ("options.threshold.coverage", "options.threshold", "coverages"):
+    if field in ("options.threshold.coverage", "options.threshold"):
         return "--coverage"
+    if field in ("coverages", "part_mapping", "estimator"):
+        return "--" + field.replace("_", "-")
     if name in ("attribution", "score", "target", "top_e", "dims", "ig_steps", "counter_dims", "counter_user",
                 "attributive_classes", "fraction", "split", "limit", "hardest", "batch_size", "arch", "layer"):
         return "--" + name.replace("_", "-")
@@ -196,7 +223,10 @@ def markdown(summary: dict) -> str:
     s = summary["settings"]
     lines = [f"Proxy protocol: {summary['images']} images ({s['split']} split), attribution {s['attribution']}, "
              f"score {s['score']}, target {s['target']}, clip {s['clip_negative']}, normalize {s['normalize']}, "
-             f"counter classes: {s['counter_user']}.", "",
+             f"counter classes: {s['counter_user']}; part mapping {s['part_mapping']}; Table II estimator "
+             f"{s['estimator']}; coverages {summary['coverages'][0]:.1%}..{summary['coverages'][-1]:.0%} "
+             f"({len(summary['coverages'])} levels).", "",
+             "Rules: " + "; ".join(f"{k}: {v}" for k, v in s["rules"].items()) + ".", "",
              "| explanation | " + " | ".join(f"P / R @ {c:.0%}" for c in TABLE_COVERAGES) + " | segments |",
              "|---|" + "---|" * (len(TABLE_COVERAGES) + 1)]
     for key, curve in summary["curves"].items():
@@ -209,7 +239,9 @@ def markdown(summary: dict) -> str:
         for key, values in summary["piou"].items():
             lines.append(f"| {key} | " + " | ".join(_fmt(_at(summary, values, c)) for c in TABLE_COVERAGES) + " |")
     if summary["strength_precision"]:
-        lines += ["", f"Strength vs precision at coverage {s['reference_coverage']:.0%} (Table II):", "",
+        where = (f"at coverage {s['reference_coverage']:.0%}, one point per segment" if s["estimator"] == "reference"
+                 else "one point per coverage level (mean strength, mean precision)")
+        lines += ["", f"Strength vs precision, {where} (Table II):", "",
                   "| explanation | Pearson r | p-value | n |", "|---|---|---|---|"]
         for key, c in summary["strength_precision"].items():
             p = "-" if c["p_value"] is None else f"{c['p_value']:.2g}"

@@ -40,12 +40,43 @@ from galore.options import ExplainOptions, Kind
 from .cub import Cub, PartPoints
 
 DEFAULT_FRACTION = 0.2  # share of (part, class tuple) triplets that are ground-truth insecurities (§VII-A)
-DEFAULT_COVERAGES = tuple(round(0.01 * i, 2) for i in range(1, 91))  # the authors' 1 %..90 % sweep
+# Coverage sweeps. The default: 0.5 % (one receptive-field unit of VGG16 at 14 x 14, Table III) then 1 %..90 %.
+# The authors' scripts sweep 1 %..99 % (NeurIPS 2019) and 0.5 %, 1 %..49 % (SCOUT); Table III explains with
+# regions of one receptive-field unit: 0.5 % of the image for VGG16, 2 % for ResNet-50 (7 x 7).
+DEFAULT_COVERAGES = (0.005,) + tuple(round(0.01 * i, 2) for i in range(1, 91))
+COVERAGE_PRESETS: Mapping[str, tuple[float, ...]] = {
+    "default": DEFAULT_COVERAGES,
+    "neurips2019": tuple(round(0.01 * i, 2) for i in range(1, 100)),
+    "scout": (0.005,) + tuple(round(0.01 * i, 2) for i in range(1, 50)),
+    "table3-vgg16": (0.005,),
+    "table3-resnet50": (0.02,),
+}
 MAX_EXACT_TUPLES = 2_000_000  # class V-tuples enumerated for the ground-truth cut; beyond, a seeded sample
 
 # Attribute groups of each CUB-200-2011 part (Wah et al. 2011). A part missing here uses every group whose name
 # holds the part's name (e.g. part "crest" -> "has_crest_color"); a part with no group never is ground truth.
-CUB_PART_GROUPS: Mapping[str, tuple[str, ...]] = {
+# AUTHORS_PART_GROUPS (the default) is the authors' mapping: the attribute column ranges of each part in
+# ``create_similarityMatrix_cls_part_cub.py`` (Deliberative-explanation), by group name. OUR_PART_GROUPS is the
+# earlier mapping of this project (upperparts / underparts colour describe back / belly; eyes and throat without
+# the head pattern; crown without the forehead colour), kept as an option (``--part-mapping ours``).
+AUTHORS_PART_GROUPS: Mapping[str, tuple[str, ...]] = {
+    "back": ("has_back_color", "has_back_pattern"),
+    "beak": ("has_bill_shape", "has_bill_length", "has_bill_color"),
+    "belly": ("has_belly_color", "has_belly_pattern"),
+    "breast": ("has_breast_pattern", "has_breast_color"),
+    "crown": ("has_head_pattern", "has_forehead_color", "has_crown_color"),
+    "forehead": ("has_head_pattern", "has_forehead_color"),
+    "left eye": ("has_eye_color", "has_head_pattern"),
+    "right eye": ("has_eye_color", "has_head_pattern"),
+    "left leg": ("has_leg_color",),
+    "right leg": ("has_leg_color",),
+    "left wing": ("has_wing_color", "has_wing_shape", "has_wing_pattern"),
+    "right wing": ("has_wing_color", "has_wing_shape", "has_wing_pattern"),
+    "nape": ("has_nape_color",),
+    "tail": ("has_tail_shape", "has_upper_tail_color", "has_under_tail_color", "has_tail_pattern"),
+    "throat": ("has_head_pattern", "has_throat_color"),
+}
+OUR_PART_GROUPS: Mapping[str, tuple[str, ...]] = {
     "back": ("has_back_color", "has_back_pattern", "has_upperparts_color"),
     "beak": ("has_bill_shape", "has_bill_length", "has_bill_color"),
     "belly": ("has_belly_color", "has_belly_pattern", "has_underparts_color"),
@@ -62,6 +93,8 @@ CUB_PART_GROUPS: Mapping[str, tuple[str, ...]] = {
     "tail": ("has_tail_shape", "has_upper_tail_color", "has_under_tail_color", "has_tail_pattern"),
     "throat": ("has_throat_color",),
 }
+PART_MAPPINGS: Mapping[str, Mapping[str, tuple[str, ...]]] = {"authors": AUTHORS_PART_GROUPS, "ours": OUR_PART_GROUPS}
+CUB_PART_GROUPS = AUTHORS_PART_GROUPS  # the default
 
 
 class CounterUser(enum.Enum):
@@ -244,19 +277,29 @@ def sweep(values: np.ndarray, cells: np.ndarray, counts: np.ndarray) -> Sweep:
 
 
 def precision_recall(inside: np.ndarray, gt: np.ndarray, seen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """inside (L, K), gt (K,), seen (K,) -> P (L,), R (L,); NaN where undefined (no part in r / no GT part seen)."""
+    """inside (L, K), gt (K,), seen (K,) -> P (L,), R (L,); NaN where undefined. A segment with no ground-truth
+    part it could see (gt & seen empty) has P = R = NaN at every level and leaves the means, as in the authors'
+    code (``continue`` in the NeurIPS 2019 script, NaN in SCOUT), instead of P = 0; otherwise P is NaN only
+    where the region holds no part."""
     hits = (inside & gt).sum(1).astype(np.float64)
     found = inside.sum(1)
     wanted = int((gt & seen).sum())
+    if not wanted:
+        return np.full(len(hits), np.nan), np.full(len(hits), np.nan)
     precision = np.where(found > 0, hits / np.maximum(found, 1), np.nan)
-    recall = hits / wanted if wanted else np.full(len(hits), np.nan)
-    return precision, recall
+    return precision, hits / wanted
 
 
-def part_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Eq. (24) per level: a, b (L, K) part ids in the two regions -> |a & b| / |a | b| (NaN when both empty)."""
+def part_iou(a: np.ndarray, b: np.ndarray, seen_a: np.ndarray | None = None, seen_b: np.ndarray | None = None
+             ) -> np.ndarray:
+    """Eq. (24) per level, with the authors' rules (SCOUT's ``cf_PIoU_*``): a, b (L, K) part ids in the query and
+    exemplar regions; only parts visible in BOTH images count (seen_a & seen_b, (K,)); |a & b| / |a | b|, NaN
+    unless both regions hold such a part."""
+    both = np.ones(a.shape[-1], bool) if seen_a is None else seen_a & seen_b
+    a, b = a & both, b & both
     union = (a | b).sum(1)
-    return np.where(union > 0, (a & b).sum(1) / np.maximum(union, 1), np.nan)
+    defined = (a.sum(1) > 0) & (b.sum(1) > 0)
+    return np.where(defined, (a & b).sum(1) / np.maximum(union, 1), np.nan)
 
 
 def pearson(x: Sequence[float], y: Sequence[float]) -> tuple[float, float, int]:
@@ -301,6 +344,7 @@ def _betainc(a: float, b: float, x: float) -> float:
 
 
 # ---- the protocol ------------------------------------------------------------------------------------------------
+ESTIMATORS = ("reference", "pooled")
 @dataclass(frozen=True)
 class ProxySettings:
     """One run of the protocol. ``options``: the attribution settings under test (attribution, score, target,
@@ -321,8 +365,15 @@ class ProxySettings:
     hardest: int | None = None
     batch_size: int = 8
     seed: int = 0
+    part_mapping: str = "authors"  # PART_MAPPINGS key
+    estimator: str = "reference"  # Table II: "reference" (one point per segment at the reference coverage) or
+    #                               "pooled" (one point per coverage level: mean strength, mean precision)
 
     def __post_init__(self):
+        if self.part_mapping not in PART_MAPPINGS:
+            raise InvalidArgument("part_mapping", f"choose {' or '.join(PART_MAPPINGS)}, got {self.part_mapping!r}")
+        if self.estimator not in ESTIMATORS:
+            raise InvalidArgument("estimator", f"choose {' or '.join(ESTIMATORS)}, got {self.estimator!r}")
         if not self.coverages or any(not 0.0 < c <= 1.0 for c in self.coverages):
             raise InvalidArgument("coverages", f"each must be in (0, 1], got {list(self.coverages)}")
         if not self.counter_dims or any(d < 1 for d in self.counter_dims):
@@ -363,6 +414,7 @@ class Segment:
     strength: np.ndarray
     inside: np.ndarray
     pair: int = -1  # counterfactual: index of its explanation, shared by its sides
+    seen: np.ndarray | None = None  # (K,) parts visible in the crop of this side's image
 
 
 @dataclass
@@ -378,39 +430,59 @@ class ProxyReport:
     def groups(self) -> list[tuple[str, int]]:
         return sorted({(s.kind, s.dim) for s in self.segments}, key=lambda g: (_KIND_ORDER.index(g[0]), g[1]))
 
-    def curve(self, kind: str, dim: int) -> dict[str, list]:
-        segs = [s for s in self.segments if s.kind == kind and s.dim == dim]
+    def curve(self, kind: str, dim: int, side: str | None = None) -> dict[str, list]:
+        """Mean P and R per coverage over the segments of (kind, dim); a counterfactual's sides apart: ``side``
+        "query" (the default for counterfactuals, as SCOUT scores them) or "exemplar"."""
+        if side is None and kind == "counterfactual":
+            side = "query"
+        segs = [s for s in self.segments if s.kind == kind and s.dim == dim and (side is None or s.side == side)]
         p = np.array([s.precision for s in segs]).reshape(len(segs), -1)
         r = np.array([s.recall for s in segs]).reshape(len(segs), -1)
         return {"precision": _nanmean(p), "recall": _nanmean(r), "segments": len(segs),
                 "precision_defined": (~np.isnan(p)).sum(0).tolist(), "recall_defined": (~np.isnan(r)).sum(0).tolist()}
 
     def piou(self, dim: int) -> list[float | None]:
-        """Mean PIoU per coverage over every (query, exemplar side) pair of the counterfactuals with ``dim``."""
+        """Mean PIoU per coverage over every (query, exemplar side) pair of the counterfactuals with ``dim``; the
+        authors' rules (``part_iou``): parts visible in both images only, NaN (left out) unless both regions
+        hold one."""
         by_pair: dict[int, list[Segment]] = {}
         for s in self.segments:
             if s.kind == "counterfactual" and s.dim == dim:
                 by_pair.setdefault(s.pair, []).append(s)
-        rows = [part_iou(q.inside, e.inside) for segs in by_pair.values()
+        rows = [part_iou(q.inside, e.inside, q.seen, e.seen) for segs in by_pair.values()
                 for q in segs if q.side == "query" for e in segs if e.side == "exemplar"]
         return _nanmean(np.array(rows).reshape(len(rows), len(self.settings.coverages)))
 
-    def correlation(self, kind: str, dim: int) -> dict[str, float | int | None]:
-        """Table II: Pearson r between strength and precision at the reference coverage. A counterfactual is one
-        explanation: its strength is eq. (16)/(17) (the mean over its sides) against the mean precision of its
-        sides."""
-        level = _level(self.settings)
+    def correlation(self, kind: str, dim: int, estimator: str | None = None) -> dict[str, float | int | None]:
+        """Table II: Pearson r between strength and precision. ``reference`` (default): one point per segment at
+        the reference coverage; ``pooled``: one point per coverage level, (mean strength, mean precision) over the
+        segments (our reading of the authors' pooling: the paper's (r, p) pairs imply 13-16 points). A
+        counterfactual is one explanation: its strength is eq. (16)/(17) (the mean over its sides), against the
+        precision of its query side."""
+        estimator = estimator or self.settings.estimator
         segs = [s for s in self.segments if s.kind == kind and s.dim == dim]
         if kind == "counterfactual":
             pairs: dict[int, list[Segment]] = {}
             for s in segs:
                 pairs.setdefault(s.pair, []).append(s)
-            points = [(np.mean([s.strength[level] for s in ss]), np.nanmean([s.precision[level] for s in ss]))
-                      for ss in pairs.values() if not all(np.isnan(s.precision[level]) for s in ss)]
+            strength = np.array([np.mean([s.strength for s in ss], axis=0) for ss in pairs.values()])
+            precision = np.array([next(s.precision for s in ss if s.side == "query") for ss in pairs.values()])
         else:
-            points = [(s.strength[level], s.precision[level]) for s in segs if not np.isnan(s.precision[level])]
-        r, p, n = pearson([a for a, _ in points], [b for _, b in points])
-        return {"pearson": _num(r), "p_value": _num(p), "n": n}
+            strength = np.array([s.strength for s in segs])
+            precision = np.array([s.precision for s in segs])
+        L = len(self.settings.coverages)
+        strength, precision = strength.reshape(-1, L), precision.reshape(-1, L)
+        if estimator == "pooled":
+            defined = ~np.isnan(precision)
+            levels = defined.any(0)
+            xs = [float(strength[defined[:, l], l].mean()) for l in np.flatnonzero(levels)]
+            ys = [float(precision[defined[:, l], l].mean()) for l in np.flatnonzero(levels)]
+        else:
+            level = _level(self.settings)
+            keep = ~np.isnan(precision[:, level])
+            xs, ys = strength[keep, level].tolist(), precision[keep, level].tolist()
+        r, p, n = pearson(xs, ys)
+        return {"pearson": _num(r), "p_value": _num(p), "n": n, "estimator": estimator}
 
     def summary(self) -> dict:
         s = self.settings
@@ -420,7 +492,12 @@ class ProxyReport:
                             "counter_dims": list(s.counter_dims), "counter_user": s.counter_user.value,
                             "attributive_classes": s.attributive_classes, "fraction": s.fraction,
                             "smoothing": s.smoothing, "split": s.split, "limit": s.limit, "hardest": s.hardest,
-                            "reference_coverage": s.reference, "seed": s.seed},
+                            "reference_coverage": s.reference, "seed": s.seed, "part_mapping": s.part_mapping,
+                            "estimator": s.estimator,
+                            "rules": {"precision without a visible ground-truth part": "NaN (authors' code)",
+                                      "PIoU": "parts visible in both images; NaN unless both regions hold one "
+                                              "(SCOUT)",
+                                      "counterfactual P/R": "query side; exemplar side apart (SCOUT)"}},
                "images": len(self.images), "failures": {str(k): v for k, v in self.failures.items()},
                "ground_truth_cut": {str(v): c for v, c in self.cut.items()},
                "coverages": list(s.coverages), "curves": {}, "piou": {}, "strength_precision": {}}
@@ -431,6 +508,7 @@ class ProxyReport:
                 out["strength_precision"][key] = self.correlation(kind, dim)
             if kind == "counterfactual":
                 out["piou"][key] = self.piou(dim)
+                out["curves"][f"{key}/exemplar"] = self.curve(kind, dim, "exemplar")
         return out
 
 
@@ -471,7 +549,8 @@ def run_protocol(engine, cub: Cub, settings: ProxySettings = ProxySettings(),
     if max(settings.counter_dims) >= cub.num_classes:
         raise InvalidArgument("counter_dims", f"{max(settings.counter_dims)} counter classes need more than "
                                               f"{cub.num_classes} classes")
-    gt = GroundTruth.of(cub, settings.fraction, settings.smoothing, seed=settings.seed)
+    gt = GroundTruth.of(cub, settings.fraction, settings.smoothing, PART_MAPPINGS[settings.part_mapping],
+                        seed=settings.seed)
     base = replace(settings.options, include_heatmaps=True)
     ids = select_images(cub, settings)
     failures: dict[int, str] = {}
@@ -553,7 +632,8 @@ def _score(engine, cub: Cub, gt: GroundTruth, settings: ProxySettings, image_id:
         values = working_values(engine.grid, region.heatmap) if values is None else values
         sw = sweep(values, part_cells(where, region.frame), counts)
         p, r = precision_recall(sw.inside, gt_parts, sw.seen)
-        segments.append(Segment(kind, d, image_id, side, tuple(classes), p, r, sw.strength, sw.inside, pair_id))
+        segments.append(Segment(kind, d, image_id, side, tuple(classes), p, r, sw.strength, sw.inside, pair_id,
+                                sw.seen))
 
     y = result.top_classes[0].class_id
     for kind, att in (("attributive", result.attributive), ("self_aware", result.self_aware)):

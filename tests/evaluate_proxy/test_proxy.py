@@ -91,6 +91,68 @@ def test_precision_recall_and_part_iou_by_hand():
     other = np.array([[False, True, False], [True, False, False], [False, False, False]])
     iou = proxy.part_iou(inside, other)
     assert iou[:2].tolist() == [0.0, 0.5] and math.isnan(iou[2])
+    # no ground-truth part the model could see (the only GT part, throat, is not seen): P = R = NaN at every
+    # level, even where the region holds parts (the authors skip such segments; P = 0 before)
+    p, r = proxy.precision_recall(inside, np.array([False, False, True]), seen)
+    assert np.isnan(p).all() and np.isnan(r).all()
+
+
+def test_part_iou_authors_rules_by_hand():
+    """SCOUT's cf_PIoU: parts not visible in BOTH images are dropped; NaN unless both regions hold a part."""
+    query = np.array([[True, True, False, False],  # beak, tail
+                      [True, False, False, False],  # beak only
+                      [False, False, True, False],  # throat (not visible in the exemplar)
+                      [False, False, False, False]])
+    exemplar = np.array([[True, False, True, False],  # beak, throat
+                         [False, False, False, True],  # wing (not visible in the query)
+                         [True, False, False, False],
+                         [True, False, False, False]])
+    seen_q = np.array([True, True, True, False])
+    seen_e = np.array([True, True, False, True])
+    iou = proxy.part_iou(query, exemplar, seen_q, seen_e)
+    # level 0: both = {beak, tail}; query {beak, tail}, exemplar {beak} -> 1/2
+    assert iou[0] == 0.5
+    # level 1: the exemplar's wing is not visible in the query -> exemplar empty -> NaN (was 0: |{}|/|{beak, wing}|)
+    # level 2: the query's throat is not visible in the exemplar -> query empty -> NaN
+    # level 3: the query region holds no part -> NaN (was 0)
+    assert np.isnan(iou[1:]).all()
+    assert proxy.part_iou(query, exemplar)[1] == 0.0  # without the visibility masks: plain IoU of the ids
+
+
+def test_table2_estimators_by_hand():
+    """reference: one point per segment at the reference coverage; pooled: one point per coverage level
+    (mean strength, mean precision over the segments whose P is defined there)."""
+    settings = proxy.ProxySettings(options=ExplainOptions(threshold=Threshold(coverage=0.2)),
+                                   coverages=(0.1, 0.2, 0.3))
+    nan = float("nan")
+    strengths = [(3.0, 2.0, 1.0), (5.0, 4.0, 2.0), (1.0, 1.5, 0.5), (2.0, 2.5, 0.2)]
+    precisions = [(1.0, 0.5, nan), (0.5, 1.0, 0.25), (0.0, 0.0, 0.5), (nan, 0.25, 0.75)]
+    segs = [proxy.Segment("deliberative", 2, i, "query", (0, 1), np.array(p), np.array(p), np.array(st),
+                          np.zeros((3, 1), bool)) for i, (st, p) in enumerate(zip(strengths, precisions))]
+    report = proxy.ProxyReport(settings, [0, 1, 2, 3], segs, {}, {})
+    from scipy import stats
+    ref = stats.pearsonr([2.0, 4.0, 1.5, 2.5], [0.5, 1.0, 0.0, 0.25])
+    got = report.correlation("deliberative", 2)
+    assert got["estimator"] == "reference" and got["n"] == 4 and got["pearson"] == pytest.approx(ref.statistic)
+    xs = [np.mean([3.0, 5.0, 1.0]), np.mean([2.0, 4.0, 1.5, 2.5]), np.mean([2.0, 0.5, 0.2])]
+    ys = [np.mean([1.0, 0.5, 0.0]), np.mean([0.5, 1.0, 0.0, 0.25]), np.mean([0.25, 0.5, 0.75])]
+    pooled = report.correlation("deliberative", 2, "pooled")
+    assert pooled["n"] == 3 and pooled["pearson"] == pytest.approx(stats.pearsonr(xs, ys).statistic)
+
+
+def test_coverage_presets_and_part_mappings():
+    assert proxy.DEFAULT_COVERAGES[:3] == (0.005, 0.01, 0.02) and proxy.DEFAULT_COVERAGES[-1] == 0.9
+    assert proxy.COVERAGE_PRESETS["table3-vgg16"] == (0.005,) and proxy.COVERAGE_PRESETS["table3-resnet50"] == (0.02,)
+    assert proxy.COVERAGE_PRESETS["scout"][:2] == (0.005, 0.01) and proxy.COVERAGE_PRESETS["scout"][-1] == 0.49
+    authors, ours = proxy.AUTHORS_PART_GROUPS, proxy.OUR_PART_GROUPS
+    assert proxy.CUB_PART_GROUPS is authors and set(authors) == set(ours)
+    differ = {part for part in authors if set(authors[part]) != set(ours[part])}
+    assert differ == {"back", "belly", "crown", "left eye", "right eye", "throat"}
+    assert "has_head_pattern" in authors["throat"] and "has_upperparts_color" not in authors["back"]
+    with pytest.raises(InvalidArgument, match="part_mapping"):
+        proxy.ProxySettings(part_mapping="mine")
+    with pytest.raises(InvalidArgument, match="estimator"):
+        proxy.ProxySettings(estimator="median")
 
 
 def test_pearson_p_value_matches_scipy():
@@ -158,13 +220,14 @@ def test_protocol_end_to_end_hand_numbers(cub_root, cub_engine):
             assert seg.inside[half].tolist() == [False, tail_seen, False]
         if tail_seen:
             ab = pairs[frozenset({A, B})]
-            assert ab.precision[half] == 0.0
-            if image == 6:  # its beak (the only GT part of A, B) lies outside the crop: recall undefined
-                assert math.isnan(ab.recall[half])
+            if image == 6:  # its beak (the only GT part of A, B) lies outside the crop: P and R undefined (NaN)
+                assert math.isnan(ab.precision[half]) and math.isnan(ab.recall[half])
             else:
-                assert ab.recall[half] == 0.0
+                assert (ab.precision[half], ab.recall[half]) == (0.0, 0.0)
             assert (pairs[frozenset({B, C})].precision[half], pairs[frozenset({B, C})].recall[half]) == (1.0, 1.0)
-            assert pairs[frozenset({A, C})].precision[half] == 0.0 and math.isnan(pairs[frozenset({A, C})].recall[half])
+            # (A, C) has no ground-truth part: NaN, not P = 0 (the authors skip such segments)
+            assert math.isnan(pairs[frozenset({A, C})].precision[half])
+            assert math.isnan(pairs[frozenset({A, C})].recall[half])
         (triple,) = by[("deliberative", 3, image, "query")]
         seen = sum(1 for x, y, v in LOCS[image] if v and 16 <= x < 112)
         assert triple.recall[half] == pytest.approx((1 if tail_seen else 0) / seen)
@@ -174,17 +237,21 @@ def test_protocol_end_to_end_hand_numbers(cub_root, cub_engine):
             truth = INSECURE[frozenset(s.classes)]
         else:
             truth = discriminant(s.classes[0], s.classes[1:])
-        image = s.image_id if s.side == "query" else None
+        if s.side == "query":
+            seen = {k for k, (x, y, v) in enumerate(LOCS[s.image_id]) if v and 16 <= x < 112}
+            assert seen == set(np.flatnonzero(s.seen))
+        else:
+            seen = set(np.flatnonzero(s.seen))
         for level in range(3):
             found = set(np.flatnonzero(s.inside[level]))
-            if found:
+            if found and truth & seen:
                 assert s.precision[level] == pytest.approx(len(found & truth) / len(found))
-            else:
+            else:  # no part in the region, or no ground-truth part visible: undefined
                 assert math.isnan(s.precision[level])
-            if image is not None:
-                seen = {k for k, (x, y, v) in enumerate(LOCS[image]) if v and 16 <= x < 112}
-                if truth & seen:
-                    assert s.recall[level] == pytest.approx(len(found & truth) / len(truth & seen))
+            if truth & seen:
+                assert s.recall[level] == pytest.approx(len(found & truth) / len(truth & seen))
+            else:
+                assert math.isnan(s.recall[level])
     summary = report.summary()
     for dim in (1, 2):
         pairs = {}
@@ -196,17 +263,25 @@ def test_protocol_end_to_end_hand_numbers(cub_root, cub_engine):
         for segs in pairs.values():
             (q,) = [s for s in segs if s.side == "query"]
             for e in (s for s in segs if s.side == "exemplar"):
-                a, b = set(np.flatnonzero(q.inside[half])), set(np.flatnonzero(e.inside[half]))
-                if a | b:
+                both = set(np.flatnonzero(q.seen & e.seen))  # the authors' PIoU: parts visible in both images
+                a, b = set(np.flatnonzero(q.inside[half])) & both, set(np.flatnonzero(e.inside[half])) & both
+                if a and b:  # NaN (left out) unless both regions hold such a part
                     ious.append(len(a & b) / len(a | b))
-        assert summary["piou"][f"counterfactual/{dim}"][half] == pytest.approx(np.mean(ious))
+        assert ious and summary["piou"][f"counterfactual/{dim}"][half] == pytest.approx(np.mean(ious))
+        # counterfactual P/R: the query side; the exemplar side apart
+        queries = [s for ss in pairs.values() for s in ss if s.side == "query"]
+        assert summary["curves"][f"counterfactual/{dim}"]["segments"] == len(queries) == 6
+        assert summary["curves"][f"counterfactual/{dim}/exemplar"]["segments"] == sum(
+            1 for ss in pairs.values() for s in ss if s.side == "exemplar")
     from scipy import stats
 
     segs = [s for s in report.segments if s.kind == "deliberative" and s.dim == 2]
     pts = [(s.strength[half], s.precision[half]) for s in segs if not math.isnan(s.precision[half])]
     ref = stats.pearsonr(*zip(*pts))
     got = summary["strength_precision"]["deliberative/2"]
-    assert got["n"] == len(pts) == len(segs) - 3  # image 4's three insecurities hold no part (no visible tail)
+    # image 4's three insecurities hold no part (no visible tail); every (A, C) pair has no ground-truth part;
+    # image 6's (A, B) has its only ground-truth part (the beak) outside the crop
+    assert got["n"] == len(pts) == len(segs) - 3 - 5 - 1
     assert got["pearson"] == pytest.approx(ref.statistic) and got["p_value"] == pytest.approx(ref.pvalue)
     assert summary["curves"]["attributive/1"]["precision"][half] == pytest.approx((0.5 * 5 + 1.0) / 6)
     assert summary["ground_truth_cut"] == {"2": pytest.approx(1.0), "3": pytest.approx(1 / 3)}
