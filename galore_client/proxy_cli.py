@@ -74,6 +74,10 @@ def add_parser(evaluate_commands) -> argparse.ArgumentParser:
                     help="coverages swept: a preset (" + ", ".join(COVERAGE_PRESETS) + "; default: 0.5 %% then "
                          "1 %%..90 %%; table3-*: Table III's one receptive-field unit) or a comma list of fractions; "
                          "must hold --coverage")
+    pr.add_argument("--geometry", choices=("resize", "crop"), default=s.geometry,
+                    help=f"what the model sees (default {s.geometry}: the whole image resized to the crop side, as "
+                         "the authors' NeurIPS 2019 script; crop: resize the short side and centre-crop, where parts "
+                         "outside the crop are never seen)")
     pr.add_argument("--part-mapping", choices=tuple(PART_MAPPINGS), default=s.part_mapping,
                     help=f"attribute groups of each part (default {s.part_mapping}: the authors' "
                          "create_similarityMatrix_cls_part_cub.py)")
@@ -135,7 +139,7 @@ def settings_of(args: argparse.Namespace):
                              normalize=args.normalize, ig_steps=args.ig_steps, top_e=args.top_e,
                              dims=tuple(sorted(args.dims)), threshold=Threshold(coverage=args.coverage))
     return ProxySettings(options=options, coverages=_coverages(args.coverages), part_mapping=args.part_mapping,
-                         estimator=args.estimator, counter_dims=tuple(args.counter_dims),
+                         estimator=args.estimator, geometry=args.geometry, counter_dims=tuple(args.counter_dims),
                          counter_user=CounterUser(args.counter_user), attributive_classes=args.attributive_classes,
                          fraction=args.fraction, split=args.split, limit=args.limit, hardest=args.hardest,
                          batch_size=args.batch_size, seed=args.seed)
@@ -158,8 +162,7 @@ def run(args: argparse.Namespace) -> int:
                 raise CliError(f"{flag}: {path} does not exist", EXIT_BAD_INPUT)
         if bool(args.hardness_arch) != bool(args.hardness_state_dict):
             raise CliError("--hardness-arch and --hardness-state-dict go together", EXIT_BAD_INPUT)
-        engine = Engine.from_torchvision(args.arch, list(cub.class_names), args.state_dict, args.layer,
-                                         args.hardness_arch, args.hardness_state_dict, device=args.device)
+        engine = _engine(args, settings.geometry, list(cub.class_names))
         total = len(select_images(cub, settings))
         bar = _bar(total if not settings.hardest else min(total, settings.hardest), args.no_progress)
         report = run_protocol(engine, cub, settings, progress=bar.update)
@@ -187,12 +190,28 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _engine(args: argparse.Namespace, geometry: str, labels: list[str]):
+    """The classifier; for geometry "resize" its preprocessing resizes to the crop side, so it sees every pixel."""
+    from dataclasses import replace
+
+    from galore import Engine, zoo
+
+    if geometry == "crop":
+        return Engine.from_torchvision(args.arch, labels, args.state_dict, args.layer, args.hardness_arch,
+                                       args.hardness_state_dict, device=args.device)
+    prep = replace(zoo.IMAGENET_PREPROCESS, resize=zoo.IMAGENET_PREPROCESS.crop)
+    hardness = (zoo.torchvision_classifier(args.hardness_arch, 1, args.hardness_state_dict) if args.hardness_arch
+                else None)
+    return Engine.from_module(args.arch, zoo.torchvision_classifier(args.arch, len(labels), args.state_dict), labels,
+                              prep, args.layer, hardness, device=args.device)
+
+
 def _flag(field: str) -> str:
     """The command-line spelling of the field an error names: a flag, or CUB_ROOT and the file for the data."""
     name = field.removeprefix("options.").split(".")[0]
     if field in ("options.threshold.coverage", "options.threshold"):
         return "--coverage"
-    if field in ("coverages", "part_mapping", "estimator"):
+    if field in ("coverages", "part_mapping", "estimator", "geometry"):
         return "--" + field.replace("_", "-")
     if name in ("attribution", "score", "target", "top_e", "dims", "ig_steps", "counter_dims", "counter_user",
                 "attributive_classes", "fraction", "split", "limit", "hardest", "batch_size", "arch", "layer"):
@@ -223,7 +242,7 @@ def markdown(summary: dict) -> str:
     s = summary["settings"]
     lines = [f"Proxy protocol: {summary['images']} images ({s['split']} split), attribution {s['attribution']}, "
              f"score {s['score']}, target {s['target']}, clip {s['clip_negative']}, normalize {s['normalize']}, "
-             f"counter classes: {s['counter_user']}; part mapping {s['part_mapping']}; Table II estimator "
+             f"counter classes: {s['counter_user']}; geometry {s['geometry']}; part mapping {s['part_mapping']}; Table II estimator "
              f"{s['estimator']}; coverages {summary['coverages'][0]:.1%}..{summary['coverages'][-1]:.0%} "
              f"({len(summary['coverages'])} levels).", "",
              "Rules: " + "; ".join(f"{k}: {v}" for k, v in s["rules"].items()) + ".", "",

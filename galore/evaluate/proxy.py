@@ -345,6 +345,11 @@ def _betainc(a: float, b: float, x: float) -> float:
 
 # ---- the protocol ------------------------------------------------------------------------------------------------
 ESTIMATORS = ("reference", "pooled")
+# Image geometry: "resize" squeezes the whole image to the model's crop side (crop x crop, as the authors'
+# NeurIPS 2019 script, cv2.resize to 224 x 224: every part is seen; the engine must then resize to its crop side,
+# Preprocess(resize=crop)); "crop" is the engine's own resize + centre crop (SCOUT's query side resizes to
+# 255 x 255 then crops 224), where parts outside the crop are never seen.
+GEOMETRIES = ("resize", "crop")
 @dataclass(frozen=True)
 class ProxySettings:
     """One run of the protocol. ``options``: the attribution settings under test (attribution, score, target,
@@ -365,6 +370,7 @@ class ProxySettings:
     hardest: int | None = None
     batch_size: int = 8
     seed: int = 0
+    geometry: str = "resize"  # GEOMETRIES
     part_mapping: str = "authors"  # PART_MAPPINGS key
     estimator: str = "reference"  # Table II: "reference" (one point per segment at the reference coverage) or
     #                               "pooled" (one point per coverage level: mean strength, mean precision)
@@ -372,6 +378,8 @@ class ProxySettings:
     def __post_init__(self):
         if self.part_mapping not in PART_MAPPINGS:
             raise InvalidArgument("part_mapping", f"choose {' or '.join(PART_MAPPINGS)}, got {self.part_mapping!r}")
+        if self.geometry not in GEOMETRIES:
+            raise InvalidArgument("geometry", f"choose {' or '.join(GEOMETRIES)}, got {self.geometry!r}")
         if self.estimator not in ESTIMATORS:
             raise InvalidArgument("estimator", f"choose {' or '.join(ESTIMATORS)}, got {self.estimator!r}")
         if not self.coverages or any(not 0.0 < c <= 1.0 for c in self.coverages):
@@ -493,7 +501,7 @@ class ProxyReport:
                             "attributive_classes": s.attributive_classes, "fraction": s.fraction,
                             "smoothing": s.smoothing, "split": s.split, "limit": s.limit, "hardest": s.hardest,
                             "reference_coverage": s.reference, "seed": s.seed, "part_mapping": s.part_mapping,
-                            "estimator": s.estimator,
+                            "estimator": s.estimator, "geometry": s.geometry,
                             "rules": {"precision without a visible ground-truth part": "NaN (authors' code)",
                                       "PIoU": "parts visible in both images; NaN unless both regions hold one "
                                               "(SCOUT)",
@@ -532,6 +540,38 @@ def _num(x: float) -> float | None:
     return None if math.isnan(x) else float(x)
 
 
+class View:
+    """The images as the protocol shows them to the engine, with their part points in the same pixels."""
+
+    def __init__(self, cub: Cub, preprocess, geometry: str):
+        if geometry == "resize" and preprocess.resize != preprocess.crop:
+            raise InvalidArgument("geometry", f"whole-image resize needs an engine that resizes to its crop side "
+                                              f"(Preprocess(resize={preprocess.crop}, crop={preprocess.crop})), this one "
+                                              f"resizes to {preprocess.resize} and crops {preprocess.crop}: build it so "
+                                              "(the CLI does) or use geometry 'crop'")
+        self.cub, self.side, self.geometry = cub, preprocess.crop, geometry
+        self._sizes: dict[int, tuple[int, int]] = {}  # image id -> original (H, W)
+
+    def image(self, image_id: int) -> torch.Tensor:
+        """(3, H, W) uint8: the original ("crop") or the whole image resized to side x side ("resize")."""
+        image = self.cub.image(image_id)
+        self._sizes[image_id] = tuple(image.shape[1:])
+        if self.geometry == "crop":
+            return image
+        import torchvision.transforms.v2.functional as TF
+        return TF.resize(image, [self.side, self.side], antialias=True)
+
+    def points(self, image_id: int) -> PartPoints:
+        """Part points in the pixels of ``image(image_id)``."""
+        points = self.cub.part_points[image_id]
+        if self.geometry == "crop":
+            return points
+        if image_id not in self._sizes:
+            self.image(image_id)
+        h, w = self._sizes[image_id]
+        return PartPoints(points.xy * np.array([self.side / w, self.side / h]), points.visible)
+
+
 def select_images(cub: Cub, settings: ProxySettings) -> list[int]:
     ids = {"test": cub.test_ids, "train": cub.train_ids, "all": cub.image_ids}[settings.split]
     return list(ids[:settings.limit] if settings.limit else ids)
@@ -549,13 +589,14 @@ def run_protocol(engine, cub: Cub, settings: ProxySettings = ProxySettings(),
     if max(settings.counter_dims) >= cub.num_classes:
         raise InvalidArgument("counter_dims", f"{max(settings.counter_dims)} counter classes need more than "
                                               f"{cub.num_classes} classes")
+    view = View(cub, engine.preprocess, settings.geometry)
     gt = GroundTruth.of(cub, settings.fraction, settings.smoothing, PART_MAPPINGS[settings.part_mapping],
                         seed=settings.seed)
     base = replace(settings.options, include_heatmaps=True)
     ids = select_images(cub, settings)
     failures: dict[int, str] = {}
     ranks = min(cub.num_classes, max(base.top_e, max(settings.counter_dims) + 1))
-    top = _predict(engine, cub, ids, replace(base, kinds=frozenset(), top_k=ranks), settings.batch_size, failures)
+    top = _predict(engine, view, ids, replace(base, kinds=frozenset(), top_k=ranks), settings.batch_size, failures)
     ids = [i for i in ids if i in top]
     if settings.hardest:
         ids = sorted(ids, key=lambda i: (top[i][1], i))[:settings.hardest]
@@ -563,7 +604,7 @@ def run_protocol(engine, cub: Cub, settings: ProxySettings = ProxySettings(),
     pair = 0
     for start in range(0, len(ids), settings.batch_size):
         batch = ids[start:start + settings.batch_size]
-        images = {i: cub.image(i) for i in batch}
+        images = {i: view.image(i) for i in batch}
         for n, dim in enumerate(settings.counter_dims):
             kinds = frozenset(Kind) if n == 0 else frozenset({Kind.COUNTERFACTUAL})
             requests, exemplar_ids = [], []
@@ -574,27 +615,27 @@ def run_protocol(engine, cub: Cub, settings: ProxySettings = ProxySettings(),
                 exemplar_ids.append(chosen)
                 deliberation = max(math.comb(base.top_e, v) for v in base.dims)
                 opts = replace(base, kinds=kinds, counter_classes=counters, max_insecurities=deliberation)
-                requests.append(ImageRequest(images[i], opts, {c: cub.image(e) for c, e in chosen.items()},
+                requests.append(ImageRequest(images[i], opts, {c: view.image(e) for c, e in chosen.items()},
                                              tag=f"cub image {i}"))
             for i, chosen, result in zip(batch, exemplar_ids, engine.explain(requests)):
                 if not result.ok:
                     failures[i] = f"{result.error.code}: {result.error}"
                     continue
-                pair = _score(engine, cub, gt, settings, i, chosen, result, dim, segments, pair)
+                pair = _score(engine, view, gt, settings, i, chosen, result, dim, segments, pair)
         if progress:
             progress(len(batch))
     return ProxyReport(settings, ids, segments, failures,
                        {v: gt.cut(v) for v in sorted({2, *base.dims} & set(range(2, cub.num_classes + 1)))})
 
 
-def _predict(engine, cub, ids, opts, batch_size, failures) -> dict[int, tuple[list[int], float]]:
+def _predict(engine, view: "View", ids, opts, batch_size, failures) -> dict[int, tuple[list[int], float]]:
     """image id -> (classes ranked by probability, s(x)) from a prediction-only pass with ``opts``."""
     from galore.engine import ImageRequest
 
     out = {}
     for start in range(0, len(ids), batch_size):
         batch = ids[start:start + batch_size]
-        for i, res in zip(batch, engine.explain([ImageRequest(cub.image(i), opts) for i in batch])):
+        for i, res in zip(batch, engine.explain([ImageRequest(view.image(i), opts) for i in batch])):
             if res.ok:
                 out[i] = ([c.class_id for c in res.top_classes], res.score)
             else:
@@ -622,11 +663,12 @@ def _exemplar_id(cub: Cub, class_index: int, seed: int, image_id: int) -> int:
     return int(pool[np.random.default_rng([seed, image_id, class_index]).integers(len(pool))])
 
 
-def _score(engine, cub: Cub, gt: GroundTruth, settings: ProxySettings, image_id: int, chosen: dict[int, int],
+def _score(engine, view: "View", gt: GroundTruth, settings: ProxySettings, image_id: int, chosen: dict[int, int],
            result, dim: int, segments: list[Segment], pair: int) -> int:
     """Appends the scored segments of one result; returns the next counterfactual pair index."""
     wanted = coverage_counts(engine.grid.cells, settings.coverages)
-    points = cub.part_points[image_id]
+    cub = view.cub
+    points = view.points(image_id)
 
     def add(kind, d, side, classes, region, gt_parts, where: PartPoints, counts=wanted, values=None, pair_id=-1):
         values = working_values(engine.grid, region.heatmap) if values is None else values
@@ -657,7 +699,7 @@ def _score(engine, cub: Cub, gt: GroundTruth, settings: ProxySettings, image_id:
         for side, side_values, side_counts in zip(sides, values[1:], counts[1:]):
             rivals = [c for c in counters if c != side.class_id] + [y]
             add("counterfactual", dim, "exemplar", (side.class_id, *rivals), side.region,
-                gt.discriminant_parts(side.class_id, rivals), cub.part_points[chosen[side.class_id]], side_counts,
+                gt.discriminant_parts(side.class_id, rivals), view.points(chosen[side.class_id]), side_counts,
                 side_values, pair)
         pair += 1
     return pair

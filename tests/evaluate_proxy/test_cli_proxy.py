@@ -45,6 +45,7 @@ def test_evaluate_proxy_writes_json_table_and_plot(cub_root, resnet_weights, tmp
                                       "counterfactual/2/exemplar"}
     assert len(summary["curves"]["deliberative/2"]["precision"]) == 91  # 0.5 %, then 1 %..90 %
     assert summary["settings"]["part_mapping"] == "authors" and summary["settings"]["estimator"] == "reference"
+    assert summary["settings"]["geometry"] == "resize" and "geometry resize" in (out / "proxy.md").read_text()
     assert "PIoU" in summary["settings"]["rules"]
     assert set(summary["piou"]) == {"counterfactual/1", "counterfactual/2"}
     assert "Table II" in (out / "proxy.md").read_text()

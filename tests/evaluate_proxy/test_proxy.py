@@ -198,7 +198,7 @@ def test_protocol_end_to_end_hand_numbers(cub_root, cub_engine):
     on its right half (the only cells where 1 - s(x) grows), so at coverage 0.5 the regions are those halves."""
     cub = read_cub(cub_root)
     settings = proxy.ProxySettings(options=ExplainOptions(dims=(2, 3), top_e=3, threshold=Threshold(coverage=0.5)),
-                                   coverages=(0.25, 0.5, 1.0), split="all")
+                                   coverages=(0.25, 0.5, 1.0), split="all", geometry="crop")
     report = proxy.run_protocol(cub_engine, cub, settings)
     assert report.images == [1, 2, 3, 4, 5, 6] and not report.failures
     half = 1
@@ -287,11 +287,35 @@ def test_protocol_end_to_end_hand_numbers(cub_root, cub_engine):
     assert summary["ground_truth_cut"] == {"2": pytest.approx(1.0), "3": pytest.approx(1 / 3)}
 
 
+def test_whole_image_geometry_sees_every_visible_part(cub_root, cub_engine):
+    """geometry "resize" (the default, the authors' NeurIPS 2019 script): the 128 x 96 photo is squeezed to the
+    8 x 8 crop, part (x, y) -> (x / 16, y / 12); every visible part is seen, image 6's beak (x = 5, outside the
+    centre crop) included: its (A, B) insecurity, whose only ground-truth part is that beak, now has P = R = 0
+    (the region holds the tail) instead of NaN."""
+    cub = read_cub(cub_root)
+    opts = ExplainOptions(kinds=frozenset({Kind.DELIBERATIVE}), dims=(2,), top_e=3, threshold=Threshold(coverage=0.5))
+    settings = proxy.ProxySettings(options=opts, coverages=(0.5,), split="all", counter_dims=(1,))
+    assert settings.geometry == "resize"
+    report = proxy.run_protocol(cub_engine, cub, settings)
+    for s in (s for s in report.segments if s.side == "query"):
+        assert s.seen.tolist() == [bool(v) for x, y, v in LOCS[s.image_id]]
+    view = proxy.View(cub, cub_engine.preprocess, "resize")
+    assert view.image(6).shape == (3, 8, 8)
+    np.testing.assert_allclose(view.points(6).xy, [[5 / 16, 20 / 12], [100 / 16, 50 / 12], [40 / 16, 60 / 12]])
+    (ab,) = [s for s in report.segments if s.image_id == 6 and s.kind == "deliberative" and set(s.classes) == {A, B}]
+    assert ab.inside[0].tolist() == [False, True, False]  # the tail (x = 100 -> column 6, the right half)
+    assert (ab.precision[0], ab.recall[0]) == (0.0, 0.0)
+    from galore.preprocess import Preprocess
+    with pytest.raises(InvalidArgument, match="resizes to 256 and crops 224") as err:
+        proxy.View(cub, Preprocess(), "resize")
+    assert err.value.field == "geometry"
+
+
 def test_hardest_and_limit_select_images(cub_root, cub_engine):
     cub = read_cub(cub_root)
     opts = ExplainOptions(kinds=frozenset({Kind.ATTRIBUTIVE}), dims=(2,), top_e=3, threshold=Threshold(coverage=0.5))
     report = proxy.run_protocol(cub_engine, cub, proxy.ProxySettings(options=opts, coverages=(0.5,), hardest=2,
-                                                                      counter_dims=(1,)))
+                                                                      counter_dims=(1,), geometry="crop"))
     scores = {i: cub_engine.explain([ImageRequest(cub.image(i), opts)])[0].score for i in cub.test_ids}
     assert report.images == sorted(scores, key=lambda i: (scores[i], i))[:2]
     with pytest.raises(InvalidArgument, match="coverages"):
