@@ -47,6 +47,10 @@ def add_parser(evaluate_commands) -> argparse.ArgumentParser:
     model.add_argument("--hardness-arch", choices=TORCHVISION_ARCHS, metavar="ARCH", help="hardness predictor (galore "
                                                                           "train-hardness) for --score easiness")
     model.add_argument("--hardness-state-dict", help="the hardness predictor's weights")
+    model.add_argument("--student-arch", choices=TORCHVISION_ARCHS, metavar="ARCH",
+                       help="a second classifier, the simulated user (SCOUT): explain only the images it gets wrong "
+                            "and the model gets right, against its guesses (with --student-state-dict)")
+    model.add_argument("--student-state-dict", help="the student's weights")
     model.add_argument("--device", help="torch device (default: CUDA if present, else CPU)")
     model.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice; 1 is "
                                                    "fastest on a busy machine, see EVALUATION.md)")
@@ -162,10 +166,20 @@ def run(args: argparse.Namespace) -> int:
                 raise CliError(f"{flag}: {path} does not exist", EXIT_BAD_INPUT)
         if bool(args.hardness_arch) != bool(args.hardness_state_dict):
             raise CliError("--hardness-arch and --hardness-state-dict go together", EXIT_BAD_INPUT)
+        if bool(args.student_arch) != bool(args.student_state_dict):
+            raise CliError("--student-arch and --student-state-dict go together", EXIT_BAD_INPUT)
+        if args.student_state_dict and not Path(args.student_state_dict).is_file():
+            raise CliError(f"--student-state-dict: {args.student_state_dict} does not exist", EXIT_BAD_INPUT)
         engine = _engine(args, settings.geometry, list(cub.class_names))
         total = len(select_images(cub, settings))
         bar = _bar(total if not settings.hardest else min(total, settings.hardest), args.no_progress)
-        report = run_protocol(engine, cub, settings, progress=bar.update)
+        student = None
+        if args.student_arch:
+            from argparse import Namespace
+            student = _engine(Namespace(arch=args.student_arch, state_dict=args.student_state_dict, layer=None,
+                                        hardness_arch=None, hardness_state_dict=None, device=args.device),
+                              settings.geometry, list(cub.class_names))
+        report = run_protocol(engine, cub, settings, progress=bar.update, student=student)
         bar.close()
     except GaloreError as exc:
         raise CliError(f"{_flag(exc.field)}: {exc.message}", EXIT_BAD_INPUT) from None

@@ -434,6 +434,7 @@ class ProxyReport:
     segments: list[Segment]
     failures: dict[int, str]
     cut: dict[int, float]
+    student: str | None = None  # the student model's name when the simulated user is a second network
 
     def groups(self) -> list[tuple[str, int]]:
         return sorted({(s.kind, s.dim) for s in self.segments}, key=lambda g: (_KIND_ORDER.index(g[0]), g[1]))
@@ -497,7 +498,8 @@ class ProxyReport:
         out = {"settings": {"attribution": s.options.attribution.value, "score": s.options.score.value,
                             "target": s.options.target.value, "clip_negative": s.options.clip_negative,
                             "normalize": s.options.normalize, "top_e": s.options.top_e, "dims": list(s.options.dims),
-                            "counter_dims": list(s.counter_dims), "counter_user": s.counter_user.value,
+                            "counter_dims": list(s.counter_dims), "counter_user": (f"student {self.student} (teacher right, student wrong; y* the "
+                                                             "true class)" if self.student else s.counter_user.value),
                             "attributive_classes": s.attributive_classes, "fraction": s.fraction,
                             "smoothing": s.smoothing, "split": s.split, "limit": s.limit, "hardest": s.hardest,
                             "reference_coverage": s.reference, "seed": s.seed, "part_mapping": s.part_mapping,
@@ -578,14 +580,19 @@ def select_images(cub: Cub, settings: ProxySettings) -> list[int]:
 
 
 def run_protocol(engine, cub: Cub, settings: ProxySettings = ProxySettings(),
-                 progress: Callable[[int], None] | None = None) -> ProxyReport:
+                 progress: Callable[[int], None] | None = None, student=None) -> ProxyReport:
     """Explains the selected images of ``cub`` with ``engine`` (a galore.Engine whose class i is CUB class i + 1)
-    and scores every region. ``progress(n)`` is called after every n images explained."""
+    and scores every region. ``progress(n)`` is called after every n images explained.
+
+    ``student``: a second Engine, the simulated user of §VI-B-2 as the authors ran it (SCOUT): only the images the
+    student misclassifies and ``engine`` (the teacher) classifies correctly are explained, y* is then the true
+    class and the counter classes are the student's most likely classes (its prediction first)."""
     from galore.engine import ImageRequest
 
-    if len(engine.labels) != cub.num_classes:
-        raise InvalidArgument("model", f"the model has {len(engine.labels)} classes, the dataset "
-                                       f"{cub.num_classes}: class i of the model must be CUB class i + 1")
+    for name, model in (("model", engine), ("student", student)):
+        if model is not None and len(model.labels) != cub.num_classes:
+            raise InvalidArgument(name, f"the {name} has {len(model.labels)} classes, the dataset "
+                                        f"{cub.num_classes}: class i of the model must be CUB class i + 1")
     if max(settings.counter_dims) >= cub.num_classes:
         raise InvalidArgument("counter_dims", f"{max(settings.counter_dims)} counter classes need more than "
                                               f"{cub.num_classes} classes")
@@ -598,6 +605,11 @@ def run_protocol(engine, cub: Cub, settings: ProxySettings = ProxySettings(),
     ranks = min(cub.num_classes, max(base.top_e, max(settings.counter_dims) + 1))
     top = _predict(engine, view, ids, replace(base, kinds=frozenset(), top_k=ranks), settings.batch_size, failures)
     ids = [i for i in ids if i in top]
+    if student is not None:  # the teacher right, the student wrong
+        guess = _predict(student, view, ids, replace(base, kinds=frozenset(), top_k=ranks), settings.batch_size,
+                         failures)
+        ids = [i for i in ids if i in guess and top[i][0][0] == cub.labels[i] != guess[i][0][0]]
+        top = {i: (top[i][0], top[i][1], [c for c in guess[i][0] if c != cub.labels[i]]) for i in ids}
     if settings.hardest:
         ids = sorted(ids, key=lambda i: (top[i][1], i))[:settings.hardest]
     segments: list[Segment] = []
@@ -610,7 +622,8 @@ def run_protocol(engine, cub: Cub, settings: ProxySettings = ProxySettings(),
             requests, exemplar_ids = [], []
             for i in batch:
                 ranked = top[i][0]
-                counters = _counter_classes(ranked, dim, settings, cub.num_classes, i)
+                counters = (tuple(top[i][2][:dim]) if student is not None else
+                            _counter_classes(ranked, dim, settings, cub.num_classes, i))
                 chosen = {c: _exemplar_id(cub, c, settings.seed, i) for c in counters}
                 exemplar_ids.append(chosen)
                 deliberation = max(math.comb(base.top_e, v) for v in base.dims)
@@ -625,7 +638,8 @@ def run_protocol(engine, cub: Cub, settings: ProxySettings = ProxySettings(),
         if progress:
             progress(len(batch))
     return ProxyReport(settings, ids, segments, failures,
-                       {v: gt.cut(v) for v in sorted({2, *base.dims} & set(range(2, cub.num_classes + 1)))})
+                       {v: gt.cut(v) for v in sorted({2, *base.dims} & set(range(2, cub.num_classes + 1)))},
+                       None if student is None else student.name)
 
 
 def _predict(engine, view: "View", ids, opts, batch_size, failures) -> dict[int, tuple[list[int], float]]:

@@ -53,7 +53,8 @@ def test_evaluate_proxy_writes_json_table_and_plot(cub_root, resnet_weights, tmp
 
 
 def test_evaluate_proxy_bad_input_exits_2(cub_root, resnet_weights, tmp_path, capsys):
-    for flags, named in ((["--coverages", "0.1,abc"], "--coverages"), (["--coverages", "table3-vgg16"], "--coverage")):
+    for flags, named in ((["--coverages", "0.1,abc"], "--coverages"), (["--coverages", "table3-vgg16"], "--coverage"),
+                         (["--student-arch", "resnet18"], "--student-arch and --student-state-dict go together")):
         assert main(["evaluate", "proxy", str(cub_root), "--arch", "resnet18", "--state-dict", str(resnet_weights),
                      "--out", str(tmp_path)] + flags) == 2
         assert named in capsys.readouterr().err  # table3-vgg16 (0.5 % only) does not hold the reference 10 %

@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from galore.engine import ImageRequest
 from galore.errors import InvalidArgument
@@ -309,6 +310,28 @@ def test_whole_image_geometry_sees_every_visible_part(cub_root, cub_engine):
     with pytest.raises(InvalidArgument, match="resizes to 256 and crops 224") as err:
         proxy.View(cub, Preprocess(), "resize")
     assert err.value.field == "geometry"
+
+
+def test_student_teacher_selection(cub_root, cub_engine):
+    """With a student model (SCOUT's simulated user): only images the teacher (the engine: always A) classifies
+    correctly and the student (biases make it rank B, A, C) misclassifies are explained (images 1 and 2, class A);
+    the counter classes are the student's, without the true class: (B,) and (B, C)."""
+    from galore import Engine
+    from .conftest import PREP, tiny_cub_model
+
+    model = tiny_cub_model()
+    model[2].bias.data.copy_(torch.tensor([1.5, 3.0, 0.0]))
+    student = Engine.from_module("student", model, ["A", "B", "C"], PREP, layer="0", device="cpu")
+    cub = read_cub(cub_root)
+    opts = ExplainOptions(kinds=frozenset({Kind.COUNTERFACTUAL}), dims=(2,), top_e=3,
+                          threshold=Threshold(coverage=0.5))
+    report = proxy.run_protocol(cub_engine, cub, proxy.ProxySettings(options=opts, coverages=(0.5,), split="all"),
+                                student=student)
+    assert report.images == [1, 2]
+    queries = [s for s in report.segments if s.kind == "counterfactual" and s.side == "query"]
+    assert sorted((s.image_id, s.classes) for s in queries) == [(1, (A, B)), (1, (A, B, C)), (2, (A, B)),
+                                                                (2, (A, B, C))]
+    assert report.summary()["settings"]["counter_user"].startswith("student student")
 
 
 def test_hardest_and_limit_select_images(cub_root, cub_engine):
