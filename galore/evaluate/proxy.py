@@ -11,14 +11,20 @@ Ground truth (class level, from the attribute annotations):
     the remaining (part, pair) triplets. A multi-class counterfactual of a against V wants the parts in G^c for
     (a, b) for every b in V; attributive and self-aware maps of y* are scored as that, against L random classes
     (§VI-B-3).
-Metrics, for a region r explaining classes (a, ...) of an image whose visible part points inside the model's crop
-are S (points outside the crop are never seen and never counted):
-  * precision P = |GT parts in r| / |parts in r|, recall R = |GT parts in r| / |GT parts in S| (each undefined,
-    and left out of means, when its denominator is 0), as curves over the threshold: each map keeps its top
-    ``coverage`` share of working-grid cells, the authors' 1 %..90 % sweep;
-  * PIoU (eq. 24) of a counterfactual's query and exemplar regions: IoU of the part ids each contains;
-  * Table II: the Pearson correlation (and two-sided p-value) between a segment's strength and its precision at
-    the reference coverage (the options' threshold), for deliberative and counterfactual explanations.
+Metrics, for a region r explaining classes (a, ...) of an image whose visible part points the model sees are S
+(``geometry`` "resize", the default: the whole image squeezed to the crop, every visible part; "crop": the
+engine's resize + centre crop, points outside it never seen nor counted):
+  * precision P = |GT parts in r| / |parts in r|, recall R = |GT parts in r| / |GT parts in S|; a segment with
+    no GT part in S has P = R = NaN at every level (the authors skip it), P is NaN where r holds no part; NaN
+    leaves the means. Curves over the threshold: each map keeps its top ``coverage`` share of working-grid cells
+    (``COVERAGE_PRESETS``; default 0.5 %, 1 %..90 %). A counterfactual's curve is its query side's (SCOUT); the
+    exemplar side is reported apart;
+  * PIoU (eq. 24) of a counterfactual's query and exemplar regions, SCOUT's rules: IoU of the part ids each
+    contains among the parts visible in both images, NaN unless both regions hold one;
+  * Table II: the Pearson correlation (and two-sided p-value) between strength and precision, one point per
+    segment at the reference coverage (the options' threshold), or pooled: one point per coverage level.
+Ground truth uses the authors' part-to-attribute mapping by default (``AUTHORS_PART_GROUPS``). With a second
+model (``student``), only the images it gets wrong and the engine gets right are explained, against its guesses.
 
 Everything runs the real engine in process; regions at every coverage come from the same feature-grid maps the
 engine thresholds (its region at the reference coverage is reproduced exactly). Pure torch + numpy.
