@@ -7,7 +7,7 @@
 Ground truth comes from the part and attribute annotations (module galore.evaluate.proxy): the 20 % (part, class
 tuple) triplets whose classes have the most similar attribute distributions on that part are insecurities, the
 rest counterfactual ground truth. Each region (attributive, self-aware, deliberative V=2,3, counterfactual with 1
-and 2 counter classes) is scored by the part points it holds: precision and recall over a 1 %..90 % coverage
+and 2 counter classes) is scored by the part points it holds: precision and recall over a 0.5 %, 1 %..90 % coverage
 sweep, PIoU of counterfactual region pairs, and the Pearson correlation between strength and precision (Table II).
 
 The classifier's class i must be CUB class i + 1 (classes.txt order). Writes DIR/proxy.json (every curve),
