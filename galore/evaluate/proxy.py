@@ -501,11 +501,12 @@ class ProxyReport:
 
     def summary(self) -> dict:
         s = self.settings
+        users = (f"student {self.student} (teacher right, student wrong; y* the true class)" if self.student
+                 else s.counter_user.value)
         out = {"settings": {"attribution": s.options.attribution.value, "score": s.options.score.value,
                             "target": s.options.target.value, "clip_negative": s.options.clip_negative,
                             "normalize": s.options.normalize, "top_e": s.options.top_e, "dims": list(s.options.dims),
-                            "counter_dims": list(s.counter_dims), "counter_user": (f"student {self.student} (teacher right, student wrong; y* the "
-                                                             "true class)" if self.student else s.counter_user.value),
+                            "counter_dims": list(s.counter_dims), "counter_user": users,
                             "attributive_classes": s.attributive_classes, "fraction": s.fraction,
                             "smoothing": s.smoothing, "split": s.split, "limit": s.limit, "hardest": s.hardest,
                             "reference_coverage": s.reference, "seed": s.seed, "part_mapping": s.part_mapping,
@@ -553,10 +554,11 @@ class View:
 
     def __init__(self, cub: Cub, preprocess, geometry: str):
         if geometry == "resize" and preprocess.resize != preprocess.crop:
+            side = preprocess.crop
             raise InvalidArgument("geometry", f"whole-image resize needs an engine that resizes to its crop side "
-                                              f"(Preprocess(resize={preprocess.crop}, crop={preprocess.crop})), this one "
-                                              f"resizes to {preprocess.resize} and crops {preprocess.crop}: build it so "
-                                              "(the CLI does) or use geometry 'crop'")
+                                              f"(Preprocess(resize={side}, crop={side})), this one resizes to "
+                                              f"{preprocess.resize} and crops {side}: build it so (the CLI does) or "
+                                              "use geometry 'crop'")
         self.cub, self.side, self.geometry = cub, preprocess.crop, geometry
         self._sizes: dict[int, tuple[int, int]] = {}  # image id -> original (H, W)
 
