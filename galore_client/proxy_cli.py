@@ -257,7 +257,8 @@ def markdown(summary: dict) -> str:
     lines = [f"Proxy protocol: {summary['images']} images ({s['split']} split), attribution {s['attribution']}, "
              f"score {s['score']}, target {s['target']}, clip {s['clip_negative']}, normalize {s['normalize']}, "
              f"counter classes: {s['counter_user']}; geometry {s['geometry']}; part mapping {s['part_mapping']}; "
-             f"Table II estimator {s['estimator']}; coverages {summary['coverages'][0]:.1%}..{summary['coverages'][-1]:.0%} "
+             f"Table II estimator {s['estimator']}; "
+             f"coverages {summary['coverages'][0]:.1%}..{summary['coverages'][-1]:.0%} "
              f"({len(summary['coverages'])} levels).", "",
              "Rules: " + "; ".join(f"{k}: {v}" for k, v in s["rules"].items()) + ".", "",
              "| explanation | " + " | ".join(f"P / R @ {c:.0%}" for c in TABLE_COVERAGES) + " | segments |",
