@@ -85,6 +85,10 @@ def _metric(metrics, name: str, help: str, description: str) -> argparse.Argumen
     p.add_argument("--compare-defaults", action="store_true",
                    help="compare the preset settings of EVALUATION.md instead: the default, the paper's "
                         "(probability + min-max), each other attribution, and the certainty score")
+    p.add_argument("--complement", choices=("per_map", "shared"),
+                   help="m^beta's scale in counterfactual maps for this run (eq. 10): per_map, each counter class "
+                        "against its own max, 1 without evidence; shared, one M with y* (default: the engine's, "
+                        "galore.combiner.COMPLEMENT)")
     p.add_argument("--no-plot", action="store_true", help="write no PNG")
     p.add_argument("--json", action="store_true", help="print the JSON summary instead of the markdown table")
     return p
@@ -236,7 +240,9 @@ def _run(args) -> int:
     except ImportError as exc:
         raise EvaluateError(f"{exc}; install the evaluate extra: pip install 'galore-serve[evaluate]'") from exc
     photos = ev.folder_photos(args.photos, args.limit) if args.photos else ev.sample_photos()[:args.limit]
-    from galore import Engine
+    from galore import Engine, combiner
+    if getattr(args, "complement", None):  # this process only: both rules measured from the same code
+        combiner.COMPLEMENT = combiner.Complement(args.complement)
     engine = Engine.default(device=args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -261,6 +267,7 @@ def _run(args) -> int:
         data = report.to_dict()
         data["photos"] = [p.name for p in photos]
         data["model"] = engine.name
+        data["complement"] = combiner.COMPLEMENT.value
         (out / f"{metric}.json").write_text(json.dumps(data, default=_plain))
         table = markdown_table(data["summary"])
         (out / f"{metric}.md").write_text(f"# galore evaluate {metric}\n\n{table}\n")

@@ -85,20 +85,32 @@ def test_counterfactual_sides_equal_in_the_space_the_model_sees():
 
 # ---- item 3: m^beta for a counter class without evidence ----------------------------------------------------------
 def test_complement_is_eq10_per_map_and_one_without_evidence():
-    """m^beta of eq. (10) on hand-built maps (2 counter classes, 2 x 2): a class with evidence is taken against its
-    OWN max, whatever y*'s peak (no shared scale); a class whose max is at the clip floor gets 1 everywhere."""
-    from galore.combiner import complement
+    """m^beta of eq. (10) on hand-built maps (2 counter classes, 2 x 2): with the per-map rule a class with evidence
+    is taken against its OWN max, whatever y*'s peak; a class whose max is at the clip floor gets 1 everywhere."""
+    from galore.combiner import Complement, complement
     from galore.rows import CLIP_FLOOR
     a = torch.tensor([[[1.0, 3.0], [0.5, 2.0]],  # evidence, max 3 -> [[2, 0], [2.5, 1]]
                       [[CLIP_FLOOR, CLIP_FLOOR], [CLIP_FLOOR, CLIP_FLOOR]]])  # no evidence -> 1
-    out = complement(a)
+    pred = torch.tensor([[10.0, 0.0], [0.0, 0.0]])  # y* peaks far higher: irrelevant to eq. (10)
+    out = complement(a, pred, Complement.PER_MAP)
     torch.testing.assert_close(out, torch.tensor([[[2.0, 0.0], [2.5, 1.0]], [[1.0, 1.0], [1.0, 1.0]]]))
     minmax_map = torch.tensor([[[0.0, 1.0], [0.25, 0.5]]])  # min-max normalised: max 1, eq. (10) is 1 - a
-    torch.testing.assert_close(complement(minmax_map), 1 - minmax_map)
+    torch.testing.assert_close(complement(minmax_map, pred, Complement.PER_MAP), 1 - minmax_map)
     negative = torch.tensor([[[-2.0, -1.0], [-3.0, -0.5]]])  # signed (no clipping), all negative: no evidence
-    torch.testing.assert_close(complement(negative), torch.ones_like(negative))
+    torch.testing.assert_close(complement(negative, pred, Complement.PER_MAP), torch.ones_like(negative))
     batched = torch.stack([a, a.flip(0)])  # leading dims batch class sets: each map still its own max
-    torch.testing.assert_close(complement(batched), torch.stack([out, out.flip(0)]))
+    torch.testing.assert_close(complement(batched, torch.stack([pred, pred]), Complement.PER_MAP),
+                               torch.stack([out, out.flip(0)]))
+
+
+def test_complement_shared_scale_by_hand():
+    """The shared rule: one M per discriminant map, the largest value of y*'s map and every counter map
+    (here y*'s 10): M - a for both classes, so the class without evidence gets ~M, not 1."""
+    from galore.combiner import Complement, complement
+    a = torch.tensor([[[1.0, 3.0], [0.5, 2.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    pred = torch.tensor([[10.0, 0.0], [0.0, 0.0]])
+    torch.testing.assert_close(complement(a, pred, Complement.SHARED), 10.0 - a)
+    torch.testing.assert_close(complement(a, torch.zeros(2, 2), Complement.SHARED), 3.0 - a)  # y* lower: max of C
 
 
 def test_counterfactual_against_a_class_without_evidence_keeps_y_star_evidence():
