@@ -17,12 +17,13 @@ from dataclasses import dataclass
 import torch
 
 from .options import Kind
+from .rows import CLIP_FLOOR
 
 
 class Beta(enum.Enum):
     ONE = "1"  # classes ignored
     IDENTITY = "a"  # eq. (5), (12)
-    COMPLEMENT = "M - a"  # eq. (10), M shared by the maps of y* and C (see ``complement``)
+    COMPLEMENT = "M - a"  # eq. (10); M per map or shared with y* (``Complement``, ``complement``)
 
 
 class Gamma(enum.Enum):
@@ -48,18 +49,37 @@ TABLE_I: dict[Kind, Recipe] = {
 }
 
 
-def complement(a: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
-    """m^beta of eq. (10) for the counter classes' maps a (..., V, h, w) of a discriminant map (eqs. 11, 14) whose
-    m^alpha map is ``pred`` (..., h, w): M - a_ij, with ONE scale M per discriminant map, the largest value of the
-    maps of y* and of every class of C together, M = max(max_ij a_ij(h_y*), max_c max_ij a_ij(h_c)).
+class Complement(enum.Enum):
+    """The scale of m^beta (eq. 10) in a discriminant map (eqs. 11, 14); see ``complement``."""
 
-    Eq. (10) reads max_ij a_ij per map. With clipping, a counter class without positive evidence has a map of
-    ~1e-7 everywhere, whose own complement is 0 everywhere: D of eq. (11) vanishes and the counterfactual is empty
-    exactly when "why not c?" has its clearest answer. Against the shared M the complement of such a class is
-    ~M everywhere, so D(x, y*, c) = M a(h_y*) a(s): y*'s own evidence (the self-aware map of eq. 4) stands. For a
-    counter class whose evidence peaks at least as high as y*'s, M is its own max and eq. (10) is unchanged."""
-    scale = torch.maximum(a.amax(dim=(-3, -2, -1)), pred.amax(dim=(-2, -1)))[..., None, None, None]
-    return scale - a
+    PER_MAP = "per_map"  # eq. (10) as written: each counter class against its own max; 1 without evidence
+    SHARED = "shared"  # one M per discriminant map: the largest value of the maps of y* and of every class of C
+
+
+# The engine's rule, decided by figures (EVALUATION.md, section 2a). ``galore evaluate --complement`` sets it for the
+# evaluation process only, so both rules are measured from the same code; serving never changes it.
+COMPLEMENT = Complement.SHARED
+
+
+def complement(a: torch.Tensor, pred: torch.Tensor, rule: Complement | None = None) -> torch.Tensor:
+    """m^beta of eq. (10) for the counter classes' maps a (..., V, h, w) of a discriminant map whose m^alpha map is
+    ``pred`` (..., h, w) (eqs. 11, 14), by ``rule`` (default ``COMPLEMENT``):
+
+    PER_MAP: each map against its own max, max_ij a_ij(h_c) - a_ij(h_c), as in the paper and the authors' code
+    (``np.amax(counter) - counter``); with min-max normalisation (§V-A) every max is 1 and this is 1 - a(h_c). A
+    counter class without positive evidence (max_ij a_ij(h_c) <= ``CLIP_FLOOR``: with clipping, a map of ~1e-7
+    everywhere) would get 0 everywhere, and D of eq. (11) would vanish exactly when "why not c?" has its clearest
+    answer; it gets m^beta = 1 instead, so D(x, y*, c) = a(h_y*) a(s), y*'s self-aware map (eq. 4).
+
+    SHARED: M - a_ij with M = max(max_ij a_ij(h_y*), max_c max_ij a_ij(h_c)). Equal to PER_MAP when a counter
+    class peaks at least as high as y*; otherwise D = D_eq10 + (M - max a(h_c)) a(h_y*) a(s), i.e. it adds a
+    multiple of y*'s self-aware map (eq. 4)."""
+    rule = COMPLEMENT if rule is None else rule
+    if rule is Complement.SHARED:
+        scale = torch.maximum(a.amax(dim=(-3, -2, -1)), pred.amax(dim=(-2, -1)))[..., None, None, None]
+        return scale - a
+    peak = a.amax(dim=(-2, -1), keepdim=True)  # (..., V, 1, 1)
+    return torch.where(peak > CLIP_FLOOR, peak - a, torch.ones_like(a))
 
 
 def combine(recipe: Recipe, pred: torch.Tensor | None, classes: torch.Tensor | None, score: torch.Tensor | None,

@@ -18,7 +18,14 @@ from .masks import CellFrame
 from .options import ExplainOptions, Kind
 from .regions import Rule, WorkingGrid
 from .results import Attributive, Counterfactual, ExemplarSide, ImageResult, Insecurity, Region
-from .rows import RowMaps
+from .rows import CLIP_FLOOR, RowMaps
+
+# An insecurity needs shared evidence (eq. 5: the region holds evidence for every class of the tuple). A V-tuple is
+# returned only if (i) some feature cell has every class's map above the clip floor and a(1 - s) > 0, and (ii) its
+# strength is at least this share of the image's strongest insecurity of the same V. Measured (EVALUATION.md,
+# section 2b): on 7 skimage photos every top-5 pair and triple of the default model shares 23-49 of 49 cells and
+# has a ratio >= 0.22; a product at the clip floor's scale has a ratio of ~1e-6.
+SHARED_EVIDENCE_RATIO = 1e-3
 
 
 @dataclass(frozen=True)
@@ -49,18 +56,20 @@ class Plan:
     sides: torch.Tensor  # (E, h, w)
     side_classes: list[int]
     side_feats: list[Features]
+    shared: torch.Tensor  # (S,) bool per single map: False for a V-tuple sharing no evidence
 
 
 def plan(opts: ExplainOptions, pred: Prediction, query: RowMaps, exemplars: dict[int, tuple[Features, RowMaps]]
          ) -> Plan:
     """Table I applied to one image (eqs. 3, 4, 5, 12, 13, 14)."""
-    y, blocks, keys = pred.predicted, [], []
+    y, blocks, keys, shared = pred.predicted, [], [], []
     a_pred = query.of([y])[0]
     a_explained = query.of([pred.explained])[0]
     for kind in (Kind.ATTRIBUTIVE, Kind.SELF_AWARE):
         if kind in opts.kinds:
             blocks.append(combine(TABLE_I[kind], a_explained, None, query.score, query.inverse_score)[None])
             keys.append(kind)
+            shared.append(a_pred.new_ones(1, dtype=torch.bool))
     if Kind.DELIBERATIVE in opts.kinds:
         candidates = list(pred.ranked[:opts.top_e])  # the prediction's ranking: no second top-E
         for V in opts.dims:
@@ -69,11 +78,14 @@ def plan(opts: ExplainOptions, pred: Prediction, query: RowMaps, exemplars: dict
             classes = query.of(candidates)[index]  # (A, V, h, w)
             blocks.append(combine(TABLE_I[Kind.DELIBERATIVE], None, classes, query.score, query.inverse_score))
             keys += [(V, t) for t in tuples]  # (A, h, w), eqs. (5), (12)
+            # (A,): some cell where every class of the tuple has evidence and the model is unsure (eq. 5)
+            shared.append(((classes > CLIP_FLOOR).all(dim=-3) & (query.inverse_score > 0)).flatten(-2).any(-1))
     sides, side_classes, side_feats = [], [], []
     if Kind.COUNTERFACTUAL in opts.kinds:
         recipe = TABLE_I[Kind.COUNTERFACTUAL]
         blocks.append(combine(recipe, a_pred, query.of(pred.counters), query.score, None)[None])  # D(x, y*, C)
         keys.append(Kind.COUNTERFACTUAL)
+        shared.append(a_pred.new_ones(1, dtype=torch.bool))
         for c in pred.counters:  # D(x^v, y^v, C'_v), eq. (13), in counter order
             if c in exemplars:
                 feats, row = exemplars[c]
@@ -82,7 +94,8 @@ def plan(opts: ExplainOptions, pred: Prediction, query: RowMaps, exemplars: dict
                 side_feats.append(feats)
     h, w = a_pred.shape
     return Plan(torch.cat(blocks) if blocks else a_pred.new_zeros(0, h, w), keys,
-                torch.stack(sides) if sides else a_pred.new_zeros(0, h, w), side_classes, side_feats)
+                torch.stack(sides) if sides else a_pred.new_zeros(0, h, w), side_classes, side_feats,
+                torch.cat(shared) if shared else a_pred.new_zeros(0, dtype=torch.bool))
 
 
 def measure_batch(grid: WorkingGrid, items: list[tuple[ExplainOptions, Prediction, Plan, Features]],
@@ -123,7 +136,8 @@ def measure_batch(grid: WorkingGrid, items: list[tuple[ExplainOptions, Predictio
         tau[q], strength[q] = second.tau[:len(cf_rows)], second.strength[:len(cf_rows)]
         side_tau, side_strength = second.tau[len(cf_rows):], second.strength[len(cf_rows):]
 
-    # the regions to return: every non-deliberative map, and per image and V the strongest insecurities with a cell
+    # the regions to return: every non-deliberative map, and per image and V the strongest insecurities that have a
+    # cell and shared evidence (eq. 5), at least SHARED_EVIDENCE_RATIO of the strongest such one
     fixed: list[tuple[int, object, int]] = []  # (item, key, row of singles)
     segments: list[tuple[int, int, list[int], int]] = []  # (item, V, rows of its ambiguity set, most returned)
     key_of: dict[int, object] = {}
@@ -137,7 +151,10 @@ def measure_batch(grid: WorkingGrid, items: list[tuple[ExplainOptions, Predictio
             rows = [s0 + j for j, key in enumerate(p.keys) if isinstance(key, tuple) and key[0] == V]
             segments.append((i, V, rows, o.max_insecurities))
         s0 += len(p.keys)
-    candidates, alive = _strongest(strength, first.kept, [(rows, most) for _, _, rows, most in segments], device)
+    shared = torch.cat([p.shared for _, _, p, _ in items])  # (S,)
+    usable = _shared_enough(strength, (first.kept[:n_single] > 0) & shared, [rows for _, _, rows, _ in segments],
+                            device)
+    candidates, alive = _strongest(strength, usable, [(rows, most) for _, _, rows, most in segments], device)
     chosen = torch.cat([to_device([r for _, _, r in fixed], device, torch.long), candidates])
     heat = torch.cat([singles[chosen], sides])  # (R, h, w)
     cells, heat, strengths, candidates, alive = to_host([
@@ -201,20 +218,42 @@ def _common_counts(query_wanted: torch.Tensor, query_positive: torch.Tensor, sid
     return torch.where(query_positive > 0, count, 0), torch.where(side_positive > 0, count[owner], 0)
 
 
-def _strongest(strength: torch.Tensor, kept: torch.Tensor, segments: list[tuple[list[int], int]],
-               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each segment (rows of ``strength`` (S,), the most to return): its min(most, len(rows)) rows by
-    decreasing strength (ties: row order), those with a kept cell first (an insecurity left with no cell, absolute
-    T, is dropped by the caller). Segments in order, on the device, without a host read: rows (K,), has a cell (K,).
+def _shared_enough(strength: torch.Tensor, usable: torch.Tensor, segments: list[list[int]],
+                   device: torch.device) -> torch.Tensor:
+    """``usable`` (S,) bool, narrowed in each segment (rows of ``strength`` (S,)) to the rows whose strength is at
+    least SHARED_EVIDENCE_RATIO of the segment's strongest usable row: weaker ones are products at the clip floor's
+    scale, not an ambiguity the model has. On the device, without a host read.
 
     Example:
-        >>> _strongest(torch.tensor([1., 3., 2., 5., 4.]), torch.tensor([1, 0, 1, 1, 1]), [([0, 1, 2], 2), ([3, 4], 5)],
-        ...            torch.device("cpu"))
+        >>> _shared_enough(torch.tensor([1e-9, 3., 2., 5., 9.]), torch.tensor([True, True, True, True, False]),
+        ...                [[0, 1, 2], [3, 4]], torch.device("cpu"))
+        tensor([False,  True,  True,  True, False])
+    """
+    rows = to_device([r for seg in segments for r in seg], device, torch.long)  # (R,)
+    segment = to_device([g for g, seg in enumerate(segments) for _ in seg], device, torch.long)  # (R,)
+    candidate = torch.where(usable[rows], strength[rows], -torch.inf)
+    top = torch.full((len(segments),), -torch.inf, device=device, dtype=strength.dtype)
+    top = top.scatter_reduce(0, segment, candidate, "amax")  # (G,) each segment's strongest usable
+    narrowed = usable.clone()
+    narrowed[rows] = usable[rows] & (strength[rows] >= SHARED_EVIDENCE_RATIO * top[segment])
+    return narrowed
+
+
+def _strongest(strength: torch.Tensor, usable: torch.Tensor, segments: list[tuple[list[int], int]],
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each segment (rows of ``strength`` (S,), the most to return): its min(most, len(rows)) rows by
+    decreasing strength (ties: row order), the ``usable`` (S,) ones first (an insecurity left with no cell, absolute
+    T, or without shared evidence is dropped by the caller). Segments in order, on the device, without a host read:
+    rows (K,), usable (K,).
+
+    Example:
+        >>> usable = torch.tensor([True, False, True, True, True])
+        >>> _strongest(torch.tensor([1., 3., 2., 5., 4.]), usable, [([0, 1, 2], 2), ([3, 4], 5)], torch.device("cpu"))
         (tensor([2, 0, 3, 4]), tensor([True, True, True, True]))
     """
     rows = to_device([r for seg, _ in segments for r in seg], device, torch.long)  # (R,)
     segment = to_device([g for g, (seg, _) in enumerate(segments) for _ in seg], device, torch.long)  # (R,)
-    empty = kept[rows] <= 0
+    empty = ~usable[rows]
     order = torch.sort(strength[rows], descending=True, stable=True).indices  # stable sorts, last key first
     order = order[torch.sort(empty[order].to(torch.uint8), stable=True).indices]
     order = order[torch.sort(segment[order], stable=True).indices]  # each segment keeps its place

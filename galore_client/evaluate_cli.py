@@ -85,6 +85,10 @@ def _metric(metrics, name: str, help: str, description: str) -> argparse.Argumen
     p.add_argument("--compare-defaults", action="store_true",
                    help="compare the preset settings of EVALUATION.md instead: the default, the paper's "
                         "(probability + min-max), each other attribution, and the certainty score")
+    p.add_argument("--complement", choices=("per_map", "shared"),
+                   help="m^beta's scale in counterfactual maps for this run (eq. 10): per_map, each counter class "
+                        "against its own max, 1 without evidence; shared, one M with y* (default: the engine's, "
+                        "galore.combiner.COMPLEMENT)")
     p.add_argument("--no-plot", action="store_true", help="write no PNG")
     p.add_argument("--json", action="store_true", help="print the JSON summary instead of the markdown table")
     return p
@@ -105,9 +109,11 @@ def _add_deletion(metrics) -> None:
 def _add_types(metrics) -> None:
     p = _metric(metrics, "types", "deletion test of each explanation type against same-size references",
                 "Removes each region the engine returns (attributive: probability of y*; deliberative insecurity "
-                "(a, b), V = 2: ambiguity 2 min(p_a, p_b) / (p_a + p_b); counterfactual: margin logit(y*) - "
-                "logit(y^c)) and, as references, random regions and the attributive region of the same size, and "
-                "for counterfactuals FinerCAM (Zhang et al. CVPR 2025) for the same classes. Reports the mean "
+                "(a, b[, c]), per V = 2, 3: min_c h_c, the evidence eq. 5 says the classes share, and, keeping "
+                "only the region, sum_c h_c (insertion), with the former ambiguity V min_c h_c / sum_c h_c as a "
+                "column; counterfactual: margin logit(y*) - logit(y^c)) and, as references, random regions and "
+                "the attributive region of the same size (insecurities: each class's own), and for "
+                "counterfactuals FinerCAM (Zhang et al. CVPR 2025) for the same classes. Reports the mean "
                 "drop, the win rate against each reference and Spearman(strength, drop) (GALORE TPAMI 2023, "
                 "eqs. 15-16, standing in for Table II).")
     _add_baseline(p)
@@ -153,7 +159,7 @@ def _add_steps(p: argparse.ArgumentParser) -> None:
 
 
 def _add_regions(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--insecurities", type=int, default=3, help="types: strongest insecurities per photo "
+    p.add_argument("--insecurities", type=int, default=3, help="types: strongest insecurities per photo and V "
                                                                "(default 3)")
     p.add_argument("--random-draws", type=int, default=8, help="types: random regions per region (default 8)")
 
@@ -234,7 +240,9 @@ def _run(args) -> int:
     except ImportError as exc:
         raise EvaluateError(f"{exc}; install the evaluate extra: pip install 'galore-serve[evaluate]'") from exc
     photos = ev.folder_photos(args.photos, args.limit) if args.photos else ev.sample_photos()[:args.limit]
-    from galore import Engine
+    from galore import Engine, combiner
+    if getattr(args, "complement", None):  # this process only: both rules measured from the same code
+        combiner.COMPLEMENT = combiner.Complement(args.complement)
     engine = Engine.default(device=args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -259,6 +267,7 @@ def _run(args) -> int:
         data = report.to_dict()
         data["photos"] = [p.name for p in photos]
         data["model"] = engine.name
+        data["complement"] = combiner.COMPLEMENT.value
         (out / f"{metric}.json").write_text(json.dumps(data, default=_plain))
         table = markdown_table(data["summary"])
         (out / f"{metric}.md").write_text(f"# galore evaluate {metric}\n\n{table}\n")

@@ -47,16 +47,20 @@ def _types(plt, data: dict):
     fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 4.5), squeeze=False)
     for ax, kind in zip(axes[0], kinds):
         rs = [r for r in rows if r["kind"] == kind]
-        series = ["effect"] + [k for k in rs[0] if k in ("random regions", "attributive region", "FinerCAM")]
+        series = ["effect"] + [k for k in rs[0] if k in ("random regions", "attributive region", "FinerCAM",
+                                                         "own attributive, best")]
         width = 0.8 / len(series)
         for j, name in enumerate(series):
             ax.bar(np.arange(len(rs)) + j * width, [r.get(name, np.nan) for r in rs], width,
                    label="explanation" if name == "effect" else name)
         ax.set_xticks(np.arange(len(rs)) + 0.4 - width / 2)
         ax.set_xticklabels([short(r["setting"]) for r in rs], fontsize=7)
-        ax.set_title({"attributive": "attributive: drop of h_y*",
-                      "deliberative": "insecurity (a, b): ambiguity drop",
-                      "counterfactual": "counterfactual: margin drop"}.get(kind, kind), fontsize=9)
+        title = {"attributive": "attributive: drop of h_y*", "counterfactual": "counterfactual: margin drop"}
+        if kind.startswith("deliberative insertion"):
+            title[kind] = f"insecurity, {kind.split()[-1]}: sum h_c with only the region kept"
+        elif kind.startswith("deliberative"):
+            title[kind] = f"insecurity, {kind.split()[-1]}: drop of min_c h_c (eq. 5)"
+        ax.set_title(title.get(kind, kind), fontsize=9)
         ax.legend(fontsize=7)
     return fig
 

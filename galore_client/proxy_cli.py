@@ -7,7 +7,7 @@
 Ground truth comes from the part and attribute annotations (module galore.evaluate.proxy): the 20 % (part, class
 tuple) triplets whose classes have the most similar attribute distributions on that part are insecurities, the
 rest counterfactual ground truth. Each region (attributive, self-aware, deliberative V=2,3, counterfactual with 1
-and 2 counter classes) is scored by the part points it holds: precision and recall over a 1 %..90 % coverage
+and 2 counter classes) is scored by the part points it holds: precision and recall over a 0.5 %, 1 %..90 % coverage
 sweep, PIoU of counterfactual region pairs, and the Pearson correlation between strength and precision (Table II).
 
 The classifier's class i must be CUB class i + 1 (classes.txt order). Writes DIR/proxy.json (every curve),
@@ -28,7 +28,8 @@ TABLE_COVERAGES = (0.05, 0.1, 0.2, 0.3, 0.5)  # columns of the markdown table
 
 def add_parser(evaluate_commands) -> argparse.ArgumentParser:
     """Adds the ``proxy`` sub-command to ``galore evaluate``'s sub-parsers."""
-    from galore.evaluate.proxy import DEFAULT_FRACTION, CounterUser, ProxySettings
+    from galore.evaluate.proxy import COVERAGE_PRESETS, DEFAULT_FRACTION, ESTIMATORS, PART_MAPPINGS, CounterUser, \
+        ProxySettings
     from galore.options import Attribution, ExplainOptions, Score, Target, choices
     from galore.zoo import TORCHVISION_ARCHS
 
@@ -46,6 +47,10 @@ def add_parser(evaluate_commands) -> argparse.ArgumentParser:
     model.add_argument("--hardness-arch", choices=TORCHVISION_ARCHS, metavar="ARCH", help="hardness predictor (galore "
                                                                           "train-hardness) for --score easiness")
     model.add_argument("--hardness-state-dict", help="the hardness predictor's weights")
+    model.add_argument("--student-arch", choices=TORCHVISION_ARCHS, metavar="ARCH",
+                       help="a second classifier, the simulated user (SCOUT): explain only the images it gets wrong "
+                            "and the model gets right, against its guesses (with --student-state-dict)")
+    model.add_argument("--student-state-dict", help="the student's weights")
     model.add_argument("--device", help="torch device (default: CUDA if present, else CPU)")
     model.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice; 1 is "
                                                    "fastest on a busy machine, see EVALUATION.md)")
@@ -69,6 +74,20 @@ def add_parser(evaluate_commands) -> argparse.ArgumentParser:
     g.add_argument("--coverage", type=float, default=s.reference, metavar="FRACTION",
                    help=f"reference coverage of the strength-precision correlation (default {s.reference})")
     pr = p.add_argument_group("protocol")
+    pr.add_argument("--coverages", default="default", metavar="PRESET|C[,C...]",
+                    help="coverages swept: a preset (" + ", ".join(COVERAGE_PRESETS) + "; default: 0.5 %% then "
+                         "1 %%..90 %%; table3-*: Table III's one receptive-field unit) or a comma list of fractions; "
+                         "must hold --coverage")
+    pr.add_argument("--geometry", choices=("resize", "crop"), default=s.geometry,
+                    help=f"what the model sees (default {s.geometry}: the whole image resized to the crop side, as "
+                         "the authors' NeurIPS 2019 script; crop: resize the short side and centre-crop, where parts "
+                         "outside the crop are never seen)")
+    pr.add_argument("--part-mapping", choices=tuple(PART_MAPPINGS), default=s.part_mapping,
+                    help=f"attribute groups of each part (default {s.part_mapping}: the authors' "
+                         "create_similarityMatrix_cls_part_cub.py)")
+    pr.add_argument("--estimator", choices=ESTIMATORS, default=s.estimator,
+                    help=f"Table II correlation (default {s.estimator}: one point per segment at --coverage; pooled: "
+                         "one point per coverage level)")
     pr.add_argument("--counter-dims", type=_ints, default=s.counter_dims, metavar="N[,N]",
                     help=f"numbers of counter classes: 1 binary, 2 multi-class (default {_text(s.counter_dims)})")
     pr.add_argument("--counter-user", choices=choices(CounterUser), default=s.counter_user.value,
@@ -98,6 +117,19 @@ def _ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected a comma list of integers, got {text!r}") from None
 
 
+def _coverages(text: str) -> tuple[float, ...]:
+    from galore.errors import InvalidArgument
+    from galore.evaluate.proxy import COVERAGE_PRESETS
+
+    if text in COVERAGE_PRESETS:
+        return COVERAGE_PRESETS[text]
+    try:
+        return tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise InvalidArgument("coverages", f"a preset ({', '.join(COVERAGE_PRESETS)}) or a comma list of "
+                                           f"fractions, got {text!r}") from None
+
+
 def _text(values) -> str:
     return ",".join(str(v) for v in values)
 
@@ -110,7 +142,8 @@ def settings_of(args: argparse.Namespace):
                              target=Target(args.target), clip_negative=args.clip_negative,
                              normalize=args.normalize, ig_steps=args.ig_steps, top_e=args.top_e,
                              dims=tuple(sorted(args.dims)), threshold=Threshold(coverage=args.coverage))
-    return ProxySettings(options=options, counter_dims=tuple(args.counter_dims),
+    return ProxySettings(options=options, coverages=_coverages(args.coverages), part_mapping=args.part_mapping,
+                         estimator=args.estimator, geometry=args.geometry, counter_dims=tuple(args.counter_dims),
                          counter_user=CounterUser(args.counter_user), attributive_classes=args.attributive_classes,
                          fraction=args.fraction, split=args.split, limit=args.limit, hardest=args.hardest,
                          batch_size=args.batch_size, seed=args.seed)
@@ -133,11 +166,20 @@ def run(args: argparse.Namespace) -> int:
                 raise CliError(f"{flag}: {path} does not exist", EXIT_BAD_INPUT)
         if bool(args.hardness_arch) != bool(args.hardness_state_dict):
             raise CliError("--hardness-arch and --hardness-state-dict go together", EXIT_BAD_INPUT)
-        engine = Engine.from_torchvision(args.arch, list(cub.class_names), args.state_dict, args.layer,
-                                         args.hardness_arch, args.hardness_state_dict, device=args.device)
+        if bool(args.student_arch) != bool(args.student_state_dict):
+            raise CliError("--student-arch and --student-state-dict go together", EXIT_BAD_INPUT)
+        if args.student_state_dict and not Path(args.student_state_dict).is_file():
+            raise CliError(f"--student-state-dict: {args.student_state_dict} does not exist", EXIT_BAD_INPUT)
+        engine = _engine(args, settings.geometry, list(cub.class_names))
         total = len(select_images(cub, settings))
         bar = _bar(total if not settings.hardest else min(total, settings.hardest), args.no_progress)
-        report = run_protocol(engine, cub, settings, progress=bar.update)
+        student = None
+        if args.student_arch:
+            from argparse import Namespace
+            student = _engine(Namespace(arch=args.student_arch, state_dict=args.student_state_dict, layer=None,
+                                        hardness_arch=None, hardness_state_dict=None, device=args.device),
+                              settings.geometry, list(cub.class_names))
+        report = run_protocol(engine, cub, settings, progress=bar.update, student=student)
         bar.close()
     except GaloreError as exc:
         raise CliError(f"{_flag(exc.field)}: {exc.message}", EXIT_BAD_INPUT) from None
@@ -162,11 +204,29 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _engine(args: argparse.Namespace, geometry: str, labels: list[str]):
+    """The classifier; for geometry "resize" its preprocessing resizes to the crop side, so it sees every pixel."""
+    from dataclasses import replace
+
+    from galore import Engine, zoo
+
+    if geometry == "crop":
+        return Engine.from_torchvision(args.arch, labels, args.state_dict, args.layer, args.hardness_arch,
+                                       args.hardness_state_dict, device=args.device)
+    prep = replace(zoo.IMAGENET_PREPROCESS, resize=zoo.IMAGENET_PREPROCESS.crop)
+    hardness = (zoo.torchvision_classifier(args.hardness_arch, 1, args.hardness_state_dict) if args.hardness_arch
+                else None)
+    return Engine.from_module(args.arch, zoo.torchvision_classifier(args.arch, len(labels), args.state_dict), labels,
+                              prep, args.layer, hardness, device=args.device)
+
+
 def _flag(field: str) -> str:
     """The command-line spelling of the field an error names: a flag, or CUB_ROOT and the file for the data."""
     name = field.removeprefix("options.").split(".")[0]
-    if field in ("options.threshold.coverage", "options.threshold", "coverages"):
+    if field in ("options.threshold.coverage", "options.threshold"):
         return "--coverage"
+    if field in ("coverages", "part_mapping", "estimator", "geometry"):
+        return "--" + field.replace("_", "-")
     if name in ("attribution", "score", "target", "top_e", "dims", "ig_steps", "counter_dims", "counter_user",
                 "attributive_classes", "fraction", "split", "limit", "hardest", "batch_size", "arch", "layer"):
         return "--" + name.replace("_", "-")
@@ -196,7 +256,11 @@ def markdown(summary: dict) -> str:
     s = summary["settings"]
     lines = [f"Proxy protocol: {summary['images']} images ({s['split']} split), attribution {s['attribution']}, "
              f"score {s['score']}, target {s['target']}, clip {s['clip_negative']}, normalize {s['normalize']}, "
-             f"counter classes: {s['counter_user']}.", "",
+             f"counter classes: {s['counter_user']}; geometry {s['geometry']}; part mapping {s['part_mapping']}; "
+             f"Table II estimator {s['estimator']}; "
+             f"coverages {summary['coverages'][0]:.1%}..{summary['coverages'][-1]:.0%} "
+             f"({len(summary['coverages'])} levels).", "",
+             "Rules: " + "; ".join(f"{k}: {v}" for k, v in s["rules"].items()) + ".", "",
              "| explanation | " + " | ".join(f"P / R @ {c:.0%}" for c in TABLE_COVERAGES) + " | segments |",
              "|---|" + "---|" * (len(TABLE_COVERAGES) + 1)]
     for key, curve in summary["curves"].items():
@@ -209,7 +273,9 @@ def markdown(summary: dict) -> str:
         for key, values in summary["piou"].items():
             lines.append(f"| {key} | " + " | ".join(_fmt(_at(summary, values, c)) for c in TABLE_COVERAGES) + " |")
     if summary["strength_precision"]:
-        lines += ["", f"Strength vs precision at coverage {s['reference_coverage']:.0%} (Table II):", "",
+        where = (f"at coverage {s['reference_coverage']:.0%}, one point per segment" if s["estimator"] == "reference"
+                 else "one point per coverage level (mean strength, mean precision)")
+        lines += ["", f"Strength vs precision, {where} (Table II):", "",
                   "| explanation | Pearson r | p-value | n |", "|---|---|---|---|"]
         for key, c in summary["strength_precision"].items():
             p = "-" if c["p_value"] is None else f"{c['p_value']:.2g}"

@@ -11,14 +11,20 @@ Ground truth (class level, from the attribute annotations):
     the remaining (part, pair) triplets. A multi-class counterfactual of a against V wants the parts in G^c for
     (a, b) for every b in V; attributive and self-aware maps of y* are scored as that, against L random classes
     (§VI-B-3).
-Metrics, for a region r explaining classes (a, ...) of an image whose visible part points inside the model's crop
-are S (points outside the crop are never seen and never counted):
-  * precision P = |GT parts in r| / |parts in r|, recall R = |GT parts in r| / |GT parts in S| (each undefined,
-    and left out of means, when its denominator is 0), as curves over the threshold: each map keeps its top
-    ``coverage`` share of working-grid cells, the authors' 1 %..90 % sweep;
-  * PIoU (eq. 24) of a counterfactual's query and exemplar regions: IoU of the part ids each contains;
-  * Table II: the Pearson correlation (and two-sided p-value) between a segment's strength and its precision at
-    the reference coverage (the options' threshold), for deliberative and counterfactual explanations.
+Metrics, for a region r explaining classes (a, ...) of an image whose visible part points the model sees are S
+(``geometry`` "resize", the default: the whole image squeezed to the crop, every visible part; "crop": the
+engine's resize + centre crop, points outside it never seen nor counted):
+  * precision P = |GT parts in r| / |parts in r|, recall R = |GT parts in r| / |GT parts in S|; a segment with
+    no GT part in S has P = R = NaN at every level (the authors skip it), P is NaN where r holds no part; NaN
+    leaves the means. Curves over the threshold: each map keeps its top ``coverage`` share of working-grid cells
+    (``COVERAGE_PRESETS``; default 0.5 %, 1 %..90 %). A counterfactual's curve is its query side's (SCOUT); the
+    exemplar side is reported apart;
+  * PIoU (eq. 24) of a counterfactual's query and exemplar regions, SCOUT's rules: IoU of the part ids each
+    contains among the parts visible in both images, NaN unless both regions hold one;
+  * Table II: the Pearson correlation (and two-sided p-value) between strength and precision, one point per
+    segment at the reference coverage (the options' threshold), or pooled: one point per coverage level.
+Ground truth uses the authors' part-to-attribute mapping by default (``AUTHORS_PART_GROUPS``). With a second
+model (``student``), only the images it gets wrong and the engine gets right are explained, against its guesses.
 
 Everything runs the real engine in process; regions at every coverage come from the same feature-grid maps the
 engine thresholds (its region at the reference coverage is reproduced exactly). Pure torch + numpy.
@@ -40,12 +46,43 @@ from galore.options import ExplainOptions, Kind
 from .cub import Cub, PartPoints
 
 DEFAULT_FRACTION = 0.2  # share of (part, class tuple) triplets that are ground-truth insecurities (§VII-A)
-DEFAULT_COVERAGES = tuple(round(0.01 * i, 2) for i in range(1, 91))  # the authors' 1 %..90 % sweep
+# Coverage sweeps. The default: 0.5 % (one receptive-field unit of VGG16 at 14 x 14, Table III) then 1 %..90 %.
+# The authors' scripts sweep 1 %..99 % (NeurIPS 2019) and 0.5 %, 1 %..49 % (SCOUT); Table III explains with
+# regions of one receptive-field unit: 0.5 % of the image for VGG16, 2 % for ResNet-50 (7 x 7).
+DEFAULT_COVERAGES = (0.005,) + tuple(round(0.01 * i, 2) for i in range(1, 91))
+COVERAGE_PRESETS: Mapping[str, tuple[float, ...]] = {
+    "default": DEFAULT_COVERAGES,
+    "neurips2019": tuple(round(0.01 * i, 2) for i in range(1, 100)),
+    "scout": (0.005,) + tuple(round(0.01 * i, 2) for i in range(1, 50)),
+    "table3-vgg16": (0.005,),
+    "table3-resnet50": (0.02,),
+}
 MAX_EXACT_TUPLES = 2_000_000  # class V-tuples enumerated for the ground-truth cut; beyond, a seeded sample
 
 # Attribute groups of each CUB-200-2011 part (Wah et al. 2011). A part missing here uses every group whose name
 # holds the part's name (e.g. part "crest" -> "has_crest_color"); a part with no group never is ground truth.
-CUB_PART_GROUPS: Mapping[str, tuple[str, ...]] = {
+# AUTHORS_PART_GROUPS (the default) is the authors' mapping: the attribute column ranges of each part in
+# ``create_similarityMatrix_cls_part_cub.py`` (Deliberative-explanation), by group name. OUR_PART_GROUPS is the
+# earlier mapping of this project (upperparts / underparts colour describe back / belly; eyes and throat without
+# the head pattern; crown without the forehead colour), kept as an option (``--part-mapping ours``).
+AUTHORS_PART_GROUPS: Mapping[str, tuple[str, ...]] = {
+    "back": ("has_back_color", "has_back_pattern"),
+    "beak": ("has_bill_shape", "has_bill_length", "has_bill_color"),
+    "belly": ("has_belly_color", "has_belly_pattern"),
+    "breast": ("has_breast_pattern", "has_breast_color"),
+    "crown": ("has_head_pattern", "has_forehead_color", "has_crown_color"),
+    "forehead": ("has_head_pattern", "has_forehead_color"),
+    "left eye": ("has_eye_color", "has_head_pattern"),
+    "right eye": ("has_eye_color", "has_head_pattern"),
+    "left leg": ("has_leg_color",),
+    "right leg": ("has_leg_color",),
+    "left wing": ("has_wing_color", "has_wing_shape", "has_wing_pattern"),
+    "right wing": ("has_wing_color", "has_wing_shape", "has_wing_pattern"),
+    "nape": ("has_nape_color",),
+    "tail": ("has_tail_shape", "has_upper_tail_color", "has_under_tail_color", "has_tail_pattern"),
+    "throat": ("has_head_pattern", "has_throat_color"),
+}
+OUR_PART_GROUPS: Mapping[str, tuple[str, ...]] = {
     "back": ("has_back_color", "has_back_pattern", "has_upperparts_color"),
     "beak": ("has_bill_shape", "has_bill_length", "has_bill_color"),
     "belly": ("has_belly_color", "has_belly_pattern", "has_underparts_color"),
@@ -62,6 +99,8 @@ CUB_PART_GROUPS: Mapping[str, tuple[str, ...]] = {
     "tail": ("has_tail_shape", "has_upper_tail_color", "has_under_tail_color", "has_tail_pattern"),
     "throat": ("has_throat_color",),
 }
+PART_MAPPINGS: Mapping[str, Mapping[str, tuple[str, ...]]] = {"authors": AUTHORS_PART_GROUPS, "ours": OUR_PART_GROUPS}
+CUB_PART_GROUPS = AUTHORS_PART_GROUPS  # the default
 
 
 class CounterUser(enum.Enum):
@@ -244,19 +283,29 @@ def sweep(values: np.ndarray, cells: np.ndarray, counts: np.ndarray) -> Sweep:
 
 
 def precision_recall(inside: np.ndarray, gt: np.ndarray, seen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """inside (L, K), gt (K,), seen (K,) -> P (L,), R (L,); NaN where undefined (no part in r / no GT part seen)."""
+    """inside (L, K), gt (K,), seen (K,) -> P (L,), R (L,); NaN where undefined. A segment with no ground-truth
+    part it could see (gt & seen empty) has P = R = NaN at every level and leaves the means, as in the authors'
+    code (``continue`` in the NeurIPS 2019 script, NaN in SCOUT), instead of P = 0; otherwise P is NaN only
+    where the region holds no part."""
     hits = (inside & gt).sum(1).astype(np.float64)
     found = inside.sum(1)
     wanted = int((gt & seen).sum())
+    if not wanted:
+        return np.full(len(hits), np.nan), np.full(len(hits), np.nan)
     precision = np.where(found > 0, hits / np.maximum(found, 1), np.nan)
-    recall = hits / wanted if wanted else np.full(len(hits), np.nan)
-    return precision, recall
+    return precision, hits / wanted
 
 
-def part_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Eq. (24) per level: a, b (L, K) part ids in the two regions -> |a & b| / |a | b| (NaN when both empty)."""
+def part_iou(a: np.ndarray, b: np.ndarray, seen_a: np.ndarray | None = None, seen_b: np.ndarray | None = None
+             ) -> np.ndarray:
+    """Eq. (24) per level, with the authors' rules (SCOUT's ``cf_PIoU_*``): a, b (L, K) part ids in the query and
+    exemplar regions; only parts visible in BOTH images count (seen_a & seen_b, (K,)); |a & b| / |a | b|, NaN
+    unless both regions hold such a part."""
+    both = np.ones(a.shape[-1], bool) if seen_a is None else seen_a & seen_b
+    a, b = a & both, b & both
     union = (a | b).sum(1)
-    return np.where(union > 0, (a & b).sum(1) / np.maximum(union, 1), np.nan)
+    defined = (a.sum(1) > 0) & (b.sum(1) > 0)
+    return np.where(defined, (a & b).sum(1) / np.maximum(union, 1), np.nan)
 
 
 def pearson(x: Sequence[float], y: Sequence[float]) -> tuple[float, float, int]:
@@ -301,6 +350,12 @@ def _betainc(a: float, b: float, x: float) -> float:
 
 
 # ---- the protocol ------------------------------------------------------------------------------------------------
+ESTIMATORS = ("reference", "pooled")
+# Image geometry: "resize" squeezes the whole image to the model's crop side (crop x crop, as the authors'
+# NeurIPS 2019 script, cv2.resize to 224 x 224: every part is seen; the engine must then resize to its crop side,
+# Preprocess(resize=crop)); "crop" is the engine's own resize + centre crop (SCOUT's query side resizes to
+# 255 x 255 then crops 224), where parts outside the crop are never seen.
+GEOMETRIES = ("resize", "crop")
 @dataclass(frozen=True)
 class ProxySettings:
     """One run of the protocol. ``options``: the attribution settings under test (attribution, score, target,
@@ -321,8 +376,18 @@ class ProxySettings:
     hardest: int | None = None
     batch_size: int = 8
     seed: int = 0
+    geometry: str = "resize"  # GEOMETRIES
+    part_mapping: str = "authors"  # PART_MAPPINGS key
+    estimator: str = "reference"  # Table II: "reference" (one point per segment at the reference coverage) or
+    #                               "pooled" (one point per coverage level: mean strength, mean precision)
 
     def __post_init__(self):
+        if self.part_mapping not in PART_MAPPINGS:
+            raise InvalidArgument("part_mapping", f"choose {' or '.join(PART_MAPPINGS)}, got {self.part_mapping!r}")
+        if self.geometry not in GEOMETRIES:
+            raise InvalidArgument("geometry", f"choose {' or '.join(GEOMETRIES)}, got {self.geometry!r}")
+        if self.estimator not in ESTIMATORS:
+            raise InvalidArgument("estimator", f"choose {' or '.join(ESTIMATORS)}, got {self.estimator!r}")
         if not self.coverages or any(not 0.0 < c <= 1.0 for c in self.coverages):
             raise InvalidArgument("coverages", f"each must be in (0, 1], got {list(self.coverages)}")
         if not self.counter_dims or any(d < 1 for d in self.counter_dims):
@@ -363,6 +428,7 @@ class Segment:
     strength: np.ndarray
     inside: np.ndarray
     pair: int = -1  # counterfactual: index of its explanation, shared by its sides
+    seen: np.ndarray | None = None  # (K,) parts visible in the crop of this side's image
 
 
 @dataclass
@@ -374,53 +440,81 @@ class ProxyReport:
     segments: list[Segment]
     failures: dict[int, str]
     cut: dict[int, float]
+    student: str | None = None  # the student model's name when the simulated user is a second network
 
     def groups(self) -> list[tuple[str, int]]:
         return sorted({(s.kind, s.dim) for s in self.segments}, key=lambda g: (_KIND_ORDER.index(g[0]), g[1]))
 
-    def curve(self, kind: str, dim: int) -> dict[str, list]:
-        segs = [s for s in self.segments if s.kind == kind and s.dim == dim]
+    def curve(self, kind: str, dim: int, side: str | None = None) -> dict[str, list]:
+        """Mean P and R per coverage over the segments of (kind, dim); a counterfactual's sides apart: ``side``
+        "query" (the default for counterfactuals, as SCOUT scores them) or "exemplar"."""
+        if side is None and kind == "counterfactual":
+            side = "query"
+        segs = [s for s in self.segments if s.kind == kind and s.dim == dim and (side is None or s.side == side)]
         p = np.array([s.precision for s in segs]).reshape(len(segs), -1)
         r = np.array([s.recall for s in segs]).reshape(len(segs), -1)
         return {"precision": _nanmean(p), "recall": _nanmean(r), "segments": len(segs),
                 "precision_defined": (~np.isnan(p)).sum(0).tolist(), "recall_defined": (~np.isnan(r)).sum(0).tolist()}
 
     def piou(self, dim: int) -> list[float | None]:
-        """Mean PIoU per coverage over every (query, exemplar side) pair of the counterfactuals with ``dim``."""
+        """Mean PIoU per coverage over every (query, exemplar side) pair of the counterfactuals with ``dim``; the
+        authors' rules (``part_iou``): parts visible in both images only, NaN (left out) unless both regions
+        hold one."""
         by_pair: dict[int, list[Segment]] = {}
         for s in self.segments:
             if s.kind == "counterfactual" and s.dim == dim:
                 by_pair.setdefault(s.pair, []).append(s)
-        rows = [part_iou(q.inside, e.inside) for segs in by_pair.values()
+        rows = [part_iou(q.inside, e.inside, q.seen, e.seen) for segs in by_pair.values()
                 for q in segs if q.side == "query" for e in segs if e.side == "exemplar"]
         return _nanmean(np.array(rows).reshape(len(rows), len(self.settings.coverages)))
 
-    def correlation(self, kind: str, dim: int) -> dict[str, float | int | None]:
-        """Table II: Pearson r between strength and precision at the reference coverage. A counterfactual is one
-        explanation: its strength is eq. (16)/(17) (the mean over its sides) against the mean precision of its
-        sides."""
-        level = _level(self.settings)
+    def correlation(self, kind: str, dim: int, estimator: str | None = None) -> dict[str, float | int | None]:
+        """Table II: Pearson r between strength and precision. ``reference`` (default): one point per segment at
+        the reference coverage; ``pooled``: one point per coverage level, (mean strength, mean precision) over the
+        segments (our reading of the authors' pooling: the paper's (r, p) pairs imply 13-16 points). A
+        counterfactual is one explanation: its strength is eq. (16)/(17) (the mean over its sides), against the
+        precision of its query side."""
+        estimator = estimator or self.settings.estimator
         segs = [s for s in self.segments if s.kind == kind and s.dim == dim]
         if kind == "counterfactual":
             pairs: dict[int, list[Segment]] = {}
             for s in segs:
                 pairs.setdefault(s.pair, []).append(s)
-            points = [(np.mean([s.strength[level] for s in ss]), np.nanmean([s.precision[level] for s in ss]))
-                      for ss in pairs.values() if not all(np.isnan(s.precision[level]) for s in ss)]
+            strength = np.array([np.mean([s.strength for s in ss], axis=0) for ss in pairs.values()])
+            precision = np.array([next(s.precision for s in ss if s.side == "query") for ss in pairs.values()])
         else:
-            points = [(s.strength[level], s.precision[level]) for s in segs if not np.isnan(s.precision[level])]
-        r, p, n = pearson([a for a, _ in points], [b for _, b in points])
-        return {"pearson": _num(r), "p_value": _num(p), "n": n}
+            strength = np.array([s.strength for s in segs])
+            precision = np.array([s.precision for s in segs])
+        L = len(self.settings.coverages)
+        strength, precision = strength.reshape(-1, L), precision.reshape(-1, L)
+        if estimator == "pooled":
+            defined = ~np.isnan(precision)
+            levels = defined.any(0)
+            xs = [float(strength[defined[:, l], l].mean()) for l in np.flatnonzero(levels)]
+            ys = [float(precision[defined[:, l], l].mean()) for l in np.flatnonzero(levels)]
+        else:
+            level = _level(self.settings)
+            keep = ~np.isnan(precision[:, level])
+            xs, ys = strength[keep, level].tolist(), precision[keep, level].tolist()
+        r, p, n = pearson(xs, ys)
+        return {"pearson": _num(r), "p_value": _num(p), "n": n, "estimator": estimator}
 
     def summary(self) -> dict:
         s = self.settings
+        users = (f"student {self.student} (teacher right, student wrong; y* the true class)" if self.student
+                 else s.counter_user.value)
         out = {"settings": {"attribution": s.options.attribution.value, "score": s.options.score.value,
                             "target": s.options.target.value, "clip_negative": s.options.clip_negative,
                             "normalize": s.options.normalize, "top_e": s.options.top_e, "dims": list(s.options.dims),
-                            "counter_dims": list(s.counter_dims), "counter_user": s.counter_user.value,
+                            "counter_dims": list(s.counter_dims), "counter_user": users,
                             "attributive_classes": s.attributive_classes, "fraction": s.fraction,
                             "smoothing": s.smoothing, "split": s.split, "limit": s.limit, "hardest": s.hardest,
-                            "reference_coverage": s.reference, "seed": s.seed},
+                            "reference_coverage": s.reference, "seed": s.seed, "part_mapping": s.part_mapping,
+                            "estimator": s.estimator, "geometry": s.geometry,
+                            "rules": {"precision without a visible ground-truth part": "NaN (authors' code)",
+                                      "PIoU": "parts visible in both images; NaN unless both regions hold one "
+                                              "(SCOUT)",
+                                      "counterfactual P/R": "query side; exemplar side apart (SCOUT)"}},
                "images": len(self.images), "failures": {str(k): v for k, v in self.failures.items()},
                "ground_truth_cut": {str(v): c for v, c in self.cut.items()},
                "coverages": list(s.coverages), "curves": {}, "piou": {}, "strength_precision": {}}
@@ -431,6 +525,7 @@ class ProxyReport:
                 out["strength_precision"][key] = self.correlation(kind, dim)
             if kind == "counterfactual":
                 out["piou"][key] = self.piou(dim)
+                out["curves"][f"{key}/exemplar"] = self.curve(kind, dim, "exemplar")
         return out
 
 
@@ -454,68 +549,115 @@ def _num(x: float) -> float | None:
     return None if math.isnan(x) else float(x)
 
 
+class View:
+    """The images as the protocol shows them to the engine, with their part points in the same pixels."""
+
+    def __init__(self, cub: Cub, preprocess, geometry: str):
+        if geometry == "resize" and preprocess.resize != preprocess.crop:
+            side = preprocess.crop
+            raise InvalidArgument("geometry", f"whole-image resize needs an engine that resizes to its crop side "
+                                              f"(Preprocess(resize={side}, crop={side})), this one resizes to "
+                                              f"{preprocess.resize} and crops {side}: build it so (the CLI does) or "
+                                              "use geometry 'crop'")
+        self.cub, self.side, self.geometry = cub, preprocess.crop, geometry
+        self._sizes: dict[int, tuple[int, int]] = {}  # image id -> original (H, W)
+
+    def image(self, image_id: int) -> torch.Tensor:
+        """(3, H, W) uint8: the original ("crop") or the whole image resized to side x side ("resize")."""
+        image = self.cub.image(image_id)
+        self._sizes[image_id] = tuple(image.shape[1:])
+        if self.geometry == "crop":
+            return image
+        import torchvision.transforms.v2.functional as TF
+        return TF.resize(image, [self.side, self.side], antialias=True)
+
+    def points(self, image_id: int) -> PartPoints:
+        """Part points in the pixels of ``image(image_id)``."""
+        points = self.cub.part_points[image_id]
+        if self.geometry == "crop":
+            return points
+        if image_id not in self._sizes:
+            self.image(image_id)
+        h, w = self._sizes[image_id]
+        return PartPoints(points.xy * np.array([self.side / w, self.side / h]), points.visible)
+
+
 def select_images(cub: Cub, settings: ProxySettings) -> list[int]:
     ids = {"test": cub.test_ids, "train": cub.train_ids, "all": cub.image_ids}[settings.split]
     return list(ids[:settings.limit] if settings.limit else ids)
 
 
 def run_protocol(engine, cub: Cub, settings: ProxySettings = ProxySettings(),
-                 progress: Callable[[int], None] | None = None) -> ProxyReport:
+                 progress: Callable[[int], None] | None = None, student=None) -> ProxyReport:
     """Explains the selected images of ``cub`` with ``engine`` (a galore.Engine whose class i is CUB class i + 1)
-    and scores every region. ``progress(n)`` is called after every n images explained."""
+    and scores every region. ``progress(n)`` is called after every n images explained.
+
+    ``student``: a second Engine, the simulated user of §VI-B-2 as the authors ran it (SCOUT): only the images the
+    student misclassifies and ``engine`` (the teacher) classifies correctly are explained, y* is then the true
+    class and the counter classes are the student's most likely classes (its prediction first)."""
     from galore.engine import ImageRequest
 
-    if len(engine.labels) != cub.num_classes:
-        raise InvalidArgument("model", f"the model has {len(engine.labels)} classes, the dataset "
-                                       f"{cub.num_classes}: class i of the model must be CUB class i + 1")
+    for name, model in (("model", engine), ("student", student)):
+        if model is not None and len(model.labels) != cub.num_classes:
+            raise InvalidArgument(name, f"the {name} has {len(model.labels)} classes, the dataset "
+                                        f"{cub.num_classes}: class i of the model must be CUB class i + 1")
     if max(settings.counter_dims) >= cub.num_classes:
         raise InvalidArgument("counter_dims", f"{max(settings.counter_dims)} counter classes need more than "
                                               f"{cub.num_classes} classes")
-    gt = GroundTruth.of(cub, settings.fraction, settings.smoothing, seed=settings.seed)
+    view = View(cub, engine.preprocess, settings.geometry)
+    gt = GroundTruth.of(cub, settings.fraction, settings.smoothing, PART_MAPPINGS[settings.part_mapping],
+                        seed=settings.seed)
     base = replace(settings.options, include_heatmaps=True)
     ids = select_images(cub, settings)
     failures: dict[int, str] = {}
     ranks = min(cub.num_classes, max(base.top_e, max(settings.counter_dims) + 1))
-    top = _predict(engine, cub, ids, replace(base, kinds=frozenset(), top_k=ranks), settings.batch_size, failures)
+    top = _predict(engine, view, ids, replace(base, kinds=frozenset(), top_k=ranks), settings.batch_size, failures)
     ids = [i for i in ids if i in top]
+    if student is not None:  # the teacher right, the student wrong
+        guess = _predict(student, view, ids, replace(base, kinds=frozenset(), top_k=ranks), settings.batch_size,
+                         failures)
+        ids = [i for i in ids if i in guess and top[i][0][0] == cub.labels[i] != guess[i][0][0]]
+        top = {i: (top[i][0], top[i][1], [c for c in guess[i][0] if c != cub.labels[i]]) for i in ids}
     if settings.hardest:
         ids = sorted(ids, key=lambda i: (top[i][1], i))[:settings.hardest]
     segments: list[Segment] = []
     pair = 0
     for start in range(0, len(ids), settings.batch_size):
         batch = ids[start:start + settings.batch_size]
-        images = {i: cub.image(i) for i in batch}
+        images = {i: view.image(i) for i in batch}
         for n, dim in enumerate(settings.counter_dims):
             kinds = frozenset(Kind) if n == 0 else frozenset({Kind.COUNTERFACTUAL})
             requests, exemplar_ids = [], []
             for i in batch:
                 ranked = top[i][0]
-                counters = _counter_classes(ranked, dim, settings, cub.num_classes, i)
+                counters = (tuple(top[i][2][:dim]) if student is not None else
+                            _counter_classes(ranked, dim, settings, cub.num_classes, i))
                 chosen = {c: _exemplar_id(cub, c, settings.seed, i) for c in counters}
                 exemplar_ids.append(chosen)
                 deliberation = max(math.comb(base.top_e, v) for v in base.dims)
                 opts = replace(base, kinds=kinds, counter_classes=counters, max_insecurities=deliberation)
-                requests.append(ImageRequest(images[i], opts, {c: cub.image(e) for c, e in chosen.items()},
+                requests.append(ImageRequest(images[i], opts, {c: view.image(e) for c, e in chosen.items()},
                                              tag=f"cub image {i}"))
             for i, chosen, result in zip(batch, exemplar_ids, engine.explain(requests)):
                 if not result.ok:
                     failures[i] = f"{result.error.code}: {result.error}"
                     continue
-                pair = _score(engine, cub, gt, settings, i, chosen, result, dim, segments, pair)
+                pair = _score(engine, view, gt, settings, i, chosen, result, dim, segments, pair)
         if progress:
             progress(len(batch))
     return ProxyReport(settings, ids, segments, failures,
-                       {v: gt.cut(v) for v in sorted({2, *base.dims} & set(range(2, cub.num_classes + 1)))})
+                       {v: gt.cut(v) for v in sorted({2, *base.dims} & set(range(2, cub.num_classes + 1)))},
+                       None if student is None else student.name)
 
 
-def _predict(engine, cub, ids, opts, batch_size, failures) -> dict[int, tuple[list[int], float]]:
+def _predict(engine, view: "View", ids, opts, batch_size, failures) -> dict[int, tuple[list[int], float]]:
     """image id -> (classes ranked by probability, s(x)) from a prediction-only pass with ``opts``."""
     from galore.engine import ImageRequest
 
     out = {}
     for start in range(0, len(ids), batch_size):
         batch = ids[start:start + batch_size]
-        for i, res in zip(batch, engine.explain([ImageRequest(cub.image(i), opts) for i in batch])):
+        for i, res in zip(batch, engine.explain([ImageRequest(view.image(i), opts) for i in batch])):
             if res.ok:
                 out[i] = ([c.class_id for c in res.top_classes], res.score)
             else:
@@ -543,17 +685,19 @@ def _exemplar_id(cub: Cub, class_index: int, seed: int, image_id: int) -> int:
     return int(pool[np.random.default_rng([seed, image_id, class_index]).integers(len(pool))])
 
 
-def _score(engine, cub: Cub, gt: GroundTruth, settings: ProxySettings, image_id: int, chosen: dict[int, int],
+def _score(engine, view: "View", gt: GroundTruth, settings: ProxySettings, image_id: int, chosen: dict[int, int],
            result, dim: int, segments: list[Segment], pair: int) -> int:
     """Appends the scored segments of one result; returns the next counterfactual pair index."""
     wanted = coverage_counts(engine.grid.cells, settings.coverages)
-    points = cub.part_points[image_id]
+    cub = view.cub
+    points = view.points(image_id)
 
     def add(kind, d, side, classes, region, gt_parts, where: PartPoints, counts=wanted, values=None, pair_id=-1):
         values = working_values(engine.grid, region.heatmap) if values is None else values
         sw = sweep(values, part_cells(where, region.frame), counts)
         p, r = precision_recall(sw.inside, gt_parts, sw.seen)
-        segments.append(Segment(kind, d, image_id, side, tuple(classes), p, r, sw.strength, sw.inside, pair_id))
+        segments.append(Segment(kind, d, image_id, side, tuple(classes), p, r, sw.strength, sw.inside, pair_id,
+                                sw.seen))
 
     y = result.top_classes[0].class_id
     for kind, att in (("attributive", result.attributive), ("self_aware", result.self_aware)):
@@ -577,7 +721,7 @@ def _score(engine, cub: Cub, gt: GroundTruth, settings: ProxySettings, image_id:
         for side, side_values, side_counts in zip(sides, values[1:], counts[1:]):
             rivals = [c for c in counters if c != side.class_id] + [y]
             add("counterfactual", dim, "exemplar", (side.class_id, *rivals), side.region,
-                gt.discriminant_parts(side.class_id, rivals), cub.part_points[chosen[side.class_id]], side_counts,
+                gt.discriminant_parts(side.class_id, rivals), view.points(chosen[side.class_id]), side_counts,
                 side_values, pair)
         pair += 1
     return pair

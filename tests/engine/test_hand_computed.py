@@ -44,8 +44,8 @@ def clipc(x):  # class maps: negative attributions become 1e-7, as in the author
     return np.where(x < 0, 1e-7, x)
 
 
-def comp(x, *shared):  # eq. (10) against M, the largest value of the maps of y* and C together
-    return max([x.max()] + [m.max() for m in shared]) - x
+def comp(x, *shared):  # eq. (10), the engine's rule (combiner.COMPLEMENT, SHARED): against M, the largest value
+    return max([x.max()] + [m.max() for m in shared]) - x  # of the maps of y* and C together
 
 
 def explain(engine, image=None, **opts):
@@ -173,7 +173,8 @@ def test_equal_size_side_without_evidence_is_empty():
                           threshold=Threshold(coverage=0.5))
     feats = Features(torch.zeros(1, 2, 2), None, geo)
     pred = Prediction(0, torch.tensor([0.5, 0.3, 0.2]), (0, 1, 2), (1, 2), {1: "a", 2: "b"}, 0)
-    plan = Plan(query[None], [Kind.COUNTERFACTUAL], torch.stack([side, query / 2]), [1, 2], [feats, feats])
+    plan = Plan(query[None], [Kind.COUNTERFACTUAL], torch.stack([side, query / 2]), [1, 2], [feats, feats],
+                torch.ones(1, dtype=torch.bool))
     result = ImageResult()
     measure_batch(WorkingGrid(4, 4), [(opts, pred, plan, feats)], ("zero", "one", "two"), [result])
     cf = result.counterfactual

@@ -84,24 +84,72 @@ def test_counterfactual_sides_equal_in_the_space_the_model_sees():
 
 
 # ---- item 3: m^beta for a counter class without evidence ----------------------------------------------------------
-def test_counterfactual_against_a_class_without_evidence_keeps_y_star_evidence():
+def test_complement_is_eq10_per_map_and_one_without_evidence():
+    """m^beta of eq. (10) on hand-built maps (2 counter classes, 2 x 2): with the per-map rule a class with evidence
+    is taken against its OWN max, whatever y*'s peak; a class whose max is at the clip floor gets 1 everywhere."""
+    from galore.combiner import Complement, complement
+    from galore.rows import CLIP_FLOOR
+    a = torch.tensor([[[1.0, 3.0], [0.5, 2.0]],  # evidence, max 3 -> [[2, 0], [2.5, 1]]
+                      [[CLIP_FLOOR, CLIP_FLOOR], [CLIP_FLOOR, CLIP_FLOOR]]])  # no evidence -> 1
+    pred = torch.tensor([[10.0, 0.0], [0.0, 0.0]])  # y* peaks far higher: irrelevant to eq. (10)
+    out = complement(a, pred, Complement.PER_MAP)
+    torch.testing.assert_close(out, torch.tensor([[[2.0, 0.0], [2.5, 1.0]], [[1.0, 1.0], [1.0, 1.0]]]))
+    minmax_map = torch.tensor([[[0.0, 1.0], [0.25, 0.5]]])  # min-max normalised: max 1, eq. (10) is 1 - a
+    torch.testing.assert_close(complement(minmax_map, pred, Complement.PER_MAP), 1 - minmax_map)
+    negative = torch.tensor([[[-2.0, -1.0], [-3.0, -0.5]]])  # signed (no clipping), all negative: no evidence
+    torch.testing.assert_close(complement(negative, pred, Complement.PER_MAP), torch.ones_like(negative))
+    batched = torch.stack([a, a.flip(0)])  # leading dims batch class sets: each map still its own max
+    torch.testing.assert_close(complement(batched, torch.stack([pred, pred]), Complement.PER_MAP),
+                               torch.stack([out, out.flip(0)]))
+
+
+def test_complement_shared_scale_by_hand():
+    """The shared rule: one M per discriminant map, the largest value of y*'s map and every counter map
+    (here y*'s 10): M - a for both classes, so the class without evidence gets ~M, not 1."""
+    from galore.combiner import Complement, complement
+    a = torch.tensor([[[1.0, 3.0], [0.5, 2.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    pred = torch.tensor([[10.0, 0.0], [0.0, 0.0]])
+    torch.testing.assert_close(complement(a, pred, Complement.SHARED), 10.0 - a)
+    torch.testing.assert_close(complement(a, torch.zeros(2, 2), Complement.SHARED), 3.0 - a)  # y* lower: max of C
+
+
+def test_counterfactual_against_a_class_without_evidence_keeps_y_star_evidence(monkeypatch):
     """Class 2 has only negative weights: with F > 0 its map is all negative, clipped to 1e-7 (no evidence).
-    m^beta against the scale M shared by y* and C is ~M everywhere, so D(x, y*, 2) = M a(h_y*) a(s): the
-    self-aware map of y* (eq. 4) times a constant, with the same region, instead of a map of zeros."""
+    Shared rule (the default): m^beta against the scale M shared by y* and C is ~M everywhere, so
+    D(x, y*, 2) = M a(h_y*) a(s). Per-map rule: eq. (10)'s fallback gives m^beta = 1, D = a(h_y*) a(s). Either way
+    the self-aware map of y* (eq. 4) up to a constant, with the same region, instead of a map of zeros."""
+    from galore import combiner
     weights = torch.tensor([[1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0], [-1.0, -0.5, -2.0, -1.0]])
     engine = tiny(weights)
-    res = run(engine, kinds=frozenset({Kind.COUNTERFACTUAL, Kind.SELF_AWARE}), counter_classes=(2,))
-    cf, aware = res.counterfactual, res.self_aware
     w = weights.double().numpy()
     a0 = w[0] * F
     logits = w @ F
     p = np.exp(logits) / np.exp(logits).sum()
     a_s = relu(p[0] * (w[0] - p @ w) * F).reshape(2, 2)
-    M = a0.max()
-    np.testing.assert_allclose(heat(cf.query), a0.reshape(2, 2) * (M - 1e-7) * a_s, rtol=1e-4)
-    assert cf.query.strength > 0 and cf.query.pixel_count > 0
-    assert np.array_equal(cf.query.cells, aware.region.cells)  # the same region as y*'s self-aware explanation
-    np.testing.assert_allclose(heat(cf.query), M * heat(aware.region), rtol=1e-4)
+    for rule, scale in ((combiner.Complement.SHARED, a0.max() - 1e-7), (combiner.Complement.PER_MAP, 1.0)):
+        monkeypatch.setattr(combiner, "COMPLEMENT", rule)
+        res = run(engine, kinds=frozenset({Kind.COUNTERFACTUAL, Kind.SELF_AWARE}), counter_classes=(2,))
+        cf, aware = res.counterfactual, res.self_aware
+        np.testing.assert_allclose(heat(cf.query), a0.reshape(2, 2) * scale * a_s, rtol=1e-4)
+        assert cf.query.strength > 0 and cf.query.pixel_count > 0
+        assert np.array_equal(cf.query.cells, aware.region.cells)  # the same region as y*'s self-aware one
+
+
+def test_counterfactual_against_a_weaker_counter_class_by_rule(monkeypatch):
+    """y*'s peak (a(h_0) = [0.2, 0.8, 1.8, 3.2]) is above the counter class's (W_2 F = [0.1, -0.4, 1.2, 0], clipped:
+    peak 1.2). Per map (eq. 10 as written) class 2 is taken against its own peak 1.2; the shared scale (3.2) adds
+    (3.2 - 1.2) a(h_y*) a(s), a multiple of the self-aware map."""
+    from galore import combiner
+    a0, a2 = clipc(a_logit(0)), clipc(a_logit(2))
+    assert a0.max() > a2.max()
+    expected = {combiner.Complement.PER_MAP: a0 * (a2.max() - a2) * relu(a_softmax_score()),
+                combiner.Complement.SHARED: a0 * (a0.max() - a2) * relu(a_softmax_score())}
+    np.testing.assert_allclose(expected[combiner.Complement.SHARED] - expected[combiner.Complement.PER_MAP],
+                               (a0.max() - a2.max()) * a0 * relu(a_softmax_score()), atol=1e-12)
+    for rule, want in expected.items():
+        monkeypatch.setattr(combiner, "COMPLEMENT", rule)
+        res = run(tiny(), kinds=frozenset({Kind.COUNTERFACTUAL}), counter_classes=(2,))
+        np.testing.assert_allclose(heat(res.counterfactual.query), want, rtol=1e-4, atol=1e-9)
 
 
 # ---- item 4: the absolute threshold's shared scale ----------------------------------------------------------------
@@ -134,6 +182,46 @@ def test_absolute_threshold_single_map_is_its_own_scale(tiny_engine):
     a = torch.tensor(clipc(a_logit(0)), dtype=torch.float32)[None]
     up = tiny_engine.grid.upsample(a)[0]
     assert np.array_equal(res.attributive.region.cells, (up > 0.5 * up.max()).numpy())
+
+
+# ---- issue 21: an insecurity needs shared evidence ----------------------------------------------------------------
+DISJOINT = torch.tensor([[4.0, 4.0, -1.0, -1.0],  # class 0: evidence in cells 0, 1 (logit 1.0)
+                         [-1.0, -1.0, 2.0, 2.0],  # class 1: evidence in cells 2, 3 only (logit 2.2, y*)
+                         [3.0, 3.0, -1.0, -1.0]])  # class 2: evidence in cells 0, 1, shared with class 0 (logit 0.4)
+
+
+def test_insecurities_need_shared_evidence_disjoint_classes():
+    """Class 1 (y*) has evidence where classes 0 and 2 have none: the pairs (1, 0) and (1, 2) and the triple are
+    products with a clip-floor factor in every cell (eq. 5 claims evidence for both classes: they have none in
+    common) and are not returned; only (0, 2), which share cells 0 and 1, is."""
+    engine = Engine.from_module("tiny", gray_pool_model(weights=DISJOINT), LABELS, IDENTITY_PREP, layer="1",
+                                device="cpu")
+    w = DISJOINT.double().numpy()
+    assert (w @ F).tolist() == pytest.approx([1.0, 2.2, 0.4])
+    res = run(engine, kinds=frozenset({Kind.DELIBERATIVE}), top_e=3, dims=(2, 3))
+    assert [ins.class_ids for ins in res.deliberative[2]] == [(0, 2)]
+    assert res.deliberative.get(3, []) == []  # no cell where all three have evidence
+    p = np.exp(w @ F) / np.exp(w @ F).sum()
+    inverse = relu(-(p[1] * (w[1] - p @ w) * F)).reshape(2, 2)  # a(1 - s), eq. (12), y* = 1
+    expected = clipc((w[0] * F).reshape(2, 2)) * clipc((w[2] * F).reshape(2, 2)) * inverse
+    np.testing.assert_allclose(heat(res.deliberative[2][0].region), expected, rtol=1e-4, atol=1e-12)
+
+
+def test_insecurity_at_the_clip_floor_scale_of_the_strongest_is_dropped(monkeypatch):
+    """Class 3 shares cell 0 with class 0, with evidence 2e-4 there: the pair (0, 3) does share evidence, but its
+    strength is ~1e-5 of the strongest pair's, below SHARED_EVIDENCE_RATIO (1e-3), and it is not returned; with
+    the ratio rule off it comes back with exactly that small strength."""
+    import galore.kinds
+    weights = torch.cat([DISJOINT, torch.tensor([[1e-3, -1.0, -1.0, -1.0]])])
+    engine = Engine.from_module("tiny", gray_pool_model(weights=weights), LABELS + ["three"], IDENTITY_PREP,
+                                layer="1", device="cpu")
+    opts = dict(kinds=frozenset({Kind.DELIBERATIVE}), top_e=4, dims=(2,), max_insecurities=6)
+    returned = [ins.class_ids for ins in run(engine, **opts).deliberative[2]]
+    assert returned == [(0, 2)]  # (1, x): disjoint; (0, 3) and (2, 3): too weak
+    monkeypatch.setattr(galore.kinds, "SHARED_EVIDENCE_RATIO", 0.0)
+    every = {ins.class_ids: ins.region.strength for ins in run(engine, **opts).deliberative[2]}
+    assert set(every) == {(0, 2), (0, 3), (2, 3)}  # the shared-evidence rule alone still drops the (1, x) pairs
+    assert 0 < every[(0, 3)] < 1e-3 * every[(0, 2)] and 0 < every[(2, 3)] < 1e-3 * every[(0, 2)]
 
 
 # ---- item 6: a bank of many exemplars per class -------------------------------------------------------------------

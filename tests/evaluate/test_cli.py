@@ -51,14 +51,19 @@ def test_missing_folder_is_a_clear_error(tmp_path, capsys):
     assert "is not a folder" in capsys.readouterr().err
 
 
-def test_all_runs_every_metric(tmp_path, capsys):
+def test_all_runs_every_metric(tmp_path, capsys, monkeypatch):
+    from galore import combiner
+    monkeypatch.setattr(combiner, "COMPLEMENT", combiner.COMPLEMENT)  # --complement sets it for the process
+    other = "shared" if combiner.COMPLEMENT is combiner.Complement.PER_MAP else "per_map"
     out = tmp_path / "all"
     status = cli.main(["evaluate", "all", "--limit", "4", "--steps", "1", "--insecurities", "1", "--random-draws",
-                       "1", "--max-steps", "1", "--no-references", "--no-plot", "--out", str(out)])
+                       "1", "--max-steps", "1", "--no-references", "--no-plot", "--complement", other,
+                       "--out", str(out)])
     assert status == 0
     for metric in ("deletion", "types", "pointing", "sanity"):
         data = json.loads((out / f"{metric}.json").read_text())
         assert data["metric"] == metric and data["photos"] == ["chelsea", "astronaut", "coffee", "rocket"]
+        assert data["complement"] == other
         assert not (out / f"{metric}.png").exists()
     sanity = json.loads((out / "sanity.json").read_text())
     assert sanity["cascade"] == ["head:_fc"]

@@ -14,7 +14,7 @@ from galore.evaluate.common import baseline, kind_map, pixel_order, ranks, seede
 from galore.evaluate.deletion import auc, counts_for, probabilities
 from galore.evaluate.pointing import cell_masks, mosaic, mosaics_of, score_map
 from galore.evaluate.sanity import cascade_groups, map_spearman
-from galore.evaluate.type_deletion import ambiguity
+from galore.evaluate.type_deletion import ambiguity, shared_evidence
 from galore.options import Kind
 from tests.engine.conftest import W, quadrant_image
 
@@ -78,6 +78,57 @@ def test_pixel_order_ties_and_ranks():
 def test_ambiguity():
     probs = torch.tensor([[0.5, 0.3, 0.2], [0.4, 0.4, 0.2]])
     assert ambiguity(probs, 0, 1).tolist() == pytest.approx([2 * 0.3 / 0.8, 1.0])
+    assert ambiguity(probs, 0, 1, 2).tolist() == pytest.approx([3 * 0.2 / 1.0, 3 * 0.2 / 1.0])  # V = 3
+    assert shared_evidence(probs, (0, 1)).tolist() == pytest.approx([0.3, 0.4])  # min_c h_c, eq. (5)
+
+
+def test_insecurity_effects_follow_eq5_on_the_tiny_model(tiny_engine):
+    """Each insecurity's deletion effect is the drop of min(h_a, h_b) (the evidence eq. 5 says the region holds
+    for both classes), its insertion effect is h_a + h_b with only the region kept, each computed by hand from the
+    quadrant means (removed pixels: the image's mean gray); the references are each class's own attributive
+    region of the same size (W_c F per quadrant, eq. 3) and random regions."""
+    image = quadrant_image()
+    report = evaluate_types(tiny_engine, [Photo("quadrants", image)], [DEFAULT_SETTING], Baseline.MEAN,
+                            insecurities=3, random_draws=2, finer_cam=False, dims=(2,))
+    g = grays(image)
+    w = W.numpy().astype(np.float64)
+
+    def probs(mask: np.ndarray) -> np.ndarray:  # mask (4, 4): True = replaced by the mean
+        f = np.where(mask, g.mean(), g).reshape(2, 2, 2, 2).mean(axis=(1, 3)).ravel()
+        return softmax(w @ f)
+
+    (res,) = tiny_engine.explain([ImageRequest(image, DEFAULT_SETTING.with_kinds(Kind.DELIBERATIVE, dims=(2,), top_e=3,
+                                                                                 max_insecurities=3))])
+    p0 = probs(np.zeros((4, 4), bool))
+    deletions = [e for e in report.effects if e.kind == "deliberative"]
+    insertions = [e for e in report.effects if e.kind == "deliberative insertion"]
+    assert [e.classes for e in deletions] == [i.class_ids for i in res.deliberative[2]] == [e.classes for e in
+                                                                                            insertions]
+    for ins, dele, keep in zip(res.deliberative[2], deletions, insertions):
+        a, b = ins.class_ids
+        cells = ins.region.cells
+        assert dele.effect == pytest.approx(min(p0[a], p0[b]) - min(probs(cells)[[a, b]]), abs=1e-5)
+        assert keep.effect == pytest.approx(probs(~cells)[[a, b]].sum(), abs=1e-5)
+        k = int(cells.sum())
+        assert dele.pixels == keep.pixels == k
+        # own attributive regions: the k highest pixels of W_c F (eq. 3, clipped) upsampled bilinearly to 4 x 4
+        own = []
+        for c in (a, b):
+            amap = torch.tensor(np.maximum(w[c] * V, 1e-7).reshape(1, 1, 2, 2))
+            up = torch.nn.functional.interpolate(amap, size=(4, 4), mode="bilinear", align_corners=False).ravel()
+            ranked = np.sort(up.numpy())[::-1]
+            assert ranked[k - 1] > ranked[k]  # no tie at the cut: the region is unique
+            own.append((up.numpy() >= ranked[k - 1]).reshape(4, 4))
+        drops = [min(p0[a], p0[b]) - min(probs(m)[[a, b]]) for m in own]
+        assert dele.references["own attributive, best"] == pytest.approx(max(drops), abs=1e-5)
+        assert dele.references["own attributive, mean"] == pytest.approx(np.mean(drops), abs=1e-5)
+        kept = [probs(~m)[[a, b]].sum() for m in own]
+        assert keep.references["own attributive, best"] == pytest.approx(max(kept), abs=1e-5)
+        amb = lambda p: 2 * min(p[a], p[b]) / (p[a] + p[b])  # noqa: E731 - the former measure, kept as a column
+        assert dele.ambiguity_drop == pytest.approx(amb(p0) - amb(probs(cells)), abs=1e-5)
+    rows = {r["kind"]: r for r in report.summary()}
+    assert rows["deliberative V=2"]["regions"] == len(deletions)
+    assert "ambiguity drop" in rows["deliberative V=2"] and "ambiguity drop" not in rows["deliberative insertion V=2"]
 
 
 def test_counterfactual_and_attributive_effects_on_the_tiny_model(tiny_engine):
@@ -106,7 +157,8 @@ def test_counterfactual_and_attributive_effects_on_the_tiny_model(tiny_engine):
     f2 = features(res.attributive.region.cells)
     assert at.effect == pytest.approx(softmax(w @ f0)[y] - softmax(w @ f2)[y], abs=1e-5)
     summary = {r["kind"]: r for r in report.summary()}
-    assert set(summary) == {"attributive", "deliberative", "counterfactual"}
+    assert set(summary) == {"attributive", "deliberative V=2", "deliberative insertion V=2", "deliberative V=3",
+                            "deliberative insertion V=3", "counterfactual"}
     assert 0.0 <= summary["counterfactual"]["wins vs random regions"] <= 1.0
 
 

@@ -41,14 +41,23 @@ def test_evaluate_proxy_writes_json_table_and_plot(cub_root, resnet_weights, tmp
     summary = json.loads((out / "proxy.json").read_text())
     assert summary["images"] == 3 and summary["settings"]["split"] == "test"
     assert set(summary["curves"]) == {"attributive/1", "self_aware/1", "deliberative/2", "deliberative/3",
-                                      "counterfactual/1", "counterfactual/2"}
-    assert len(summary["curves"]["deliberative/2"]["precision"]) == 90
+                                      "counterfactual/1", "counterfactual/2", "counterfactual/1/exemplar",
+                                      "counterfactual/2/exemplar"}
+    assert len(summary["curves"]["deliberative/2"]["precision"]) == 91  # 0.5 %, then 1 %..90 %
+    assert summary["settings"]["part_mapping"] == "authors" and summary["settings"]["estimator"] == "reference"
+    assert summary["settings"]["geometry"] == "resize" and "geometry resize" in (out / "proxy.md").read_text()
+    assert "PIoU" in summary["settings"]["rules"]
     assert set(summary["piou"]) == {"counterfactual/1", "counterfactual/2"}
     assert "Table II" in (out / "proxy.md").read_text()
     assert (out / "proxy_pr.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_evaluate_proxy_bad_input_exits_2(cub_root, resnet_weights, tmp_path, capsys):
+    for flags, named in ((["--coverages", "0.1,abc"], "--coverages"), (["--coverages", "table3-vgg16"], "--coverage"),
+                         (["--student-arch", "resnet18"], "--student-arch and --student-state-dict go together")):
+        assert main(["evaluate", "proxy", str(cub_root), "--arch", "resnet18", "--state-dict", str(resnet_weights),
+                     "--out", str(tmp_path)] + flags) == 2
+        assert named in capsys.readouterr().err  # table3-vgg16 (0.5 % only) does not hold the reference 10 %
     assert main(["evaluate", "proxy", str(cub_root), "--arch", "resnet18", "--state-dict",
                  str(tmp_path / "none.pt"), "--out", str(tmp_path)]) == 2
     assert "--state-dict" in capsys.readouterr().err

@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from galore.engine import ImageRequest
 from galore.errors import InvalidArgument
@@ -91,6 +92,68 @@ def test_precision_recall_and_part_iou_by_hand():
     other = np.array([[False, True, False], [True, False, False], [False, False, False]])
     iou = proxy.part_iou(inside, other)
     assert iou[:2].tolist() == [0.0, 0.5] and math.isnan(iou[2])
+    # no ground-truth part the model could see (the only GT part, throat, is not seen): P = R = NaN at every
+    # level, even where the region holds parts (the authors skip such segments; P = 0 before)
+    p, r = proxy.precision_recall(inside, np.array([False, False, True]), seen)
+    assert np.isnan(p).all() and np.isnan(r).all()
+
+
+def test_part_iou_authors_rules_by_hand():
+    """SCOUT's cf_PIoU: parts not visible in BOTH images are dropped; NaN unless both regions hold a part."""
+    query = np.array([[True, True, False, False],  # beak, tail
+                      [True, False, False, False],  # beak only
+                      [False, False, True, False],  # throat (not visible in the exemplar)
+                      [False, False, False, False]])
+    exemplar = np.array([[True, False, True, False],  # beak, throat
+                         [False, False, False, True],  # wing (not visible in the query)
+                         [True, False, False, False],
+                         [True, False, False, False]])
+    seen_q = np.array([True, True, True, False])
+    seen_e = np.array([True, True, False, True])
+    iou = proxy.part_iou(query, exemplar, seen_q, seen_e)
+    # level 0: both = {beak, tail}; query {beak, tail}, exemplar {beak} -> 1/2
+    assert iou[0] == 0.5
+    # level 1: the exemplar's wing is not visible in the query -> exemplar empty -> NaN (was 0: |{}|/|{beak, wing}|)
+    # level 2: the query's throat is not visible in the exemplar -> query empty -> NaN
+    # level 3: the query region holds no part -> NaN (was 0)
+    assert np.isnan(iou[1:]).all()
+    assert proxy.part_iou(query, exemplar)[1] == 0.0  # without the visibility masks: plain IoU of the ids
+
+
+def test_table2_estimators_by_hand():
+    """reference: one point per segment at the reference coverage; pooled: one point per coverage level
+    (mean strength, mean precision over the segments whose P is defined there)."""
+    settings = proxy.ProxySettings(options=ExplainOptions(threshold=Threshold(coverage=0.2)),
+                                   coverages=(0.1, 0.2, 0.3))
+    nan = float("nan")
+    strengths = [(3.0, 2.0, 1.0), (5.0, 4.0, 2.0), (1.0, 1.5, 0.5), (2.0, 2.5, 0.2)]
+    precisions = [(1.0, 0.5, nan), (0.5, 1.0, 0.25), (0.0, 0.0, 0.5), (nan, 0.25, 0.75)]
+    segs = [proxy.Segment("deliberative", 2, i, "query", (0, 1), np.array(p), np.array(p), np.array(st),
+                          np.zeros((3, 1), bool)) for i, (st, p) in enumerate(zip(strengths, precisions))]
+    report = proxy.ProxyReport(settings, [0, 1, 2, 3], segs, {}, {})
+    from scipy import stats
+    ref = stats.pearsonr([2.0, 4.0, 1.5, 2.5], [0.5, 1.0, 0.0, 0.25])
+    got = report.correlation("deliberative", 2)
+    assert got["estimator"] == "reference" and got["n"] == 4 and got["pearson"] == pytest.approx(ref.statistic)
+    xs = [np.mean([3.0, 5.0, 1.0]), np.mean([2.0, 4.0, 1.5, 2.5]), np.mean([2.0, 0.5, 0.2])]
+    ys = [np.mean([1.0, 0.5, 0.0]), np.mean([0.5, 1.0, 0.0, 0.25]), np.mean([0.25, 0.5, 0.75])]
+    pooled = report.correlation("deliberative", 2, "pooled")
+    assert pooled["n"] == 3 and pooled["pearson"] == pytest.approx(stats.pearsonr(xs, ys).statistic)
+
+
+def test_coverage_presets_and_part_mappings():
+    assert proxy.DEFAULT_COVERAGES[:3] == (0.005, 0.01, 0.02) and proxy.DEFAULT_COVERAGES[-1] == 0.9
+    assert proxy.COVERAGE_PRESETS["table3-vgg16"] == (0.005,) and proxy.COVERAGE_PRESETS["table3-resnet50"] == (0.02,)
+    assert proxy.COVERAGE_PRESETS["scout"][:2] == (0.005, 0.01) and proxy.COVERAGE_PRESETS["scout"][-1] == 0.49
+    authors, ours = proxy.AUTHORS_PART_GROUPS, proxy.OUR_PART_GROUPS
+    assert proxy.CUB_PART_GROUPS is authors and set(authors) == set(ours)
+    differ = {part for part in authors if set(authors[part]) != set(ours[part])}
+    assert differ == {"back", "belly", "crown", "left eye", "right eye", "throat"}
+    assert "has_head_pattern" in authors["throat"] and "has_upperparts_color" not in authors["back"]
+    with pytest.raises(InvalidArgument, match="part_mapping"):
+        proxy.ProxySettings(part_mapping="mine")
+    with pytest.raises(InvalidArgument, match="estimator"):
+        proxy.ProxySettings(estimator="median")
 
 
 def test_pearson_p_value_matches_scipy():
@@ -136,7 +199,7 @@ def test_protocol_end_to_end_hand_numbers(cub_root, cub_engine):
     on its right half (the only cells where 1 - s(x) grows), so at coverage 0.5 the regions are those halves."""
     cub = read_cub(cub_root)
     settings = proxy.ProxySettings(options=ExplainOptions(dims=(2, 3), top_e=3, threshold=Threshold(coverage=0.5)),
-                                   coverages=(0.25, 0.5, 1.0), split="all")
+                                   coverages=(0.25, 0.5, 1.0), split="all", geometry="crop")
     report = proxy.run_protocol(cub_engine, cub, settings)
     assert report.images == [1, 2, 3, 4, 5, 6] and not report.failures
     half = 1
@@ -158,13 +221,14 @@ def test_protocol_end_to_end_hand_numbers(cub_root, cub_engine):
             assert seg.inside[half].tolist() == [False, tail_seen, False]
         if tail_seen:
             ab = pairs[frozenset({A, B})]
-            assert ab.precision[half] == 0.0
-            if image == 6:  # its beak (the only GT part of A, B) lies outside the crop: recall undefined
-                assert math.isnan(ab.recall[half])
+            if image == 6:  # its beak (the only GT part of A, B) lies outside the crop: P and R undefined (NaN)
+                assert math.isnan(ab.precision[half]) and math.isnan(ab.recall[half])
             else:
-                assert ab.recall[half] == 0.0
+                assert (ab.precision[half], ab.recall[half]) == (0.0, 0.0)
             assert (pairs[frozenset({B, C})].precision[half], pairs[frozenset({B, C})].recall[half]) == (1.0, 1.0)
-            assert pairs[frozenset({A, C})].precision[half] == 0.0 and math.isnan(pairs[frozenset({A, C})].recall[half])
+            # (A, C) has no ground-truth part: NaN, not P = 0 (the authors skip such segments)
+            assert math.isnan(pairs[frozenset({A, C})].precision[half])
+            assert math.isnan(pairs[frozenset({A, C})].recall[half])
         (triple,) = by[("deliberative", 3, image, "query")]
         seen = sum(1 for x, y, v in LOCS[image] if v and 16 <= x < 112)
         assert triple.recall[half] == pytest.approx((1 if tail_seen else 0) / seen)
@@ -174,17 +238,21 @@ def test_protocol_end_to_end_hand_numbers(cub_root, cub_engine):
             truth = INSECURE[frozenset(s.classes)]
         else:
             truth = discriminant(s.classes[0], s.classes[1:])
-        image = s.image_id if s.side == "query" else None
+        if s.side == "query":
+            seen = {k for k, (x, y, v) in enumerate(LOCS[s.image_id]) if v and 16 <= x < 112}
+            assert seen == set(np.flatnonzero(s.seen))
+        else:
+            seen = set(np.flatnonzero(s.seen))
         for level in range(3):
             found = set(np.flatnonzero(s.inside[level]))
-            if found:
+            if found and truth & seen:
                 assert s.precision[level] == pytest.approx(len(found & truth) / len(found))
-            else:
+            else:  # no part in the region, or no ground-truth part visible: undefined
                 assert math.isnan(s.precision[level])
-            if image is not None:
-                seen = {k for k, (x, y, v) in enumerate(LOCS[image]) if v and 16 <= x < 112}
-                if truth & seen:
-                    assert s.recall[level] == pytest.approx(len(found & truth) / len(truth & seen))
+            if truth & seen:
+                assert s.recall[level] == pytest.approx(len(found & truth) / len(truth & seen))
+            else:
+                assert math.isnan(s.recall[level])
     summary = report.summary()
     for dim in (1, 2):
         pairs = {}
@@ -196,27 +264,81 @@ def test_protocol_end_to_end_hand_numbers(cub_root, cub_engine):
         for segs in pairs.values():
             (q,) = [s for s in segs if s.side == "query"]
             for e in (s for s in segs if s.side == "exemplar"):
-                a, b = set(np.flatnonzero(q.inside[half])), set(np.flatnonzero(e.inside[half]))
-                if a | b:
+                both = set(np.flatnonzero(q.seen & e.seen))  # the authors' PIoU: parts visible in both images
+                a, b = set(np.flatnonzero(q.inside[half])) & both, set(np.flatnonzero(e.inside[half])) & both
+                if a and b:  # NaN (left out) unless both regions hold such a part
                     ious.append(len(a & b) / len(a | b))
-        assert summary["piou"][f"counterfactual/{dim}"][half] == pytest.approx(np.mean(ious))
+        assert ious and summary["piou"][f"counterfactual/{dim}"][half] == pytest.approx(np.mean(ious))
+        # counterfactual P/R: the query side; the exemplar side apart
+        queries = [s for ss in pairs.values() for s in ss if s.side == "query"]
+        assert summary["curves"][f"counterfactual/{dim}"]["segments"] == len(queries) == 6
+        assert summary["curves"][f"counterfactual/{dim}/exemplar"]["segments"] == sum(
+            1 for ss in pairs.values() for s in ss if s.side == "exemplar")
     from scipy import stats
 
     segs = [s for s in report.segments if s.kind == "deliberative" and s.dim == 2]
     pts = [(s.strength[half], s.precision[half]) for s in segs if not math.isnan(s.precision[half])]
     ref = stats.pearsonr(*zip(*pts))
     got = summary["strength_precision"]["deliberative/2"]
-    assert got["n"] == len(pts) == len(segs) - 3  # image 4's three insecurities hold no part (no visible tail)
+    # image 4's three insecurities hold no part (no visible tail); every (A, C) pair has no ground-truth part;
+    # image 6's (A, B) has its only ground-truth part (the beak) outside the crop
+    assert got["n"] == len(pts) == len(segs) - 3 - 5 - 1
     assert got["pearson"] == pytest.approx(ref.statistic) and got["p_value"] == pytest.approx(ref.pvalue)
     assert summary["curves"]["attributive/1"]["precision"][half] == pytest.approx((0.5 * 5 + 1.0) / 6)
     assert summary["ground_truth_cut"] == {"2": pytest.approx(1.0), "3": pytest.approx(1 / 3)}
+
+
+def test_whole_image_geometry_sees_every_visible_part(cub_root, cub_engine):
+    """geometry "resize" (the default, the authors' NeurIPS 2019 script): the 128 x 96 photo is squeezed to the
+    8 x 8 crop, part (x, y) -> (x / 16, y / 12); every visible part is seen, image 6's beak (x = 5, outside the
+    centre crop) included: its (A, B) insecurity, whose only ground-truth part is that beak, now has P = R = 0
+    (the region holds the tail) instead of NaN."""
+    cub = read_cub(cub_root)
+    opts = ExplainOptions(kinds=frozenset({Kind.DELIBERATIVE}), dims=(2,), top_e=3, threshold=Threshold(coverage=0.5))
+    settings = proxy.ProxySettings(options=opts, coverages=(0.5,), split="all", counter_dims=(1,))
+    assert settings.geometry == "resize"
+    report = proxy.run_protocol(cub_engine, cub, settings)
+    for s in (s for s in report.segments if s.side == "query"):
+        assert s.seen.tolist() == [bool(v) for x, y, v in LOCS[s.image_id]]
+    view = proxy.View(cub, cub_engine.preprocess, "resize")
+    assert view.image(6).shape == (3, 8, 8)
+    np.testing.assert_allclose(view.points(6).xy, [[5 / 16, 20 / 12], [100 / 16, 50 / 12], [40 / 16, 60 / 12]])
+    (ab,) = [s for s in report.segments if s.image_id == 6 and s.kind == "deliberative" and set(s.classes) == {A, B}]
+    assert ab.inside[0].tolist() == [False, True, False]  # the tail (x = 100 -> column 6, the right half)
+    assert (ab.precision[0], ab.recall[0]) == (0.0, 0.0)
+    from galore.preprocess import Preprocess
+    with pytest.raises(InvalidArgument, match="resizes to 256 and crops 224") as err:
+        proxy.View(cub, Preprocess(), "resize")
+    assert err.value.field == "geometry"
+
+
+def test_student_teacher_selection(cub_root, cub_engine):
+    """With a student model (SCOUT's simulated user): only images the teacher (the engine: always A) classifies
+    correctly and the student (biases make it rank B, A, C) misclassifies are explained (images 1 and 2, class A);
+    the counter classes are the student's, without the true class: (B,) and (B, C)."""
+    from galore import Engine
+    from .conftest import PREP, tiny_cub_model
+
+    model = tiny_cub_model()
+    model[2].bias.data.copy_(torch.tensor([1.5, 3.0, 0.0]))
+    student = Engine.from_module("student", model, ["A", "B", "C"], PREP, layer="0", device="cpu")
+    cub = read_cub(cub_root)
+    opts = ExplainOptions(kinds=frozenset({Kind.COUNTERFACTUAL}), dims=(2,), top_e=3,
+                          threshold=Threshold(coverage=0.5))
+    report = proxy.run_protocol(cub_engine, cub, proxy.ProxySettings(options=opts, coverages=(0.5,), split="all"),
+                                student=student)
+    assert report.images == [1, 2]
+    queries = [s for s in report.segments if s.kind == "counterfactual" and s.side == "query"]
+    assert sorted((s.image_id, s.classes) for s in queries) == [(1, (A, B)), (1, (A, B, C)), (2, (A, B)),
+                                                                (2, (A, B, C))]
+    assert report.summary()["settings"]["counter_user"].startswith("student student")
 
 
 def test_hardest_and_limit_select_images(cub_root, cub_engine):
     cub = read_cub(cub_root)
     opts = ExplainOptions(kinds=frozenset({Kind.ATTRIBUTIVE}), dims=(2,), top_e=3, threshold=Threshold(coverage=0.5))
     report = proxy.run_protocol(cub_engine, cub, proxy.ProxySettings(options=opts, coverages=(0.5,), hardest=2,
-                                                                      counter_dims=(1,)))
+                                                                      counter_dims=(1,), geometry="crop"))
     scores = {i: cub_engine.explain([ImageRequest(cub.image(i), opts)])[0].score for i in cub.test_ids}
     assert report.images == sorted(scores, key=lambda i: (scores[i], i))[:2]
     with pytest.raises(InvalidArgument, match="coverages"):
