@@ -230,7 +230,8 @@ class RestClient:
 def _http_error(answer: requests.Response, response: pb.ExplainResponse | None) -> GaloreClientError:
     """A non-2xx answer -> GaloreClientError. TorchServe's own 503 (job queue full: "has no worker to serve
     inference request", or no worker at all) and its 500 "Worker died." (the worker holding the call crashed and is
-    being restarted) are UNAVAILABLE, so they are retried with backoff like the gateway's."""
+    being restarted) are UNAVAILABLE: the caller may retry. The session's Retry has already retried the 503s; a
+    500 it cannot tell apart from a real fault without reading the body, so "Worker died." is not retried here."""
     status = response.status if response is not None else pb.Status()
     worker_lost = answer.status_code == 500 and "Worker died" in answer.text  # TorchServe restarts the worker
     code = status.code or ("UNAVAILABLE" if answer.status_code == 503 or worker_lost else f"HTTP_{answer.status_code}")
