@@ -325,6 +325,17 @@ def _background(size: int, rng) -> np.ndarray:
     return np.asarray(img, float)
 
 
+@dataclass(frozen=True)
+class Pose:
+    """Where the canonical bird goes: facing right (else mirrored), rotated by angle (degrees, about the canonical
+    centre), scaled by scale (image pixels per canonical pixel), its canonical centre at ``centre`` (x, y)."""
+
+    facing_right: bool
+    angle: float
+    scale: float
+    centre: tuple[float, float]
+
+
 @dataclass(frozen=True, eq=False)
 class Sample:
     """One rendered image: rgb (S, S, 3) uint8; points (K, 2) x, y in its pixels and visible (K,) bool, in
@@ -336,8 +347,9 @@ class Sample:
     values: np.ndarray
 
 
-def render(d: Design, c: int, config: SyntheticConfig, image_seed: int) -> Sample:
-    """Renders one image of class ``c``: per-image attribute noise, pose, background, occluder (module docstring)."""
+def render(d: Design, c: int, config: SyntheticConfig, image_seed: int, pose: Pose | None = None) -> Sample:
+    """Renders one image of class ``c``: per-image attribute noise, pose, background, occluder (module docstring).
+    ``pose``: instead of the random one (the random draws still happen, so everything else stays the same)."""
     from PIL import Image
 
     rng = np.random.default_rng([config.seed, 1, image_seed])
@@ -348,7 +360,7 @@ def render(d: Design, c: int, config: SyntheticConfig, image_seed: int) -> Sampl
             values[g] = (values[g] + rng.integers(1, n)) % n
     value = {group: group_values(group)[values[g]] for g, group in enumerate(GROUPS)}
     shapes = _shapes(value["has_bill_shape"], value["has_wing_shape"], value["has_tail_shape"])
-    facing_right = bool(rng.random() < 0.5)
+    facing_right = bool(rng.random() < 0.5) if pose is None else pose.facing_right
     names = _drawn_to_part(facing_right)
     canvas = np.zeros((CANVAS, CANVAS, 3))
     owner = np.full((CANVAS, CANVAS), -1)  # index into Z_ORDER of the shape on top
@@ -362,7 +374,7 @@ def render(d: Design, c: int, config: SyntheticConfig, image_seed: int) -> Sampl
         canvas[mask] = paint
         owner[mask] = z
         if drawn == "near eye":  # pupil, painted as part of the eye
-            pupil = _ellipse(HEAD[0] + 8, HEAD[1] - 3, 2, 2)
+            pupil = _ellipse(HEAD[0] + 9, HEAD[1] - 4, 1.5, 1.5)
             canvas[pupil] = 20
     anchors = {names[drawn]: _anchor(owner == z) for z, drawn in enumerate(Z_ORDER)}
     # canonical -> image: mirror, rotate about the canvas centre, scale, translate
@@ -370,6 +382,8 @@ def render(d: Design, c: int, config: SyntheticConfig, image_seed: int) -> Sampl
     angle = math.radians(rng.uniform(-25, 25))
     scale = rng.uniform(0.6, 1.0) * size / CANVAS
     centre = rng.uniform(0.4 * size, 0.6 * size, 2)
+    if pose is not None:
+        angle, scale, centre = math.radians(pose.angle), pose.scale, np.array(pose.centre, float)
     flip = 1.0 if facing_right else -1.0
     cos, sin = math.cos(angle) * scale, math.sin(angle) * scale
     forward = np.array([[cos * flip, -sin], [sin * flip, cos]])  # (2, 2): canonical offset -> image offset
