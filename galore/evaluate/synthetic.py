@@ -27,7 +27,7 @@ Example::
 
     >>> d = design(SyntheticConfig(num_classes=4, family_size=2, seed=0))
     >>> d.table.shape, d.families
-    ((4, 21), ((0, 1), (2, 3)))
+    ((4, 20), ((0, 1), (2, 3)))
 """
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ TYPE_GROUPS: Mapping[str, tuple[str, ...]] = {
     "tail": ("has_upper_tail_color", "has_tail_pattern", "has_tail_shape"),
     "throat": ("has_throat_color",),
 }
-GROUPS = tuple(g for t in PART_TYPES for g in TYPE_GROUPS[t])  # 21 groups
+GROUPS = tuple(g for t in PART_TYPES for g in TYPE_GROUPS[t])  # 20 groups
 
 
 def group_values(group: str) -> tuple[str, ...]:
