@@ -176,7 +176,7 @@ def _protocol(cub, arch: str, state_dict: Path, layer: str, settings, no_progres
     bar = _bar(len(select_images(cub, settings)), no_progress)
     report = run_protocol(engine, cub, settings, progress=bar.update)
     bar.close()
-    return report
+    return report, engine.grid.side
 
 
 def evaluate(data, training, out: Path, args: argparse.Namespace) -> bool:
@@ -186,7 +186,8 @@ def evaluate(data, training, out: Path, args: argparse.Namespace) -> bool:
     from galore import zoo
     from galore.classifier_training import REPORT, WEIGHTS
     from galore.evaluate.cub import read_cub
-    from galore.evaluate.proxy import ProxySettings
+    from galore.evaluate.proxy import PART_MAPPINGS, GroundTruth, ProxySettings
+    from galore.evaluate.region_baselines import baseline_curves
     from galore.evaluate.synthetic import design
     from galore.evaluate.synthetic_truth import family_confusion, protocol_agreement
     from galore.options import ExplainOptions
@@ -207,9 +208,13 @@ def evaluate(data, training, out: Path, args: argparse.Namespace) -> bool:
         runs.append(("random", random_weights))
     for name, weights in runs:
         began = time.perf_counter()
-        report = _protocol(cub, training.arch, weights, training.layer, settings, args.no_progress)
+        report, side = _protocol(cub, training.arch, weights, training.layer, settings, args.no_progress)
         summary = report.summary()
         summary["seconds"] = round(time.perf_counter() - began, 1)
+        if name == "trained":
+            gt = GroundTruth.of(cub, settings.fraction, settings.smoothing, PART_MAPPINGS[settings.part_mapping],
+                                seed=settings.seed)
+            baselines = baseline_curves(report, gt, side)
         folder = out / ("proxy" if name == "trained" else "proxy-random")
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "proxy.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
@@ -221,7 +226,8 @@ def evaluate(data, training, out: Path, args: argparse.Namespace) -> bool:
     confusion = family_confusion(trained["held_out"]["confusion"], d.families)
     report = {"data": asdict(data), "training": trained["config"], "accuracy": {
         k: trained["held_out"][k] for k in ("top1", "top5", "images")}, "train_seconds": trained["train_seconds"],
-        "family_confusion": confusion, "protocol_agreement": agreement,
+        "family_confusion": confusion, "protocol_agreement": agreement, "coverages": list(settings.coverages),
+        "baselines": baselines,
         "proxy": {k: {"curves": v["curves"], "piou": v["piou"], "strength_precision": v["strength_precision"],
                       "images": v["images"], "seconds": v["seconds"]} for k, v in results.items()},
         "machine": machine()}
@@ -269,7 +275,58 @@ def render_report(report: dict, proxy_markdown: dict[str, str]) -> str:
         "How often the protocol's 20 % attribute-similarity cut selects the parts shared by construction:", "",
         *summary_rows(report["protocol_agreement"]), "",
     ]
+    lines += [*baseline_rows(report), ""]
     for name, text in proxy_markdown.items():
         title = "trained model" if name == "trained" else "the same network with random weights (Fig. 11)"
-        lines += [f"## Proxy protocol, {title} ({report['proxy'][name]['seconds']} s)", "", text]
+        run = report["proxy"][name]
+        rate = run["images"] / max(run["seconds"], 1e-9)
+        lines += [f"## Proxy protocol, {title} ({run['seconds']} s, {rate:.2f} images/s with every kind, the "
+                  "sweep and the exemplars)", "", text]
     return "\n".join(lines)
+
+
+TABLE3_COVERAGES = (0.005, 0.1)  # one receptive-field unit of a 14 x 14 F (Table III), and the reference level
+BASELINE_KEYS = ("attributive/1", "deliberative/2", "deliberative/3", "counterfactual/1", "counterfactual/2")
+
+
+def baseline_rows(report: dict) -> list[str]:
+    """Markdown: precision / recall of each explanation against the baselines of the same size (Table III)."""
+    import numpy as np
+
+    from galore.evaluate.region_baselines import at
+
+    covs = report["coverages"]
+    runs = report["proxy"]
+
+    def cell(values, coverage) -> str:
+        v = at(covs, values, coverage)
+        return "-" if v is None else f"{v:.3f}"
+
+    def spread(per_seed, coverage) -> str:
+        vals = [at(covs, s, coverage) for s in per_seed]
+        vals = [v for v in vals if v is not None]
+        if not vals:
+            return "-"
+        return f"{np.mean(vals):.3f}" + (f" ± {np.std(vals):.3f}" if len(vals) > 1 else "")
+
+    head = " | ".join(f"P @ {c:.1%} | R @ {c:.1%}" for c in TABLE3_COVERAGES)
+    lines = ["## Explanations against baseline regions of the same size (Table III)", "",
+             "Query-side segments of the trained model, each re-scored with a region of the same number of cells: "
+             "random cells (mean ± sd over 3 seeds), the object prior (the cells nearest the visible part points; "
+             "3 tie-breaking seeds), y*'s attributive region; and the same explanations of the random-weight "
+             "network (Fig. 11).", "", f"| explanation | region | {head} |",
+             "|---|---|" + "---|---|" * len(TABLE3_COVERAGES)]
+    for key in BASELINE_KEYS:
+        rows = []
+        for name, run in (("GALORE", "trained"), ("GALORE, random weights", "random")):
+            curve = runs.get(run, {}).get("curves", {}).get(key)
+            if curve:
+                rows.append((name, " | ".join(f"{cell(curve['precision'], c)} | {cell(curve['recall'], c)}"
+                                               for c in TABLE3_COVERAGES)))
+        for name in ("random", "object_prior", "attributive"):
+            curve = report["baselines"].get(name, {}).get(key)
+            if curve and not (name == "attributive" and key == "attributive/1"):
+                rows.append((name.replace("_", " "), " | ".join(
+                    f"{spread(curve['precision'], c)} | {spread(curve['recall'], c)}" for c in TABLE3_COVERAGES)))
+        lines += [f"| {key} | {name} | {values} |" for name, values in rows]
+    return lines

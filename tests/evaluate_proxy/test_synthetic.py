@@ -160,9 +160,13 @@ def test_quick_benchmark_end_to_end(quick):
         precision = [p for p in trained["curves"][key]["precision"] if p is not None]
         assert precision and all(0.0 <= p <= 1.0 for p in precision), key
     assert "random" in report["proxy"]
+    prior = report["baselines"]["object_prior"]["deliberative/2"]["precision"]
+    assert len(prior) == 3 and len(prior[0]) == len(report["coverages"])  # 3 seeds x every level
     text = (out / "synthetic.md").read_text()
     for title in ("## Data set", "## Classifier", "## The protocol's ground truth against the generator's",
-                  "## Proxy protocol, trained model", "Strength vs precision", "random weights (Fig. 11)"):
+                  "## Proxy protocol, trained model", "Strength vs precision", "random weights (Fig. 11)",
+                  "## Explanations against baseline regions of the same size (Table III)",
+                  "| deliberative/2 | object prior |", "| counterfactual/1 | random |"):
         assert title in text, title
     bank = sorted(p.name for p in (out / "model" / "exemplars").iterdir())
     assert bank == list(cub.class_names) and len(list((out / "model/exemplars" / bank[0]).iterdir())) == 5
@@ -180,3 +184,46 @@ def test_quick_outputs_run_unchanged_through_proxy_and_are_reused(quick, tmp_pat
     capsys.readouterr()
     assert main(["evaluate", "synthetic", "train", "--quick", "--out", str(out), "--no-progress"]) == 0
     assert "train reused" in capsys.readouterr().out
+
+
+def test_quick_model_builds_into_an_archive_the_service_serves(quick, tmp_path):
+    """model_store.build on the trained weights, F = features.8 and the exemplar bank; TorchServe's own model
+    loader then answers a counterfactual on a test image against a bank exemplar (module docstring of
+    synthetic_cli)."""
+    import sys
+    import zipfile
+
+    from ts.context import RequestProcessor
+    from ts.model_loader import ModelLoaderFactory
+
+    from galore_api.v1 import explainer_pb2 as pb
+    from model_store.build import build_torchvision
+
+    out, _ = quick
+    mar = build_torchvision(tmp_path / "store", "mobilenet_v3_small", out / "model" / "weights.pt",
+                            out / "model" / "labels.txt", name="synthetic_birds", layer="features.8",
+                            exemplar_bank=out / "model" / "exemplars")
+    model_dir = tmp_path / "model"
+    with zipfile.ZipFile(mar) as zipped:
+        zipped.extractall(model_dir)
+    sys.path.insert(0, str(model_dir))
+    try:
+        service = ModelLoaderFactory.get_model_loader().load(
+            "synthetic_birds", str(model_dir), "galore_handler.py", None, 1, limit_max_image_pixels=True)
+
+        def call(method: bytes, body: bytes) -> bytes:
+            service.context.request_processor = [RequestProcessor({})]
+            return service._entry_point([{"galore-rpc": method, "body": body}], service.context)[0]
+
+        info = pb.ModelInfo.FromString(call(b"GetModelInfo", b""))
+        assert info.layer.startswith("features.8") and (info.feature_height, info.feature_width) == (14, 14)
+        assert dict(info.exemplars_per_class) == {c: 5 for c in range(6)}
+        cub = read_cub(out / "data")
+        photo = (out / "data" / "images" / cub.paths[cub.test_ids[0]]).read_bytes()
+        options = pb.ExplainOptions(kinds=[pb.EXPLANATION_KIND_COUNTERFACTUAL], top_e=3)
+        request = pb.ExplainRequest(images=[pb.Image(data=photo)], options=options)
+        image = pb.ExplainResponse.FromString(call(b"Explain", request.SerializeToString())).images[0]
+        assert image.status.code == "OK" and image.counterfactual.complete
+        assert image.counterfactual.exemplars[0].exemplar_key.startswith("bank/001.Synth_F1_1/")
+    finally:
+        sys.path.remove(str(model_dir))
