@@ -3,9 +3,8 @@
 explanation, against the segment's own ground truth.
 
   * ``random``: that many cells drawn uniformly at random (one draw per seed);
-  * ``object_prior``: the cells nearest the image's visible part points (distance to the nearest point, ties
-    broken at random), so the region grows evenly over the object's visible parts: it knows where the object is,
-    not which part matters;
+  * ``object_prior``: random cells of the object (approximated by disks about its visible part points, see
+    ``object_prior_values``) first: it knows where the object is, not which part matters;
   * ``attributive``: the attributive region of y* of the same image (eq. 3), at the same coverage.
 
 Counts per level are the protocol's own (``proxy.coverage_counts``), cut by ``proxy.sweep`` and scored by
@@ -36,15 +35,22 @@ def random_values(cells: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def object_prior_values(part_cells: np.ndarray, side: int, rng: np.random.Generator) -> np.ndarray:
-    """(G*G,) values decreasing with the distance (in cells) to the nearest seen part point; ties broken at
-    random. ``part_cells`` (K,) flat cells, -1 unseen; ``side`` G."""
+    """(G*G,) values whose top cells are random cells of the object first, then random cells elsewhere. The object
+    is approximated from its seen part points (``part_cells`` (K,) flat cells, -1 unseen; ``side`` G): the cells
+    within radius r of some point, r the median distance (in cells) from a point to its nearest other point
+    (at least 1). A region of n cells is then spread evenly over the object: it knows where the object is, not
+    which part matters."""
     seen = part_cells[part_cells >= 0]
     rows, cols = np.divmod(np.arange(side * side), side)  # (G*G,) each
+    values = rng.random(side * side)  # (G*G,) in [0, 1)
     if not len(seen):
-        return random_values(side * side, rng)
+        return values + 1e-9
     pr, pc = np.divmod(seen, side)  # (P,)
-    distance = np.sqrt((rows[:, None] - pr[None]) ** 2 + (cols[:, None] - pc[None]) ** 2).min(1)  # (G*G,)
-    return 1.0 / (1.0 + distance) + 1e-6 * rng.random(side * side)
+    between = np.hypot(pr[:, None] - pr[None], pc[:, None] - pc[None])  # (P, P)
+    np.fill_diagonal(between, np.inf)
+    radius = max(1.0, float(np.median(between.min(1)))) if len(seen) > 1 else 1.0
+    distance = np.hypot(rows[:, None] - pr[None], cols[:, None] - pc[None]).min(1)  # (G*G,)
+    return values + 1e-9 + (distance <= radius)
 
 
 def baseline_curves(report: ProxyReport, gt: GroundTruth, side: int, seeds: Sequence[int] = (0, 1, 2)
