@@ -58,7 +58,7 @@ class Complement(enum.Enum):
 
 # The engine's rule, decided by figures (EVALUATION.md, section 2). ``galore evaluate --complement`` sets it for the
 # evaluation process only, so both rules are measured from the same code; serving never changes it.
-COMPLEMENT = Complement.PER_MAP
+COMPLEMENT = Complement.SHARED
 
 
 def complement(a: torch.Tensor, pred: torch.Tensor, rule: Complement | None = None) -> torch.Tensor:

@@ -180,7 +180,7 @@ def evaluate_types(engine, photos: Sequence[Photo], settings: Sequence[Setting],
                     refs[FINER_CAM_REFERENCE] = [top_mask(finer_cam_map(scorer, x, classes[0], classes[1]), k, gen)]
                 spans = {"explanation": add([mask])} | {name: add(ms) for name, ms in refs.items()}
                 if kind == DELIBERATIVE:  # insertion: only the region (or the reference) kept, the rest replaced
-                    spans |= {f"keep {name}": add([~m]) for name, m in [("explanation", mask)]}
+                    spans["keep explanation"] = add([~mask])
                     spans |= {f"keep {name}": add([~m for m in ms]) for name, ms in refs.items()}
                 plan.append((kind, classes, region, k, spans))
             logits = scorer.logits(torch.cat([x[None], replaced(x, b, torch.stack(masks))]))

@@ -44,8 +44,8 @@ def clipc(x):  # class maps: negative attributions become 1e-7, as in the author
     return np.where(x < 0, 1e-7, x)
 
 
-def comp(x):  # eq. (10): each map against its own max; a map without positive evidence (max <= 1e-7) gives 1
-    return x.max() - x if x.max() > 1e-7 else np.ones_like(x)
+def comp(x, *shared):  # eq. (10), the engine's rule (combiner.COMPLEMENT, SHARED): against M, the largest value
+    return max([x.max()] + [m.max() for m in shared]) - x  # of the maps of y* and C together
 
 
 def explain(engine, image=None, **opts):
@@ -97,7 +97,7 @@ def test_counterfactual_eq10_eq11_runner_up(tiny_engine):
     res = explain(tiny_engine, kinds=frozenset({Kind.COUNTERFACTUAL}))
     cf = res.counterfactual
     assert (cf.predicted_id, cf.counter_ids, cf.complete) == (0, (1,), False)
-    expected = clipc(a_logit(0)) * comp(clipc(a_logit(1))) * relu(a_softmax_score())  # eq. (11)
+    expected = clipc(a_logit(0)) * comp(clipc(a_logit(1)), clipc(a_logit(0))) * relu(a_softmax_score())  # eq. (11)
     np.testing.assert_allclose(grid(cf.query), expected, rtol=1e-4, atol=1e-8)
     assert cf.exemplars[0].region is None and "no exemplar" in cf.exemplars[0].missing_reason
     assert cf.strength == pytest.approx(cf.query.strength)
@@ -112,12 +112,12 @@ def test_multiclass_counterfactual_eq14_eq17_equal_masks(tiny_engine):
     (res,) = tiny_engine.explain([req])
     cf = res.counterfactual
     a0, a1, a2 = (clipc(a_logit(c)) for c in range(3))
-    expected = a0 * comp(a1) * comp(a2) * relu(a_softmax_score())
+    expected = a0 * comp(a1, a0, a2) * comp(a2, a0, a1) * relu(a_softmax_score())
     np.testing.assert_allclose(grid(cf.query), expected, rtol=1e-4, atol=1e-8)
     # exemplar side v: D(x^v, y^v, C'_v), C'_v = C \ {y^v} + {y*}, with x^v's own s(x^v) (eq. 13)
     f1 = np.array([0.8, 0.2, 0.2, 0.2])
     b0, b1, b2 = (clipc(a_logit(c, f1)) for c in range(3))
-    side1 = b1 * comp(b2) * comp(b0) * relu(a_softmax_score(f1))
+    side1 = b1 * comp(b2, b0, b1) * comp(b0, b1, b2) * relu(a_softmax_score(f1))
     np.testing.assert_allclose(grid(cf.exemplars[0].region), side1, rtol=1e-4, atol=1e-8)
     counts = {cf.query.pixel_count} | {e.region.pixel_count for e in cf.exemplars}
     assert len(counts) == 1 and counts.pop() > 0  # equal-size masks, note under eq. (16)

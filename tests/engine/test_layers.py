@@ -80,7 +80,7 @@ def test_layer_works_or_is_refused_at_load(family, layer):
     (res,) = engine.explain([ImageRequest(image, ExplainOptions(top_e=3))])
     assert res.error is None, res.error
     regions = [res.attributive.region, res.self_aware.region, res.counterfactual.query] + \
-        [i.region for i in res.deliberative[2]]
+        [i.region for i in res.deliberative.get(2, [])]  # random weights: a pair may share no evidence (eq. 5)
     assert all(bool(torch.isfinite(r.heatmap).all()) for r in regions)
 
 

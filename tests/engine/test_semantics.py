@@ -113,36 +113,43 @@ def test_complement_shared_scale_by_hand():
     torch.testing.assert_close(complement(a, torch.zeros(2, 2), Complement.SHARED), 3.0 - a)  # y* lower: max of C
 
 
-def test_counterfactual_against_a_class_without_evidence_keeps_y_star_evidence():
+def test_counterfactual_against_a_class_without_evidence_keeps_y_star_evidence(monkeypatch):
     """Class 2 has only negative weights: with F > 0 its map is all negative, clipped to 1e-7 (no evidence).
-    Its m^beta is 1 (eq. 10's fallback), so D(x, y*, 2) = a(h_y*) a(s): exactly the self-aware map of y*
-    (eq. 4), with the same region, instead of a map of zeros."""
+    Shared rule (the default): m^beta against the scale M shared by y* and C is ~M everywhere, so
+    D(x, y*, 2) = M a(h_y*) a(s). Per-map rule: eq. (10)'s fallback gives m^beta = 1, D = a(h_y*) a(s). Either way
+    the self-aware map of y* (eq. 4) up to a constant, with the same region, instead of a map of zeros."""
+    from galore import combiner
     weights = torch.tensor([[1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0], [-1.0, -0.5, -2.0, -1.0]])
     engine = tiny(weights)
-    res = run(engine, kinds=frozenset({Kind.COUNTERFACTUAL, Kind.SELF_AWARE}), counter_classes=(2,))
-    cf, aware = res.counterfactual, res.self_aware
     w = weights.double().numpy()
     a0 = w[0] * F
     logits = w @ F
     p = np.exp(logits) / np.exp(logits).sum()
     a_s = relu(p[0] * (w[0] - p @ w) * F).reshape(2, 2)
-    np.testing.assert_allclose(heat(cf.query), a0.reshape(2, 2) * a_s, rtol=1e-4)
-    assert cf.query.strength > 0 and cf.query.pixel_count > 0
-    assert np.array_equal(cf.query.cells, aware.region.cells)  # the same region as y*'s self-aware explanation
-    np.testing.assert_allclose(heat(cf.query), heat(aware.region), rtol=1e-4)
+    for rule, scale in ((combiner.Complement.SHARED, a0.max() - 1e-7), (combiner.Complement.PER_MAP, 1.0)):
+        monkeypatch.setattr(combiner, "COMPLEMENT", rule)
+        res = run(engine, kinds=frozenset({Kind.COUNTERFACTUAL, Kind.SELF_AWARE}), counter_classes=(2,))
+        cf, aware = res.counterfactual, res.self_aware
+        np.testing.assert_allclose(heat(cf.query), a0.reshape(2, 2) * scale * a_s, rtol=1e-4)
+        assert cf.query.strength > 0 and cf.query.pixel_count > 0
+        assert np.array_equal(cf.query.cells, aware.region.cells)  # the same region as y*'s self-aware one
 
 
-def test_counterfactual_against_a_weaker_counter_class_is_eq10_not_a_shared_scale():
+def test_counterfactual_against_a_weaker_counter_class_by_rule(monkeypatch):
     """y*'s peak (a(h_0) = [0.2, 0.8, 1.8, 3.2]) is above the counter class's (W_2 F = [0.1, -0.4, 1.2, 0], clipped:
-    peak 1.2). Eq. (10) takes class 2 against its own peak 1.2; a scale shared with y* (3.2) would add
-    (3.2 - 1.2) a(h_y*) a(s), a multiple of the self-aware map, and move the region towards "where y* is"."""
-    res = run(tiny(), kinds=frozenset({Kind.COUNTERFACTUAL}), counter_classes=(2,))
+    peak 1.2). Per map (eq. 10 as written) class 2 is taken against its own peak 1.2; the shared scale (3.2) adds
+    (3.2 - 1.2) a(h_y*) a(s), a multiple of the self-aware map."""
+    from galore import combiner
     a0, a2 = clipc(a_logit(0)), clipc(a_logit(2))
     assert a0.max() > a2.max()
-    expected = a0 * (a2.max() - a2) * relu(a_softmax_score())
-    np.testing.assert_allclose(heat(res.counterfactual.query), expected, rtol=1e-4, atol=1e-9)
-    shared = a0 * (a0.max() - a2) * relu(a_softmax_score())
-    assert not np.allclose(heat(res.counterfactual.query), shared, rtol=1e-3)
+    expected = {combiner.Complement.PER_MAP: a0 * (a2.max() - a2) * relu(a_softmax_score()),
+                combiner.Complement.SHARED: a0 * (a0.max() - a2) * relu(a_softmax_score())}
+    np.testing.assert_allclose(expected[combiner.Complement.SHARED] - expected[combiner.Complement.PER_MAP],
+                               (a0.max() - a2.max()) * a0 * relu(a_softmax_score()), atol=1e-12)
+    for rule, want in expected.items():
+        monkeypatch.setattr(combiner, "COMPLEMENT", rule)
+        res = run(tiny(), kinds=frozenset({Kind.COUNTERFACTUAL}), counter_classes=(2,))
+        np.testing.assert_allclose(heat(res.counterfactual.query), want, rtol=1e-4, atol=1e-9)
 
 
 # ---- item 4: the absolute threshold's shared scale ----------------------------------------------------------------
@@ -273,7 +280,7 @@ def test_signed_maps_without_clipping(tiny_engine):
               dims=(3,))
     a0, a1, a2, s = a_logit(0), a_logit(1), a_logit(2), a_softmax_score()
     assert a2.min() < 0 and s.min() < 0 < s.max()  # signed inputs
-    np.testing.assert_allclose(heat(res.counterfactual.query), a0 * (a1.max() - a1) * s,
+    np.testing.assert_allclose(heat(res.counterfactual.query), a0 * (max(a0.max(), a1.max()) - a1) * s,
                                rtol=1e-4, atol=1e-9)  # eq. (11), signed a(s)
     (triple,) = res.deliberative[3]
     np.testing.assert_allclose(heat(triple.region), a0 * a1 * a2 * -s, rtol=1e-4, atol=1e-9)  # eq. (12), a(1 - s)
