@@ -34,23 +34,31 @@ def random_values(cells: int, rng: np.random.Generator) -> np.ndarray:
     return rng.random(cells) + 1e-9
 
 
-def object_prior_values(part_cells: np.ndarray, side: int, rng: np.random.Generator) -> np.ndarray:
-    """(G*G,) values whose top cells are random cells of the object first, then random cells elsewhere. The object
-    is approximated from its seen part points (``part_cells`` (K,) flat cells, -1 unseen; ``side`` G): the cells
-    within radius r of some point, r the median distance (in cells) from a point to its nearest other point
-    (at least 1). A region of n cells is then spread evenly over the object: it knows where the object is, not
-    which part matters."""
+def object_cells(part_cells: np.ndarray, side: int) -> np.ndarray:
+    """(G*G,) bool: the object approximated from its seen part points (``part_cells`` (K,) flat cells, -1 unseen;
+    ``side`` G): the cells within radius r of some point, r the median distance (in cells) from a point to its
+    nearest other point (at least 1). No point: every cell."""
     seen = part_cells[part_cells >= 0]
-    rows, cols = np.divmod(np.arange(side * side), side)  # (G*G,) each
-    values = rng.random(side * side)  # (G*G,) in [0, 1)
     if not len(seen):
-        return values + 1e-9
+        return np.ones(side * side, bool)
+    rows, cols = np.divmod(np.arange(side * side), side)  # (G*G,) each
     pr, pc = np.divmod(seen, side)  # (P,)
     between = np.hypot(pr[:, None] - pr[None], pc[:, None] - pc[None])  # (P, P)
     np.fill_diagonal(between, np.inf)
     radius = max(1.0, float(np.median(between.min(1)))) if len(seen) > 1 else 1.0
-    distance = np.hypot(rows[:, None] - pr[None], cols[:, None] - pc[None]).min(1)  # (G*G,)
-    return values + 1e-9 + (distance <= radius)
+    near = np.zeros(side * side, bool)
+    for r, c in zip(pr, pc):  # one disk per point
+        near |= (rows - r) ** 2 + (cols - c) ** 2 <= radius * radius
+    return near
+
+
+def object_prior_values(part_cells: np.ndarray, side: int, rng: np.random.Generator,
+                        obj: np.ndarray | None = None) -> np.ndarray:
+    """(G*G,) values whose top cells are random cells of the object (``object_cells``, or ``obj`` when given)
+    first, then random cells elsewhere: a region of n cells spread evenly over the object knows where the object
+    is, not which part matters."""
+    obj = object_cells(part_cells, side) if obj is None else obj
+    return rng.random(side * side) + 1e-9 + obj
 
 
 def baseline_curves(report: ProxyReport, gt: GroundTruth, side: int, seeds: Sequence[int] = (0, 1, 2)
@@ -59,6 +67,7 @@ def baseline_curves(report: ProxyReport, gt: GroundTruth, side: int, seeds: Sequ
     for the query-side segments of ``report`` on a working grid of side G = ``side``."""
     counts = coverage_counts(side * side, report.settings.coverages)
     attributive = {s.image_id: s for s in report.segments if s.kind == "attributive"}
+    objects: dict[int, np.ndarray] = {}  # image id -> object cells (query sides share the image's points)
     out: dict[str, dict[str, dict[str, list]]] = {b: {} for b in BASELINES}
     for key, segments in _groups(report.segments).items():
         for seed in seeds:
@@ -66,8 +75,10 @@ def baseline_curves(report: ProxyReport, gt: GroundTruth, side: int, seeds: Sequ
             for s in segments:
                 truth = segment_truth(gt, s)
                 rng = np.random.default_rng([seed, s.image_id, len(s.classes), *s.classes])
+                if s.image_id not in objects:
+                    objects[s.image_id] = object_cells(s.cells, side)
                 for name, values in (("random", random_values(side * side, rng)),
-                                     ("object_prior", object_prior_values(s.cells, side, rng))):
+                                     ("object_prior", object_prior_values(s.cells, side, rng, objects[s.image_id]))):
                     inside = sweep(values, s.cells, counts).inside
                     p, r = precision_recall(inside, truth, s.seen)
                     scored[name][0].append(p)

@@ -173,7 +173,7 @@ def test_quick_benchmark_end_to_end(quick):
     assert (out / "model" / "labels.txt").read_text().splitlines() == list(cub.class_names)
 
 
-def test_quick_outputs_run_unchanged_through_proxy_and_are_reused(quick, tmp_path, capsys):
+def test_quick_outputs_run_unchanged_through_proxy_and_train_hardness_and_are_reused(quick, tmp_path, capsys):
     out, _ = quick
     status = main(["evaluate", "proxy", str(out / "data"), "--arch", "mobilenet_v3_small", "--state-dict",
                    str(out / "model" / "weights.pt"), "--layer", "features.8", "--limit", "2", "--coverages",
@@ -181,6 +181,11 @@ def test_quick_outputs_run_unchanged_through_proxy_and_are_reused(quick, tmp_pat
     assert status == 0, capsys.readouterr().err
     summary = json.loads((tmp_path / "proxy" / "proxy.json").read_text())
     assert summary["images"] == 2 and summary["model"]["layer"].startswith("features.8")
+    status = main(["train-hardness", str(out / "data"), "--layout", "cub", "--arch", "mobilenet_v3_small",
+                   "--state-dict", str(out / "model" / "weights.pt"), "--hardness-arch", "mobilenet_v3_small",
+                   "--epochs", "1", "--out", str(tmp_path / "hp"), "--threads", "1", "--no-progress"])
+    assert status == 0 and (tmp_path / "hp" / "hardness.pt").is_file()
+    assert json.loads((tmp_path / "hp" / "report.json").read_text())["held_out"]["images"] == 60
     capsys.readouterr()
     assert main(["evaluate", "synthetic", "train", "--quick", "--out", str(out), "--no-progress"]) == 0
     assert "train reused" in capsys.readouterr().out
