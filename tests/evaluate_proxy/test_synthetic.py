@@ -160,7 +160,8 @@ def test_quick_benchmark_end_to_end(quick):
         precision = [p for p in trained["curves"][key]["precision"] if p is not None]
         assert precision and all(0.0 <= p <= 1.0 for p in precision), key
     assert "random" in report["proxy"]
-    prior = report["baselines"]["object_prior"]["deliberative/2"]["precision"]
+    prior = report["baselines"]["trained"]["object_prior"]["deliberative/2"]["precision"]
+    assert "random" in report["baselines"]["random"]
     assert len(prior) == 3 and len(prior[0]) == len(report["coverages"])  # 3 seeds x every level
     text = (out / "synthetic.md").read_text()
     for title in ("## Data set", "## Classifier", "## The protocol's ground truth against the generator's",
