@@ -27,7 +27,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -203,8 +202,3 @@ def train_classifier(train: TensorDataset, held_out: TensorDataset, labels: Sequ
     (out / REPORT).write_text(json.dumps(report) + "\n", encoding="utf-8")
     return report
 
-
-def class_accuracy(confusion: np.ndarray) -> np.ndarray:
-    """(C,) per-class recall from a confusion matrix (rows: true class)."""
-    confusion = np.asarray(confusion, float)
-    return np.diag(confusion) / np.maximum(confusion.sum(1), 1)

@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from galore.errors import InvalidArgument
 from galore.evaluate.cub import read_cub
