@@ -56,7 +56,7 @@ class Complement(enum.Enum):
     SHARED = "shared"  # one M per discriminant map: the largest value of the maps of y* and of every class of C
 
 
-# The engine's rule, decided by figures (EVALUATION.md, section 2). ``galore evaluate --complement`` sets it for the
+# The engine's rule, decided by figures (EVALUATION.md, section 2a). ``galore evaluate --complement`` sets it for the
 # evaluation process only, so both rules are measured from the same code; serving never changes it.
 COMPLEMENT = Complement.SHARED
 

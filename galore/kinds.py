@@ -22,7 +22,7 @@ from .rows import CLIP_FLOOR, RowMaps
 # An insecurity needs shared evidence (eq. 5: the region holds evidence for every class of the tuple). A V-tuple is
 # returned only if (i) some feature cell has every class's map above the clip floor and a(1 - s) > 0, and (ii) its
 # strength is at least this share of the image's strongest insecurity of the same V. Measured (EVALUATION.md,
-# section 2): on 7 skimage photos every top-5 pair and triple of the default model shares 23-49 of 49 cells and
+# section 2b): on 7 skimage photos every top-5 pair and triple of the default model shares 23-49 of 49 cells and
 # has a ratio >= 0.22; a product at the clip floor's scale has a ratio of ~1e-6.
 SHARED_EVIDENCE_RATIO = 1e-3
 
