@@ -23,6 +23,7 @@ from galore.errors import InvalidArgument
 from galore.options import Attribution, Score, Target, choices, member
 
 from .proxy_cli import add_parser as add_proxy_parser
+from .synthetic_cli import add_parser as add_synthetic_parser
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
 POSTS = {"clip": (True, False), "minmax": (False, True), "clip+minmax": (True, True), "raw": (False, False)}
@@ -40,6 +41,8 @@ REFERENCES = """references:
   proxy      Wang & Vasconcelos, GALORE, TPAMI 2023, §VI-B and Table II (part/attribute ground truth, precision,
              recall, PIoU, strength-precision correlation); "Deliberative explanations", NeurIPS 2019, §4;
              Wah et al., "The Caltech-UCSD Birds-200-2011 dataset", 2011 (the data layout)
+  synthetic  the proxy protocol above on generated birds whose shared and differing parts are known by
+             construction; Hesse, Schaub-Meyer & Roth, "FunnyBirds", ICCV 2023 (the idea)
 """
 
 
@@ -174,7 +177,8 @@ def _add_baseline(p: argparse.ArgumentParser) -> None:
                         "the crop's mean colour (default blur)")
 
 
-METRIC_PARSERS: list[Callable] = [_add_deletion, _add_types, _add_sanity, _add_pointing, _add_all, add_proxy_parser]
+METRIC_PARSERS: list[Callable] = [_add_deletion, _add_types, _add_sanity, _add_pointing, _add_all, add_proxy_parser,
+                                   add_synthetic_parser]
 
 
 # ---- running --------------------------------------------------------------------------------------------------

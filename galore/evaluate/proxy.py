@@ -429,6 +429,7 @@ class Segment:
     inside: np.ndarray
     pair: int = -1  # counterfactual: index of its explanation, shared by its sides
     seen: np.ndarray | None = None  # (K,) parts visible in the crop of this side's image
+    cells: np.ndarray | None = None  # (K,) flat working-grid cell of each part point, -1 where not seen (baselines)
 
 
 @dataclass
@@ -694,10 +695,11 @@ def _score(engine, view: "View", gt: GroundTruth, settings: ProxySettings, image
 
     def add(kind, d, side, classes, region, gt_parts, where: PartPoints, counts=wanted, values=None, pair_id=-1):
         values = working_values(engine.grid, region.heatmap) if values is None else values
-        sw = sweep(values, part_cells(where, region.frame), counts)
+        cells = part_cells(where, region.frame)
+        sw = sweep(values, cells, counts)
         p, r = precision_recall(sw.inside, gt_parts, sw.seen)
         segments.append(Segment(kind, d, image_id, side, tuple(classes), p, r, sw.strength, sw.inside, pair_id,
-                                sw.seen))
+                                sw.seen, cells))
 
     y = result.top_classes[0].class_id
     for kind, att in (("attributive", result.attributive), ("self_aware", result.self_aware)):
