@@ -70,10 +70,10 @@ def load_images(cub, ids: Sequence[int], input_size: int) -> TensorDataset:
     y (N,) the 0-based class. Normalisation happens per batch (``normalise``)."""
     import torchvision.transforms.v2.functional as TF
 
-    x = torch.empty((len(ids), 3, input_size, input_size), dtype=torch.uint8)
+    x = torch.empty((len(ids), 3, input_size, input_size), dtype=torch.uint8, device="cpu")  # host data set
     for n, i in enumerate(ids):
         x[n] = TF.resize(cub.image(i), [input_size, input_size], antialias=True)
-    return TensorDataset(x, torch.tensor([cub.labels[i] for i in ids]))
+    return TensorDataset(x, torch.tensor([cub.labels[i] for i in ids], device="cpu"))
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:
@@ -86,10 +86,11 @@ def normalise(x: torch.Tensor) -> torch.Tensor:
 
 def _augment(x: torch.Tensor, shift: int, generator: torch.Generator) -> torch.Tensor:
     """Random horizontal flip per image and one random shift per batch (padding by edge replication)."""
-    flip = torch.rand(len(x), generator=generator) < 0.5
+    flip = (torch.rand(len(x), generator=generator, device=generator.device) < 0.5).to(x.device)
     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     if shift:
-        dx, dy = (int(v) for v in torch.randint(-shift, shift + 1, (2,), generator=generator))
+        dx, dy = (int(v) for v in torch.randint(-shift, shift + 1, (2,), generator=generator,
+                                                     device=generator.device))
         padded = nn.functional.pad(x, (shift, shift, shift, shift), mode="replicate")
         s = x.shape[-1]
         x = padded[..., shift + dy:shift + dy + s, shift + dx:shift + dx + s]
@@ -108,7 +109,7 @@ def accuracy_report(logits: torch.Tensor, labels: torch.Tensor) -> dict:
     """top-1, top-5 (top-C when fewer classes) and the confusion matrix (true class rows, predicted columns)."""
     c = logits.shape[1]
     top = logits.topk(min(5, c), dim=1).indices  # (N, 5)
-    confusion = torch.zeros((c, c), dtype=torch.long)
+    confusion = torch.zeros((c, c), dtype=torch.long, device=labels.device)
     confusion.index_put_((labels, top[:, 0]), torch.ones_like(labels), accumulate=True)
     return {"top1": float((top[:, 0] == labels).float().mean()),
             "top5": float((top == labels[:, None]).any(1).float().mean()),

@@ -232,3 +232,4 @@ def test_quick_model_builds_into_an_archive_the_service_serves(quick, tmp_path):
         assert image.counterfactual.exemplars[0].exemplar_key.startswith("bank/001.Synth_F1_1/")
     finally:
         sys.path.remove(str(model_dir))
+        sys.modules.pop("galore_handler", None)  # the entry module holds its initialized handler: load afresh

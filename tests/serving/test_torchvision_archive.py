@@ -52,6 +52,7 @@ def worker(archive):
         yield service
     finally:
         sys.path.remove(str(model_dir))
+        sys.modules.pop("galore_handler", None)  # the entry module holds its initialized handler: load afresh
 
 
 def run(service, requests: list[tuple[dict, dict]]) -> list[tuple[int, bytes]]:
