@@ -30,27 +30,8 @@ from .results import Explanation, ImageFailure
 from .report import ReportEntry, ReportWriter, summary_dict, summary_text
 from .option_args import add_option_arguments, flag_for, settings_from_args
 from .settings import ExplainSettings, ModelSummary, UnknownClass
-EXIT_OK, EXIT_IMAGE_FAILED, EXIT_BAD_INPUT, EXIT_UNAVAILABLE, EXIT_SERVICE_ERROR = 0, 1, 2, 3, 4
-BAD_INPUT_CODES = {"INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED",
-                   "UNSUPPORTED_MEDIA_TYPE", "OUT_OF_RANGE"}
-UNREACHABLE_CODES = {"UNAVAILABLE", "DEADLINE_EXCEEDED"}
-
-
-class CliError(Exception):
-    """Ends the command with ``status`` after printing ``message`` to stderr."""
-
-    def __init__(self, message: str, status: int):
-        super().__init__(message)
-        self.status = status
-
-
-def set_threads(threads: int | None) -> None:
-    """``--threads N`` of the in-process commands (evaluate proxy, train-hardness): torch's CPU threads."""
-    if threads is None:
-        return
-    if threads < 1:
-        raise CliError(f"--threads: must be >= 1, got {threads}", EXIT_BAD_INPUT)
-    __import__("torch").set_num_threads(threads)
+from .cli_status import (BAD_INPUT_CODES, EXIT_BAD_INPUT, EXIT_IMAGE_FAILED, EXIT_OK, EXIT_SERVICE_ERROR,  # noqa: F401
+                         EXIT_UNAVAILABLE, UNREACHABLE_CODES, CliError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -150,7 +150,7 @@ def settings_of(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from .cli import EXIT_BAD_INPUT, EXIT_IMAGE_FAILED, EXIT_OK, CliError, set_threads
+    from .cli_status import EXIT_BAD_INPUT, EXIT_IMAGE_FAILED, EXIT_OK, CliError, set_threads
 
     from galore import Engine
     from galore.errors import GaloreError

@@ -84,7 +84,7 @@ def configs(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from .cli import EXIT_BAD_INPUT, EXIT_IMAGE_FAILED, EXIT_OK, CliError, set_threads
+    from .cli_status import EXIT_BAD_INPUT, EXIT_IMAGE_FAILED, EXIT_OK, CliError, set_threads
 
     from galore.errors import GaloreError
 

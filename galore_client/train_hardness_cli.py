@@ -131,7 +131,7 @@ def classifier_of(args, labels: list[str] | None):
 
 
 def run(args: argparse.Namespace) -> int:
-    from .cli import EXIT_BAD_INPUT, EXIT_OK, CliError, set_threads
+    from .cli_status import EXIT_BAD_INPUT, EXIT_OK, CliError, set_threads
 
     from galore.errors import GaloreError
     from galore.hardness_training import HardnessTraining, split_indices, train_hardness
