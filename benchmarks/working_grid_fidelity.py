@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import platform
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import skimage.data
@@ -23,7 +25,10 @@ import torchvision.transforms.v2.functional as TF
 from scipy.stats import kendalltau
 
 from galore import Engine, ExplainOptions, ImageRequest
-from galore.regions import WorkingGrid, full_resolution_region
+from galore.regions import WorkingGrid
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests/
+from tests.engine.reference_regions import full_resolution_region  # noqa: E402
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
 

@@ -2,8 +2,12 @@
 
 Every map is upsampled bilinearly from the feature grid (h, w) to a working grid of G x G cells covering the centre
 crop the model saw (default G = the crop's side, e.g. 224), thresholded and measured there, for ALL maps of a batch
-at once: one upsampling matmul, one selection, no per-map host sync. The cost depends on G and the number of maps,
-never on the photo's size. A mask reaches original pixels through the exact inverse of resize + crop: each
+at once, no per-map host sync. The cost depends on G and the number of maps, never on the photo's size. Two paths
+give the same cells (tau, counts and masks exactly, ties included): on the CPU the grid is cut into blocks of at
+most BLOCK x BLOCK cells inside which each map is bilinear, so its four corners bound a block; a threshold is
+bracketed from these bounds and only the blocks that straddle it are upsampled (``_Blocks``, about a fifth of the
+cells at a 10 % coverage of 7 x 7 maps); elsewhere every cell is upsampled and selected without a host read
+(``WorkingGrid.sync_free``). A mask reaches original pixels through the exact inverse of resize + crop: each
 original pixel takes the cell its centre falls in (``masks.CellFrame``); pixels outside the crop are never selected.
 
 Example:
@@ -25,7 +29,7 @@ import torch
 
 from .masks import CellFrame
 from .options import Threshold
-from .preprocess import Geometry, upsample_to_original
+from .preprocess import Geometry
 
 CHUNK_CELLS = 16_000_000  # working-grid values per chunk (64 MB of float32): bounds memory for any number of maps
 
@@ -118,9 +122,12 @@ class WorkingGrid:
         return self.side * self.side
 
     def upsample(self, maps: torch.Tensor) -> torch.Tensor:
-        """Bilinear (align_corners=False, border clamp) feature-grid maps (M, h, w) -> (M, G, G)."""
-        wy, wx = _weights(self.side, *maps.shape[-2:], str(maps.device))
-        return wy @ maps.float() @ wx.T
+        """Bilinear (align_corners=False, border clamp) feature-grid maps (M, h, w) -> (M, G, G): columns first, then
+        rows, each value a * w0 + b * w1 in separate elementwise operations (IEEE-rounded on every device, no fused
+        multiply-add), so a value is the same bits whether the whole grid or any block of it is computed
+        (``_Blocks``), on any device."""
+        blocks = _blocks(self.side, *maps.shape[-2:], str(maps.device))
+        return blocks.y.lerp(blocks.x.lerp(maps.float(), 2), 1)
 
     def is_sync_free(self, device: torch.device) -> bool:
         return device.type != "cpu" if self.sync_free is None else bool(self.sync_free)
@@ -139,14 +146,18 @@ class WorkingGrid:
             def measure(values, k, absolute, positive, scale):
                 return _measure_sync_free(values, k, absolute, positive, scale, k_max, rule.any_absolute)
         else:
-            measure = _measure
-        out = [measure(maps.new_zeros(0, self.cells), rule.k[:0], rule.absolute[:0], flags[:0],
-                       rule.absolute[:0])]  # M = 0 stays valid
+            blocks = _blocks(self.side, *maps.shape[-2:], str(device))
+
+            def measure(coarse, k, absolute, positive, scale):
+                return _measure_blocks(coarse, k, absolute, positive, scale, blocks)
+        sync_free = self.is_sync_free(device)
+        empty = maps.new_zeros(0, self.cells) if sync_free else maps[:0].float()
+        out = [measure(empty, rule.k[:0], rule.absolute[:0], flags[:0], rule.absolute[:0])]  # M = 0 stays valid
         step = max(1, CHUNK_CELLS // self.cells)
         scale = self._scales(maps, rule, step)
         for s in range(0, M, step):
-            values = self.upsample(maps[s:s + step]).flatten(1)  # (m, G*G)
-            out.append(measure(values, rule.k[s:s + step], rule.absolute[s:s + step], flags[s:s + step],
+            chunk = self.upsample(maps[s:s + step]).flatten(1) if sync_free else maps[s:s + step].float()
+            out.append(measure(chunk, rule.k[s:s + step], rule.absolute[s:s + step], flags[s:s + step],
                                scale[s:s + step]))
         return Measured(*(torch.cat([getattr(m, f) for m in out]) for f in ("wanted", "tau", "kept", "positive", "strength")))
 
@@ -166,8 +177,13 @@ class WorkingGrid:
         return top[groups]
 
     def cell_masks(self, maps: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-        """(M, h, w) maps and their thresholds (M,) -> kept cells (M, G, G) bool."""
-        return self.upsample(maps) >= tau.to(maps.device)[:, None, None]
+        """(M, h, w) maps and their thresholds (M,) -> kept cells (M, G, G) bool. Off the sync-free path only the
+        blocks that straddle tau are upsampled (``_Blocks.at_least``)."""
+        tau = tau.to(maps.device)
+        if self.is_sync_free(maps.device) or not bool(torch.isfinite(maps).all()):
+            return self.upsample(maps) >= tau[:, None, None]
+        blocks = _blocks(self.side, *maps.shape[-2:], str(maps.device))
+        return blocks.masks(maps.float(), tau).reshape(-1, self.side, self.side)
 
     def frame(self, geo: Geometry) -> CellFrame:
         """Which cell each original pixel of ``geo``'s image falls in (-1 outside the crop)."""
@@ -181,22 +197,248 @@ def _axis_cells(n: int, scale: float, offset: int, crop: int, side: int) -> np.n
     return np.where((pos >= 0) & (pos < crop), cell, -1)
 
 
+BLOCK = 8  # the host path's block side, in working-grid cells (``_Blocks``)
+
+
 @lru_cache(maxsize=64)
-def _weights(side: int, h: int, w: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    return _axis_weights(side, h, device), _axis_weights(side, w, device)
+def _blocks(side: int, h: int, w: int, device: str) -> "_Blocks":
+    return _Blocks(side, h, w, device)
 
 
-def _axis_weights(side: int, n: int, device: str) -> torch.Tensor:
-    """(side, n) bilinear weights from n feature-grid cells to ``side`` working cells over the same crop. Built on
-    the host in float64 (not every device has it), moved to ``device`` once: ``_weights`` caches them."""
-    u = ((torch.arange(side, dtype=torch.float64, device="cpu") + 0.5) * n / side - 0.5).clamp(0, n - 1)
-    i0 = u.floor().long()
-    i1 = (i0 + 1).clamp(max=n - 1)
-    frac = (u - i0).float()
-    weights = torch.zeros(side, n, device="cpu")
-    weights.scatter_add_(1, i0[:, None], (1 - frac)[:, None])
-    weights.scatter_add_(1, i1[:, None], frac[:, None])
-    return weights.to(device)
+class _Axis:
+    """One axis of the bilinear upsampling n -> ``side`` (align_corners=False, border clamp): each working cell's two
+    feature cells i0, i1 and weights w0 = 1 - frac, w1 = frac (built on the host in float64, float32 on ``device``),
+    and the axis cut into segments of at most BLOCK cells sharing i0. Along a segment a value is linear in a monotone
+    frac, so its extremes sit at the segment's two ends (``corners``)."""
+
+    def __init__(self, side: int, n: int, device: str):
+        u = ((torch.arange(side, dtype=torch.float64, device="cpu") + 0.5) * n / side - 0.5).clamp(0, n - 1)
+        i0 = u.floor().long()
+        frac = (u - i0).float()
+        starts: list[int] = []
+        for r, i in enumerate(i0.tolist()):
+            if not starts or i != int(i0[r - 1]) or r - starts[-1] >= BLOCK:
+                starts.append(r)
+        sizes = torch.diff(torch.tensor(starts + [side], dtype=torch.long, device="cpu"))
+        self.i0, self.i1 = i0.to(device), (i0 + 1).clamp(max=n - 1).to(device)
+        self.w0, self.w1 = (1 - frac).to(device), frac.to(device)
+        first = torch.tensor(starts, dtype=torch.long, device="cpu")
+        offsets = torch.arange(BLOCK, device="cpu")
+        self.cells = torch.minimum(first[:, None] + offsets, (first + sizes - 1)[:, None]).to(device)  # (S, BLOCK)
+        self.valid = (offsets < sizes[:, None]).to(device)  # (S, BLOCK): False on the repeats that pad a short one
+        self.corners = torch.stack([first, first + sizes - 1], 1).flatten().to(device)  # (2S,)
+        self.segment = torch.repeat_interleave(torch.arange(len(starts), device="cpu"), sizes).to(device)  # (side,)
+        self.sizes, self.sizes_host = sizes.to(device), sizes
+        self.first_i0 = i0[first].to(device)  # (S,) the segment's i0 (and i1 = min(i0 + 1, n - 1)): shared
+        self.first_i1 = (i0[first] + 1).clamp(max=n - 1).to(device)
+        # (S, n) float64: each segment's weights summed, so a block's sum is Sy @ map @ Sx^T (``_Bounded.sums``)
+        self.weight_sums = torch.zeros(len(starts), n, dtype=torch.float64, device="cpu").index_add_(
+            0, torch.repeat_interleave(torch.arange(len(starts), device="cpu"), sizes),
+            torch.zeros(side, n, dtype=torch.float64, device="cpu").scatter_add_(
+                1, i0[:, None], (1 - (u - i0))[:, None]).scatter_add_(
+                1, (i0 + 1).clamp(max=n - 1)[:, None], (u - i0)[:, None]))  # host: not every device has float64
+
+    def lerp(self, t: torch.Tensor, dim: int, at: torch.Tensor | None = None) -> torch.Tensor:
+        """``t`` resampled along ``dim`` to the working cells ``at`` (default all): t[i0] * w0 + t[i1] * w1."""
+        i0, i1, w0, w1 = (self.i0, self.i1, self.w0, self.w1) if at is None else (
+            self.i0[at], self.i1[at], self.w0[at], self.w1[at])
+        shape = [1] * t.dim()
+        shape[dim] = -1
+        out = t.index_select(dim, i0).mul_(w0.view(shape))
+        return out.add_(t.index_select(dim, i1).mul_(w1.view(shape)))
+
+
+class _Blocks:
+    """The working grid cut into blocks (segment x segment, at most BLOCK x BLOCK cells) inside which every value is
+    a bilinear function of the two fracs, so a block's values lie between the least and the largest of its four
+    corner values (up to rounding: ``MARGIN`` of the map's largest magnitude widens the bounds). The host path
+    measures from these bounds and upsamples only the blocks that straddle a threshold: a block wholly above it
+    counts its cells, one wholly below is skipped. Values are computed as in ``WorkingGrid.upsample``, bit for bit."""
+
+    MARGIN = 4e-6  # >> the few float32 roundings of the two lerps (about 2 x 3 ulps of the largest magnitude)
+
+    def __init__(self, side: int, h: int, w: int, device: str):
+        self.side, self.y, self.x = side, _Axis(side, h, device), _Axis(side, w, device)
+        self.T = len(self.x.sizes)
+        self.size = (self.y.sizes[:, None] * self.x.sizes[None, :]).flatten()  # (NB,) cells per block
+        self.block_of_cell = (self.y.segment[:, None] * self.T + self.x.segment[None, :]).flatten()  # (G*G,)
+        host = (self.y.sizes_host[:, None] * self.x.sizes_host[None, :]).flatten()
+        self.uniform = int(host.min()) == int(host.max())  # every block the same size (host)
+        self.block_cells = int(host[0])
+
+    def chunk(self, maps: torch.Tensor) -> "_Bounded":
+        cols = self.x.lerp(maps, 2)  # (M, h, G): the first lerp, for every working column
+        corner = self.y.lerp(cols[:, :, self.x.corners], 1, self.y.corners)  # (M, 2S, 2T)
+        M = maps.shape[0]
+        c = corner.reshape(M, -1, 2, self.T, 2)
+        a, b, d, e = c[:, :, 0, :, 0], c[:, :, 0, :, 1], c[:, :, 1, :, 0], c[:, :, 1, :, 1]
+        lo = torch.minimum(torch.minimum(a, b), torch.minimum(d, e)).flatten(1)
+        hi = torch.maximum(torch.maximum(a, b), torch.maximum(d, e)).flatten(1)
+        margin = self.MARGIN * maps.abs().flatten(1).amax(1, keepdim=True) if maps.numel() else 0.0
+        return _Bounded(self, maps, cols, lo - margin, hi + margin)
+
+    def masks(self, maps: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        """(M, G*G) bool: the cells whose value reaches tau (M,)."""
+        return self.chunk(maps).masks(tau)
+
+
+class _Bounded:
+    """One chunk of maps with its first lerp ``cols`` (M, h, G) and per-block bounds ``lo``, ``hi`` (M, NB)."""
+
+    def __init__(self, blocks: _Blocks, maps: torch.Tensor, cols: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
+        self.b, self.maps, self.cols, self.lo, self.hi = blocks, maps, cols, lo, hi
+
+    def values(self, sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The blocks ``sel`` (M, NB) bool marks, upsampled: map ids (P,), block ids (P,), values (P, BLOCK^2) and
+        which of them are cells (the rest repeat a cell to pad a short block)."""
+        m, blk = sel.nonzero(as_tuple=True)
+        y, x = self.b.y, self.b.x
+        s, t = blk // self.b.T, blk % self.b.T
+        rows, cols = y.cells[s], x.cells[t]  # (P, BLOCK) each
+        _, h, G = self.cols.shape
+        flat = self.cols.reshape(-1)
+        # a block's rows share i0 and i1: two feature rows of the first lerp, at the block's columns
+        a = flat[((m * h + y.first_i0[s]) * G)[:, None] + cols]  # (P, BLOCK)
+        b = flat[((m * h + y.first_i1[s]) * G)[:, None] + cols]
+        v = a[:, None, :] * y.w0[rows][:, :, None] + b[:, None, :] * y.w1[rows][:, :, None]
+        valid = y.valid[s][:, :, None] & x.valid[t][:, None, :]
+        return m, blk, v.flatten(1), valid.flatten(1)
+
+    def count(self, t: torch.Tensor, strict: bool = False, with_sum: bool = False
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per map, the cells with value >= t (M,) (> t if ``strict``; t = +inf: none) and, if asked, their sum
+        (float64). Blocks wholly past t count whole; only the straddling ones are upsampled (and the whole ones when
+        a sum is asked: from the closed-form block sums)."""
+        t2 = t[:, None]
+        whole = self.lo > t2 if strict else self.lo >= t2
+        part = ~whole & (self.hi > t2 if strict else self.hi >= t2)
+        count = (whole * self.b.size).sum(1)
+        m, _, v, valid = self.values(part)
+        hit = (v > t[m, None] if strict else v >= t[m, None]) & valid
+        count = count.index_add(0, m, hit.sum(1))
+        if not with_sum:
+            return count, None
+        total = (self.sums() * whole).sum(1)
+        return count, total.index_add(0, m, torch.where(hit, v, 0.0).double().sum(1))
+
+    def kth(self, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``kth_largest`` from the bounds: tau lies in [t_lo, t_hi], the k-th largest of the blocks' lower and upper
+        bounds counted with their sizes; blocks wholly above t_hi hold only cells above tau, blocks wholly below t_lo
+        only cells below it, so tau is the (k - cells above)-th largest value of the blocks in between (the top-k sum
+        in float64)."""
+        M, device = k.shape[0], k.device
+        inf = torch.full((M,), math.inf, device=device)
+        has = k > 0
+        if not bool(has.any()):
+            return inf, torch.zeros(M, dtype=torch.float64, device=device), torch.zeros(M, dtype=torch.bool,
+                                                                                         device=device)
+        uniform = self.b.block_cells if self.b.uniform else 0
+        t_lo, t_hi = _weighted_kth(self.lo, self.b.size, k, uniform), _weighted_kth(self.hi, self.b.size, k, uniform)
+        above = (self.lo > t_hi[:, None]) & has[:, None]
+        between = ~above & (self.hi >= t_lo[:, None]) & has[:, None]
+        m, _, v, valid = self.values(between)
+        over = valid & (v > t_hi[m, None])  # above tau too
+        inside = valid & (v >= t_lo[m, None]) & ~over  # tau is one of these
+        n_over = torch.zeros(M, dtype=torch.long, device=device).index_add_(0, m, over.sum(1))
+        rest = k - (above * self.b.size).sum(1) - n_over  # >= 1 where k > 0: fewer than k cells exceed t_hi
+        sum_over = torch.zeros(M, dtype=torch.float64, device=device).index_add_(
+            0, m, torch.where(over, v, 0.0).double().sum(1))
+        at = inside.flatten().nonzero()[:, 0]
+        owner = m[at // v.shape[1]]  # nondecreasing: blocks come map by map
+        v = v.flatten()[at]
+        per_map = torch.bincount(owner, minlength=M)
+        rank = torch.arange(len(owner), device=device) - (torch.cumsum(per_map, 0) - per_map)[owner]
+        # one common rank for every row: row m gets (most - rest[m]) +inf cells in front, so its rest-th largest is
+        # the most-th largest of the row; one quickselect (kthvalue) per row, no sort
+        most = int(rest.max())
+        extra = torch.arange(most, device=device) < (most - rest)[:, None]  # (M, most)
+        values = torch.full((M, int(per_map.max())), -math.inf, device=device)
+        values[owner, rank] = v
+        row = torch.cat([torch.where(extra, math.inf, -math.inf), values], 1)
+        kth = torch.kthvalue(row, row.shape[1] - most + 1, dim=1).values  # the most-th largest
+        greater = values > kth[:, None]
+        n_greater = greater.sum(1)
+        tied = (values == kth[:, None]).sum(1) + n_greater > rest
+        total = (torch.where(greater, values, 0.0).double().sum(1) + (rest - n_greater) * kth.double() + sum_over
+                 + (self.sums() * above).sum(1))
+        return torch.where(has, kth, math.inf), torch.where(has, total, 0.0), has & tied
+
+    def sums(self) -> torch.Tensor:
+        """(M, NB) float64: each block's sum of values, Sy @ map @ Sx^T from the two lerps' weights (exact up to
+        float64 rounding; the float32 values it stands for differ by their own rounding)."""
+        M = self.lo.shape[0]
+        sums = self.b.y.weight_sums @ self.maps.double().cpu() @ self.b.x.weight_sums.T
+        return sums.reshape(M, -1).to(self.lo.device)
+
+    def masks(self, tau: torch.Tensor) -> torch.Tensor:
+        M, G = self.lo.shape[0], self.b.side
+        whole = self.lo >= tau[:, None]
+        part = ~whole & (self.hi >= tau[:, None])
+        mask = whole.gather(1, self.b.block_of_cell.expand(M, -1))  # (M, G*G)
+        m, blk, v, _ = self.values(part)
+        s, t = blk // self.b.T, blk % self.b.T
+        at = (self.b.y.cells[s][:, :, None] * G + self.b.x.cells[t][:, None, :]).flatten(1)  # repeats: same cell
+        mask[m[:, None].expand_as(at), at] = v >= tau[m, None]
+        return mask
+
+
+def _weighted_kth(bound: torch.Tensor, size: torch.Tensor, k: torch.Tensor, uniform: int) -> torch.Tensor:
+    """(M,) the largest t among ``bound`` (M, NB) with at least k (M,) cells in blocks whose bound >= t (blocks of
+    ``size`` (NB,) cells); k = 0 reads as 1. ``uniform`` > 0, every block's size (host int): the ceil(k / size)-th
+    largest bound, one quickselect per row, no sort."""
+    if uniform:
+        j = (k.clamp_min(1) + uniform - 1) // uniform  # blocks needed, <= NB
+        out = torch.empty(k.shape, dtype=bound.dtype, device=bound.device)
+        for jj in torch.unique(j[k > 0] if bool((k > 0).any()) else j[:1]).tolist():  # typically one
+            rows = (j == jj) | ((k <= 0) & (jj == int(j.max())))
+            out[rows] = torch.kthvalue(bound[rows], bound.shape[1] - jj + 1, dim=1).values
+        return out
+    ordered, order = bound.sort(1, descending=True)
+    seen = size[order].cumsum(1)
+    at = torch.searchsorted(seen, k.clamp_min(1)[:, None]).clamp(max=bound.shape[1] - 1)
+    return ordered.gather(1, at)[:, 0]
+
+
+def _measure_blocks(maps: torch.Tensor, k: torch.Tensor, absolute: torch.Tensor, count_positive: torch.Tensor,
+                    scale: torch.Tensor, blocks: _Blocks) -> Measured:
+    """``_measure`` of the feature-grid maps (M, h, w) upsampled by ``blocks``, upsampling only the blocks a
+    threshold crosses (``_Bounded``): the same wanted, tau, kept and positive; strength summed in float64. The host
+    path (a host read per branch): used on the CPU."""
+    M, N = maps.shape[0], blocks.side * blocks.side
+    if M == 0 or not bool(torch.isfinite(maps).all()):
+        return _measure(blocks.y.lerp(blocks.x.lerp(maps, 2), 1).flatten(1), k, absolute, count_positive, scale)
+    c = blocks.chunk(maps)
+    floor = torch.finfo(torch.float32).tiny
+    inf = torch.full((M,), math.inf, device=maps.device)
+    counted = k >= 0
+    wanted, tau = k, inf
+    if not bool(counted.all()):
+        limit = torch.nextafter(absolute * scale.float().clamp_min(floor), inf)  # map / scale > T
+        wanted = torch.where(counted, k, c.count(torch.where(counted, inf, limit))[0])
+        tau = torch.where(counted, inf, limit)
+    wanted = wanted.clamp(max=N)
+    select = counted & (wanted > 0)
+    kth, top_sum, tied = c.kth(torch.where(select, wanted, 0))
+    tau = torch.where(select, kth, tau)
+    tau = torch.where(wanted == 0, math.inf, tau)
+    few = (wanted > 0) & (tau <= 0)  # fewer positive cells than wanted: keep every positive one
+    tau = torch.where(few, floor, tau)
+    direct = few | ~counted
+    kept = torch.where(select, wanted, 0)
+    recount = (direct | (select & tied)) & (wanted > 0)
+    strength = top_sum
+    if bool(recount.any()):
+        n, total = c.count(torch.where(recount, tau, inf), with_sum=bool(direct.any()))
+        kept = torch.where(recount, n, kept)
+        if total is not None:
+            strength = torch.where(direct, total, strength)
+    finite_tau = tau.clamp(max=torch.finfo(torch.float32).max).double()
+    strength = torch.where(direct, strength, strength + (kept - wanted) * finite_tau) / kept.clamp_min(1)
+    strength = torch.where(kept > 0, strength, 0.0).float()
+    positive = torch.full_like(kept, -1)
+    if bool(count_positive.any()):
+        positive = torch.where(count_positive, c.count(torch.where(count_positive, 0.0, inf), strict=True)[0], -1)
+    return Measured(wanted, tau, kept, positive, strength)
 
 
 def _measure(values: torch.Tensor, k: torch.Tensor, absolute: torch.Tensor, count_positive: torch.Tensor,
@@ -323,28 +565,3 @@ def kth_largest(values: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, to
         else:
             out[rows], total[rows] = top.amin(1), top.sum(1)
     return out, total, tied
-
-
-def regions(maps: torch.Tensor, geo: Geometry, threshold: Threshold, grid: WorkingGrid | None = None) -> list:
-    """Feature-grid maps (M, h, w) of one image -> M Regions in original pixels, each thresholded on its own
-    (default grid: one cell per crop pixel)."""
-    from .results import Region
-
-    grid = grid or WorkingGrid(geo.crop, geo.crop)
-    measured = grid.measure(maps, Rule.coverage_of(threshold, grid.cells, maps.device).expand(maps.shape[0]))
-    cells = grid.cell_masks(maps, measured.tau).cpu().numpy()
-    frame = grid.frame(geo)
-    return [Region.of(cells[m], frame, maps[m].detach().float().cpu(), s)
-            for m, s in enumerate(measured.strength.tolist())]
-
-
-def full_resolution_region(heat: torch.Tensor, geo: Geometry, coverage: float) -> tuple[torch.Tensor, float]:
-    """The reference the working grid is checked against (tests, benchmarks/working_grid_fidelity.py): the map
-    (h, w) upsampled bilinearly to EVERY original pixel, the top ``coverage`` share of the crop's original pixels
-    kept. Returns the (H0, W0) mask and its strength (eq. 15). Its cost grows with the photo's pixels."""
-    values, inside = upsample_to_original(heat, geo)
-    count = int(round(coverage * int(inside.sum())))
-    top = torch.topk(values.flatten(), count)
-    mask = torch.zeros(values.numel(), dtype=torch.bool, device=values.device)
-    mask[top.indices] = True
-    return mask.reshape(values.shape), float(top.values.mean())

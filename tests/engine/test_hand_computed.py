@@ -14,10 +14,11 @@ from galore import Attribution, ExplainOptions, ImageRequest, Kind, Target, Thre
 from galore.kinds import Plan, Prediction, measure_batch
 from galore.exemplars import Features
 from galore.preprocess import Preprocess, upsample_to_original
-from galore.regions import WorkingGrid, regions
+from galore.regions import WorkingGrid
 from galore.results import ImageResult
 
 from .conftest import IDENTITY_PREP, W, quadrant_image
+from .reference_regions import regions
 
 F = np.array([0.2, 0.4, 0.6, 0.8])
 Wn = W.double().numpy()

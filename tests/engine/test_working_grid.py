@@ -15,9 +15,10 @@ from torch import nn
 from galore import Engine, ExplainOptions, ImageRequest, Kind, Threshold
 from galore.masks import coco_string, rle_counts, rle_from_mask
 from galore.preprocess import Preprocess
-from galore.regions import WorkingGrid, full_resolution_region, regions
+from galore.regions import WorkingGrid
 
 from .conftest import IDENTITY_PREP, gray_pool_model, photo, quadrant_image
+from .reference_regions import full_resolution_region, regions
 
 PREP = Preprocess(resize=256, crop=224, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 GRID_W = torch.randn(5, 49, generator=torch.Generator().manual_seed(0))
@@ -169,20 +170,65 @@ def test_measure_equals_a_sorting_reference_with_ties_absolute_t_and_few_positiv
         got = _measure(values, k, absolute, flags, scale)
     else:  # the tightest bound the options could give, or none (all cells, absolute T possible)
         got = _measure_sync_free(values, k, absolute, flags, scale, int(k.max()) if "bound" in path else N, None)
-    for m in range(M):
+    check_against_sorting(values, k, 2.0, got)
+    assert int(got.kept[1]) == 3 and int(got.kept[0]) == 0  # every positive cell, none
+
+
+def check_against_sorting(values: torch.Tensor, k: torch.Tensor, limit: float, got, rel: float = 1e-6) -> None:
+    """The sorting reference: per row, tau is the k-th largest value by a full sort (or just above ``limit`` = T x
+    scale where k < 0), the few-positive rule, kept = every value >= tau (ties included), strength their mean."""
+    for m in range(values.shape[0]):
         v = values[m]
         if k[m] < 0:
-            tau = float(torch.nextafter(torch.tensor(2.0), torch.tensor(math.inf)))
+            tau = float(torch.nextafter(torch.tensor(limit), torch.tensor(math.inf)))
             wanted = int((v >= tau).sum())
         else:
-            wanted = int(k[m])
+            wanted = min(int(k[m]), v.numel())
             tau = float(v.sort(descending=True).values[wanted - 1]) if wanted else math.inf
         tau = math.inf if wanted == 0 else tau
         tau = torch.finfo(torch.float32).tiny if wanted and tau <= 0 else tau
         keep = v >= tau
         assert int(got.wanted[m]) == wanted and int(got.kept[m]) == int(keep.sum()), m
         assert float(got.tau[m]) == tau, m
-        expected = float(v[keep].mean()) if keep.any() else 0.0
-        assert math.isclose(float(got.strength[m]), expected, rel_tol=1e-6, abs_tol=1e-6), m
-        assert int(got.positive[m]) == int((v > 0).sum()), m
-    assert int(got.kept[1]) == 3 and int(got.kept[0]) == 0  # every positive cell, none
+        expected = float(v[keep].double().mean()) if keep.any() else 0.0
+        assert math.isclose(float(got.strength[m]), expected, rel_tol=rel, abs_tol=1e-6), m
+        assert int(got.positive[m]) in (-1, int((v > 0).sum())), m
+
+
+@pytest.mark.parametrize("sync_free", [False, True], ids=["blocks (CPU)", "sync-free"])
+@pytest.mark.parametrize("side, h, w", [(224, 7, 7), (37, 5, 3), (16, 4, 4), (10, 12, 9), (1, 3, 3)])
+def test_grid_measure_and_masks_equal_the_sorting_reference_with_ties(side, h, w, sync_free):
+    """The whole working-grid measure of feature-grid maps, on the CPU by blocks (bounds from each block's corners,
+    only the blocks that straddle a threshold upsampled) and sync-free, against a sort of every upsampled value.
+    Integer maps make plateaus: many cells tie at tau; absolute T, few-positive and all-zero maps included, and the
+    masks equal ``values >= tau`` cell for cell."""
+    from galore.regions import Rule
+
+    g = torch.Generator().manual_seed(side)
+    M = 40
+    maps = torch.randint(-2, 4, (M, h, w), generator=g).float()
+    maps[0], maps[1], maps[2, 0, 0] = -1.0, 0.0, 5.0  # no positive cell; all zero; one peak
+    maps[3] = torch.randn(h, w, generator=g)  # no ties
+    maps[4] = torch.randn(h, w, generator=g) * 1e-30  # tiny values
+    grid = WorkingGrid(side, 224, sync_free=sync_free)
+    values = grid.upsample(maps).flatten(1)
+    N = values.shape[1]
+    k = torch.randint(0, N + 1, (M,), generator=g)
+    k[5], k[6], k[1] = N, 0, max(1, N // 10)
+    k[::7] = -1  # absolute T x scale: 0.5 x 4 = 2
+    scale_groups = torch.arange(M)
+    rule = Rule(k, torch.where(k < 0, 0.5, 0.0), scale_groups, k_max=N, any_absolute=True)
+    # T's scale is each map's own peak; put every absolute row's peak at 4 so T x scale = 2, as the reference has
+    peak = values.amax(1)
+    maps[k < 0] *= torch.where(peak[k < 0] > 0, 4.0 / peak[k < 0], 1.0)[:, None, None]
+    values = grid.upsample(maps).flatten(1)
+    scale = values.amax(1)
+    flags = torch.ones(M, dtype=torch.bool)
+    got = grid.measure(maps, rule, flags)
+    for m in range(M):  # the reference with each row's own scale
+        limit = float(0.5 * max(float(scale[m]), torch.finfo(torch.float32).tiny))
+        check_against_sorting(values[m:m + 1], k[m:m + 1], limit,
+                              type(got)(*(getattr(got, f)[m:m + 1] for f in ("wanted", "tau", "kept", "positive",
+                                                                             "strength"))), rel=1e-5)
+    assert torch.equal(got.positive, (values > 0).sum(1))
+    assert torch.equal(grid.cell_masks(maps, got.tau).flatten(1), values >= got.tau[:, None])
