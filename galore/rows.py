@@ -101,7 +101,7 @@ def _attribute_group(split, hardness, key: tuple, rows: list[Row], head_pass: He
 
     grads = head_pass.gradients(rows, values_of) if head_pass and method in GRADIENT_ONLY else None
     raw, raw_s = attribute(method, lambda f, ids: values_of(split.head(f), ids), F, steps, split_last=True,
-                           grads=grads)  # (R, T + 1, h, w), (R, D, h, w)
+                           grads=grads, parts=(split.head, values_of))  # (R, T + 1, h, w), (R, D, h, w)
     if score is Score.EASINESS:
         Fs = torch.stack([r.feats.Fs for r in rows])
         _, raw_s = attribute(method, lambda f, ids: easiness_score(hardness.head(f))[:, None], Fs, steps,

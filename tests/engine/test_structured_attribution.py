@@ -1,0 +1,99 @@
+"""Gradient-Hessian on a piecewise-linear head by its structure (u^T S u, one forward-mode product per location)
+equals the general double-backward path, on the heads of VGG16, ResNet-50 (piecewise linear) and MobileNetV3-Large
+(hardswish: the general path stays), for logit and probability targets with a score column, as the engine asks."""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import pytest
+import torch
+import torchvision
+
+from galore.attribution import (attribute, gradient_hessian, gradient_hessian_piecewise_linear,
+                                piecewise_linear)
+from galore.confidence import SELF_REFERENTIAL, class_values
+from galore.model import split_classifier
+from galore.options import Attribution, Score, Target
+
+ARCHS = {"vgg16": True, "resnet50": True, "mobilenet_v3_large": False}  # arch -> its head is piecewise linear
+
+
+@lru_cache(maxsize=None)
+def head_of(arch: str):
+    """(arch, its head after the default layer F, F's channels); random weights, 10 classes."""
+    torch.manual_seed(0)
+    split = split_classifier(getattr(torchvision.models, arch)(num_classes=10).eval())
+    return arch, split.head, split.feature_shape[0]
+
+
+@pytest.fixture(params=list(ARCHS))
+def head(request):
+    return head_of(request.param)
+
+
+def values_of(target: Target):
+    idx = torch.tensor([[3, 1, 7], [0, 2, 5]])
+
+    def of_logits(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:  # as rows.py: targets + a score
+        values = class_values(logits, target).gather(1, idx[ids])
+        return torch.cat([values, SELF_REFERENTIAL[Score.SOFTMAX](logits)[:, None]], dim=1)
+    return of_logits
+
+
+def test_the_allow_list_reads_each_head(head):
+    arch, module, _ = head
+    assert piecewise_linear(module) is ARCHS[arch]
+
+
+@pytest.mark.parametrize("arch", [a for a, linear in ARCHS.items() if linear])
+@pytest.mark.parametrize("target", [Target.LOGIT, Target.PROBABILITY])
+def test_structured_gradient_hessian_equals_the_double_backward(arch, target):
+    _, module, D = head_of(arch)
+    F = torch.rand(2, D, 3, 3, generator=torch.Generator().manual_seed(1)) * 2
+    of_logits = values_of(target)
+
+    def fn(f, ids):
+        return of_logits(module(f), ids)
+    ref, ref_last = gradient_hessian(fn, F, split_last=True)
+    got, got_last = gradient_hessian_piecewise_linear(module, of_logits, F, locations_per_pass=4, split_last=True)
+    scale = ref.abs().max()
+    assert torch.allclose(got, ref, atol=1e-4 * scale, rtol=1e-4)
+    assert torch.allclose(got_last, ref_last, atol=1e-4 * ref_last.abs().max(), rtol=1e-4)
+    if target is Target.LOGIT:  # the classes' quadratic term is exactly zero: gradient x activation
+        gxa = attribute(Attribution.GRADIENT_X_ACTIVATION, fn, F)
+        assert torch.allclose(got[:, :-1], gxa[:, :-1], atol=1e-6 * scale)
+
+
+def test_dispatch_takes_the_general_path_off_the_allow_list(head):
+    arch, module, D = head
+    F = torch.rand(1, D, 2, 2, generator=torch.Generator().manual_seed(2))
+    of_logits = values_of(Target.PROBABILITY)
+
+    def fn(f, ids):
+        return of_logits(module(f), ids)
+    got = attribute(Attribution.GRADIENT_HESSIAN, fn, F, parts=(module, of_logits))
+    ref = gradient_hessian(fn, F)
+    assert torch.allclose(got, ref, atol=1e-4 * ref.abs().max(), rtol=1e-4)
+
+
+def test_the_affine_check_reads_each_head():
+    from galore.attribution import affine
+    assert [affine(head_of(a)[1]) for a in ARCHS] == [False, True, False]  # VGG has ReLUs, ResNet avgpool + fc
+
+
+@pytest.mark.parametrize("target", [Target.LOGIT, Target.PROBABILITY])
+def test_integrated_gradients_on_an_affine_head_equal_the_step_by_step_path(target):
+    """ResNet-50's head is affine: the 50 steps move along the logits' line and F's gradient is one product."""
+    from galore.attribution import integrated_gradients, integrated_gradients_affine
+    _, module, D = head_of("resnet50")
+    F = torch.rand(2, D, 3, 3, generator=torch.Generator().manual_seed(3)) * 3
+    of_logits = values_of(target)
+
+    def fn(f, ids):
+        return of_logits(module(f), ids)
+    ref, ref_last = integrated_gradients(fn, F, split_last=True)
+    got, got_last = integrated_gradients_affine(module, of_logits, F, split_last=True)
+    assert torch.allclose(got, ref, atol=1e-4 * ref.abs().max(), rtol=1e-4)
+    assert torch.allclose(got_last, ref_last, atol=1e-4 * ref_last.abs().max(), rtol=1e-4)
+    routed = attribute(Attribution.INTEGRATED_GRADIENTS, fn, F, parts=(module, of_logits))
+    assert torch.allclose(routed, ref, atol=1e-4 * ref.abs().max(), rtol=1e-4)
