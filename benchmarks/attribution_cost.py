@@ -41,7 +41,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"Machine: {machine()}; engine at {engine_version()}\n")
+    print(f"Machine: {machine()}; {engine_version()}\n")
     print("| model | head | gradient x activation s | integrated gradients s (general) | gradient-Hessian s (general) "
           "| IG / GxA | GH / GxA |")
     print("|---|---|---|---|---|---|---|")

@@ -69,7 +69,7 @@ def main() -> None:
             fn()
             best[name] = min(best[name], time.process_time() - start)
     grid.sync_free = None
-    print(f"Machine: {machine()}; engine at {engine_version()}")
+    print(f"Machine: {machine()}; {engine_version()}")
     print(f"{args.arch}, batch {args.batch} at {args.mp} MP, {maps} maps, working grid {grid.side}; CPU ms, best of "
           f"{args.repeats}\n")
     print("| stage | CPU ms | / forward |\n|---|---|---|")
