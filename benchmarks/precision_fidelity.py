@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/precision_fidelity.py                       # lite0, resnet50, vgg16; bf16
     .venv/bin/python benchmarks/precision_fidelity.py --models lite0 --precision bf16
+    .venv/bin/python benchmarks/precision_fidelity.py --models lite0 --fp32-convs 8   # bf16 but the last 8 convs
 
 Each photo of skimage.data is used whole, mirrored, and as two 70 % crops (32 images). Both engines share one split
 model (EfficientNet-Lite0 with its ImageNet weights; ResNet-50 and VGG16 with seeded random weights: no other
@@ -24,7 +25,7 @@ import torchvision
 from scipy.stats import kendalltau
 
 from galore import Engine, ExplainOptions, ImageRequest, Precision, zoo
-from galore.model import split_classifier
+from galore.model import SplitModel, split_classifier
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
           "colorwheel")
@@ -42,15 +43,53 @@ def photos() -> list[torch.Tensor]:
     return out
 
 
-def engines(model: str, precision: Precision) -> tuple[Engine, Engine]:
+class MixedBackbone(torch.nn.Module):
+    """A traced backbone (torch.fx GraphModule) run in bf16 (autocast) up to its last ``fp32_convs`` convolutions,
+    and in fp32 from there: the tensors crossing the cut are cast back to fp32. Measures whether rounding only the
+    early stages keeps fidelity (``--fp32-convs N``); not an engine option (it did not)."""
+
+    def __init__(self, backbone: torch.fx.GraphModule, fp32_convs: int, dtype: torch.dtype = torch.bfloat16):
+        super().__init__()
+        self.backbone, self.dtype = backbone, dtype
+        modules = dict(backbone.named_modules())
+        nodes = list(backbone.graph.nodes)
+        convs = [i for i, n in enumerate(nodes)
+                 if (n.op == "call_module" and isinstance(modules.get(str(n.target)), torch.nn.Conv2d))
+                 or (n.op == "call_function" and n.target in (torch.conv2d, torch.nn.functional.conv2d))]
+        cut = convs[-fp32_convs] if 0 < fp32_convs <= len(convs) else (len(nodes) if fp32_convs <= 0 else 0)
+        self.late = {n for n in nodes[cut:]}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        late, dtype = self.late, self.dtype
+
+        class Run(torch.fx.Interpreter):
+            def run_node(self, n):
+                if n in late:
+                    with torch.autocast(x.device.type, enabled=False):
+                        args, kwargs = self.fetch_args_kwargs_from_env(n)
+                        args, kwargs = torch.utils._pytree.tree_map_only(
+                            torch.Tensor, lambda t: t.float() if t.is_floating_point() else t, (args, kwargs))
+                        return getattr(self, n.op)(n.target, args, kwargs)
+                with torch.autocast(x.device.type, dtype):
+                    return super().run_node(n)
+        return Run(self.backbone).run(x)
+
+def engines(model: str, precision: Precision, fp32_convs: int = 0) -> tuple[Engine, Engine]:
+    """fp32 reference and the reduced engine; with ``fp32_convs`` > 0 the reduced one runs its backbone in
+    ``precision`` up to its last ``fp32_convs`` convolutions and in fp32 from there (``MixedBackbone``)."""
     torch.manual_seed(0)
     labels = zoo.imagenet_labels()
     if model == "lite0":
         split, prep = split_classifier(zoo.efficientnet_lite0()), zoo.LITE_PREPROCESS
     else:
         split, prep = split_classifier(getattr(torchvision.models, model)().eval()), zoo.IMAGENET_PREPROCESS
-    return (Engine(model, split, labels, prep, device="cpu", precision=Precision.FP32),
-            Engine(model, split, labels, prep, device="cpu", precision=precision))
+    ref = Engine(model, split, labels, prep, device="cpu", precision=Precision.FP32)
+    if fp32_convs <= 0:
+        return ref, Engine(model, split, labels, prep, device="cpu", precision=precision)
+    low = Engine(model, split, labels, prep, device="cpu", precision=Precision.FP32, channels_last=False)
+    low.split = SplitModel(MixedBackbone(split.backbone, fp32_convs), low.split.head, split.layer,
+                           split.feature_shape, split.input_size)  # BatchNorms unfolded, as in bf16
+    return ref, low
 
 
 def regions(res) -> dict:
@@ -95,6 +134,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="lite0,resnet50,vgg16")
     p.add_argument("--precision", default="bf16", choices=[x.value for x in Precision if x is not Precision.FP32])
+    p.add_argument("--fp32-convs", type=int, default=0,
+                   help="run the backbone's last N convolutions (and what follows) in fp32, the rest in --precision")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
@@ -105,7 +146,7 @@ def main() -> None:
           "| same top insecurity | Kendall tau (mean) | rule holds |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for model in args.models.split(","):
-        ref_engine, low_engine = engines(model, Precision(args.precision))
+        ref_engine, low_engine = engines(model, Precision(args.precision), args.fp32_convs)
         rows = []
         for i in range(0, len(images), args.batch):
             reqs = [ImageRequest(x, OPTIONS) for x in images[i:i + args.batch]]
@@ -115,7 +156,9 @@ def main() -> None:
         iou = [c for r in rows for c in r["iou"]]
         same = sum(r["same_top"] for r in rows)
         holds = top1 >= 0.99 and min(corr) >= 0.99 and same == len(rows)
-        print(f"| {model} | {'ImageNet' if model == 'lite0' else 'random'} | {low_engine.precision.value} | "
+        label = (f"{args.precision}, last {args.fp32_convs} convs fp32" if args.fp32_convs > 0
+                 else low_engine.precision.value)
+        print(f"| {model} | {'ImageNet' if model == 'lite0' else 'random'} | {label} | "
               f"{top1:.1%} | {max(r['dprob'] for r in rows):.4f} | {min(corr):.4f} / {np.mean(corr):.4f} | "
               f"{min(iou):.3f} / {np.mean(iou):.3f} | {same}/{len(rows)} | "
               f"{np.nanmean([r['tau'] for r in rows]):.3f} | {'yes' if holds else 'no'} |", flush=True)
