@@ -148,8 +148,8 @@ LINEAR_FUNCTIONS = {torch.flatten, torch.relu, torch.add, operator.add, operator
                     nn.functional.relu, nn.functional.adaptive_avg_pool2d, nn.functional.avg_pool2d,
                     nn.functional.max_pool2d, nn.functional.linear}
 LINEAR_METHODS = {"clone", "view", "flatten", "reshape", "relu", "add", "size", "contiguous"}
-KINKS = (nn.ReLU, nn.ReLU6, nn.MaxPool2d, nn.AdaptiveMaxPool2d, torch.relu, nn.functional.relu,
-         nn.functional.max_pool2d, "relu")  # the allow-list's piecewise (not affine) members
+KINK_MODULES = (nn.ReLU, nn.ReLU6, nn.MaxPool2d, nn.AdaptiveMaxPool2d)  # the allow-list's piecewise, not affine,
+KINK_TARGETS = {torch.relu, nn.functional.relu, nn.functional.max_pool2d, "relu"}  # members
 TANGENT_VALUES = 1 << 24  # float values of one pass's location tangents (64 MB in float32)
 _CHECKED: "weakref.WeakKeyDictionary[nn.Module, tuple[bool, bool]]" = weakref.WeakKeyDictionary()
 
@@ -178,9 +178,16 @@ def _check(head: nn.Module) -> tuple[bool, bool]:
         modules = dict(head.named_modules())
         ops = [_op(node, modules) for node in graph.nodes]
         linear = all(_allowed(op, node) for op, node in zip(ops, graph.nodes))
-        known = (linear, linear and not any(isinstance(op, KINKS[:4]) or op in KINKS[4:] for op in ops))
+        known = (linear, linear and not any(isinstance(op, KINK_MODULES) or _is_kink(op) for op in ops))
     _CHECKED[head] = known
     return known
+
+
+def _is_kink(op) -> bool:
+    try:
+        return op in KINK_TARGETS
+    except TypeError:  # unhashable target
+        return False
 
 
 def _op(node: torch.fx.Node, modules: dict[str, nn.Module]):
