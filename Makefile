@@ -43,7 +43,7 @@ tools:
 PROTOS := $(wildcard protos/galore/v1/*.proto) $(wildcard protos/torchserve/*.proto) $(wildcard protos/kserve/*.proto)
 PROTO_STAMP := galore_api/.generated
 ARCHIVE := model_store/efficientnet_lite0.mar
-ARCHIVE_DEPS := $(PROTO_STAMP) $(wildcard model_store/*.py handlers/*.py) deploy/torchserve/model-config.yaml
+ARCHIVE_DEPS := $(PROTO_STAMP) $(wildcard model_store/*.py handlers/*.py galore_service/*.py galore_wire/*.py) deploy/torchserve/model-config.yaml
 # Local ports (override on the command line, e.g. `make serve GRPC_PORT=50052`).
 GRPC_PORT ?= 50051
 GATEWAY_METRICS_PORT ?= 9091

@@ -22,7 +22,7 @@ import psutil
 import requests
 import torch
 
-from galore.contract import DEFAULT_MODEL  # noqa: E402
+from galore.options import DEFAULT_MODEL  # noqa: E402
 from galore_client import loadtest
 from galore_client.load_report import LoadSummary
 from galore_client.load_transports import open_sender, sample_images

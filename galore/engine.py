@@ -32,13 +32,13 @@ from torch import nn
 from . import zoo
 from .attribution import GRADIENT_ONLY
 from .confidence import SELF_REFERENTIAL, easiness_score
-from .contract import DEFAULT_MODEL
 from .device import host_side, synchronize, to_host
 from .errors import DeviceUnusable, FailedPrecondition, GaloreError, InvalidArgument, ResourceExhausted
 from .exemplars import ExemplarStore, Features
 from .kinds import Prediction, measure_batch, plan
 from .model import SplitModel, fold_batch_norms, split_classifier
-from .options import DEFAULT_PRECISION, Attribution, ExplainOptions, Kind, Precision, Score
+from .options import (DEFAULT_MODEL, DEFAULT_PRECISION, Attribution, ExplainOptions, Kind, Precision, Score,
+                      class_in_range)
 from .precision import autocast, fp32_math, resolve
 from .preprocess import Geometry, Preprocess
 from .regions import WorkingGrid
@@ -191,10 +191,7 @@ class Engine:
             if value not in self._ids:
                 raise InvalidArgument(field_name, f"unknown class label {value!r}")
             return self._ids[value]
-        cid = int(value)
-        if not 0 <= cid < len(self.labels):
-            raise InvalidArgument(field_name, f"class id {cid} out of range [0, {len(self.labels)})")
-        return cid
+        return class_in_range(int(value), len(self.labels), field_name)
 
     def add_exemplar(self, class_id: int, image: torch.Tensor, key: str,
                      original_size: tuple[int, int] | None = None) -> None:
@@ -323,8 +320,7 @@ class Engine:
         opts, C = req.options, len(self.labels)
         if not isinstance(opts, ExplainOptions):
             raise InvalidArgument("options", f"expected ExplainOptions, got {type(opts).__name__}")
-        if Kind.DELIBERATIVE in opts.kinds and opts.top_e > C:
-            raise InvalidArgument("options.top_e", f"E={opts.top_e} exceeds the model's {C} classes")
+        opts.check_classes(C)
         if Kind.DELIBERATIVE in opts.kinds:
             ambiguities = sum(math.comb(opts.top_e, V) for V in set(opts.dims))
             if ambiguities > MAX_AMBIGUITIES:
@@ -333,12 +329,6 @@ class Engine:
         if opts.score is Score.EASINESS and self.hardness is None:
             raise FailedPrecondition("options.score", f"easiness needs a hardness predictor; model {self.name!r} "
                                                       "has none (use softmax or certainty)")
-        if opts.explained_class is not None and not 0 <= opts.explained_class < C:
-            raise InvalidArgument("options.explained_class", f"class id {opts.explained_class} out of range "
-                                                             f"[0, {C})")
-        for c in opts.counter_classes:
-            if not isinstance(c, int) or not 0 <= c < C:
-                raise InvalidArgument("options.counter_classes", f"class id {c!r} out of range [0, {C})")
         for c in req.exemplars:
             if c not in opts.counter_classes:
                 raise InvalidArgument("exemplars", f"exemplar given for class {c}, which is not a counter class")

@@ -21,8 +21,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from galore.contract import DEFAULT_MODEL, DEFAULT_SERVER, DEFAULT_TIMEOUT_S, Call
 from galore.errors import InvalidArgument
+from galore.options import DEFAULT_MODEL
+from galore_wire.contract import DEFAULT_SERVER, DEFAULT_TIMEOUT_S, Call
 
 from .errors import GaloreClientError
 from .images import ImageFileError, expand_paths, read_image

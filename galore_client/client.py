@@ -24,10 +24,10 @@ import requests
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
-from galore.contract import (DEFAULT_GRPC_ADDRESS, DEFAULT_MODEL, DEFAULT_REST_ADDRESS, DEFAULT_SERVER, RPC_KEY,
-                             Call)
+from galore.options import DEFAULT_MODEL
 from galore_api.v1 import explainer_pb2 as pb
 from galore_api.v1 import explainer_pb2_grpc
+from galore_wire.contract import DEFAULT_GRPC_ADDRESS, DEFAULT_REST_ADDRESS, DEFAULT_SERVER, RPC_KEY, Call
 
 from .errors import GaloreClientError
 from .retry import NO_RETRIES, RetryPolicy
@@ -193,7 +193,7 @@ class RestClient:
         return response
 
     def model_info(self, timeout_s: float | None = None) -> pb.ModelInfo:
-        """GetModelInfo over REST: a multipart form whose ``galore.contract.RPC_KEY`` field names the call (KServe:
+        """GetModelInfo over REST: a multipart form whose ``galore_wire.contract.RPC_KEY`` field names the call (KServe:
         that header on an empty protobuf body); the answer is a serialized ModelInfo."""
         if self.kserve:
             call = dict(data=b"", headers={RPC_KEY: Call.MODEL_INFO.value, "Content-Type": PROTOBUF,

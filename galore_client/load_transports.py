@@ -3,7 +3,7 @@
 The sender runs one ready ``ExplainRequest`` through the client's own transport clients (``GrpcClient`` /
 ``RestClient`` of ``galore_client.client``, the same stack as ``galore explain`` and ``GaloreClient``) and turns
 the answer into an ``Outcome``: the request-level code name and the code name of every image (names from
-galore/errors.py STATUS_TABLE, or "HTTP_<status>" when TorchServe itself refused before the handler answered).
+galore_wire/status.py STATUS_TABLE, or "HTTP_<status>" when TorchServe itself refused before the handler answered).
 """
 from __future__ import annotations
 

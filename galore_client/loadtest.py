@@ -27,9 +27,10 @@ from dataclasses import dataclass, field, fields
 from google.protobuf import json_format
 from tqdm import tqdm
 
-from galore.contract import DEFAULT_GRPC_ADDRESS, DEFAULT_MODEL, DEFAULT_REST_ADDRESS, DEFAULT_TIMEOUT_S
 from galore.errors import InvalidArgument
+from galore.options import DEFAULT_MODEL
 from galore.options import Kind
+from galore_wire.contract import DEFAULT_GRPC_ADDRESS, DEFAULT_REST_ADDRESS, DEFAULT_TIMEOUT_S
 
 from .load_report import LoadSummary, format_report, summarize
 from .load_transports import (LoadTestError, build_request, check_loopback, folder_images, open_sender,

@@ -3,7 +3,7 @@
 
 Masks are unpacked from the service's bit packing to ``(H0, W0)`` bool arrays and checked against the image size;
 heatmaps become ``(h, w)`` float32 arrays; every class id travels with its label. Enum spellings come from
-``galore.contract`` and defaults from ``galore.options.ExplainOptions`` (a field equal to its default is left
+``galore_wire.contract`` and defaults from ``galore.options.ExplainOptions`` (a field equal to its default is left
 unset, which the proto defines as that default).
 
 Example:
@@ -19,9 +19,9 @@ from typing import Mapping
 import numpy as np
 
 from galore import masks
-from galore.contract import engine_member, proto_number
 from galore.options import ENUM_FIELDS, Attribution, ExplainOptions, Score, Threshold
 from galore_api.v1 import explainer_pb2 as pb
+from galore_wire.contract import engine_member, proto_number
 
 from .results import (Attributive, ClassRef, ClassScore, Counterfactual, ExemplarSide, Explanation, ImageFailure,
                       Insecurity, Region, center_crop_box, mask_bbox)

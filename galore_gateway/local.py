@@ -25,7 +25,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from galore.contract import DEFAULT_MODEL, HOST, Ports
+from galore.options import DEFAULT_MODEL
+from galore_wire.contract import HOST, Ports
 
 from .config import Backend, read_properties
 

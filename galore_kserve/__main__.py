@@ -8,7 +8,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from galore.contract import DEFAULT_MODEL, HOST, KSERVE_PORTS
+from galore.options import DEFAULT_MODEL
+from galore_wire.contract import HOST, KSERVE_PORTS
 
 MAX_MESSAGE_BYTES = 100 * 1024 * 1024  # when the archive does not say (its handler.max_request_bytes)
 

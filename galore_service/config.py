@@ -19,8 +19,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from galore.contract import DEFAULT_MODEL
 from galore.errors import InvalidArgument
+from galore.options import DEFAULT_MODEL
 from galore.options import DEFAULT_PRECISION, Precision
 
 

@@ -1,4 +1,5 @@
-"""galore.v1 protobuf <-> galore engine objects. Pure translation; every check names the request field."""
+"""galore.v1 protobuf <-> galore engine objects. Pure translation: the options are validated by
+``galore.options.ExplainOptions`` (which names the request field), the wire numbers come from galore_wire."""
 from __future__ import annotations
 
 import enum
@@ -6,11 +7,12 @@ import enum
 import torch
 
 from galore import masks
-from galore.contract import PROTO_ENUMS, engine_member, proto_number
-from galore.errors import STATUS_TABLE, GaloreError, InvalidArgument
+from galore.errors import GaloreError, InvalidArgument
 from galore.options import Attribution, ExemplarPolicy, ExplainOptions, Kind, MaskEncoding, Score, Target, Threshold
 from galore.results import Attributive, Counterfactual, ImageResult, Insecurity, Region
 from galore_api.v1 import explainer_pb2 as pb
+from galore_wire.contract import PROTO_ENUMS, engine_member, proto_number
+from galore_wire.status import numbers
 
 
 def to_galore_enum(galore_enum: type[enum.Enum], number: int, field: str, default=None):
@@ -37,11 +39,8 @@ def to_proto_enum(member: enum.Enum | str) -> int:
     return proto_number(pb.DESCRIPTOR, member)
 
 
-def _count(value: int, field: str, default: int, upper: int | None = None) -> int:
-    if value < 0:
-        raise InvalidArgument(field, f"must be >= 0 (0 = default {default}), got {value}")
-    if upper is not None and value > upper:
-        raise InvalidArgument(field, f"must be <= {upper}, got {value}")
+def _count(value: int, default: int) -> int:
+    """A proto count: 0 (unset) -> ``default``; any other value as sent (ExplainOptions validates it)."""
     return value or default
 
 
@@ -63,45 +62,43 @@ def _kinds(message: pb.ExplainOptions) -> frozenset[Kind]:
 def to_options(message: pb.ExplainOptions, counter_ids: tuple[int, ...], num_classes: int,
                explained_class: int | None = None) -> ExplainOptions:
     """ExplainOptions proto -> galore ExplainOptions (counter classes and the explained class already resolved to
-    ids)."""
+    ids), validated against a model of ``num_classes`` classes (``ExplainOptions.check_classes``). ``dims``: the
+    distinct V in increasing order (an error's ``options.dims[i]`` counts in that order)."""
     defaults = ExplainOptions()
-    # defaults shrink to models with fewer classes than the default E / top-k
-    top_e = _count(message.top_e, "options.top_e", min(defaults.top_e, num_classes), num_classes)
-    top_k = _count(message.top_k, "options.top_k", min(defaults.top_k, num_classes), num_classes)
-    dims = tuple(message.dims)
-    for i, v in enumerate(dims):
-        if v < 2 or v > top_e:
-            raise InvalidArgument(f"options.dims[{i}]", f"V must be in [2, top_e={top_e}], got {v}")
-    return ExplainOptions(
+    options = ExplainOptions(
         kinds=_kinds(message),
         attribution=to_galore_enum(Attribution, message.attribution, "options.attribution", defaults.attribution),
         score=to_galore_enum(Score, message.score, "options.score", defaults.score),
         target=to_galore_enum(Target, message.target, "options.target", defaults.target),
         clip_negative=message.clip_negative if message.HasField("clip_negative") else defaults.clip_negative,
         normalize=message.normalize,
-        top_e=top_e,
-        dims=tuple(sorted(set(dims))) or defaults.dims,
-        max_insecurities=_count(message.max_insecurities, "options.max_insecurities", defaults.max_insecurities),
+        # defaults shrink to models with fewer classes than the default E / top-k
+        top_e=_count(message.top_e, min(defaults.top_e, num_classes)),
+        dims=tuple(sorted(set(message.dims))) or defaults.dims,
+        max_insecurities=_count(message.max_insecurities, defaults.max_insecurities),
         counter_classes=counter_ids,
         threshold=_threshold(message),
         include_heatmaps=message.include_heatmaps,
-        top_k=top_k,
-        ig_steps=_count(message.ig_steps, "options.ig_steps", defaults.ig_steps),
+        top_k=_count(message.top_k, min(defaults.top_k, num_classes)),
+        ig_steps=_count(message.ig_steps, defaults.ig_steps),
         mask_encoding=to_galore_enum(MaskEncoding, message.mask_encoding, "options.mask_encoding",
                                      defaults.mask_encoding),
         explained_class=explained_class,
         exemplar_policy=to_galore_enum(ExemplarPolicy, message.exemplar_policy, "options.exemplar_policy",
                                        defaults.exemplar_policy),
     )
+    options.check_classes(num_classes, counts=True)
+    return options
 
 
 def status(error: GaloreError | None) -> pb.Status:
-    """A GaloreError (or None for success) -> Status, codes from galore.errors.STATUS_TABLE."""
+    """A GaloreError (or None for success) -> Status, numbers from galore_wire.status.STATUS_TABLE."""
     if error is None:
-        grpc_code, http_status = STATUS_TABLE["OK"]
+        grpc_code, http_status = numbers("OK")
         return pb.Status(code="OK", grpc_code=grpc_code, http_status=http_status)
-    return pb.Status(code=error.code, grpc_code=error.grpc_code, http_status=error.http_status,
-                     message=error.message, field=error.field)
+    grpc_code, http_status = numbers(error.code)
+    return pb.Status(code=error.code, grpc_code=grpc_code, http_status=http_status, message=error.message,
+                     field=error.field)
 
 
 def mask(value: Region, encoding: MaskEncoding = MaskEncoding.RLE) -> pb.Mask:

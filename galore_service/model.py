@@ -4,8 +4,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from galore.contract import DEFAULT_MODEL
 from galore.errors import InvalidArgument
+from galore.options import DEFAULT_MODEL
 
 from .config import HandlerConfig
 from .decode import DRAFT_OVERSAMPLE, decode_image

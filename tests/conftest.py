@@ -47,7 +47,8 @@ def backend(request) -> str:
 
 def newest_source() -> float:
     """mtime of the newest file the default archive is built from."""
-    sources = [p for folder in ("handlers", "galore_api", "model_store", "deploy/torchserve")
+    folders = ("handlers", "galore_service", "galore_wire", "galore_api", "model_store", "deploy/torchserve")
+    sources = [p for folder in folders
                for p in (REPO / folder).rglob("*") if p.is_file() and p.suffix != ".mar" and "__pycache__" not in p.parts]
     return max(p.stat().st_mtime for p in sources)
 

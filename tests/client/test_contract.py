@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 from google.protobuf.descriptor import FieldDescriptor
 
-from galore.contract import PROTO_ENUMS, engine_member
 from galore.options import ExplainOptions
 from galore_api.v1 import explainer_pb2 as pb
 from galore_client import cli, loadtest
 from galore_client.option_args import FLAGS, settings_from_args
 from galore_client.settings import OPTION_FIELDS, ExplainSettings
 from galore_client.typed import settings_to_proto
+from galore_wire.contract import PROTO_ENUMS, engine_member
 
 REPO = Path(__file__).resolve().parents[2]
 FIELDS = list(pb.ExplainOptions.DESCRIPTOR.fields)
@@ -33,7 +33,7 @@ def test_client_and_gateway_import_without_torch():
             "import galore_client, galore_client.client, galore_client.cli, galore_client.loadtest\n"
             "import galore_client.report, galore_client.typed, galore_client.option_args\n"
             "import galore_gateway, galore_gateway.server, galore_gateway.config, galore_gateway.__main__\n"
-            "import galore.contract, galore.options, galore.errors\n"
+            "import galore_wire.contract, galore_wire.status, galore_wire.backpressure, galore.options, galore.errors\n"
             "loaded = sorted(m for m in ('torch', 'torchvision') if m in sys.modules)\n"
             "print(','.join(loaded) or 'none')\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
@@ -43,7 +43,8 @@ def test_client_and_gateway_import_without_torch():
 
 
 def test_the_contract_terms_import_neither_torch_nor_grpc():
-    code = ("import sys\nimport galore.contract, galore.options, galore.errors\n"
+    code = ("import sys\nimport galore_wire, galore_wire.contract, galore_wire.status, galore_wire.backpressure\n"
+            "import galore.options, galore.errors\n"
             "print(','.join(sorted(m for m in ('torch', 'grpc', 'numpy') if m in sys.modules)) or 'none')\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
                           env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 
-from galore.errors import STATUS_TABLE
 from galore_client import loadtest
 from galore_client.load_transports import sample_images
+from galore_wire.status import STATUS_TABLE
 
 from galore_gateway.local import free_ports
 

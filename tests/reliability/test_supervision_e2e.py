@@ -15,10 +15,10 @@ import numpy as np
 import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from galore.backpressure import PUSHBACK_KEY
 from galore_api.v1 import explainer_pb2 as pb
 from galore_api.v1 import explainer_pb2_grpc as pb_grpc
 from galore_gateway.local import free_ports
+from galore_wire.backpressure import PUSHBACK_KEY
 from tests.conftest import MODEL, REPO
 
 from .conftest import jpeg
