@@ -43,10 +43,11 @@ sys.path.insert(0, str(REPO))
 from benchmarks.reliability_fuzz import generate, send_all  # noqa: E402
 from benchmarks.reliability_load import Load, Sender, mix, percentiles, photos, rss_mib, summarize  # noqa: E402
 from galore_api.v1 import explainer_pb2 as pb  # noqa: E402
-from galore_client.client import MAX_MESSAGE_BYTES, SERVICE  # noqa: E402
+from galore_client.client import SERVICE  # noqa: E402
 from galore_client.retry import RetryPolicy  # noqa: E402
 from galore_gateway.config import GatewayConfig  # noqa: E402
 from galore_gateway.local import Backoff, LocalConfig, LocalService, Ports, free_ports  # noqa: E402
+from galore_wire.contract import MAX_MESSAGE_BYTES  # noqa: E402
 
 MODEL = "efficientnet_lite0"
 SERVING = health_pb2.HealthCheckResponse.SERVING

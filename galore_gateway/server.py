@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 
 from galore_api.v1 import explainer_pb2 as pb
 from galore_wire.backpressure import PUSHBACK_KEY, DrainEstimate, jittered
-from galore_wire.contract import Call
+from galore_wire.contract import CODE_TRAILER, FIELD_TRAILER, Call
 from galore_wire.status import RETRY_HINT, grpc_code_name, overloaded
 
 from . import metrics
@@ -115,7 +115,7 @@ class ExplainerGateway:
         # grpc_code was filled by the service from galore_wire.status.STATUS_TABLE (the one table); the gateway does
         # not import the torch-based core.
         code = grpc.StatusCode[grpc_code_name(head.status.grpc_code)]
-        context.set_trailing_metadata((("galore-field", head.status.field), ("galore-code", head.status.code)))
+        context.set_trailing_metadata(((FIELD_TRAILER, head.status.field), (CODE_TRAILER, head.status.code)))
         message = f"{head.status.field}: {head.status.message}" if head.status.field else head.status.message
         await context.abort(code, message)
 

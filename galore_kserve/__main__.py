@@ -9,9 +9,7 @@ import warnings
 from pathlib import Path
 
 from galore.options import DEFAULT_MODEL
-from galore_wire.contract import HOST, KSERVE_PORTS
-
-MAX_MESSAGE_BYTES = 100 * 1024 * 1024  # when the archive does not say (its handler.max_request_bytes)
+from galore_wire.contract import HOST, KSERVE_PORTS, MAX_MESSAGE_BYTES
 
 
 def parse_args(argv=None) -> argparse.Namespace:

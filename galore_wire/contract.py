@@ -64,6 +64,9 @@ JSON = "application/json"  # its proto3 JSON mapping (images base64)
 # parameter; sent by the gateway and by REST model-info calls); its values are the names of ``Call``.
 RPC_KEY = "galore-rpc"
 DEADLINE_KEY = "galore-deadline"  # the caller's deadline, Unix seconds (gateway input key or REST header)
+# The gateway's trailing metadata on a failed call: the status's field and code name (galore.v1 Status).
+FIELD_TRAILER = "galore-field"
+CODE_TRAILER = "galore-code"
 
 
 def parse_deadline(value: object) -> float | None:
