@@ -1,10 +1,12 @@
 """The engine package knows no host's wire: ``galore/`` imports none of the rooms above it (the wire's terms, the
 service core, the hosts, the gateway, the client, the generated code, grpc, kserve, TorchServe), and neither names
-nor spells a term the wire's home (``galore_wire/``) defines. Read from the source (AST), so function-level
-imports and restated values count too."""
+nor spells a term the wire's home (``galore_wire/``) defines; the wire imports the stdlib and the engine's terms
+only; the TorchServe adapter (``handlers/``) goes through the service core, never to the engine. Read from the
+source (AST), so function-level imports and restated values count too."""
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -66,3 +68,28 @@ def test_the_engine_imports_no_room_above_it_and_knows_no_wire_term(path):
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in spellings:
             found.append(f"spells {node.value!r}")
     assert not found, f"{path.relative_to(REPO)}: {found}"
+
+
+def imports_of(folder: Path) -> set[str]:
+    """Top-level package of every absolute import under ``folder`` (function-level imports included)."""
+    found = set()
+    for tree in sources(folder).values():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                found.add(node.module)
+    return found
+
+
+def test_the_wire_imports_the_stdlib_and_the_engine_terms_only():
+    allowed = {"galore.options", "galore.errors"}
+    outside = {m for m in imports_of(WIRE) if m.split(".")[0] not in sys.stdlib_module_names and m not in allowed}
+    assert not outside, f"galore_wire imports {sorted(outside)}"
+
+
+def test_the_torchserve_adapter_imports_the_service_core_not_the_engine():
+    """handlers/ maps rows and context to the service's typed calls; the engine and the proto are the service's."""
+    imported = imports_of(REPO / "handlers")
+    assert not {m for m in imported if m.split(".")[0] in ("galore", "galore_api")}, sorted(imported)
+    assert {"galore_service.calls", "galore_service.service"} <= imported
