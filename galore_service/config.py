@@ -1,4 +1,5 @@
-"""The handler's configuration, read once from the archive's model-config yaml (``handler:`` section).
+"""The service's configuration, read once from the archive's model-config yaml (its ``handler:`` section), by
+either host.
 
 Example yaml (see model_store/build.py, which writes it)::
 

@@ -1,4 +1,4 @@
-"""Builds the worker's engine from the handler config, and loads the archive's exemplar bank once."""
+"""Builds the worker's engine from the service config, and loads the archive's exemplar bank once."""
 from __future__ import annotations
 
 import logging
