@@ -1,101 +1,49 @@
-"""Each explanation kind assembled from Table I, and the regions of a whole batch measured at once.
+"""The regions of every map of every image of a batch, measured at once on the working grid.
 
-``plan`` turns one image's class maps into the combined maps of eq. (2) that its kinds need; ``measure_batch``
-thresholds every map of every image of the batch together on the working grid and builds ImageResults, with
-masks cut only for the regions returned (deliberation ranks many maps, returns few).
+Each kind's unit (``galore.kinds.UNITS``) says what to measure (``KindMaps``); ``measure_batch`` thresholds every
+map of the batch together, pairs each paired row with its sides at a common cell count (two passes), picks the
+strongest competing rows, cuts masks only for the regions returned (deliberation ranks many maps, returns few),
+and hands each unit its regions to assemble.
 """
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import torch
 
-from .combiner import TABLE_I, combine
-from .device import host_side, to_device, to_host
-from .exemplars import Features
-from .masks import CellFrame
-from .options import ExplainOptions, Kind
-from .regions import Rule, WorkingGrid
-from .results import Attributive, Counterfactual, ExemplarSide, ImageResult, Insecurity, Region
-from .rows import CLIP_FLOOR, RowMaps
+from ..device import host_side, to_device, to_host
+from ..exemplars import Features
+from ..masks import CellFrame
+from ..options import ExplainOptions
+from ..regions import Rule, WorkingGrid
+from ..results import ImageResult, Region
+from .unit import KindMaps, KindUnit, Prediction
 
-# An insecurity needs shared evidence (eq. 5: the region holds evidence for every class of the tuple). A V-tuple is
-# returned only if (i) some feature cell has every class's map above the clip floor and a(1 - s) > 0, and (ii) its
-# strength is at least this share of the image's strongest insecurity of the same V. Measured (EVALUATION.md,
-# section 2b): on 7 skimage photos every top-5 pair and triple of the default model shares 23-49 of 49 cells and
-# has a ratio >= 0.22; a product at the clip floor's scale has a ratio of ~1e-6.
+# An insecurity needs shared evidence (eq. 5: the region holds evidence for every class of the tuple). A ranked row
+# is returned only if (i) its map has some kept cell and its ``KindMaps.shared`` flag (deliberative: some feature
+# cell has every class's map above the clip floor and a(1 - s) > 0), and (ii) its strength is at least this share of
+# the strongest such row of its group. Measured (EVALUATION.md, section 2b): on 7 skimage photos every top-5 pair
+# and triple of the default model shares 23-49 of 49 cells and has a ratio >= 0.22; a product at the clip floor's
+# scale has a ratio of ~1e-6.
 SHARED_EVIDENCE_RATIO = 1e-3
 
 
 @dataclass(frozen=True)
-class Prediction:
-    """The head's answer for one image: y*, class probabilities (C,) (on the host), the classes by decreasing
-    probability (at least the top max(top_k, top_e, 2)), the counter classes and their exemplars."""
+class Plan:
+    """One image's maps to measure: each unit of its kinds with the maps it asked for, in ``UNITS`` order."""
 
-    predicted: int
-    probs: torch.Tensor
-    ranked: tuple[int, ...]
-    counters: tuple[int, ...]
-    exemplar_keys: dict[int, str]  # counter class -> exemplar key (request or bank); absent: no exemplar
-    explained: int  # the class attributive and self-aware explain: y* or ExplainOptions.explained_class
-
-    def others(self, c: int) -> list[int]:
-        """C'_v of eq. (13) for counter class c: the other counter classes and the prediction y*."""
-        return [o for o in self.counters if o != c] + [self.predicted]
+    parts: list[tuple[KindUnit, KindMaps]]
 
 
 @dataclass(frozen=True)
-class Plan:
-    """One image's maps (h, w) to measure. ``single``: each thresholded on its own (attributive, self-aware, every
-    V-tuple of the ambiguity set, the counterfactual query side), keyed by ``keys``; ``sides``: the counterfactual
-    exemplar sides, thresholded to the query side's cell count, for the counter classes in ``side_classes``."""
+class _Block:
+    """Where one (image, unit) part lies in the batch's concatenated maps: singles [s0, s0 + n), sides [e0, e0 + E)."""
 
-    single: torch.Tensor  # (S, h, w)
-    keys: list  # Kind.ATTRIBUTIVE | Kind.SELF_AWARE | Kind.COUNTERFACTUAL | (V, class tuple)
-    sides: torch.Tensor  # (E, h, w)
-    side_classes: list[int]
-    side_feats: list[Features]
-    shared: torch.Tensor  # (S,) bool per single map: False for a V-tuple sharing no evidence
-
-
-def plan(opts: ExplainOptions, pred: Prediction, query: RowMaps, exemplars: dict[int, tuple[Features, RowMaps]]
-         ) -> Plan:
-    """Table I applied to one image (eqs. 3, 4, 5, 12, 13, 14)."""
-    y, blocks, keys, shared = pred.predicted, [], [], []
-    a_pred = query.of([y])[0]
-    a_explained = query.of([pred.explained])[0]
-    for kind in (Kind.ATTRIBUTIVE, Kind.SELF_AWARE):
-        if kind in opts.kinds:
-            blocks.append(combine(TABLE_I[kind], a_explained, None, query.score, query.inverse_score)[None])
-            keys.append(kind)
-            shared.append(a_pred.new_ones(1, dtype=torch.bool))
-    if Kind.DELIBERATIVE in opts.kinds:
-        candidates = list(pred.ranked[:opts.top_e])  # the prediction's ranking: no second top-E
-        for V in opts.dims:
-            tuples = list(itertools.combinations(candidates, V))  # the ambiguity set A = (C choose V)
-            index = to_device([[candidates.index(c) for c in t] for t in tuples], a_pred.device, torch.long)
-            classes = query.of(candidates)[index]  # (A, V, h, w)
-            blocks.append(combine(TABLE_I[Kind.DELIBERATIVE], None, classes, query.score, query.inverse_score))
-            keys += [(V, t) for t in tuples]  # (A, h, w), eqs. (5), (12)
-            # (A,): some cell where every class of the tuple has evidence and the model is unsure (eq. 5)
-            shared.append(((classes > CLIP_FLOOR).all(dim=-3) & (query.inverse_score > 0)).flatten(-2).any(-1))
-    sides, side_classes, side_feats = [], [], []
-    if Kind.COUNTERFACTUAL in opts.kinds:
-        recipe = TABLE_I[Kind.COUNTERFACTUAL]
-        blocks.append(combine(recipe, a_pred, query.of(pred.counters), query.score, None)[None])  # D(x, y*, C)
-        keys.append(Kind.COUNTERFACTUAL)
-        shared.append(a_pred.new_ones(1, dtype=torch.bool))
-        for c in pred.counters:  # D(x^v, y^v, C'_v), eq. (13), in counter order
-            if c in exemplars:
-                feats, row = exemplars[c]
-                sides.append(combine(recipe, row.of([c])[0], row.of(pred.others(c)), row.score, None))
-                side_classes.append(c)
-                side_feats.append(feats)
-    h, w = a_pred.shape
-    return Plan(torch.cat(blocks) if blocks else a_pred.new_zeros(0, h, w), keys,
-                torch.stack(sides) if sides else a_pred.new_zeros(0, h, w), side_classes, side_feats,
-                torch.cat(shared) if shared else a_pred.new_zeros(0, dtype=torch.bool))
+    item: int
+    unit: KindUnit
+    maps: KindMaps
+    s0: int
+    e0: int
 
 
 def measure_batch(grid: WorkingGrid, items: list[tuple[ExplainOptions, Prediction, Plan, Features]],
@@ -103,59 +51,50 @@ def measure_batch(grid: WorkingGrid, items: list[tuple[ExplainOptions, Predictio
     """Regions of every image of the batch, measured together; fills ``results`` (one per item). Everything up to
     the masks stays on the maps' device, and off the CPU reads no device value on the host (the working grid's
     sync-free path); the masks, maps and strengths of the regions returned then come to the host in ONE copy."""
-    if not items:
+    blocks, s0, e0 = [], 0, 0
+    for i, (_, _, p, _) in enumerate(items):
+        for unit, m in p.parts:
+            blocks.append(_Block(i, unit, m, s0, e0))
+            s0, e0 = s0 + len(m.keys), e0 + m.n_sides
+    if not blocks:
         return
-    singles = torch.cat([p.single for _, _, p, _ in items])  # (S, h, w)
-    sides = torch.cat([p.sides for _, _, p, _ in items])  # (E, h, w)
+    singles = torch.cat([b.maps.maps for b in blocks])  # (S, h, w)
     device, n_single = singles.device, singles.shape[0]
-    # host bookkeeping: each counterfactual's query row, which counterfactual each exemplar side belongs to, and a
-    # bound on the query's cell count (its coverage; all cells for an absolute T)
-    cf_rows, side_owner, cf_bound = [], [], []
-    s0 = 0
-    for o, _, p, _ in items:
-        if Kind.COUNTERFACTUAL in o.kinds:
-            cf_rows.append(s0 + p.keys.index(Kind.COUNTERFACTUAL))
-            side_owner += [len(cf_rows) - 1] * len(p.side_classes)
-            wanted = Rule.cells_wanted(o.threshold, grid.cells)
-            cf_bound.append(grid.cells if wanted is None else wanted)
-        s0 += len(p.keys)
-    # pass 1: every single map by its own rule; the counterfactual sides only have their positive cells counted
+    sides = torch.cat([b.maps.sides for b in blocks if b.maps.n_sides] or [singles.new_zeros((0, *singles.shape[1:]))])  # (E, h, w)
+    # host bookkeeping: each paired row, the pair each side belongs to, and a bound on the paired row's cell count
+    # (its coverage; all cells for an absolute T)
+    paired_rows, side_owner, paired_bound = [], [], []
+    for b in blocks:
+        if b.maps.paired is not None:
+            paired_rows.append(b.s0 + b.maps.paired)
+            side_owner += [len(paired_rows) - 1] * b.maps.n_sides
+            wanted = Rule.cells_wanted(items[b.item][0].threshold, grid.cells)
+            paired_bound.append(grid.cells if wanted is None else wanted)
+    # pass 1: every single map by its own rule; the sides only have their positive cells counted
     count_positive = to_device([False] * n_single + [True] * sides.shape[0], device, torch.bool)
-    first = grid.measure(torch.cat([singles, sides]), _rules(grid, items, device),
-                         count_positive.index_fill(0, to_device(cf_rows, device, torch.long), True))
+    first = grid.measure(torch.cat([singles, sides]), _rules(grid, items, blocks, device),
+                         count_positive.index_fill(0, to_device(paired_rows, device, torch.long), True))
     tau = first.tau[:n_single].clone()
     strength = first.strength[:n_single].clone()
     side_tau = side_strength = first.tau.new_zeros(0)
-    if cf_rows:  # pass 2: the counterfactual sides at their common count
-        q = to_device(cf_rows, device, torch.long)
+    if paired_rows:  # pass 2: the paired rows and their sides at their common count
+        q = to_device(paired_rows, device, torch.long)
         query_k, side_k = _common_counts(first.wanted[q], first.positive[q], first.positive[n_single:],
                                          to_device(side_owner, device, torch.long))
         second = grid.measure(torch.cat([singles[q], sides]),
-                              Rule(torch.cat([query_k, side_k]), tau.new_zeros(len(cf_rows) + sides.shape[0]),
-                                   k_max=max(cf_bound), any_absolute=False))
-        tau[q], strength[q] = second.tau[:len(cf_rows)], second.strength[:len(cf_rows)]
-        side_tau, side_strength = second.tau[len(cf_rows):], second.strength[len(cf_rows):]
+                              Rule(torch.cat([query_k, side_k]), tau.new_zeros(len(paired_rows) + sides.shape[0]),
+                                   k_max=max(paired_bound), any_absolute=False))
+        tau[q], strength[q] = second.tau[:len(paired_rows)], second.strength[:len(paired_rows)]
+        side_tau, side_strength = second.tau[len(paired_rows):], second.strength[len(paired_rows):]
 
-    # the regions to return: every non-deliberative map, and per image and V the strongest insecurities that have a
-    # cell and shared evidence (eq. 5), at least SHARED_EVIDENCE_RATIO of the strongest such one
-    fixed: list[tuple[int, object, int]] = []  # (item, key, row of singles)
-    segments: list[tuple[int, int, list[int], int]] = []  # (item, V, rows of its ambiguity set, most returned)
-    key_of: dict[int, object] = {}
-    s0 = 0
-    for i, (o, _, p, _) in enumerate(items):
-        for j, key in enumerate(p.keys):
-            key_of[s0 + j] = key
-            if not isinstance(key, tuple):
-                fixed.append((i, key, s0 + j))
-        for V in (o.dims if Kind.DELIBERATIVE in o.kinds else ()):
-            rows = [s0 + j for j, key in enumerate(p.keys) if isinstance(key, tuple) and key[0] == V]
-            segments.append((i, V, rows, o.max_insecurities))
-        s0 += len(p.keys)
-    shared = torch.cat([p.shared for _, _, p, _ in items])  # (S,)
-    usable = _shared_enough(strength, (first.kept[:n_single] > 0) & shared, [rows for _, _, rows, _ in segments],
-                            device)
-    candidates, alive = _strongest(strength, usable, [(rows, most) for _, _, rows, most in segments], device)
-    chosen = torch.cat([to_device([r for _, _, r in fixed], device, torch.long), candidates])
+    # the rows to return: every row in no ranked group, and per group the strongest that have a kept cell and
+    # shared evidence (eq. 5), at least SHARED_EVIDENCE_RATIO of the strongest such one
+    fixed = [b.s0 + j for b in blocks for j in _unranked(b.maps)]
+    segments = [([b.s0 + r for r in g.rows], g.most) for b in blocks for g in b.maps.ranked]
+    shared = torch.cat([b.maps.shared for b in blocks])  # (S,)
+    usable = _shared_enough(strength, (first.kept[:n_single] > 0) & shared, [rows for rows, _ in segments], device)
+    candidates, alive = _strongest(strength, usable, segments, device)
+    chosen = torch.cat([to_device(fixed, device, torch.long), candidates])
     heat = torch.cat([singles[chosen], sides])  # (R, h, w)
     cells, heat, strengths, candidates, alive = to_host([
         grid.cell_masks(heat, torch.cat([tau[chosen], side_tau])), heat.detach().float(),
@@ -164,9 +103,7 @@ def measure_batch(grid: WorkingGrid, items: list[tuple[ExplainOptions, Predictio
     with host_side():
         cells, strengths = cells.numpy(), strengths.tolist()
         candidates, alive = candidates.tolist(), alive.tolist()
-        probabilities = [float(pred.probs[pred.explained]) for _, pred, _, _ in items]
     frames: dict[int, CellFrame] = {}
-    cf_query: dict[int, Region] = {}
 
     def region(n: int, feats: Features) -> Region:
         frame = frames.get(id(feats))
@@ -174,30 +111,28 @@ def measure_batch(grid: WorkingGrid, items: list[tuple[ExplainOptions, Predictio
             frame = frames[id(feats)] = grid.frame(feats.geo)
         return Region.of(cells[n], frame, heat[n], strengths[n])
 
-    owners = [i for i, _, rows, most in segments for _ in range(min(most, len(rows)))]
-    picked = [(i, key, n) for n, (i, key, _) in enumerate(fixed)] + [
-        (i, key_of[row], len(fixed) + c) for c, (i, row, ok) in enumerate(zip(owners, candidates, alive)) if ok]
-    for i, key, n in picked:
-        o, pred, _, feats = items[i]
-        res = results[i]
-        r = region(n, feats)
-        if key is Kind.ATTRIBUTIVE:
-            res.attributive = Attributive(pred.explained, r, probabilities[i])
-        elif key is Kind.SELF_AWARE:
-            res.self_aware = Attributive(pred.explained, r, probabilities[i])
-        elif key is Kind.COUNTERFACTUAL:
-            cf_query[i] = r  # the query side; the exemplar sides follow
-        else:
-            res.deliberative.setdefault(key[0], []).append(Insecurity(key[1], r))
-    n = len(fixed) + len(candidates)
-    for i, (o, pred, p, _) in enumerate(items):
-        if Kind.COUNTERFACTUAL not in o.kinds:
-            continue
-        side_regions = {}
-        for c, feats in zip(p.side_classes, p.side_feats):
-            side_regions[c] = region(n, feats)
-            n += 1
-        results[i].counterfactual = _counterfactual(pred, cf_query[i], side_regions, labels)
+    # the returned rows in the order each unit reads them: unranked rows, then each group strongest first
+    returned: dict[int, list[tuple[object, int]]] = {id(b): [] for b in blocks}  # block -> (key, row of ``heat``)
+    owner = {b.s0 + j: b for b in blocks for j in range(len(b.maps.keys))}
+    for n, row in enumerate(fixed):
+        returned[id(owner[row])].append((owner[row].maps.keys[row - owner[row].s0], n))
+    for c, (row, ok) in enumerate(zip(candidates, alive)):
+        if ok:
+            returned[id(owner[row])].append((owner[row].maps.keys[row - owner[row].s0], len(fixed) + c))
+    n_side = len(fixed) + len(candidates)
+    with host_side():  # from here on every value is a host copy (the predictions' probabilities included)
+        for b in blocks:
+            _, pred, _, feats = items[b.item]
+            regions = [(key, region(n, feats)) for key, n in returned[id(b)]]
+            side_regions = [(key, region(n_side + b.e0 + j, f))
+                            for j, (key, f) in enumerate(zip(b.maps.side_keys, b.maps.side_feats))]
+            b.unit.assemble(results[b.item], pred, regions, side_regions, labels)
+
+
+def _unranked(m: KindMaps) -> list[int]:
+    """The rows of ``m`` in no ranked group: always returned."""
+    ranked = {r for g in m.ranked for r in g.rows}
+    return [j for j in range(len(m.keys)) if j not in ranked]
 
 
 def _common_counts(query_wanted: torch.Tensor, query_positive: torch.Tensor, side_positive: torch.Tensor,
@@ -266,49 +201,35 @@ def _strongest(strength: torch.Tensor, usable: torch.Tensor, segments: list[tupl
     return rows[pick], ~empty[pick]
 
 
-def _rules(grid: WorkingGrid, items, device: torch.device) -> Rule:
+def _rules(grid: WorkingGrid, items, blocks: list[_Block], device: torch.device) -> Rule:
     """The first pass's rule for every single map, then every side, in ``measure_batch``'s order, on ``device``.
-    Scale groups of an absolute T (eqs. 6, 8, 9): the insecurities of one image and one V share one (pairs and
-    triples are products of 2 and 3 maps: different units); the counterfactual query and its exemplar sides share
-    one; attributive and self-aware maps each have their own."""
+    Scale groups of an absolute T (eqs. 6, 8, 9): the maps of one image and one unit with the same
+    ``KindMaps.scale`` name share one; a side shares its paired row's; None: a scale of its own."""
     k, absolute, groups = [], [], []
     side_k, side_absolute, side_groups = [], [], []
-    next_group = 0
-    for o, _, p, _ in items:
-        wanted = Rule.cells_wanted(o.threshold, grid.cells)
-        rule_k, rule_t = (-1, float(o.threshold.absolute)) if wanted is None else (wanted, 0.0)
-        shared: dict[str, int] = {}
+    named: dict[tuple[int, str], int] = {}  # (block, scale name) -> group
+    count = 0
 
-        def group(name: str | None) -> int:
-            nonlocal next_group
-            if name is None or name not in shared:
-                next_group += 1
-                if name is not None:
-                    shared[name] = next_group - 1
-                return next_group - 1
-            return shared[name]
+    def group(b: _Block, name: str | None) -> int:
+        nonlocal count
+        if name is None or (id(b), name) not in named:
+            count += 1
+            if name is not None:
+                named[(id(b), name)] = count - 1
+            return count - 1
+        return named[(id(b), name)]
 
-        for key in p.keys:
+    for b in blocks:
+        wanted = Rule.cells_wanted(items[b.item][0].threshold, grid.cells)
+        rule_k, rule_t = (-1, float(items[b.item][0].threshold.absolute)) if wanted is None else (wanted, 0.0)
+        for name in b.maps.scale:
             k.append(rule_k)
             absolute.append(rule_t)
-            groups.append(group(f"deliberative V={key[0]}" if isinstance(key, tuple) else
-                                "counterfactual" if key is Kind.COUNTERFACTUAL else None))
-        for _ in p.side_classes:  # pass 1 only counts a side's positive cells; its peak joins the query's scale
+            groups.append(group(b, name))
+        for _ in range(b.maps.n_sides):  # pass 1 only counts a side's positive cells; its peak joins the pair's scale
             side_k.append(0)
             side_absolute.append(0.0)
-            side_groups.append(group("counterfactual"))
+            side_groups.append(group(b, b.maps.scale[b.maps.paired]))
     return Rule(to_device(k + side_k, device, torch.long), to_device(absolute + side_absolute, device, torch.float32),
                 to_device(groups + side_groups, device, torch.long), k_max=max(k + side_k, default=0),
                 any_absolute=any(v < 0 for v in k))
-
-
-def _counterfactual(pred: Prediction, query: Region, sides: dict[int, Region], labels) -> Counterfactual:
-    """Eqs. (13)-(14); strength eq. (16) / (17) averaged over the sides present."""
-    exemplars = tuple(
-        ExemplarSide(c, pred.exemplar_keys[c], sides[c]) if c in sides else
-        ExemplarSide(c, None, None, f"no exemplar image for class {c} ({labels[c]!r}): send one with the "
-                                    "request or add it to the model's exemplar bank")
-        for c in pred.counters)
-    present = [query] + list(sides.values())
-    strength = sum(r.strength for r in present) / len(present)
-    return Counterfactual(pred.predicted, pred.counters, query, exemplars, strength, len(sides) == len(pred.counters))
