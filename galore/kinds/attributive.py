@@ -14,11 +14,10 @@ from .unit import KindMaps, KindUnit
 
 @dataclass(frozen=True)
 class AttributiveUnit(KindUnit):
-    """The explained class's map (y* or ``explained_class``), stored in ``ImageResult.<field>``."""
+    """The explained class's map (y* or ``explained_class``), stored in ``ImageResult.<kind.value>``."""
 
     kind: Kind
     recipe: Recipe
-    field: str
 
     def maps(self, opts, pred, query, exemplars) -> KindMaps:
         a = query.of([pred.explained])  # (1, h, w)
@@ -27,8 +26,8 @@ class AttributiveUnit(KindUnit):
 
     def assemble(self, result, pred, regions, sides, labels) -> None:
         for _, region in regions:
-            setattr(result, self.field, Attributive(pred.explained, region, float(pred.probs[pred.explained])))
+            setattr(result, self.kind.value, Attributive(pred.explained, region, float(pred.probs[pred.explained])))
 
 
-ATTRIBUTIVE = AttributiveUnit(Kind.ATTRIBUTIVE, Recipe(alpha=True, beta=Beta.ONE, gamma=Gamma.ONE), "attributive")  # eq. (3)
-SELF_AWARE = AttributiveUnit(Kind.SELF_AWARE, Recipe(alpha=True, beta=Beta.ONE, gamma=Gamma.SCORE), "self_aware")  # eq. (4)
+ATTRIBUTIVE = AttributiveUnit(Kind.ATTRIBUTIVE, Recipe(alpha=True, beta=Beta.ONE, gamma=Gamma.ONE))  # eq. (3)
+SELF_AWARE = AttributiveUnit(Kind.SELF_AWARE, Recipe(alpha=True, beta=Beta.ONE, gamma=Gamma.SCORE))  # eq. (4)
