@@ -1,11 +1,12 @@
 """The GALORE engine: predictions and every explanation type for a batch, from ONE backbone forward.
 
-Path of a batch (see ARCHITECTURE.md), one small unit per stage:
+Path of a batch, one small unit per stage:
     images + uncached exemplars -> backbone once, no autograd -> F (N, D, h, w)              (engine)
     -> head once with autograd on the query rows: logits, top classes, s(x)                 (engine, rows.HeadPass)
     -> per attribution group: ONE batched backward for every (row, target) -> maps          (rows)
-    -> Table I combiner (eq. 2) per image                                                   (kinds.plan)
-    -> regions of ALL maps of the batch on the working grid, strengths (eqs. 15-17)          (kinds, regions)
+    -> Table I combiner (eq. 2) per image: each kind's unit makes its maps                   (kinds.UNITS, plan)
+    -> regions of ALL maps of the batch on the working grid, strengths (eqs. 15-17)          (kinds.measure, regions)
+    -> each kind's unit assembles its result from its regions                                (kinds.UNITS)
 An unexpected failure (a bug, out of memory) fails the batch attempt only: each image is then explained alone,
 so it becomes the status of the image that caused it.
 
