@@ -19,12 +19,33 @@ E = TypeVar("E", bound=enum.Enum)
 
 
 class Kind(enum.Enum):
-    """Explanation types of Table I. Multi-class forms are selected by ``dims`` (V) and ``counter_classes``."""
+    """Explanation types of Table I. Multi-class forms are selected by ``dims`` (V) and ``counter_classes``.
+
+    A kind's value is also the name of its result everywhere: the field of ``galore.results.ImageResult``, of the
+    galore.v1 ``ImageExplanation`` and of the client's ``Explanation``; its ``Shape`` says what that result is.
+    Each kind's computation is its unit in ``galore.kinds.UNITS``."""
 
     ATTRIBUTIVE = "attributive"  # eq. (3)
     SELF_AWARE = "self_aware"  # eq. (4)
     DELIBERATIVE = "deliberative"  # eqs. (5), (12)
     COUNTERFACTUAL = "counterfactual"  # eqs. (7)-(11), (13)-(14)
+
+    @property
+    def shape(self) -> "Shape":
+        return SHAPES[self]
+
+
+class Shape(enum.Enum):
+    """What a kind answers with; transports convert, and reports draw, by shape, so a new kind of a known shape
+    needs no new conversion or drawing."""
+
+    CLASS_REGION = "class_region"  # one class, its probability and its region (Attributive)
+    INSECURITIES = "insecurities"  # V -> insecurities, each a class tuple and its region (Insecurity)
+    COUNTERFACTUAL = "counterfactual"  # a query region and one region per counter class's exemplar (Counterfactual)
+
+
+SHAPES: dict[Kind, Shape] = {Kind.ATTRIBUTIVE: Shape.CLASS_REGION, Kind.SELF_AWARE: Shape.CLASS_REGION,
+                             Kind.DELIBERATIVE: Shape.INSECURITIES, Kind.COUNTERFACTUAL: Shape.COUNTERFACTUAL}
 
 
 class Attribution(enum.Enum):

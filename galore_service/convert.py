@@ -8,7 +8,8 @@ import torch
 
 from galore import masks
 from galore.errors import GaloreError, InvalidArgument
-from galore.options import Attribution, ExemplarPolicy, ExplainOptions, Kind, MaskEncoding, Score, Target, Threshold
+from galore.options import (Attribution, ExemplarPolicy, ExplainOptions, Kind, MaskEncoding, Score, Shape, Target,
+                            Threshold)
 from galore.results import Attributive, Counterfactual, ImageResult, Insecurity, Region
 from galore_api.v1 import explainer_pb2 as pb
 from galore_wire.contract import PROTO_ENUMS, engine_member, proto_number
@@ -126,26 +127,33 @@ def region(value: Region, how: ExplainOptions) -> pb.Region:
     return message
 
 
-def _attributive(value: Attributive, labels, heat: ExplainOptions) -> pb.Attributive:
-    return pb.Attributive(class_id=value.class_id, label=labels[value.class_id], region=region(value.region, heat),
-                          probability=float(value.probability))
+def _class_region(value: Attributive, message: pb.Attributive, labels, how: ExplainOptions) -> None:
+    message.CopyFrom(pb.Attributive(class_id=value.class_id, label=labels[value.class_id],
+                                    region=region(value.region, how), probability=float(value.probability)))
 
 
-def _insecurity(value: Insecurity, labels, heat: ExplainOptions) -> pb.Insecurity:
-    return pb.Insecurity(class_ids=list(value.class_ids), labels=[labels[c] for c in value.class_ids],
-                         region=region(value.region, heat))
+def _insecurities(value: dict[int, list[Insecurity]], message, labels, how: ExplainOptions) -> None:
+    for dim in sorted(value):  # V -> insecurities, strongest first
+        group = message.add(dim=dim)
+        for item in sorted(value[dim], key=lambda item: item.region.strength, reverse=True):
+            group.insecurities.add(class_ids=list(item.class_ids), labels=[labels[c] for c in item.class_ids],
+                                   region=region(item.region, how))
 
 
-def _counterfactual(value: Counterfactual, labels, heat: ExplainOptions) -> pb.Counterfactual:
-    message = pb.Counterfactual(predicted_id=value.predicted_id, counter_ids=list(value.counter_ids),
-                                query=region(value.query, heat), strength=float(value.strength),
-                                complete=bool(value.complete))
+def _counterfactual(value: Counterfactual, message: pb.Counterfactual, labels, how: ExplainOptions) -> None:
+    message.CopyFrom(pb.Counterfactual(predicted_id=value.predicted_id, counter_ids=list(value.counter_ids),
+                                       query=region(value.query, how), strength=float(value.strength),
+                                       complete=bool(value.complete)))
     for side in value.exemplars:
         item = message.exemplars.add(class_id=side.class_id, label=labels[side.class_id],
                                      exemplar_key=side.exemplar_key or "", missing_reason=side.missing_reason)
         if side.region is not None:
-            item.region.CopyFrom(region(side.region, heat))
-    return message
+            item.region.CopyFrom(region(side.region, how))
+
+
+# A kind's result -> its field of ImageExplanation (both named ``kind.value``), by the kind's shape.
+_WRITERS = {Shape.CLASS_REGION: _class_region, Shape.INSECURITIES: _insecurities,
+            Shape.COUNTERFACTUAL: _counterfactual}
 
 
 def image_explanation(image_id: str, result: ImageResult, labels, how: ExplainOptions) -> pb.ImageExplanation:
@@ -160,14 +168,8 @@ def image_explanation(image_id: str, result: ImageResult, labels, how: ExplainOp
     if result.score_name:
         message.score_kind = to_proto_enum(result.score_name if isinstance(result.score_name, str)
                                            else result.score_name)
-    if result.attributive is not None:
-        message.attributive.CopyFrom(_attributive(result.attributive, labels, how))
-    if result.self_aware is not None:
-        message.self_aware.CopyFrom(_attributive(result.self_aware, labels, how))
-    for dim in sorted(result.deliberative):
-        group = message.deliberative.add(dim=dim)
-        ranked = sorted(result.deliberative[dim], key=lambda item: item.region.strength, reverse=True)
-        group.insecurities.extend(_insecurity(item, labels, how) for item in ranked)
-    if result.counterfactual is not None:
-        message.counterfactual.CopyFrom(_counterfactual(result.counterfactual, labels, how))
+    for kind in Kind:
+        value = getattr(result, kind.value)
+        if value:  # None, or no insecurity of any V
+            _WRITERS[kind.shape](value, getattr(message, kind.value), labels, how)
     return message
