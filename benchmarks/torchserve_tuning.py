@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_serving import ServeSettings, deployment, load, server_cpu_seconds  # noqa: E402
 
-from galore_client.loadtest import parse_kinds  # noqa: E402
+from galore_cli.loadtest import parse_kinds  # noqa: E402
 
 # (workers, threads per worker, batch_size, max_batch_delay ms); threads 2 = torch's default on 2 cores
 SETTINGS = (

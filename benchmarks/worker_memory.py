@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_serving import ServeSettings, deployment, load, machine, worker_rss_mib  # noqa: E402
 
-from galore_client.loadtest import parse_kinds  # noqa: E402
+from galore_cli.loadtest import parse_kinds  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

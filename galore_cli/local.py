@@ -12,12 +12,12 @@ from typing import Mapping, Sequence
 
 from galore.contract import DEFAULT_MODEL, RPC_KEY, Call
 from galore_api.v1 import explainer_pb2 as pb
+from galore_client.client import build_request, checked, typed_explanation
+from galore_client.results import Explanation
+from galore_client.settings import ExplainSettings, ModelSummary
+from galore_client.typed import settings_to_proto, summary_from_proto
 
-from .client import build_request, checked, typed_explanation
 from .images import ImageFile
-from .results import Explanation
-from .settings import ExplainSettings, ModelSummary
-from .typed import settings_to_proto, summary_from_proto
 
 _MAX_ID_CHARS = 256
 

@@ -23,8 +23,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from galore_client.results import Explanation, Region
+
 from . import render
-from .results import Explanation, Region
 
 FIGURE_KINDS = ("attributive", "deliberative", "counterfactual")
 

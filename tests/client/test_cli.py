@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from galore_client import cli
+from galore_cli import main as cli
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from galore_gateway.config import GatewayConfig, read_properties
-from galore_gateway.local import Backoff
+from galore_supervisor.deployment import Backoff
 from galore.errors import overloaded
 from handlers.wire import DEADLINE_KEY, deadline
 from tests.conftest import REPO
