@@ -25,6 +25,21 @@ def closed_port() -> int:
         return sock.getsockname()[1]
 
 
+def sub_commands(parser) -> dict:
+    return next(a.choices for a in parser._actions if a.choices and a.dest in ("command", "metric"))
+
+
+def test_help_names_every_sub_command():
+    parser = cli.build_parser()
+    commands = sub_commands(parser)
+    assert {"explain", "models", "loadtest", "evaluate", "train-hardness"} <= set(commands)
+    usage = [line.split() for line in parser.description.splitlines() if line.strip().startswith("galore ")]
+    named = {words[1] for words in usage}
+    assert set(commands) == named, f"galore --help names {sorted(named)}, the parser has {sorted(commands)}"
+    metrics = {m for words in usage if words[1] == "evaluate" for m in words[2].split("|")}
+    assert set(sub_commands(commands["evaluate"])) == metrics
+
+
 def test_missing_image_is_bad_input(capsys, tmp_path):
     status, out, err = run(capsys, "explain", str(tmp_path / "nope.jpg"), "--local")
     assert status == cli.EXIT_BAD_INPUT and out == ""
