@@ -45,7 +45,13 @@ def is_path(word: str) -> bool:
     return ("/" in word or word in TOP) and bool(known) and not any(c in word for c in "<>*{}$=|")
 
 
+FILE_SUFFIXES = {"py", "md", "yaml", "yml", "json", "proto", "toml", "txt", "png", "sh", "properties", "xml", "mar",
+                 "pt", "html", "cfg", "ini"}  # `galore_handler.py` is a file name, not a module path
+
+
 def is_module_name(word: str) -> bool:
+    if word.rpartition(".")[2] in FILE_SUFFIXES:
+        return False
     return bool(re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", word)) and bool(PROJECT.fullmatch(word.split(".")[0]))
 
 
@@ -116,6 +122,7 @@ def test_the_check_catches_stale_paths_and_modules(tmp_path):
     assert path_problem("tests/test_doc_paths.py::test_no_such_test")
     assert not path_problem("tests/test_doc_paths.py::test_every_backticked_path_in_the_docs_exists[README.md]")
     assert is_path("galore_nothing/x.py") and generated("model_store/fruit.mar")
+    assert not is_module_name("galore_handler.py") and is_module_name("galore_client.client")
     assert is_path("deploy/k8s/base") and not is_path("DIR/proxy.json") and not is_path("<URL>/v1")
     assert list(words("run `curl --data-binary @docs/examples/chelsea.jpg x` and see (`galore/engine.py`).")) == \
         ["curl", "--data-binary", "docs/examples/chelsea.jpg", "x", "galore/engine.py"]
