@@ -1,5 +1,5 @@
 """Every repository path and module the docs name in backticks exists, so a move or a rename cannot leave a stale
-reference behind: README.md, docs/*.md, BENCHMARKS.md, RELIABILITY.md and EVALUATION.md.
+reference behind: README.md, docs/*.md, BENCHMARKS.md, RELIABILITY.md, EVALUATION.md and deploy/**/*.md.
 
 A word in backticks is checked when it starts with a top-level entry of the repository or a project package's
 name (``galore/options.py``, ``deploy/k8s/base``, ``@docs/examples/chelsea.jpg`` in a curl line; a pytest node id
@@ -17,7 +17,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = ["README.md", "BENCHMARKS.md", "RELIABILITY.md", "EVALUATION.md",
-        *sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md"))]
+        *sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md")),  # not docs/evaluation/: run output
+        *sorted(str(p.relative_to(REPO)) for p in (REPO / "deploy").rglob("*.md"))]
 # created by `make protos`, `make archive`, a run or an install; git-ignored
 GENERATED = ("galore_api", ".run", ".venv", "build", "galore-report")
 GENERATED_SUFFIXES = (".mar",)  # model archives: `make archive`, python -m model_store.build
