@@ -82,7 +82,7 @@ java:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends openjdk-17-jre-headless; }
 
 serve: java $(ARCHIVE)
-	$(PY) -m galore_gateway.local --model-store model_store --run-dir .run --backend $(BACKEND) $(SERVE_FLAGS) \
+	$(PY) -m galore_supervisor --model-store model_store --run-dir .run --backend $(BACKEND) $(SERVE_FLAGS) \
 	  --grpc-port $(GRPC_PORT) --gateway-metrics-port $(GATEWAY_METRICS_PORT) --rest-port $(TS_REST_PORT) \
 	  --management-port $(TS_MANAGEMENT_PORT) --metrics-port $(TS_METRICS_PORT) \
 	  --ts-grpc-port $(TS_GRPC_PORT) --ts-grpc-management-port $(TS_GRPC_MANAGEMENT_PORT)

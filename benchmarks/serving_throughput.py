@@ -32,7 +32,7 @@ from bench_serving import (REPO, ServeSettings, deployment, load, machine, serve
                            worker_rss_mib)
 
 from galore.options import DEFAULT_MODEL  # noqa: E402
-from galore_client.option_args import kind_list  # noqa: E402
+from galore_cli.option_args import kind_list  # noqa: E402
 
 
 def default_batch_size() -> int:

@@ -1,5 +1,5 @@
 """``python -m galore_kserve``: the KServe host (v1 ``:predict`` / ``:explain``, OIP v2 REST and gRPC) serving a
-model archive. ``make serve BACKEND=kserve`` starts it with the gateway (galore_gateway/local.py)."""
+model archive. ``make serve BACKEND=kserve`` starts it with the gateway (galore_supervisor/deployment.py)."""
 from __future__ import annotations
 
 import argparse

@@ -14,7 +14,7 @@ from galore.results import Attributive, ClassScore, Counterfactual, ExemplarSide
 from galore_api.v1 import explainer_pb2 as pb
 from galore_client.results import Explanation
 from galore_client.typed import explanation_from_proto
-from handlers.convert import image_explanation
+from galore_service.convert import image_explanation
 from tests.regions import region_of
 
 

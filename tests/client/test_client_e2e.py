@@ -8,10 +8,10 @@ import pytest
 
 from galore.errors import InvalidArgument
 from galore_api.v1 import explainer_pb2 as pb
-from galore_client import cli
+from galore_cli import main as cli
 from galore_client.client import GaloreClient, build_request
 from galore_client.errors import GaloreClientError
-from galore_client.images import read_image
+from galore_cli.images import read_image
 from galore_client.settings import ExplainSettings
 from tests.serving.conftest import CATS, MODEL
 

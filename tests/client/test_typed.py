@@ -6,7 +6,7 @@ import pytest
 
 from galore.options import ExplainOptions, MaskEncoding
 from galore_api.v1 import explainer_pb2 as pb
-from galore_client.images import read_image
+from galore_cli.images import read_image
 from galore_client.settings import ExplainSettings
 from galore_client.typed import WireFormatError, mask_from_proto, settings_to_proto
 from galore_service import convert

@@ -31,7 +31,7 @@ class CountingMetrics(WorkerMetrics):
 
 @pytest.fixture(scope="module")
 def explain_service():
-    from galore_client.local import LocalBackend
+    from galore_cli.local import LocalBackend
 
     return LocalBackend(device="cpu").service
 

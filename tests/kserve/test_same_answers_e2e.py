@@ -29,7 +29,7 @@ CASES = {
 @pytest.fixture(scope="module")
 def reference():
     """The handler's own answers, in process (no host): what both hosts must send."""
-    from galore_client.local import LocalBackend
+    from galore_cli.local import LocalBackend
 
     backend = LocalBackend(device="cpu")
 

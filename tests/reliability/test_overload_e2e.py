@@ -22,7 +22,7 @@ from galore_api.v1 import explainer_pb2_grpc as pb_grpc
 from galore_client.client import GaloreClient
 from galore_client.errors import GaloreClientError
 from galore_client.settings import ExplainSettings
-from galore_gateway.local import free_ports
+from galore_supervisor.deployment import free_ports
 from galore_wire.backpressure import PUSHBACK_KEY
 from tests.conftest import MODEL, REPO
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from galore_gateway.config import GatewayConfig, read_properties
-from galore_gateway.local import Backoff
+from galore_supervisor.deployment import Backoff
 from galore_wire.contract import DEADLINE_KEY
 from galore_wire.status import overloaded
 from handlers.galore_handler import to_request

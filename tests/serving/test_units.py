@@ -15,7 +15,7 @@ from galore.options import Attribution, Kind, Score, Target
 from galore_api.v1 import explainer_pb2 as pb
 from galore_client.client import decode_mask
 from galore_gateway.config import ENVELOPE_BYTES, GatewayConfig
-from galore_gateway.local import LocalConfig, Ports, render_ts_config
+from galore_supervisor.deployment import LocalConfig, Ports, render_ts_config
 from galore_gateway.metrics import SlidingRate
 from galore_service import convert
 from galore_service.config import HandlerConfig, Limits

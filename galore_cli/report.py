@@ -23,10 +23,10 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from . import render
 from galore.options import Kind, Shape
+from galore_client.results import Explanation, Region
 
-from .results import Explanation, Region
+from . import render
 
 
 

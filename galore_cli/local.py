@@ -13,13 +13,13 @@ from typing import Mapping, Sequence
 
 from galore.options import DEFAULT_MODEL
 from galore_api.v1 import explainer_pb2 as pb
+from galore_client.client import build_request, checked, typed_explanation
+from galore_client.results import Explanation
+from galore_client.settings import ExplainSettings, ModelSummary
+from galore_client.typed import settings_to_proto, summary_from_proto
 from galore_wire.contract import MAX_ID_CHARS, Call
 
-from .client import build_request, checked, typed_explanation
 from .images import ImageFile
-from .results import Explanation
-from .settings import ExplainSettings, ModelSummary
-from .typed import settings_to_proto, summary_from_proto
 
 
 class LocalBackend:
