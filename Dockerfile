@@ -41,10 +41,13 @@ WORKDIR /src
 COPY pyproject.toml Makefile ./
 COPY protos/ protos/
 COPY galore/ galore/
+COPY galore_wire/ galore_wire/
+COPY galore_service/ galore_service/
 COPY handlers/ handlers/
 COPY galore_gateway/ galore_gateway/
 COPY galore_kserve/ galore_kserve/
 COPY galore_client/ galore_client/
+COPY galore_cli/ galore_cli/
 COPY model_store/ model_store/
 COPY deploy/torchserve/ deploy/torchserve/
 
@@ -59,7 +62,7 @@ RUN pip install . \
  && flags="" && if [ "${TORCH_VARIANT}" = cuda ]; then flags="${GPU_ARCHIVE_FLAGS}"; fi \
  && make protos archive VENV=/opt/venv PY=/opt/venv/bin/python STAMP=/opt/venv/.installed ARCHIVE_FLAGS="${flags}" \
  && pip install --no-deps --force-reinstall . \
- && python -I -c "import galore, handlers, galore_gateway, galore_kserve, galore_api.v1.explainer_pb2"
+ && python -I -c "import galore, galore_wire, galore_service, handlers, galore_gateway, galore_kserve, galore_cli.main, galore_api.v1.explainer_pb2"
 
 # ---- runtime: Java for the TorchServe frontend, the venv, the archive, the container config ----------------------
 FROM ${PYTHON_IMAGE} AS runtime

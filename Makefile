@@ -43,7 +43,7 @@ tools:
 PROTOS := $(wildcard protos/galore/v1/*.proto) $(wildcard protos/torchserve/*.proto) $(wildcard protos/kserve/*.proto)
 PROTO_STAMP := galore_api/.generated
 ARCHIVE := model_store/efficientnet_lite0.mar
-ARCHIVE_DEPS := $(PROTO_STAMP) $(wildcard model_store/*.py handlers/*.py) deploy/torchserve/model-config.yaml
+ARCHIVE_DEPS := $(PROTO_STAMP) $(wildcard model_store/*.py handlers/*.py galore_service/*.py galore_wire/*.py) deploy/torchserve/model-config.yaml
 # Local ports (override on the command line, e.g. `make serve GRPC_PORT=50052`).
 GRPC_PORT ?= 50051
 GATEWAY_METRICS_PORT ?= 9091
@@ -82,7 +82,7 @@ java:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends openjdk-17-jre-headless; }
 
 serve: java $(ARCHIVE)
-	$(PY) -m galore_gateway.local --model-store model_store --run-dir .run --backend $(BACKEND) $(SERVE_FLAGS) \
+	$(PY) -m galore_supervisor --model-store model_store --run-dir .run --backend $(BACKEND) $(SERVE_FLAGS) \
 	  --grpc-port $(GRPC_PORT) --gateway-metrics-port $(GATEWAY_METRICS_PORT) --rest-port $(TS_REST_PORT) \
 	  --management-port $(TS_MANAGEMENT_PORT) --metrics-port $(TS_METRICS_PORT) \
 	  --ts-grpc-port $(TS_GRPC_PORT) --ts-grpc-management-port $(TS_GRPC_MANAGEMENT_PORT)

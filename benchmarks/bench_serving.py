@@ -1,7 +1,7 @@
 """Shared pieces of the serving benchmarks: archives, a deployment with given TorchServe settings, load points,
 worker memory. Nothing here is a test; the scripts beside it print figures.
 
-Deployments are started exactly as `make serve` does (galore_gateway.local.LocalService) on free loopback ports.
+Deployments are started exactly as `make serve` does (galore_supervisor.deployment.LocalService) on free loopback ports.
 TorchServe settings a benchmark varies:
   batch_size / max_batch_delay_ms  baked into the archive's model-config (model_store.build);
   workers                          scaled through TorchServe's management API after start;
@@ -22,14 +22,14 @@ import psutil
 import requests
 import torch
 
-from galore.contract import DEFAULT_MODEL  # noqa: E402
-from galore_client import loadtest
-from galore_client.load_report import LoadSummary
-from galore_client.load_transports import open_sender, sample_images
+from galore.options import DEFAULT_MODEL  # noqa: E402
+from galore_cli import loadtest
+from galore_cli.load_report import LoadSummary
+from galore_cli.load_transports import open_sender, sample_images
 from galore_client.settings import ExplainSettings
 from galore_client.client import KSERVE_V1
 from galore_gateway.config import Backend
-from galore_gateway.local import LocalConfig, LocalService, Ports, free_ports
+from galore_supervisor.deployment import LocalConfig, LocalService, Ports, free_ports
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -44,8 +44,8 @@ import skimage.data
 import torch
 from torch import nn
 
-from galore.contract import DEFAULT_MODEL  # noqa: E402
 from galore import Attribution, Engine, ExplainOptions, ImageRequest, Kind
+from galore.options import DEFAULT_MODEL  # noqa: E402
 from galore.zoo import imagenet_labels
 
 ARCHS = ("resnet50", "vgg16", DEFAULT_MODEL)

@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from galore.contract import DEFAULT_MODEL  # noqa: E402
 from galore import Engine, ExplainOptions, ImageRequest, Kind
+from galore.options import DEFAULT_MODEL  # noqa: E402
 from galore.zoo import imagenet_labels
-from galore_client.load_transports import sample_images
-from galore_client.option_args import kind_list
+from galore_cli.load_transports import sample_images
+from galore_cli.option_args import kind_list
 
 
 def decoded_samples() -> list[torch.Tensor]:

@@ -5,7 +5,7 @@
 
 For each photo (skimage photos upscaled to the size and saved as JPEG, quality 92) the handler's ``decode_image``
 runs once in full and once with ``min_side`` = 1x and 2x the model's resize side (the service uses
-handlers.decode.DRAFT_OVERSAMPLE). Printed: decode +
+galore_service.decode.DRAFT_OVERSAMPLE). Printed: decode +
 preprocess time per image, and for EfficientNet-Lite0's prediction: top-1 agreement and the largest absolute
 difference of the top-5 probabilities between the two decodes.
 """
@@ -23,8 +23,8 @@ from PIL import Image
 
 from engine_throughput import machine
 from galore import Engine, ExplainOptions, ImageRequest
-from handlers.config import Limits
-from handlers.decode import decode_image
+from galore_service.config import Limits
+from galore_service.decode import decode_image
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "retina", "hubble_deep_field", "immunohistochemistry")
 

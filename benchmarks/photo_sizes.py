@@ -214,10 +214,10 @@ def peak_rss() -> None:
 
 
 def response_size() -> None:
-    """Serialized default ExplainResponse for a 12 MP photo, per mask encoding (handlers.convert, as served)."""
+    """Serialized default ExplainResponse for a 12 MP photo, per mask encoding (galore_service.convert, as served)."""
     from galore import Engine
     from galore_api.v1 import explainer_pb2 as pb
-    from handlers import convert
+    from galore_service import convert
 
     engine = Engine.default(device="cpu")
     image = resized(12)[0]

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/reliability.py --fuzz-cases 10000 --soak-minutes 10 --json reliability.json
 
-The deployment is started as `make serve` starts it (galore_gateway.local.LocalService, supervised: a crashed
+The deployment is started as `make serve` starts it (galore_supervisor.deployment.LocalService, supervised: a crashed
 TorchServe or gateway is started again). Phases, in order:
   capacity  closed loop, 8 clients, the mixed load (photo sizes 0.01-2 MP, all kind mixes, gRPC + REST): requests/s
   fuzz      hypothesis cases through both transports (benchmarks/reliability_fuzz.py), seed printed
@@ -43,10 +43,11 @@ sys.path.insert(0, str(REPO))
 from benchmarks.reliability_fuzz import generate, send_all  # noqa: E402
 from benchmarks.reliability_load import Load, Sender, mix, percentiles, photos, rss_mib, summarize  # noqa: E402
 from galore_api.v1 import explainer_pb2 as pb  # noqa: E402
-from galore_client.client import MAX_MESSAGE_BYTES, SERVICE  # noqa: E402
+from galore_client.client import SERVICE  # noqa: E402
 from galore_client.retry import RetryPolicy  # noqa: E402
 from galore_gateway.config import GatewayConfig  # noqa: E402
-from galore_gateway.local import Backoff, LocalConfig, LocalService, Ports, free_ports  # noqa: E402
+from galore_supervisor.deployment import Backoff, LocalConfig, LocalService, Ports, free_ports  # noqa: E402
+from galore_wire.contract import MAX_MESSAGE_BYTES  # noqa: E402
 
 MODEL = "efficientnet_lite0"
 SERVING = health_pb2.HealthCheckResponse.SERVING

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from galore_api.v1 import explainer_pb2 as pb
+from galore_wire.contract import FIELD_TRAILER
 
 EXPLAIN_METHOD = "/galore.v1.Explainer/Explain"
 PROTOBUF, JSON = "application/x-protobuf", "application/json"
@@ -245,7 +246,7 @@ def judge_grpc(case: Case, channel: grpc.Channel, timeout_s: float) -> Verdict:
         trailers = dict(err.trailing_metadata() or ())
         if code in BAD_CODES:
             return Verdict(case, code, f"{code}: {err.details()}")
-        if code not in LOAD_CODES and not trailers.get("galore-field"):
+        if code not in LOAD_CODES and not trailers.get(FIELD_TRAILER):
             return Verdict(case, code, f"{code} names no field: {err.details()}")
         return Verdict(case, code)
     return Verdict(case, "OK", _judge_images(case, pb.ExplainResponse.FromString(answer)))

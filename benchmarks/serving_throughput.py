@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_serving import (REPO, ServeSettings, deployment, load, machine, server_cpu_seconds,  # noqa: E402
                            worker_rss_mib)
 
-from galore.contract import DEFAULT_MODEL  # noqa: E402
-from galore_client.option_args import kind_list  # noqa: E402
+from galore.options import DEFAULT_MODEL  # noqa: E402
+from galore_cli.option_args import kind_list  # noqa: E402
 
 
 def default_batch_size() -> int:

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_serving import ServeSettings, deployment, load, server_cpu_seconds  # noqa: E402
 
-from galore_client.loadtest import parse_kinds  # noqa: E402
+from galore_cli.option_args import kind_list  # noqa: E402
 
 # (workers, threads per worker, batch_size, max_batch_delay ms); threads 2 = torch's default on 2 cores
 SETTINGS = (
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", help="comma list of row indices of SETTINGS (default: all)")
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args(argv)
-    kinds = parse_kinds(args.kinds)
+    kinds = tuple(dict.fromkeys(k for k in kind_list(args.kinds) if k))
     rows = [SETTINGS[int(i)] for i in args.settings.split(",")] if args.settings else list(SETTINGS)
     results = []
     print(f"# kinds={args.kinds}, gRPC closed loop, concurrency {args.concurrency}, {args.seconds:g} s per setting")

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_serving import ServeSettings, deployment, load, machine, worker_rss_mib  # noqa: E402
 
-from galore_client.loadtest import parse_kinds  # noqa: E402
+from galore_cli.option_args import kind_list  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=60.0, help="stop after this long, even if short of --requests")
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args(argv)
-    kinds = parse_kinds(args.kinds)
+    kinds = tuple(dict.fromkeys(k for k in kind_list(args.kinds) if k))
     figures = {"kinds": args.kinds, "machine_before": machine(), "samples": []}
     print(f"# worker memory, kinds={args.kinds}, concurrency {args.concurrency}, workers {args.workers}, threads "
           f"{args.threads or 'env'}, batch {args.batch_size or 'default'}; {figures['machine_before']}")

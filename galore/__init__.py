@@ -1,8 +1,8 @@
 """GALORE (Wang & Vasconcelos, TPAMI 2023): predictions plus attributive, self-aware, deliberative and
 counterfactual explanations from one batched forward pass. Pure torch: no serving imports here.
 
-The contract's terms (``galore.options``, ``galore.errors``, ``galore.contract``) import neither torch nor grpc, so
-clients and the gateway import them without loading the engine. Names of this package are resolved lazily
+The engine's terms (``galore.options``, ``galore.errors``) import neither torch nor grpc, so clients and the
+gateway import them without loading the engine; the wire's terms live outside this package (``galore_wire``). Names of this package are resolved lazily
 (PEP 562): ``from galore import Engine`` loads torch, ``import galore.options`` does not.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import importlib
 
 _HOMES = {
     "engine": ("Engine", "ImageRequest", "ModelInfo"),
-    "errors": ("STATUS_TABLE", "GaloreError", "InvalidArgument", "FailedPrecondition", "ResourceExhausted",
+    "errors": ("GaloreError", "InvalidArgument", "FailedPrecondition", "ResourceExhausted",
                "UnsupportedMediaType", "ModelError", "DeviceUnusable"),
     "options": ("Attribution", "ExemplarPolicy", "ExplainOptions", "Kind", "MaskEncoding", "Precision", "Score", "Target",
                 "Threshold"),

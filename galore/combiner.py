@@ -1,12 +1,13 @@
 """Eq. (2) with Table I: every GALORE heatmap is m^alpha(a_pred) * prod_{c in C} m^beta(a_c) * m^gamma(a_s).
 
-The explanation types differ only in the three functions and the class set, so they are rows of ``TABLE_I``
-and one ``combine`` implements them all.
+The explanation types differ only in the three functions and the class set: each is a ``Recipe`` (its row of
+Table I, held by its unit in ``galore.kinds``) and one ``combine`` implements them all.
 
 Example (deliberative, eq. 5, on 1 x 2 maps):
     >>> import torch
     >>> a = torch.tensor([[1.0, 2.0]]); b = torch.tensor([[3.0, 0.5]]); hard = torch.tensor([[0.5, 1.0]])
-    >>> combine(TABLE_I[Kind.DELIBERATIVE], pred=a, classes=torch.stack([a, b]), score=None, inverse_score=hard)
+    >>> deliberative = Recipe(alpha=False, beta=Beta.IDENTITY, gamma=Gamma.INVERSE_SCORE)
+    >>> combine(deliberative, pred=a, classes=torch.stack([a, b]), score=None, inverse_score=hard)
     tensor([[1.5000, 1.0000]])
 """
 from __future__ import annotations
@@ -16,7 +17,6 @@ from dataclasses import dataclass
 
 import torch
 
-from .options import Kind
 from .rows import CLIP_FLOOR
 
 
@@ -41,12 +41,6 @@ class Recipe:
     gamma: Gamma
 
 
-TABLE_I: dict[Kind, Recipe] = {
-    Kind.ATTRIBUTIVE: Recipe(alpha=True, beta=Beta.ONE, gamma=Gamma.ONE),  # eq. (3)
-    Kind.SELF_AWARE: Recipe(alpha=True, beta=Beta.ONE, gamma=Gamma.SCORE),  # eq. (4)
-    Kind.DELIBERATIVE: Recipe(alpha=False, beta=Beta.IDENTITY, gamma=Gamma.INVERSE_SCORE),  # eqs. (5), (12)
-    Kind.COUNTERFACTUAL: Recipe(alpha=True, beta=Beta.COMPLEMENT, gamma=Gamma.SCORE),  # eqs. (11), (14)
-}
 
 
 class Complement(enum.Enum):

@@ -1,11 +1,12 @@
 """The GALORE engine: predictions and every explanation type for a batch, from ONE backbone forward.
 
-Path of a batch (see ARCHITECTURE.md), one small unit per stage:
+Path of a batch, one small unit per stage:
     images + uncached exemplars -> backbone once, no autograd -> F (N, D, h, w)              (engine)
     -> head once with autograd on the query rows: logits, top classes, s(x)                 (engine, rows.HeadPass)
     -> per attribution group: ONE batched backward for every (row, target) -> maps          (rows)
-    -> Table I combiner (eq. 2) per image                                                   (kinds.plan)
-    -> regions of ALL maps of the batch on the working grid, strengths (eqs. 15-17)          (kinds, regions)
+    -> Table I combiner (eq. 2) per image: each kind's unit makes its maps                   (kinds.UNITS, plan)
+    -> regions of ALL maps of the batch on the working grid, strengths (eqs. 15-17)          (kinds.measure, regions)
+    -> each kind's unit assembles its result from its regions                                (kinds.UNITS)
 An unexpected failure (a bug, out of memory) fails the batch attempt only: each image is then explained alone,
 so it becomes the status of the image that caused it.
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
@@ -32,13 +32,13 @@ from torch import nn
 from . import zoo
 from .attribution import GRADIENT_ONLY
 from .confidence import SELF_REFERENTIAL, easiness_score
-from .contract import DEFAULT_MODEL
 from .device import host_side, synchronize, to_host
 from .errors import DeviceUnusable, FailedPrecondition, GaloreError, InvalidArgument, ResourceExhausted
 from .exemplars import ExemplarStore, Features
-from .kinds import Prediction, measure_batch, plan
+from .kinds import Prediction, measure_batch, plan, units_of
 from .model import SplitModel, fold_batch_norms, split_classifier
-from .options import DEFAULT_PRECISION, Attribution, ExplainOptions, Kind, Precision, Score
+from .options import (DEFAULT_MODEL, DEFAULT_PRECISION, Attribution, ExplainOptions, Precision, Score,
+                      class_in_range)
 from .precision import autocast, fp32_math, resolve
 from .preprocess import Geometry, Preprocess
 from .regions import WorkingGrid
@@ -46,7 +46,6 @@ from .results import ClassScore, ImageResult
 from .rows import HeadPass, Row, attribute_rows, group_of
 
 logger = logging.getLogger(__name__)
-MAX_AMBIGUITIES = 1000  # candidate V-tuples per image (sum over V of C(E, V)); each is one working-grid map
 # CUDA errors after which the context stays unusable: every later call fails too (CUDA runtime error strings)
 STICKY_DEVICE_ERRORS = ("illegal memory access", "device-side assert", "unspecified launch failure",
                         "illegal instruction", "misaligned address", "uncorrectable ECC error", "launch timed out")
@@ -191,10 +190,7 @@ class Engine:
             if value not in self._ids:
                 raise InvalidArgument(field_name, f"unknown class label {value!r}")
             return self._ids[value]
-        cid = int(value)
-        if not 0 <= cid < len(self.labels):
-            raise InvalidArgument(field_name, f"class id {cid} out of range [0, {len(self.labels)})")
-        return cid
+        return class_in_range(int(value), len(self.labels), field_name)
 
     def add_exemplar(self, class_id: int, image: torch.Tensor, key: str,
                      original_size: tuple[int, int] | None = None) -> None:
@@ -323,22 +319,12 @@ class Engine:
         opts, C = req.options, len(self.labels)
         if not isinstance(opts, ExplainOptions):
             raise InvalidArgument("options", f"expected ExplainOptions, got {type(opts).__name__}")
-        if Kind.DELIBERATIVE in opts.kinds and opts.top_e > C:
-            raise InvalidArgument("options.top_e", f"E={opts.top_e} exceeds the model's {C} classes")
-        if Kind.DELIBERATIVE in opts.kinds:
-            ambiguities = sum(math.comb(opts.top_e, V) for V in set(opts.dims))
-            if ambiguities > MAX_AMBIGUITIES:
-                raise ResourceExhausted("options.top_e", f"E={opts.top_e} with V in {sorted(set(opts.dims))} gives "
-                                                         f"{ambiguities} ambiguity maps, limit {MAX_AMBIGUITIES}")
+        opts.check_classes(C)
+        for unit in units_of(opts):
+            unit.validate(opts, C)
         if opts.score is Score.EASINESS and self.hardness is None:
             raise FailedPrecondition("options.score", f"easiness needs a hardness predictor; model {self.name!r} "
                                                       "has none (use softmax or certainty)")
-        if opts.explained_class is not None and not 0 <= opts.explained_class < C:
-            raise InvalidArgument("options.explained_class", f"class id {opts.explained_class} out of range "
-                                                             f"[0, {C})")
-        for c in opts.counter_classes:
-            if not isinstance(c, int) or not 0 <= c < C:
-                raise InvalidArgument("options.counter_classes", f"class id {c!r} out of range [0, {C})")
         for c in req.exemplars:
             if c not in opts.counter_classes:
                 raise InvalidArgument("exemplars", f"exemplar given for class {c}, which is not a counter class")
@@ -384,23 +370,16 @@ class Engine:
         result.top_classes = [ClassScore(c, self.labels[c], p) for c, p in zip(ranked[:opts.top_k], values)]
         result.score_name, result.score = opts.score.value, score
         explained = predicted if opts.explained_class is None else opts.explained_class
-        classes, counters, keys = [explained, predicted], (), dict(q.exemplar_keys)
-        if Kind.DELIBERATIVE in opts.kinds:
-            classes += ranked[:opts.top_e]
-        if Kind.COUNTERFACTUAL in opts.kinds:
-            if len(self.labels) < 2:
-                raise InvalidArgument("options.counter_classes", "a counterfactual needs a model with 2+ classes")
-            counters = opts.counter_classes or (ranked[1],)
-            if predicted in counters:
-                raise InvalidArgument("options.counter_classes", f"class {predicted} "
-                                      f"({self.labels[predicted]!r}) is the prediction itself")
-            classes += list(counters)
-            for c in counters:  # a bank exemplar where the request brought none (runner-up included)
-                if c not in keys:
-                    bank = self.exemplars.bank_key(c, opts.exemplar_policy,
-                                                   lambda: _image_seed(self.preprocess.normalize(q.x)))
-                    if bank is not None:
-                        keys[c] = bank
+        units = units_of(opts)
+        counters = tuple(c for unit in units for c in unit.counters(opts, tuple(ranked), self.labels))
+        classes = [explained, predicted] + [c for unit in units for c in unit.classes(opts, tuple(ranked), counters)]
+        keys = dict(q.exemplar_keys)
+        for c in counters:  # a bank exemplar where the request brought none (runner-up included)
+            if c not in keys:
+                bank = self.exemplars.bank_key(c, opts.exemplar_policy,
+                                               lambda: _image_seed(self.preprocess.normalize(q.x)))
+                if bank is not None:
+                    keys[c] = bank
         pred = Prediction(predicted, probs, tuple(ranked), counters, keys, explained)
         if opts.kinds:
             group = groups.setdefault(group_of(opts), {})

@@ -19,12 +19,33 @@ E = TypeVar("E", bound=enum.Enum)
 
 
 class Kind(enum.Enum):
-    """Explanation types of Table I. Multi-class forms are selected by ``dims`` (V) and ``counter_classes``."""
+    """Explanation types of Table I. Multi-class forms are selected by ``dims`` (V) and ``counter_classes``.
+
+    A kind's value is also the name of its result everywhere: the field of ``galore.results.ImageResult``, of the
+    galore.v1 ``ImageExplanation`` and of the client's ``Explanation``; its ``Shape`` says what that result is.
+    Each kind's computation is its unit in ``galore.kinds.UNITS``."""
 
     ATTRIBUTIVE = "attributive"  # eq. (3)
     SELF_AWARE = "self_aware"  # eq. (4)
     DELIBERATIVE = "deliberative"  # eqs. (5), (12)
     COUNTERFACTUAL = "counterfactual"  # eqs. (7)-(11), (13)-(14)
+
+    @property
+    def shape(self) -> "Shape":
+        return SHAPES[self]
+
+
+class Shape(enum.Enum):
+    """What a kind answers with; transports convert, and reports draw, by shape, so a new kind of a known shape
+    needs no new conversion or drawing."""
+
+    CLASS_REGION = "class_region"  # one class, its probability and its region (Attributive)
+    INSECURITIES = "insecurities"  # V -> insecurities, each a class tuple and its region (Insecurity)
+    COUNTERFACTUAL = "counterfactual"  # a query region and one region per counter class's exemplar (Counterfactual)
+
+
+SHAPES: dict[Kind, Shape] = {Kind.ATTRIBUTIVE: Shape.CLASS_REGION, Kind.SELF_AWARE: Shape.CLASS_REGION,
+                             Kind.DELIBERATIVE: Shape.INSECURITIES, Kind.COUNTERFACTUAL: Shape.COUNTERFACTUAL}
 
 
 class Attribution(enum.Enum):
@@ -68,6 +89,7 @@ class Precision(enum.Enum):
     AUTO = "auto"  # bf16 where the hardware supports it, else fp32 (galore.precision.resolve)
 
 
+DEFAULT_MODEL = "efficientnet_lite0"  # the model `make archive` builds and every tool targets by default
 DEFAULT_PRECISION = Precision.FP32  # see BENCHMARKS.md "Reduced precision" for the measurements behind it
 
 
@@ -118,6 +140,8 @@ class ExplainOptions:
 
     An empty ``kinds`` means prediction only. ``counter_classes``: empty means the runner-up class; more than one
     gives the multi-class counterfactual (eq. 13). Validation raises InvalidArgument naming ``options.<field>``.
+    Every option is validated here and nowhere else: on construction what needs no model, in ``check_classes``
+    what needs the model's class count (the engine calls it for every image, the service for every request).
     """
 
     kinds: frozenset[Kind] = described(frozenset(Kind), "explanation kinds wanted (Table I); none: prediction only")
@@ -159,11 +183,11 @@ class ExplainOptions:
                 raise InvalidArgument("options.dims", "deliberative explanations need at least one V")
             if len(set(self.dims)) != len(self.dims):
                 raise InvalidArgument("options.dims", f"repeated V in {list(self.dims)}")
-            for v in self.dims:
-                if v < 2:
-                    raise InvalidArgument("options.dims", f"V must be >= 2, got {v}")
+            for i, v in enumerate(self.dims):
+                if not isinstance(v, int) or isinstance(v, bool) or v < 2:
+                    raise InvalidArgument(f"options.dims[{i}]", f"V must be >= 2, got {v!r}")
                 if v > self.top_e:
-                    raise InvalidArgument("options.dims", f"V={v} exceeds top_e (E)={self.top_e}")
+                    raise InvalidArgument(f"options.dims[{i}]", f"V={v} exceeds top_e={self.top_e} (E)")
         if self.explained_class is not None and (not isinstance(self.explained_class, int)
                                                  or isinstance(self.explained_class, bool)
                                                  or self.explained_class < 0):
@@ -171,6 +195,26 @@ class ExplainOptions:
                                                              f"{self.explained_class!r}")
         if len(set(self.counter_classes)) != len(self.counter_classes):
             raise InvalidArgument("options.counter_classes", f"repeated class in {list(self.counter_classes)}")
+
+    def check_classes(self, num_classes: int, counts: bool = False) -> None:
+        """The rules that need the model's class count C: the explained and counter classes are ids in [0, C), and
+        deliberation draws its E classes from the C. ``counts`` (the service, whose defaults already shrink to C):
+        top_e and top_k are at most C whatever the kinds."""
+        if (counts or Kind.DELIBERATIVE in self.kinds) and self.top_e > num_classes:
+            raise InvalidArgument("options.top_e", f"E={self.top_e} exceeds the model's {num_classes} classes")
+        if counts and self.top_k > num_classes:
+            raise InvalidArgument("options.top_k", f"K={self.top_k} exceeds the model's {num_classes} classes")
+        if self.explained_class is not None:
+            class_in_range(self.explained_class, num_classes, "options.explained_class")
+        for c in self.counter_classes:
+            class_in_range(c, num_classes, "options.counter_classes")
+
+
+def class_in_range(class_id: object, num_classes: int, field_name: str) -> int:
+    """``class_id`` if it is an id of a model with ``num_classes`` classes; InvalidArgument naming ``field_name``."""
+    if not isinstance(class_id, int) or isinstance(class_id, bool) or not 0 <= class_id < num_classes:
+        raise InvalidArgument(field_name, f"class id {class_id!r} out of range [0, {num_classes})")
+    return class_id
 
 
 ENUM_FIELDS: dict[str, type[enum.Enum]] = {  # single-valued enum options: name -> enum

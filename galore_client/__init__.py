@@ -1,1 +1,3 @@
-"""Client side of galore-serve: gRPC/REST client (``client``), CLI, report rendering and load tester."""
+"""The galore-serve client library: ``client`` (gRPC and REST clients), ``settings`` (ExplainSettings, ModelSummary),
+``results`` (typed explanations), ``typed`` (proto <-> typed), ``errors`` and ``retry``. No torch, no plotting; the
+``galore`` command line is the separate package ``galore_cli``."""

@@ -24,10 +24,11 @@ import requests
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
-from galore.contract import (DEFAULT_GRPC_ADDRESS, DEFAULT_MODEL, DEFAULT_REST_ADDRESS, DEFAULT_SERVER, RPC_KEY,
-                             Call)
+from galore.options import DEFAULT_MODEL
 from galore_api.v1 import explainer_pb2 as pb
 from galore_api.v1 import explainer_pb2_grpc
+from galore_wire.contract import (CODE_TRAILER, DEFAULT_GRPC_ADDRESS, DEFAULT_REST_ADDRESS, DEFAULT_SERVER,
+                                  FIELD_TRAILER, MAX_MESSAGE_BYTES, RPC_KEY, Call)
 
 from .errors import GaloreClientError
 from .retry import NO_RETRIES, RetryPolicy
@@ -37,7 +38,6 @@ from .typed import WireFormatError, explanation_from_proto, mask_from_proto, set
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
-MAX_MESSAGE_BYTES = 100 * 1024 * 1024  # deploy/torchserve/config.properties max_request_size / max_response_size
 SERVICE = pb.DESCRIPTOR.services_by_name["Explainer"].full_name  # "galore.v1.Explainer"
 
 
@@ -98,8 +98,8 @@ class GrpcClient:
             return method(request, timeout=timeout_s or self.timeout_s, metadata=self._metadata)
         except grpc.RpcError as err:
             trailers = dict(err.trailing_metadata() or ())
-            field = trailers.get("galore-field", "")
-            code = trailers.get("galore-code") or err.code().name
+            field = trailers.get(FIELD_TRAILER, "")
+            code = trailers.get(CODE_TRAILER) or err.code().name
             message = err.details() or ""
             if field and message.startswith(f"{field}: "):
                 message = message[len(field) + 2:]
@@ -193,7 +193,7 @@ class RestClient:
         return response
 
     def model_info(self, timeout_s: float | None = None) -> pb.ModelInfo:
-        """GetModelInfo over REST: a multipart form whose ``galore.contract.RPC_KEY`` field names the call (KServe:
+        """GetModelInfo over REST: a multipart form whose ``galore_wire.contract.RPC_KEY`` field names the call (KServe:
         that header on an empty protobuf body); the answer is a serialized ModelInfo."""
         if self.kserve:
             call = dict(data=b"", headers={RPC_KEY: Call.MODEL_INFO.value, "Content-Type": PROTOBUF,

@@ -3,7 +3,7 @@
 Raised for request-level failures whatever the transport (gRPC, REST, in-process engine) and for a server that
 cannot be reached (code UNAVAILABLE) or answers too late (DEADLINE_EXCEEDED). A failure of one image in a batch
 is not raised: it is that image's ``Explanation.error``. It is part of the service's one error hierarchy
-(``galore.errors``), and its numbers come from the one table, ``galore.errors.STATUS_TABLE`` (torch-free).
+(``galore.errors``), and its numbers come from the one table, ``galore_wire.status.STATUS_TABLE`` (torch-free).
 
 Example:
     >>> err = GaloreClientError("INVALID_ARGUMENT", "V=6 exceeds top_e (E)=5", field="options.dims")
@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 from galore.errors import GaloreError
+from galore_wire.status import numbers
 
 
 class GaloreClientError(GaloreError):
@@ -27,8 +28,12 @@ class GaloreClientError(GaloreError):
         self._http_status = http_status
 
     @property
+    def grpc_code(self) -> int:
+        return numbers(self.code)[0]
+
+    @property
     def http_status(self) -> int:
-        return self._http_status or super().http_status
+        return self._http_status or numbers(self.code)[1]
 
     @property
     def retryable(self) -> bool:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
 
@@ -185,8 +185,3 @@ def center_crop_box(width: int, height: int, crop: int, resize: int | None = Non
     x0, y0 = max(0, math.floor(left / sx)), max(0, math.floor(top / sy))
     x1, y1 = min(width, math.ceil((left + crop) / sx)), min(height, math.ceil((top + crop) / sy))
     return x0, y0, x1, y1
-
-
-def label_of(labels: Sequence[str], class_id: int) -> str:
-    """Label of ``class_id``, or its number when the label list does not cover it."""
-    return labels[class_id] if 0 <= class_id < len(labels) else str(class_id)

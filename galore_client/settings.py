@@ -156,11 +156,6 @@ class ExplainSettings:
     def prediction_only(self) -> bool:
         return not self.options.kinds
 
-    def with_counter_ids(self, ids: tuple[int, ...]) -> "ExplainSettings":
-        """The same settings with ``counter_classes`` resolved to class ids."""
-        return ExplainSettings(replace(self.options, counter_classes=tuple(ids)), counter_classes=tuple(ids),
-                               explained_class=self.explained)
-
 
 def _rebuild(options: ExplainOptions, counter_classes: tuple, explained=None) -> ExplainSettings:
     return ExplainSettings(options, counter_classes=counter_classes, explained_class=explained)

@@ -3,7 +3,7 @@
 
 Masks are unpacked from the service's bit packing to ``(H0, W0)`` bool arrays and checked against the image size;
 heatmaps become ``(h, w)`` float32 arrays; every class id travels with its label. Enum spellings come from
-``galore.contract`` and defaults from ``galore.options.ExplainOptions`` (a field equal to its default is left
+``galore_wire.contract`` and defaults from ``galore.options.ExplainOptions`` (a field equal to its default is left
 unset, which the proto defines as that default).
 
 Example:
@@ -19,9 +19,9 @@ from typing import Mapping
 import numpy as np
 
 from galore import masks
-from galore.contract import engine_member, proto_number
-from galore.options import ENUM_FIELDS, Attribution, ExplainOptions, Score, Threshold
+from galore.options import ENUM_FIELDS, Attribution, ExplainOptions, Kind, Score, Shape, Threshold
 from galore_api.v1 import explainer_pb2 as pb
+from galore_wire.contract import engine_member, proto_number
 
 from .results import (Attributive, ClassRef, ClassScore, Counterfactual, ExemplarSide, Explanation, ImageFailure,
                       Insecurity, Region, center_crop_box, mask_bbox)
@@ -125,6 +125,53 @@ def region_from_proto(region: pb.Region, width: int, height: int, where: str) ->
                   heatmap=heatmap)
 
 
+class _Reader:
+    """Reads one image's kind results (each the field ``kind.value``) by the kind's shape; class ids travel with
+    labels (``labels`` fill in those the answer lacks); masks are checked against the image size."""
+
+    def __init__(self, item: pb.ImageExplanation, labels: tuple[str, ...]):
+        self.item, self.labels = item, labels
+
+    def ref(self, class_id: int, label: str = "") -> ClassRef:
+        return ClassRef(class_id, label or (self.labels[class_id] if 0 <= class_id < len(self.labels)
+                                            else str(class_id)))
+
+    def region(self, message: pb.Region, where: str) -> Region:
+        return region_from_proto(message, self.item.width, self.item.height, where)
+
+    def read(self, kind: Kind):
+        name = kind.value
+        if kind.shape is Shape.INSECURITIES:
+            return self.insecurities(getattr(self.item, name), name)
+        return getattr(self, kind.shape.value)(getattr(self.item, name), name) if self.item.HasField(name) else None
+
+    def class_region(self, message: pb.Attributive, where: str) -> Attributive:
+        return Attributive(self.ref(message.class_id, message.label), self.region(message.region, f"{where}.region"),
+                           float(message.probability))
+
+    def insecurities(self, groups, where: str) -> dict[int, tuple[Insecurity, ...]]:
+        def insecurity(message: pb.Insecurity, at: str) -> Insecurity:
+            names = list(message.labels)
+            classes = tuple(self.ref(c, names[k] if k < len(names) else "") for k, c in enumerate(message.class_ids))
+            return Insecurity(classes, self.region(message.region, at))
+
+        return {group.dim: tuple(insecurity(ins, f"{where}[V={group.dim}][{i}].region")
+                                 for i, ins in enumerate(group.insecurities)) for group in groups}
+
+    def counterfactual(self, cf: pb.Counterfactual, where: str) -> Counterfactual:
+        sides = []
+        for i, side in enumerate(cf.exemplars):
+            region = None
+            if side.HasField("region"):  # in the exemplar's own pixels (their stated size)
+                mask = side.region.mask
+                region = region_from_proto(side.region, mask.width, mask.height, f"{where}.exemplars[{i}].region")
+            sides.append(ExemplarSide(self.ref(side.class_id, side.label), side.exemplar_key or None, region,
+                                      side.missing_reason))
+        return Counterfactual(predicted=self.ref(cf.predicted_id), counter=tuple(self.ref(c) for c in cf.counter_ids),
+                              query=self.region(cf.query, f"{where}.query"), exemplars=tuple(sides),
+                              strength=float(cf.strength), complete=cf.complete)
+
+
 def explanation_from_proto(item: pb.ImageExplanation, labels: tuple[str, ...] = (), input_size: int = 0
                            ) -> Explanation:
     """One ImageExplanation -> Explanation. ``labels`` fill in labels the answer lacks; ``input_size`` (the
@@ -133,47 +180,14 @@ def explanation_from_proto(item: pb.ImageExplanation, labels: tuple[str, ...] = 
     if status.code not in ("", "OK"):
         return Explanation(error=ImageFailure(status.code, status.message, status.field))
     width, height = item.width, item.height
-
-    def ref(class_id: int, label: str = "") -> ClassRef:
-        return ClassRef(class_id, label or (labels[class_id] if 0 <= class_id < len(labels) else str(class_id)))
-
-    def attributive(message: pb.Attributive, where: str) -> Attributive:
-        return Attributive(ref(message.class_id, message.label), region_from_proto(message.region, width, height,
-                                                                                   where),
-                           float(message.probability))
-
-    def insecurity(message: pb.Insecurity, where: str) -> Insecurity:
-        names = list(message.labels)
-        classes = tuple(ref(c, names[k] if k < len(names) else "") for k, c in enumerate(message.class_ids))
-        return Insecurity(classes, region_from_proto(message.region, width, height, where))
-
-    deliberative = {group.dim: tuple(insecurity(ins, f"deliberative[V={group.dim}][{i}].region")
-                                     for i, ins in enumerate(group.insecurities)) for group in item.deliberative}
-    counterfactual = None
-    if item.HasField("counterfactual"):
-        cf = item.counterfactual
-        sides = []
-        for i, side in enumerate(cf.exemplars):
-            region = None
-            if side.HasField("region"):
-                mask = side.region.mask
-                region = region_from_proto(side.region, mask.width, mask.height,
-                                           f"counterfactual.exemplars[{i}].region")
-            sides.append(ExemplarSide(ref(side.class_id, side.label), side.exemplar_key or None, region,
-                                      side.missing_reason))
-        counterfactual = Counterfactual(
-            predicted=ref(cf.predicted_id), counter=tuple(ref(c) for c in cf.counter_ids),
-            query=region_from_proto(cf.query, width, height, "counterfactual.query"), exemplars=tuple(sides),
-            strength=float(cf.strength), complete=cf.complete)
+    reader = _Reader(item, labels)
     return Explanation(
         width=width, height=height,
-        top_classes=tuple(ClassScore(c.class_id, c.label or ref(c.class_id).label, float(c.probability))
+        top_classes=tuple(ClassScore(c.class_id, c.label or reader.ref(c.class_id).label, float(c.probability))
                           for c in item.top_classes),
         score_name=enum_value(Score, item.score_kind) or _DEFAULTS.score.value, score=float(item.score),
-        attributive=attributive(item.attributive, "attributive.region") if item.HasField("attributive") else None,
-        self_aware=attributive(item.self_aware, "self_aware.region") if item.HasField("self_aware") else None,
-        deliberative=deliberative, counterfactual=counterfactual,
         crop_box=center_crop_box(width, height, input_size) if input_size and width and height else None,
+        **{kind.value: reader.read(kind) for kind in Kind},
     )
 
 

@@ -6,7 +6,8 @@ import enum
 from dataclasses import dataclass
 from pathlib import Path
 
-from galore.contract import DEFAULT_GRPC_ADDRESS, DEFAULT_MODEL, DEFAULT_PORTS, DEFAULT_TIMEOUT_S, HOST, KSERVE_PORTS
+from galore.options import DEFAULT_MODEL
+from galore_wire.contract import DEFAULT_GRPC_ADDRESS, DEFAULT_PORTS, DEFAULT_TIMEOUT_S, HOST, KSERVE_PORTS
 
 TORCHSERVE_DEFAULT_MAX_BYTES = 6553500  # TorchServe's default max_request_size / max_response_size
 ENVELOPE_BYTES = 4096  # room for the PredictionsRequest wrapper around the caller's bytes

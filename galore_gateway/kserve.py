@@ -3,7 +3,7 @@ Protocol v2 and reports model readiness.
 
 A call is one OIP ``ModelInfer``: request parameter ``galore-rpc`` (and ``galore-deadline``), input
 ``galore_request`` holding the caller's bytes; the answer's output ``explain_response`` holds the handler's bytes
-unchanged (galore/contract.py OIP_*). Readiness is OIP ``ModelReady``.
+unchanged (galore_wire/contract.py OIP_*). Readiness is OIP ``ModelReady``.
 """
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import time
 
 import grpc
 
-from galore.contract import DEADLINE_KEY, OIP_REQUEST, OIP_RESPONSE, RPC_KEY
 from galore_api.kserve import grpc_predict_v2_pb2 as oip
+from galore_wire.contract import DEADLINE_KEY, OIP_REQUEST, OIP_RESPONSE, RPC_KEY
 
 from .config import ENVELOPE_BYTES, GatewayConfig
 from .torchserve import RECONNECT_OPTIONS

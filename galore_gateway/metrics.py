@@ -1,7 +1,7 @@
 """Every Prometheus metric the gateway exports, declared once. Served on ``/metrics`` (default 127.0.0.1:9091).
 
 Worker-side metrics (images by kind, stage latencies, batch size, exemplar cache) are TorchServe custom metrics,
-see handlers/metrics.py and deploy/torchserve/metrics.yaml.
+see galore_service/metrics.py and deploy/torchserve/metrics.yaml.
 """
 from __future__ import annotations
 

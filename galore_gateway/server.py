@@ -16,10 +16,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from galore.backpressure import PUSHBACK_KEY, DrainEstimate, jittered
-from galore.contract import Call
-from galore.errors import RETRY_HINT, overloaded
 from galore_api.v1 import explainer_pb2 as pb
+from galore_wire.backpressure import PUSHBACK_KEY, DrainEstimate, jittered
+from galore_wire.contract import CODE_TRAILER, FIELD_TRAILER, Call
+from galore_wire.status import RETRY_HINT, grpc_code_name, overloaded
 
 from . import metrics
 from .config import Backend, GatewayConfig
@@ -29,7 +29,6 @@ from .torchserve import TorchServeClient
 logger = logging.getLogger(__name__)
 SERVICE = pb.DESCRIPTOR.services_by_name["Explainer"].full_name  # "galore.v1.Explainer"
 TRANSPORT = "grpc"
-_CODE_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
 
 class ExplainerGateway:
@@ -45,7 +44,7 @@ class ExplainerGateway:
 
     async def _shed(self, context: grpc.aio.ServicerContext, message: str, wait_s: float | None = None) -> None:
         """UNAVAILABLE with ``grpc-retry-pushback-ms``: ``wait_s`` (jittered), else the time the calls in flight
-        take to drain at the rate answers came back lately (galore.backpressure)."""
+        take to drain at the rate answers came back lately (galore_wire.backpressure)."""
         pushback = self.drain.pushback_ms(self.inflight) if wait_s is None else str(round(jittered(wait_s) * 1000))
         context.set_trailing_metadata(((PUSHBACK_KEY, pushback),))
         await context.abort(grpc.StatusCode.UNAVAILABLE, message)
@@ -113,10 +112,10 @@ class ExplainerGateway:
 
     async def _abort_with_status(self, answer: bytes, context) -> None:
         head = pb.ExplainResponseHead.FromString(answer)
-        # grpc_code was filled by the handler from galore.errors.STATUS_TABLE (the one table); the gateway does
+        # grpc_code was filled by the service from galore_wire.status.STATUS_TABLE (the one table); the gateway does
         # not import the torch-based core.
-        code = _CODE_BY_NUMBER.get(head.status.grpc_code, grpc.StatusCode.UNKNOWN)
-        context.set_trailing_metadata((("galore-field", head.status.field), ("galore-code", head.status.code)))
+        code = grpc.StatusCode[grpc_code_name(head.status.grpc_code)]
+        context.set_trailing_metadata(((FIELD_TRAILER, head.status.field), (CODE_TRAILER, head.status.code)))
         message = f"{head.status.field}: {head.status.message}" if head.status.field else head.status.message
         await context.abort(code, message)
 

@@ -7,8 +7,8 @@ import time
 
 import grpc
 
-from galore.contract import DEADLINE_KEY, RPC_KEY
 from galore_api.torchserve import inference_pb2, inference_pb2_grpc, management_pb2, management_pb2_grpc
+from galore_wire.contract import DEADLINE_KEY, RPC_KEY
 
 from .config import ENVELOPE_BYTES, GatewayConfig
 

@@ -1,5 +1,5 @@
 """``python -m galore_kserve``: the KServe host (v1 ``:predict`` / ``:explain``, OIP v2 REST and gRPC) serving a
-model archive. ``make serve BACKEND=kserve`` starts it with the gateway (galore_gateway/local.py)."""
+model archive. ``make serve BACKEND=kserve`` starts it with the gateway (galore_supervisor/deployment.py)."""
 from __future__ import annotations
 
 import argparse
@@ -8,9 +8,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from galore.contract import DEFAULT_MODEL, HOST, KSERVE_PORTS
-
-MAX_MESSAGE_BYTES = 100 * 1024 * 1024  # when the archive does not say (its handler.max_request_bytes)
+from galore.options import DEFAULT_MODEL
+from galore_wire.contract import HOST, KSERVE_PORTS, MAX_MESSAGE_BYTES
 
 
 def parse_args(argv=None) -> argparse.Namespace:

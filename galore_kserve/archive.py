@@ -1,7 +1,7 @@
 """Reads a model archive (``make archive``'s ``.mar``) for the KServe host: the same file TorchServe loads.
 
 The archive is a zip: MAR-INF/MANIFEST.json names the model-config yaml, whose ``handler:`` section is
-``handlers.config.HandlerConfig`` and whose ``batchSize`` / ``maxBatchDelay`` are the dynamic-batching settings.
+``galore_service.config.HandlerConfig`` and whose ``batchSize`` / ``maxBatchDelay`` are the dynamic-batching settings.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from galore.errors import InvalidArgument
-from handlers.config import HandlerConfig
+from galore_service.config import HandlerConfig
 
 
 @dataclass(frozen=True)

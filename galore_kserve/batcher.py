@@ -1,4 +1,4 @@
-"""Micro-batching for the KServe host: concurrent requests are gathered into one ``ExplainService.answer_batch``
+"""Micro-batching for the KServe host: concurrent calls are gathered into one ``ExplainService.answer``
 call (one engine call per batch), as TorchServe's frontend batches for its workers.
 
 Each engine worker owns its own ``ExplainService`` (engine, caches) and one thread, like a TorchServe worker
@@ -6,21 +6,22 @@ process; all workers take batches from one queue: the first request waits at mos
 batch holds at most ``max_batch_size`` requests, and requests that arrive while every worker is busy form the next
 batch at once. At most ``max_queued`` requests wait (TorchServe's ``job_queue_size``); one more is answered at once
 with UNAVAILABLE, "overloaded, retry", as TorchServe answers its full queue, and ``Retry-After``: the time the
-queue takes to drain at the rate answers came back lately (galore.backpressure). (KServe's own batcher is a sidecar of the InferenceService, not part of the Python ModelServer; see
-BENCHMARKS.md "Two hosts".)
+queue takes to drain at the rate answers came back lately (galore_wire.backpressure). (KServe's own batcher is a
+sidecar of the InferenceService, not part of the Python ModelServer; see BENCHMARKS.md "Two hosts".)
 """
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from galore.backpressure import DrainEstimate
-from galore.errors import Unavailable, overloaded
-from handlers.metrics import WorkerMetrics
-from handlers.service import Answer, ExplainService
+from galore.errors import Unavailable
+from galore_service.calls import Answer, Request
+from galore_service.metrics import WorkerMetrics
+from galore_service.service import ExplainService
+from galore_wire.backpressure import DrainEstimate
+from galore_wire.status import overloaded
 
 from .archive import Batching
 
@@ -28,22 +29,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_JOB_QUEUE_SIZE = 100  # TorchServe's default job_queue_size; make serve passes deploy/torchserve's (24)
 
 
-class BatchContext:
-    """What handlers/wire.py reads from a batch (TorchServe's context interface): each request's headers and id."""
-
-    def __init__(self, headers: list[dict[str, str]], request_ids: list[str]):
-        self._headers = headers
-        self.request_ids = dict(enumerate(request_ids))
-
-    def get_all_request_header(self, idx: int) -> dict[str, str]:
-        return self._headers[idx]
-
-
 @dataclass
 class Pending:
-    row: dict
-    headers: dict[str, str]
-    request_id: str
+    request: Request
     future: asyncio.Future = field(repr=False)
 
 
@@ -69,18 +57,17 @@ class MicroBatcher:
         self._workers = [asyncio.create_task(self._work(service, executor), name=f"galore-batcher-{i}")
                          for i, (service, executor) in enumerate(zip(self.services, self._executors))]
 
-    async def submit(self, row: dict, headers: dict[str, str], request_id: str = "") -> Answer:
-        """Queues one request; returns its Answer once its batch has run."""
+    async def submit(self, request: Request) -> Answer:
+        """Queues one call; returns its Answer once its batch has run."""
         if self._queue is None:
             self._start()
         if self._queue.qsize() >= self.max_queued:
             self.metrics.dropped("queue_full")
-            context = BatchContext([headers], [request_id])
-            refused = self.services[0].refuse(row, context, Unavailable("", overloaded(
-                f"the KServe host's job queue is full, job_queue_size={self.max_queued}")), self.metrics)
-            return dataclasses.replace(refused, retry_after=self.drain.retry_after(self._queue.qsize()))
+            return self.services[0].refuse(request, Unavailable("", overloaded(
+                f"the KServe host's job queue is full, job_queue_size={self.max_queued}")), self.metrics,
+                retry_after=self.drain.retry_after(self._queue.qsize()))
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put(Pending(row, headers, request_id, future))
+        await self._queue.put(Pending(request, future))
         return await future
 
     async def _gather(self) -> list[Pending]:
@@ -109,11 +96,10 @@ class MicroBatcher:
             live = [p for p in batch if not p.future.done()]  # a caller that went away costs nothing
             if not live:
                 continue
-            context = BatchContext([p.headers for p in live], [p.request_id for p in live])
             try:
                 answers = await loop.run_in_executor(
-                    executor, service.answer_batch, [p.row for p in live], context, self.metrics)
-            except Exception as exc:  # answer_batch isolates failures; this is a last resort
+                    executor, service.answer, [p.request for p in live], self.metrics)
+            except Exception as exc:  # answer isolates failures; this is a last resort
                 logger.exception("batch of %d requests failed", len(live))
                 for p in live:
                     if not p.future.done():

@@ -1,10 +1,10 @@
-"""The worker metrics of handlers/metrics.py (same names and labels), kept by prometheus_client in its default
+"""The worker metrics of galore_service/metrics.py (same names and labels), kept by prometheus_client in its default
 registry, which KServe's ModelServer serves on ``/metrics`` of its HTTP port."""
 from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
-from handlers.metrics import BATCH_SIZE, LABELS, STAGE_SECONDS, MetricKind, WorkerMetrics
+from galore_service.metrics import BATCH_SIZE, LABELS, STAGE_SECONDS, MetricKind, WorkerMetrics
 
 # TorchServe's default histogram buckets are Prometheus' defaults; batch sizes get integer buckets here.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)

@@ -1,9 +1,10 @@
-"""``GaloreModel``: the kserve.Model that serves the engine through ``handlers.service.ExplainService``.
+"""``GaloreModel``: the kserve.Model that serves the engine through the service core
+(``galore_service.service.ExplainService``): KServe's v1 and OIP v2 requests -> typed calls, answers -> responses.
 
 Routes (KServe's own; README "Serve"):
   * v1 ``POST /v1/models/<name>:explain``: the body of TorchServe's ``/predictions`` (ExplainRequest in proto3 JSON
     or protobuf, or a raw image with its Content-Type); the answer is the ExplainResponse in the request's format
-    (or Accept), with the HTTP status of galore/errors.py STATUS_TABLE. ``:predict`` is the same with the
+    (or Accept), with the HTTP status of galore_wire/status.py STATUS_TABLE. ``:predict`` is the same with the
     prediction only (top classes). A ``galore-rpc: GetModelInfo`` header asks for the serialized ModelInfo.
   * Open Inference Protocol v2 ``infer`` (REST and gRPC): input ``images`` (BYTES [N], encoded images), optional
     ``image_ids`` (BYTES [N]) and request parameter ``options`` (ExplainOptions in proto3 JSON); output
@@ -26,21 +27,22 @@ from kserve import Model
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from PIL import Image
 
-from galore.contract import (DEADLINE_KEY, OIP_IMAGE_IDS, OIP_IMAGES, OIP_OPTIONS, OIP_REQUEST, OIP_RESPONSE,
-                             RPC_KEY)
 from galore.errors import GaloreError, InvalidArgument
 from galore_api.v1 import explainer_pb2 as pb
-from handlers import convert
-from handlers.model import build_engine
-from handlers.service import Answer, ExplainService
-from handlers.wire import JSON, PREDICTION_ONLY_KEY, PROTOBUF, parse_explain_json
+from galore_service import convert
+from galore_service.calls import Answer, Request
+from galore_service.model import build_engine
+from galore_service.service import ExplainService
+from galore_service.wire import parse_explain_json
+from galore_wire.contract import (DEADLINE_KEY, JSON, OIP_IMAGE_IDS, OIP_IMAGES, OIP_OPTIONS, OIP_REQUEST,
+                                  OIP_RESPONSE, PROTOBUF, RPC_KEY, parse_deadline)
+from galore_wire.status import grpc_code_name
 
 from .archive import Archive
 from .batcher import DEFAULT_JOB_QUEUE_SIZE, MicroBatcher
 from .metrics import PrometheusMetrics
 
 logger = logging.getLogger(__name__)
-_GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 class AnswerError(Exception):
@@ -59,7 +61,7 @@ class OipError(GrpcException):
     def __init__(self, status: pb.Status):
         self.status = status
         super().__init__(details=f"{status.field}: {status.message}" if status.field else status.message,
-                         status_code=_GRPC_CODES.get(status.grpc_code, grpc.StatusCode.UNKNOWN))
+                         status_code=grpc.StatusCode[grpc_code_name(status.grpc_code)])
 
 
 class GaloreModel(Model):
@@ -118,30 +120,28 @@ class GaloreModel(Model):
 
     async def _v1(self, payload, headers: dict[str, str], prediction_only: bool) -> Answer:
         headers = {k.lower(): v for k, v in headers.items()}
-        if isinstance(payload, dict):  # KServe decoded a JSON body (it decodes one without a Content-Type too)
-            headers["content-type"] = JSON
-        row = {"body": payload}
-        if RPC_KEY in headers:
-            row[RPC_KEY] = str(headers[RPC_KEY]).encode()
-        if prediction_only:
-            row[PREDICTION_ONLY_KEY] = True
-        return await self.batcher.submit(row, headers, headers.get("x-request-id", ""))
+        # KServe decoded a JSON body when it is a dict (it decodes one without a Content-Type too)
+        content_type = JSON if isinstance(payload, dict) else str(headers.get("content-type") or "")
+        rpc = str(headers[RPC_KEY]) if RPC_KEY in headers else None
+        return await self.batcher.submit(Request(
+            rpc=rpc, body=payload, content_type=content_type, accept=str(headers.get("accept") or ""),
+            deadline=parse_deadline(headers.get(DEADLINE_KEY)), request_id=str(headers.get("x-request-id", "")),
+            prediction_only=prediction_only))
 
     # ---- OIP v2 -------------------------------------------------------------------------------------------
     async def _v2(self, request: InferRequest, headers: dict[str, str]) -> InferResponse:
         params = _parameters(request.parameters)
         try:
             if RPC_KEY in params:  # the gateway: galore.v1 bytes in, galore.v1 bytes out
-                row = {RPC_KEY: str(params[RPC_KEY]).encode(), "body": _one_input(request, OIP_REQUEST)}
-                if DEADLINE_KEY in params:
-                    row[DEADLINE_KEY] = str(params[DEADLINE_KEY]).encode()
-                answer = await self.batcher.submit(row, {}, request.id or "")
+                answer = await self.batcher.submit(Request(
+                    rpc=str(params[RPC_KEY]), body=_one_input(request, OIP_REQUEST),
+                    deadline=parse_deadline(params.get(DEADLINE_KEY)), request_id=request.id or ""))
                 return self._response(request, answer.body)
             message = explain_request(request, params)
         except GaloreError as err:
             raise OipError(convert.status(err)) from None
-        answer = await self.batcher.submit({"body": message.SerializeToString()},
-                                           {"content-type": PROTOBUF, "accept": JSON}, request.id or "")
+        answer = await self.batcher.submit(Request(body=message.SerializeToString(), content_type=PROTOBUF,
+                                                   accept=JSON, request_id=request.id or ""))
         if answer.http_status >= 400:
             status = pb.ExplainResponse()
             json_format.Parse(answer.body, status)

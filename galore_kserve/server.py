@@ -21,11 +21,11 @@ from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.grpc.servicer import InferenceServicer
 from kserve.protocol.rest.server import RESTServer
 
-from galore.backpressure import RETRY_AFTER_HEADER
 from galore.errors import InvalidArgument
 from galore_api.v1 import explainer_pb2 as pb
-from handlers import convert
-from handlers.wire import JSON
+from galore_service import convert
+from galore_wire.backpressure import RETRY_AFTER_HEADER
+from galore_wire.contract import JSON
 
 from .model import AnswerError, OipError
 

@@ -25,12 +25,15 @@ from pathlib import Path
 import torch
 import yaml
 
-from galore.contract import DEFAULT_MODEL
+from galore.options import DEFAULT_MODEL
 from galore.options import DEFAULT_PRECISION, Precision
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "deploy" / "torchserve" / "model-config.yaml"
 HANDLER = REPO / "handlers" / "galore_handler.py"  # the archive's TorchServe entry (--handler)
+# Packed at the archive's root, which TorchServe puts on the worker's sys.path: the TorchServe adapter, the service
+# core, the wire's terms and the generated galore.v1 code (the engine, galore/, comes from the environment).
+ARCHIVED_PACKAGES = ("handlers", "galore_service", "galore_wire", "galore_api")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 
@@ -99,8 +102,8 @@ def archive(name: str, handler_section: dict, out: Path, staging: Path, batch_si
         if workers < 1:
             raise BuildError(f"--workers must be >= 1, got {workers}")
         config["minWorkers"] = config["maxWorkers"] = workers
-    _copy_package("handlers", staging)
-    _copy_package("galore_api", staging)
+    for package in ARCHIVED_PACKAGES:
+        _copy_package(package, staging)
     config_file = staging / "model-config.yaml"
     config_file.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     out.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,5 @@
 """One real deployment per backend for every end-to-end test: TorchServe (or the KServe host) + gateway, started
-exactly as `make serve [BACKEND=kserve]` starts them (galore_gateway.local.LocalService), on free loopback ports in
+exactly as `make serve [BACKEND=kserve]` starts them (galore_supervisor.deployment.LocalService), on free loopback ports in
 a temp dir.
 
 The ``service`` fixture is parametrised by backend. The e2e tests under tests/serving, tests/client and
@@ -47,7 +47,8 @@ def backend(request) -> str:
 
 def newest_source() -> float:
     """mtime of the newest file the default archive is built from."""
-    sources = [p for folder in ("handlers", "galore_api", "model_store", "deploy/torchserve")
+    folders = ("handlers", "galore_service", "galore_wire", "galore_api", "model_store", "deploy/torchserve")
+    sources = [p for folder in folders
                for p in (REPO / folder).rglob("*") if p.is_file() and p.suffix != ".mar" and "__pycache__" not in p.parts]
     return max(p.stat().st_mtime for p in sources)
 
@@ -69,7 +70,7 @@ def archive_dir(tmp_path_factory) -> Path:
 def deployment(backend: str, model_store: Path, run_dir: Path):
     """A deployment as `make serve` starts it, serving ``model_store``'s archive on free ports; always stopped."""
     from galore_gateway.config import Backend
-    from galore_gateway.local import LocalConfig, LocalService, Ports, free_ports
+    from galore_supervisor.deployment import LocalConfig, LocalService, Ports, free_ports
 
     if backend == "torchserve" and shutil.which("java") is None:
         pytest.fail("TorchServe needs Java 17 on PATH: `make java` installs openjdk-17-jre-headless")

@@ -4,7 +4,7 @@
 The role is read from PID 1's command line (tini -g -- galore-entrypoint ROLE ...):
   gateway      -> grpc.health.v1 Check on the gateway port (default 50051) must answer SERVING
   torchserve   -> GET /ping on TorchServe's REST port (default 8080) must answer 200
-Ports and host come from galore.contract (installed in the image's virtualenv; torch-free).
+Ports and host come from galore_wire.contract (installed in the image's virtualenv; torch-free).
 Exit status 0 = healthy, 1 = unhealthy (with the reason on stdout).
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 import urllib.error
 import urllib.request
 
-from galore.contract import DEFAULT_PORTS, HOST
+from galore_wire.contract import DEFAULT_PORTS, HOST
 
 TIMEOUT_S = 4.0
 

@@ -15,7 +15,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..combiner import TABLE_I, combine
+from ..combiner import combine
+from ..kinds import TABLE_I
 from ..errors import InvalidArgument
 from ..exemplars import Features
 from ..model import SplitModel

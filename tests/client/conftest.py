@@ -65,6 +65,6 @@ def chelsea_path() -> Path:
 @pytest.fixture(scope="session")
 def local_backend():
     """The real default engine (EfficientNet-Lite0, ImageNet weights from the installed package), in process."""
-    from galore_client.local import LocalBackend
+    from galore_cli.local import LocalBackend
 
     return LocalBackend(device="cpu")

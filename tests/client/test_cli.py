@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from galore_client import cli
+from galore_cli import main as cli
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -23,6 +23,21 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def sub_commands(parser) -> dict:
+    return next(a.choices for a in parser._actions if a.choices and a.dest in ("command", "metric"))
+
+
+def test_help_names_every_sub_command():
+    parser = cli.build_parser()
+    commands = sub_commands(parser)
+    assert {"explain", "models", "loadtest", "evaluate", "train-hardness"} <= set(commands)
+    usage = [line.split() for line in parser.description.splitlines() if line.strip().startswith("galore ")]
+    named = {words[1] for words in usage}
+    assert set(commands) == named, f"galore --help names {sorted(named)}, the parser has {sorted(commands)}"
+    metrics = {m for words in usage if words[1] == "evaluate" for m in words[2].split("|")}
+    assert set(sub_commands(commands["evaluate"])) == metrics
 
 
 def test_missing_image_is_bad_input(capsys, tmp_path):

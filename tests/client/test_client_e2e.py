@@ -8,10 +8,10 @@ import pytest
 
 from galore.errors import InvalidArgument
 from galore_api.v1 import explainer_pb2 as pb
-from galore_client import cli
+from galore_cli import main as cli
 from galore_client.client import GaloreClient, build_request
 from galore_client.errors import GaloreClientError
-from galore_client.images import read_image
+from galore_cli.images import read_image
 from galore_client.settings import ExplainSettings
 from tests.serving.conftest import CATS, MODEL
 
@@ -108,7 +108,7 @@ def test_request_errors_raise_one_exception_type_with_code_and_server_message(tr
                                                                                 chelsea_path):
     data = read_image(chelsea_path).data
     with GaloreClient(grpc_url if transport == "grpc" else http_url, timeout_s=120) as client:
-        with pytest.raises(InvalidArgument, match="options.dims: V=4 exceeds top_e"):  # checked before sending
+        with pytest.raises(InvalidArgument, match=r"options.dims\[0\]: V=4 exceeds top_e"):  # checked before sending
             ExplainSettings(kinds=("deliberative",), top_e=3, dims=(4,))
         options = pb.ExplainOptions(kinds=[pb.EXPLANATION_KIND_DELIBERATIVE], top_e=3, dims=[4])
         with pytest.raises(GaloreClientError) as info:  # the service checks it too

@@ -13,12 +13,12 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
-from galore.backpressure import PUSHBACK_KEY
 from galore_api.v1 import explainer_pb2 as pb
 from galore_api.v1 import explainer_pb2_grpc
 from galore_client.client import GaloreClient, parse_server
 from galore_client.errors import GaloreClientError
 from galore_client.settings import ExplainSettings
+from galore_wire.backpressure import PUSHBACK_KEY
 from tests.tools import require_tool
 
 

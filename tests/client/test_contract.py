@@ -1,6 +1,7 @@
 """The contract's terms have one torch-free home, and every option reaches every interface.
 
-* ``galore_client`` and ``galore_gateway`` import without torch (checked in a fresh interpreter);
+* the ``galore`` command (its start-up: ``galore_cli.main``, ``loadtest``, ``report``) and ``galore_gateway`` import
+  without torch (checked in a fresh interpreter; the client library itself: test_lean_client.py);
 * every field of the proto's ``ExplainOptions`` has a client spelling (an ``ExplainSettings`` keyword) and a CLI
   spelling (``galore explain`` and ``galore loadtest`` flags), and setting it through either reaches the wire and
   the engine options the handler builds from it.
@@ -15,35 +16,36 @@ from pathlib import Path
 import pytest
 from google.protobuf.descriptor import FieldDescriptor
 
-from galore.contract import PROTO_ENUMS, engine_member
 from galore.options import ExplainOptions
 from galore_api.v1 import explainer_pb2 as pb
-from galore_client import cli, loadtest
-from galore_client.option_args import FLAGS, settings_from_args
+from galore_cli import loadtest, main as cli
+from galore_cli.option_args import FLAGS, settings_from_args
 from galore_client.settings import OPTION_FIELDS, ExplainSettings
 from galore_client.typed import settings_to_proto
+from galore_wire.contract import PROTO_ENUMS, engine_member
 
 REPO = Path(__file__).resolve().parents[2]
 FIELDS = list(pb.ExplainOptions.DESCRIPTOR.fields)
 CLIENT_ONLY = {"prediction_only"}  # an ExplainSettings keyword with no ExplainOptions field (kinds = none)
 
 
-def test_client_and_gateway_import_without_torch():
+def test_cli_and_gateway_import_without_torch():
     code = ("import sys\n"
-            "import galore_client, galore_client.client, galore_client.cli, galore_client.loadtest\n"
-            "import galore_client.report, galore_client.typed, galore_client.option_args\n"
+            "import galore_client, galore_client.client, galore_cli.main, galore_cli.loadtest\n"
+            "import galore_cli.report, galore_client.typed, galore_cli.option_args\n"
             "import galore_gateway, galore_gateway.server, galore_gateway.config, galore_gateway.__main__\n"
-            "import galore.contract, galore.options, galore.errors\n"
+            "import galore_wire.contract, galore_wire.status, galore_wire.backpressure, galore.options, galore.errors\n"
             "loaded = sorted(m for m in ('torch', 'torchvision') if m in sys.modules)\n"
             "print(','.join(loaded) or 'none')\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
                           env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "none", f"importing the client or the gateway loaded {done.stdout.strip()}"
+    assert done.stdout.strip() == "none", f"importing the CLI or the gateway loaded {done.stdout.strip()}"
 
 
 def test_the_contract_terms_import_neither_torch_nor_grpc():
-    code = ("import sys\nimport galore.contract, galore.options, galore.errors\n"
+    code = ("import sys\nimport galore_wire, galore_wire.contract, galore_wire.status, galore_wire.backpressure\n"
+            "import galore.options, galore.errors\n"
             "print(','.join(sorted(m for m in ('torch', 'grpc', 'numpy') if m in sys.modules)) or 'none')\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
                           env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from galore_client import render
-from galore_client.report import attributive_figure, counterfactual_figure, deliberative_figure
+from galore_cli import render
+from galore_cli.report import attributive_figure, counterfactual_figure, deliberative_figure
 from galore_client.results import Region, center_crop_box, mask_bbox
 
 from .conftest import box_mask

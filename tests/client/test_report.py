@@ -9,7 +9,7 @@ import subprocess
 import numpy as np
 from PIL import Image
 
-from galore_client.report import ReportEntry, html_report, summary_dict, summary_text, write_report
+from galore_cli.report import ReportEntry, html_report, summary_dict, summary_text, write_report
 from galore_client.results import Explanation, ImageFailure
 from tests.tools import require_tool
 

@@ -1,4 +1,4 @@
-"""The client's wire decoding agrees with the service's own encoding (handlers/convert.py), bit for bit."""
+"""The client's wire decoding agrees with the service's own encoding (galore_service/convert.py), bit for bit."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,10 +6,10 @@ import pytest
 
 from galore.options import ExplainOptions, MaskEncoding
 from galore_api.v1 import explainer_pb2 as pb
-from galore_client.images import read_image
+from galore_cli.images import read_image
 from galore_client.settings import ExplainSettings
 from galore_client.typed import WireFormatError, mask_from_proto, settings_to_proto
-from handlers import convert
+from galore_service import convert
 from tests.regions import region_of
 
 

@@ -118,7 +118,8 @@ def test_attribution_table_i_and_regions_run_on_meta_up_to_the_host_copy(attribu
     for f, pred in zip(query, predictions):
         exemplars = {1: (exemplar, maps[id(exemplar)][group])} if pred.exemplar_keys else {}
         p = plan(options, pred, maps[id(f)][group], exemplars)
-        assert p.single.device.type == "meta" and p.sides.device.type == "meta"
+        assert all(m.maps.device.type == "meta" and (m.sides is None or m.sides.device.type == "meta")
+                   for _, m in p.parts)
         items.append((options, pred, p, f))
     with pytest.raises(NotImplementedError) as excinfo:
         measure_batch(engine.grid, items, tuple(LABELS), [ImageResult() for _ in items])

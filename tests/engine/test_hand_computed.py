@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from galore import Attribution, ExplainOptions, ImageRequest, Kind, Target, Threshold
-from galore.kinds import Plan, Prediction, measure_batch
+from galore.kinds import UNITS, KindMaps, Plan, Prediction, measure_batch
 from galore.exemplars import Features
 from galore.preprocess import Preprocess, upsample_to_original
 from galore.regions import WorkingGrid
@@ -174,8 +174,9 @@ def test_equal_size_side_without_evidence_is_empty():
                           threshold=Threshold(coverage=0.5))
     feats = Features(torch.zeros(1, 2, 2), None, geo)
     pred = Prediction(0, torch.tensor([0.5, 0.3, 0.2]), (0, 1, 2), (1, 2), {1: "a", 2: "b"}, 0)
-    plan = Plan(query[None], [Kind.COUNTERFACTUAL], torch.stack([side, query / 2]), [1, 2], [feats, feats],
-                torch.ones(1, dtype=torch.bool))
+    maps = KindMaps(query[None], [Kind.COUNTERFACTUAL], torch.ones(1, dtype=torch.bool), ["query and sides"],
+                    sides=torch.stack([side, query / 2]), paired=0, side_keys=[1, 2], side_feats=[feats, feats])
+    plan = Plan([(UNITS[Kind.COUNTERFACTUAL], maps)])
     result = ImageResult()
     measure_batch(WorkingGrid(4, 4), [(opts, pred, plan, feats)], ("zero", "one", "two"), [result])
     cf = result.counterfactual

@@ -211,14 +211,14 @@ def test_insecurity_at_the_clip_floor_scale_of_the_strongest_is_dropped(monkeypa
     """Class 3 shares cell 0 with class 0, with evidence 2e-4 there: the pair (0, 3) does share evidence, but its
     strength is ~1e-5 of the strongest pair's, below SHARED_EVIDENCE_RATIO (1e-3), and it is not returned; with
     the ratio rule off it comes back with exactly that small strength."""
-    import galore.kinds
+    import galore.kinds.measure
     weights = torch.cat([DISJOINT, torch.tensor([[1e-3, -1.0, -1.0, -1.0]])])
     engine = Engine.from_module("tiny", gray_pool_model(weights=weights), LABELS + ["three"], IDENTITY_PREP,
                                 layer="1", device="cpu")
     opts = dict(kinds=frozenset({Kind.DELIBERATIVE}), top_e=4, dims=(2,), max_insecurities=6)
     returned = [ins.class_ids for ins in run(engine, **opts).deliberative[2]]
     assert returned == [(0, 2)]  # (1, x): disjoint; (0, 3) and (2, 3): too weak
-    monkeypatch.setattr(galore.kinds, "SHARED_EVIDENCE_RATIO", 0.0)
+    monkeypatch.setattr(galore.kinds.measure, "SHARED_EVIDENCE_RATIO", 0.0)
     every = {ins.class_ids: ins.region.strength for ins in run(engine, **opts).deliberative[2]}
     assert set(every) == {(0, 2), (0, 3), (2, 3)}  # the shared-evidence rule alone still drops the (1, x) pairs
     assert 0 < every[(0, 3)] < 1e-3 * every[(0, 2)] and 0 < every[(2, 3)] < 1e-3 * every[(0, 2)]

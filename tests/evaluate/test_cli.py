@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from galore_client import cli
+from galore_cli import main as cli
 
 
 def test_help_documents_every_metric_with_its_reference(capsys):

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torchvision
 
-from galore_client.cli import main
+from galore_cli.main import main
 
 REPO = Path(__file__).resolve().parents[2]
 

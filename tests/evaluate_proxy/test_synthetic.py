@@ -14,7 +14,7 @@ from galore.evaluate.cub import read_cub
 from galore.evaluate.synthetic import (GROUPS, PART_NAMES, Pose, SyntheticConfig, design, ground_truth, render,
                                        write_dataset)
 from galore.evaluate.synthetic_truth import family_confusion, protocol_agreement
-from galore_client.cli import main
+from galore_cli.main import main
 
 TWO = dict(num_classes=2, family_size=2, changed_types=1)
 

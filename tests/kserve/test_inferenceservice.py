@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 import yaml
 
-from galore.contract import KSERVE_PORTS
+from galore_wire.contract import KSERVE_PORTS
 
 REPO = Path(__file__).resolve().parents[2]
 KSERVE = REPO / "deploy" / "kserve"

@@ -12,9 +12,9 @@ import pytest
 import requests
 from google.protobuf import json_format
 
-from galore.contract import OIP_IMAGE_IDS, OIP_IMAGES, OIP_OPTIONS, OIP_RESPONSE, RPC_KEY, Call
 from galore_api.v1 import explainer_pb2 as pb
 from galore_client.client import RestClient
+from galore_wire.contract import OIP_IMAGE_IDS, OIP_IMAGES, OIP_OPTIONS, OIP_RESPONSE, RPC_KEY, Call
 from tests.serving.conftest import CATS, MODEL
 
 pytestmark = pytest.mark.backends("kserve")

@@ -8,13 +8,13 @@ import asyncio
 import pytest
 from google.protobuf import json_format
 
-from galore.contract import RPC_KEY, Call
-from galore.errors import STATUS_TABLE
 from galore_api.v1 import explainer_pb2 as pb
 from galore_kserve.archive import Batching
 from galore_kserve.batcher import MicroBatcher
-from handlers.metrics import DROPPED_TOTAL, MetricKind, WorkerMetrics
-from handlers.wire import JSON, PROTOBUF
+from galore_service.calls import Request
+from galore_service.metrics import DROPPED_TOTAL, MetricKind, WorkerMetrics
+from galore_wire.contract import JSON, PROTOBUF, Call
+from galore_wire.status import STATUS_TABLE
 
 
 class CountingMetrics(WorkerMetrics):
@@ -31,7 +31,7 @@ class CountingMetrics(WorkerMetrics):
 
 @pytest.fixture(scope="module")
 def explain_service():
-    from galore_client.local import LocalBackend
+    from galore_cli.local import LocalBackend
 
     return LocalBackend(device="cpu").service
 
@@ -49,8 +49,8 @@ def test_requests_beyond_the_queue_are_refused_at_once_as_overloaded(explain_ser
 
     async def burst():
         try:
-            gateway = [batcher.submit({RPC_KEY: Call.EXPLAIN.value.encode(), "body": body}, {}) for _ in range(4)]
-            rest = [batcher.submit({"body": body}, {"content-type": PROTOBUF, "accept": JSON}) for _ in range(2)]
+            gateway = [batcher.submit(Request(rpc=Call.EXPLAIN, body=body)) for _ in range(4)]
+            rest = [batcher.submit(Request(body=body, content_type=PROTOBUF, accept=JSON)) for _ in range(2)]
             return await asyncio.gather(*gateway, *rest)
         finally:
             batcher.close()
@@ -58,7 +58,7 @@ def test_requests_beyond_the_queue_are_refused_at_once_as_overloaded(explain_ser
     answers = asyncio.run(burst())
     # submit() puts without yielding, so the first two wait in the queue and the four after them find it full
     assert [a.http_status for a in answers] == [200, 200, 503, 503, 503, 503]
-    # REST's Retry-After: whole seconds, at least 1 (galore.backpressure); none on answered requests
+    # REST's Retry-After: whole seconds, at least 1 (galore_wire.backpressure); none on answered requests
     assert [a.retry_after for a in answers[:2]] == ["", ""]
     assert all(a.retry_after.isdigit() and int(a.retry_after) >= 1 for a in answers[2:]), answers
     refused_grpc = pb.ExplainResponse.FromString(answers[2].body)

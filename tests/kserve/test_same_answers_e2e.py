@@ -10,9 +10,9 @@ import re
 import pytest
 from google.protobuf import json_format
 
-from galore.contract import Call
 from galore_api.v1 import explainer_pb2 as pb
 from galore_client.errors import GaloreClientError
+from galore_wire.contract import Call
 
 CASES = {
     "bad image among good": lambda c, k: ([c, b"not an image", b"", k], pb.ExplainOptions(prediction_only=True)),
@@ -29,7 +29,7 @@ CASES = {
 @pytest.fixture(scope="module")
 def reference():
     """The handler's own answers, in process (no host): what both hosts must send."""
-    from galore_client.local import LocalBackend
+    from galore_cli.local import LocalBackend
 
     backend = LocalBackend(device="cpu")
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import json
 
-from galore.errors import STATUS_TABLE
-from galore_client import loadtest
-from galore_client.load_transports import sample_images
+from galore_cli import loadtest
+from galore_cli.load_transports import sample_images
+from galore_wire.status import STATUS_TABLE
 
-from galore_gateway.local import free_ports
+from galore_supervisor.deployment import free_ports
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str]:

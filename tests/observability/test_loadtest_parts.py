@@ -6,9 +6,9 @@ import argparse
 import pytest
 
 from galore.options import ExplainOptions
-from galore_client import loadtest
-from galore_client.load_report import format_report, percentile, summarize, table_iii_arch, table_iii_rows
-from galore_client.load_transports import (LoadTestError, build_request, check_loopback, folder_images, read_counters,
+from galore_cli import loadtest
+from galore_cli.load_report import format_report, percentile, summarize, table_iii_arch, table_iii_rows
+from galore_cli.load_transports import (LoadTestError, build_request, check_loopback, folder_images, read_counters,
                                           split_target)
 from galore_client.settings import ExplainSettings
 

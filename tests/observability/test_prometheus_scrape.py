@@ -14,12 +14,12 @@ import yaml
 
 from galore_api.v1 import explainer_pb2 as pb
 from galore_api.v1 import explainer_pb2_grpc
-from galore_client import loadtest
-from galore_client.load_report import LoadSummary
-from galore_client.load_transports import open_sender, sample_images
+from galore_cli import loadtest
+from galore_cli.load_report import LoadSummary
+from galore_cli.load_transports import open_sender, sample_images
 from galore_client.settings import ExplainSettings
 
-from galore_gateway.local import free_ports
+from galore_supervisor.deployment import free_ports
 from .prometheus_server import SCRAPE_INTERVAL_S, Prometheus, write_config
 from .promql import CONTRACT_METRICS, ROOT, dashboard_exprs, metric_names, recording_rules, tool
 

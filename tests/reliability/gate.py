@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from galore.contract import DEFAULT_MODEL
+from galore.options import DEFAULT_MODEL
 from model_store.build import archive
 
 GATED_HANDLER = Path(__file__).with_name("gated_handler.py")

@@ -17,18 +17,18 @@ import pytest
 import requests
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from galore.backpressure import PUSHBACK_KEY
 from galore_api.v1 import explainer_pb2 as pb
 from galore_api.v1 import explainer_pb2_grpc as pb_grpc
 from galore_client.client import GaloreClient
 from galore_client.errors import GaloreClientError
 from galore_client.settings import ExplainSettings
-from galore_gateway.local import free_ports
+from galore_supervisor.deployment import free_ports
+from galore_wire.backpressure import PUSHBACK_KEY
 from tests.conftest import MODEL, REPO
 
 from .conftest import metric
 
-PUSHBACK_CEILING_MS = 3000  # galore.backpressure.DrainEstimate: 2 s ceiling x 1.5 jitter
+PUSHBACK_CEILING_MS = 3000  # galore_wire.backpressure.DrainEstimate: 2 s ceiling x 1.5 jitter
 
 
 def explain(target: str, request: pb.ExplainRequest, timeout_s: float) -> tuple[str, str, float, dict]:

@@ -15,6 +15,7 @@ import yaml
 
 from galore_api.v1 import explainer_pb2 as pb
 from galore_gateway.config import ENVELOPE_BYTES, GatewayConfig, read_properties
+from galore_wire.contract import FIELD_TRAILER
 from tests.conftest import REPO
 
 K8S_BASE = REPO / "deploy" / "k8s" / "base"
@@ -100,7 +101,7 @@ def test_oversized_messages_are_refused_on_both_transports_at_the_same_limit(ser
         with pytest.raises(grpc.RpcError) as judged:
             explain(body, timeout=120)
         assert judged.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert dict(judged.value.trailing_metadata())["galore-field"] == "images[0].data"
+        assert dict(judged.value.trailing_metadata())[FIELD_TRAILER] == "images[0].data"
         answer = requests.post(rest_url, data=body, headers={"Content-Type": "application/x-protobuf",
                                                              "Accept": "application/json"}, timeout=120)
         assert answer.status_code == 413 and answer.json()["status"]["field"] == "images[0].data"

@@ -1,4 +1,4 @@
-"""`make serve` (python -m galore_gateway.local) restarts what crashes: TorchServe (or the KServe host) killed ->
+"""`make serve` (python -m galore_supervisor) restarts what crashes: TorchServe (or the KServe host) killed ->
 the gateway answers UNAVAILABLE at once and health says NOT_SERVING until the backend is back, then serves again by
 itself; the gateway killed -> started again; SIGTERM -> everything stops. Runs its own deployments, since it kills
 processes."""
@@ -15,10 +15,10 @@ import numpy as np
 import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from galore.backpressure import PUSHBACK_KEY
 from galore_api.v1 import explainer_pb2 as pb
 from galore_api.v1 import explainer_pb2_grpc as pb_grpc
-from galore_gateway.local import free_ports
+from galore_supervisor.deployment import free_ports
+from galore_wire.backpressure import PUSHBACK_KEY
 from tests.conftest import MODEL, REPO
 
 from .conftest import jpeg
@@ -49,14 +49,14 @@ def descendant(root: psutil.Process, name: str) -> psutil.Process:
 
 @contextlib.contextmanager
 def serving(archive_dir, tmp_path, *flags: str):
-    """`make serve` (python -m galore_gateway.local ``flags``) on free ports: yields (its process, a channel to the
+    """`make serve` (python -m galore_supervisor ``flags``) on free ports: yields (its process, a channel to the
     gateway, the log file). Leaving stops it with SIGTERM and checks that every process it started has ended."""
     ports = free_ports(7)
     names = ["--grpc-port", "--gateway-metrics-port", "--rest-port", "--management-port", "--metrics-port",
              "--ts-grpc-port", "--ts-grpc-management-port"]
     log = (tmp_path / "serve.log").open("w+")
     serve = subprocess.Popen(
-        [sys.executable, "-m", "galore_gateway.local", *flags, "--model-store", str(archive_dir), "--run-dir",
+        [sys.executable, "-m", "galore_supervisor", *flags, "--model-store", str(archive_dir), "--run-dir",
          str(tmp_path / "run"), "--model", MODEL] + [str(x) for pair in zip(names, ports) for x in pair],
         cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     root = psutil.Process(serve.pid)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import pytest
 
 from galore_gateway.config import GatewayConfig, read_properties
-from galore_gateway.local import Backoff
-from galore.errors import overloaded
-from handlers.wire import DEADLINE_KEY, deadline
+from galore_supervisor.deployment import Backoff
+from galore_wire.contract import DEADLINE_KEY
+from galore_wire.status import overloaded
+from handlers.galore_handler import to_request
 from tests.conftest import REPO
 
+
 class Headers:
-    """The one method of TorchServe's context that handlers.wire reads."""
+    """The one method of TorchServe's context that the TorchServe adapter reads for headers."""
 
     def __init__(self, headers: dict):
         self.headers = headers
@@ -29,7 +31,7 @@ class Headers:
     ({"body": b""}, {}, None),
 ])
 def test_deadline_is_read_from_the_gateway_key_or_the_rest_header(row, headers, expected):
-    assert deadline(row, Headers(headers), 0) == expected
+    assert to_request(row, Headers(headers), 0).deadline == expected
 
 def test_restart_backoff_doubles_up_to_its_cap():
     backoff = Backoff(initial_s=1.0, max_s=5.0)

@@ -9,7 +9,7 @@ from PIL import Image
 from skimage import data
 
 from galore_client.client import GrpcClient, RestClient
-from galore_gateway.local import free_ports  # noqa: F401 - re-exported for the serving tests
+from galore_supervisor.deployment import free_ports  # noqa: F401 - re-exported for the serving tests
 from tests.conftest import MODEL, REPO
 # ImageNet cat classes (ids 281-285) and the big cats a cat photo is most often confused with.
 CATS = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat", "lynx"}

@@ -7,16 +7,16 @@ import sys
 import textwrap
 from pathlib import Path
 
-from handlers.service import EXIT_DEVICE_UNUSABLE
+from galore_service.service import EXIT_DEVICE_UNUSABLE
 
 REPO = Path(__file__).resolve().parents[2]
 
 CHILD = textwrap.dedent("""
     import dataclasses, torch
     from galore import Engine, ImageRequest, ExplainOptions
-    from handlers.config import HandlerConfig
-    from handlers.metrics import WorkerMetrics
-    from handlers.service import ExplainService
+    from galore_service.config import HandlerConfig
+    from galore_service.metrics import WorkerMetrics
+    from galore_service.service import ExplainService
     from tests.engine.conftest import IDENTITY_PREP, gray_pool_model, quadrant_image
 
     class Broken(torch.nn.Module):

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from galore_api.v1 import explainer_pb2 as pb
 from galore_client.client import GrpcClient
-from galore_gateway.local import Ports
+from galore_supervisor.deployment import Ports
 
 from .conftest import CATS, MODEL, REPO, free_ports
 
@@ -60,7 +60,7 @@ def test_launcher_with_token_auth_then_ctrl_c(archive_dir, tmp_path, chelsea):
     flags = dict(zip(["--grpc-port", "--gateway-metrics-port", "--rest-port", "--management-port", "--metrics-port",
                       "--ts-grpc-port", "--ts-grpc-management-port"], map(str, ports.__dict__.values())))
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "galore_gateway.local", "--model-store", str(archive_dir), "--run-dir", str(tmp_path),
+        [sys.executable, "-m", "galore_supervisor", "--model-store", str(archive_dir), "--run-dir", str(tmp_path),
          "--enable-token-auth", "--enable-model-api", *[x for item in flags.items() for x in item]],
         cwd=REPO, start_new_session=True)
     try:

@@ -76,7 +76,8 @@ def test_archive_carries_weights_labels_bank_and_batching(archive):
         config = zipped.read("model-config.yaml").decode()
     assert {"weights.pt", "hardness.pt", "labels.txt", "exemplars/banana/one.jpg", "exemplars/banana/two.jpg",
             "exemplars/cherry/one.jpg",
-            "galore_handler.py", "handlers/service.py", "galore_api/v1/explainer_pb2.py"} <= names
+            "galore_handler.py", "handlers/galore_handler.py", "galore_service/service.py", "galore_wire/contract.py",
+            "galore_api/v1/explainer_pb2.py"} <= names
     assert "batchSize: 4" in config and "maxBatchDelay: 20" in config and "exemplar_bank: exemplars" in config
     assert "precision: auto" in config
 

@@ -11,17 +11,17 @@ from PIL import Image
 from galore import masks
 from galore.errors import InvalidArgument, ResourceExhausted
 from galore.options import DEFAULT_PRECISION, MaskEncoding, Precision
-from tests.regions import region_of
 from galore.options import Attribution, Kind, Score, Target
 from galore_api.v1 import explainer_pb2 as pb
 from galore_client.client import decode_mask
 from galore_gateway.config import ENVELOPE_BYTES, GatewayConfig
-from galore_gateway.local import LocalConfig, Ports, render_ts_config
+from galore_supervisor.deployment import LocalConfig, Ports, render_ts_config
 from galore_gateway.metrics import SlidingRate
-from handlers import convert
-from handlers.config import HandlerConfig, Limits
-from handlers.decode import decode_image
-from handlers.wire import parse_explain_json
+from galore_service import convert
+from galore_service.config import HandlerConfig, Limits
+from galore_service.decode import decode_image
+from galore_service.wire import parse_explain_json
+from tests.regions import region_of
 
 
 def test_mask_bits_are_row_major_msb_first():
@@ -192,7 +192,7 @@ def test_worker_problems_go_to_stderr_which_torchserve_logs_at_warn(capfd):
     from handlers.galore_handler import _problems_to_stderr
 
     saved = {name: (list(lg.handlers), lg.propagate, lg.level)
-             for name, lg in ((n, logging.getLogger(n)) for n in ("galore", "handlers"))}
+             for name, lg in ((n, logging.getLogger(n)) for n in ("galore", "galore_service", "handlers"))}
     try:
         _problems_to_stderr()
         _problems_to_stderr()  # idempotent: one line per record, not two
@@ -201,7 +201,7 @@ def test_worker_problems_go_to_stderr_which_torchserve_logs_at_warn(capfd):
         except RuntimeError as exc:
             logging.getLogger("galore.engine").error("explaining %s failed", "request r-7 images[0].data",
                                                      exc_info=exc)
-        logging.getLogger("handlers.service").info("ready")
+        logging.getLogger("galore_service.service").info("ready")
         out, err = capfd.readouterr()
     finally:  # the worker keeps this setup for life; the test process must not
         for name, (handlers, propagate, level) in saved.items():

@@ -1,7 +1,10 @@
-"""One TorchServe batch -> one ``engine.explain`` call -> one answer per request.
+"""The host-neutral service core: typed calls in (``calls.Request``), typed answers out (``calls.Answer``).
 
-Every image of every request in the batch is flattened into a single engine call (one forward for the batch).
-Options belong to their own request only; a bad request or image gets its own status and never fails the others.
+``ExplainService.answer(requests)``: one batch of calls -> one ``engine.explain`` call -> exactly one Answer per
+call, in order. Every image of every call is flattened into a single engine call (one forward for the batch).
+Options belong to their own call only; a bad call or image gets its own status and never fails the others. The
+hosts (handlers/galore_handler.py for TorchServe, galore_kserve/ for KServe, ``--local``) only map their own
+request shapes to ``Request`` and send the ``Answer`` back; the service knows none of them.
 """
 from __future__ import annotations
 
@@ -15,24 +18,26 @@ from galore.errors import DeadlineExceeded, DeviceUnusable, GaloreError, Invalid
 from galore.options import ExplainOptions
 from galore.results import ImageResult
 from galore_api.v1 import explainer_pb2 as pb
+from galore_wire.contract import MAX_ID_CHARS, Call
 
 from . import convert
+from .calls import Answer, Request
 from .config import HandlerConfig
 from .decode import DRAFT_OVERSAMPLE, decode_image
 from .metrics import WorkerMetrics
-from .wire import PREDICTION_ONLY_KEY, Call, deadline, encode, read_request, response_type_for_error
+from .wire import encode, read_request, response_type_for_error
 
 logger = logging.getLogger(__name__)
-MAX_ID_CHARS = 256
 EXIT_DEVICE_UNUSABLE = 75  # the worker's exit status when its GPU context is broken (EX_TEMPFAIL: restart it)
 
 
 @dataclass
 class Prepared:
-    """One request of the batch after decoding: its engine inputs, or the error that stopped it."""
+    """One call of the batch after decoding: its engine inputs, or the error that stopped it."""
 
     response_type: str
     call: Call = Call.EXPLAIN
+    request_id: str = ""
     due: float | None = None  # the caller's deadline, Unix seconds
     error: GaloreError | None = None
     options: ExplainOptions | None = None
@@ -41,20 +46,8 @@ class Prepared:
     items: list[object] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class Answer:
-    """What the handler returns for one request: bytes, media type, HTTP status and phrase; ``retry_after``: the
-    ``Retry-After`` header of a refused request (seconds, galore.backpressure), "" for none."""
-
-    body: bytes
-    media_type: str
-    http_status: int
-    phrase: str
-    retry_after: str = ""
-
-
 class ExplainService:
-    """Owns the engine and the limits; ``answer_batch`` is the handler's whole job."""
+    """Owns the engine and the limits; ``answer`` is every host's one call into it."""
 
     def __init__(self, engine, config: HandlerConfig, model_name: str):
         self.engine = engine
@@ -63,28 +56,16 @@ class ExplainService:
         self.labels = list(engine.info.labels)
 
     # ---- request side -------------------------------------------------------------------------------------
-    def _counter_ids(self, options: pb.ExplainOptions) -> tuple[int, ...]:
-        ids = []
-        for i, counter in enumerate(options.counter_classes):
-            ref = counter.WhichOneof("class_ref")
-            if ref is None:
-                raise InvalidArgument(f"options.counter_classes[{i}]", "set class_id or label")
-            try:
-                ids.append(int(self.engine.class_id(getattr(counter, ref))))
-            except GaloreError as err:
-                raise InvalidArgument(f"options.counter_classes[{i}].{ref}", err.message) from None
-        return tuple(ids)
-
-    def _explained_id(self, options: pb.ExplainOptions) -> int | None:
-        if not options.HasField("explained_class"):
-            return None
-        ref = options.explained_class.WhichOneof("class_ref")
-        if ref is None:
-            raise InvalidArgument("options.explained_class", "set class_id or label")
+    def _class_id(self, ref: pb.ClassRef | pb.CounterClass, field: str) -> int:
+        """A class reference (its oneof ``class_ref``: class id or label) -> the model's class id. The service's one
+        label resolution (by the engine's ``class_id``); errors name ``field`` and the reference that was set."""
+        which = ref.WhichOneof("class_ref")
+        if which is None:
+            raise InvalidArgument(field, "set class_id or label")
         try:
-            return int(self.engine.class_id(getattr(options.explained_class, ref)))
+            return int(self.engine.class_id(getattr(ref, which)))
         except GaloreError as err:
-            raise InvalidArgument(f"options.explained_class.{ref}", err.message) from None
+            raise InvalidArgument(f"{field}.{which}", err.message) from None
 
     def _prepare_explain(self, message: pb.ExplainRequest, prepared: Prepared, request_id: str):
         limits = self.config.limits
@@ -97,9 +78,11 @@ class ExplainService:
             raise ResourceExhausted(
                 "images", f"{len(message.images)} images + {exemplar_count} exemplars = {total}, "
                           f"limit is {limits.max_images_per_request} per request")
-        counter_ids = self._counter_ids(message.options)
-        options = convert.to_options(message.options, counter_ids, len(self.labels),
-                                     self._explained_id(message.options))
+        counter_ids = tuple(self._class_id(counter, f"options.counter_classes[{i}]")
+                            for i, counter in enumerate(message.options.counter_classes))
+        explained = (self._class_id(message.options.explained_class, "options.explained_class")
+                     if message.options.HasField("explained_class") else None)
+        options = convert.to_options(message.options, counter_ids, len(self.labels), explained)
         exemplars, sizes = {}, {}
         for i, counter in enumerate(message.options.counter_classes):
             if counter.exemplar:
@@ -119,36 +102,42 @@ class ExplainService:
             except GaloreError as err:
                 prepared.items.append(err)
 
-    def prepare(self, row: dict, context, idx: int) -> Prepared:
-        """Parses and decodes one request; one whose deadline has passed is dropped here, before any work."""
-        due = deadline(row, context, idx)
-        if due is not None and time.time() >= due:
-            return Prepared(response_type=response_type_for_error(context, idx, row), error=DeadlineExceeded(
-                "", "the caller's deadline passed while the request waited in the queue; dropped unprocessed"))
+    def prepare(self, request: Request) -> Prepared:
+        """Parses and decodes one call; one whose deadline has passed is dropped here, before any work."""
+        if request.deadline is not None and time.time() >= request.deadline:
+            return Prepared(response_type=response_type_for_error(request), request_id=request.request_id,
+                            error=DeadlineExceeded("", "the caller's deadline passed while the request waited in "
+                                                       "the queue; dropped unprocessed"))
         try:
-            wire = read_request(row, context, idx)
+            wire = read_request(request)
         except GaloreError as err:
-            return Prepared(response_type=response_type_for_error(context, idx, row), error=err)
-        prepared = Prepared(response_type=wire.response_type, call=wire.call, due=due)
-        if wire.call is Call.EXPLAIN and row.get(PREDICTION_ONLY_KEY):  # KServe v1 :predict
+            return Prepared(response_type=response_type_for_error(request), request_id=request.request_id,
+                            error=err)
+        prepared = Prepared(response_type=wire.response_type, call=wire.call, due=request.deadline,
+                            request_id=request.request_id)
+        if wire.call is Call.EXPLAIN and request.prediction_only:
             wire.message.options.ClearField("kinds")
             wire.message.options.prediction_only = True
         if wire.call is Call.EXPLAIN:
             try:
-                self._prepare_explain(wire.message, prepared, _request_id(context, idx))
+                self._prepare_explain(wire.message, prepared, request.request_id)
             except GaloreError as err:
                 prepared.error = err
-            except Exception:  # a bug must cost this request only
-                logger.exception("cannot prepare request %s", _request_id(context, idx))
+            except Exception:  # a bug must cost this call only
+                logger.exception("cannot prepare request %s", request.request_id or "?")
                 prepared.error = GaloreError("", "internal error while reading the request; see the worker log")
             if prepared.error is not None:
                 prepared.items.clear()
         return prepared
 
-    def refuse(self, row: dict, context, error: GaloreError, metrics: WorkerMetrics) -> Answer:
-        """The answer to a request the host will not run (the KServe host's full queue): ``error`` is its status."""
-        prepared = Prepared(response_type=response_type_for_error(context, 0, row), error=error)
-        return self._answer(prepared, [], metrics)
+    def refuse(self, request: Request, error: GaloreError, metrics: WorkerMetrics | None = None,
+               retry_after: str = "") -> Answer:
+        """The answer to a call the host will not run (the KServe host's full queue): ``error`` is its status,
+        ``retry_after`` its ``Retry-After`` seconds."""
+        prepared = Prepared(response_type=response_type_for_error(request), request_id=request.request_id,
+                            error=error)
+        answer = self._answer(prepared, [], metrics or WorkerMetrics(self.model_name))
+        return Answer(answer.body, answer.media_type, answer.http_status, answer.phrase, retry_after)
 
     # ---- response side ------------------------------------------------------------------------------------
     def model_info(self) -> pb.ModelInfo:
@@ -185,10 +174,12 @@ class ExplainService:
         response.status.CopyFrom(convert.status(failed[0] if len(failed) == len(results) else None))
         return response
 
-    def answer_batch(self, rows: list[dict], context, metrics: WorkerMetrics) -> list[Answer]:
-        """Exactly one Answer per row, in order."""
+    def answer(self, requests: list[Request], metrics: WorkerMetrics | None = None) -> list[Answer]:
+        """Exactly one Answer per call, in order; the calls' images go through one engine call. ``metrics``: the
+        host's emitter (None: record nothing)."""
+        metrics = metrics or WorkerMetrics(self.model_name)
         start = time.perf_counter()
-        prepared = [self.prepare(row, context, idx) for idx, row in enumerate(rows)]
+        prepared = [self.prepare(request) for request in requests]
         metrics.dropped("deadline", sum(1 for p in prepared if isinstance(p.error, DeadlineExceeded)))
         flat = [item for p in prepared if p.error is None for item in p.items if not isinstance(item, GaloreError)]
         decode_s = time.perf_counter() - start
@@ -203,8 +194,8 @@ class ExplainService:
                 results.append(ImageResult(error=item) if isinstance(item, GaloreError) else next(engine_results))
             try:
                 answers.append(self._answer(p, results, metrics))
-            except Exception:  # a bug must cost this request only
-                logger.exception("cannot encode an answer")
+            except Exception:  # a bug must cost this call only
+                logger.exception("cannot encode the answer to request %s", p.request_id or "?")
                 p.error = GaloreError("", "internal error while encoding the answer; see the worker log")
                 answers.append(self._answer(p, [], metrics))
         metrics.stage("encode", time.perf_counter() - encode_start)
@@ -261,10 +252,3 @@ class ExplainService:
         return Answer(encode(response, prepared.response_type), prepared.response_type, status.http_status,
                       status.code)
 
-
-def _request_id(context, idx: int) -> str:
-    """TorchServe's id of request ``idx`` of the batch (in its access log too), or ""."""
-    try:
-        return str((getattr(context, "request_ids", None) or {}).get(idx, ""))
-    except AttributeError:
-        return ""

@@ -1,4 +1,5 @@
-"""galore.v1 protobuf <-> galore engine objects. Pure translation; every check names the request field."""
+"""galore.v1 protobuf <-> galore engine objects. Pure translation: the options are validated by
+``galore.options.ExplainOptions`` (which names the request field), the wire numbers come from galore_wire."""
 from __future__ import annotations
 
 import enum
@@ -6,11 +7,13 @@ import enum
 import torch
 
 from galore import masks
-from galore.contract import PROTO_ENUMS, engine_member, proto_number
-from galore.errors import STATUS_TABLE, GaloreError, InvalidArgument
-from galore.options import Attribution, ExemplarPolicy, ExplainOptions, Kind, MaskEncoding, Score, Target, Threshold
+from galore.errors import GaloreError, InvalidArgument
+from galore.options import (Attribution, ExemplarPolicy, ExplainOptions, Kind, MaskEncoding, Score, Shape, Target,
+                            Threshold)
 from galore.results import Attributive, Counterfactual, ImageResult, Insecurity, Region
 from galore_api.v1 import explainer_pb2 as pb
+from galore_wire.contract import PROTO_ENUMS, engine_member, proto_number
+from galore_wire.status import numbers
 
 
 def to_galore_enum(galore_enum: type[enum.Enum], number: int, field: str, default=None):
@@ -37,11 +40,8 @@ def to_proto_enum(member: enum.Enum | str) -> int:
     return proto_number(pb.DESCRIPTOR, member)
 
 
-def _count(value: int, field: str, default: int, upper: int | None = None) -> int:
-    if value < 0:
-        raise InvalidArgument(field, f"must be >= 0 (0 = default {default}), got {value}")
-    if upper is not None and value > upper:
-        raise InvalidArgument(field, f"must be <= {upper}, got {value}")
+def _count(value: int, default: int) -> int:
+    """A proto count: 0 (unset) -> ``default``; any other value as sent (ExplainOptions validates it)."""
     return value or default
 
 
@@ -63,45 +63,43 @@ def _kinds(message: pb.ExplainOptions) -> frozenset[Kind]:
 def to_options(message: pb.ExplainOptions, counter_ids: tuple[int, ...], num_classes: int,
                explained_class: int | None = None) -> ExplainOptions:
     """ExplainOptions proto -> galore ExplainOptions (counter classes and the explained class already resolved to
-    ids)."""
+    ids), validated against a model of ``num_classes`` classes (``ExplainOptions.check_classes``). ``dims``: the
+    distinct V in increasing order (an error's ``options.dims[i]`` counts in that order)."""
     defaults = ExplainOptions()
-    # defaults shrink to models with fewer classes than the default E / top-k
-    top_e = _count(message.top_e, "options.top_e", min(defaults.top_e, num_classes), num_classes)
-    top_k = _count(message.top_k, "options.top_k", min(defaults.top_k, num_classes), num_classes)
-    dims = tuple(message.dims)
-    for i, v in enumerate(dims):
-        if v < 2 or v > top_e:
-            raise InvalidArgument(f"options.dims[{i}]", f"V must be in [2, top_e={top_e}], got {v}")
-    return ExplainOptions(
+    options = ExplainOptions(
         kinds=_kinds(message),
         attribution=to_galore_enum(Attribution, message.attribution, "options.attribution", defaults.attribution),
         score=to_galore_enum(Score, message.score, "options.score", defaults.score),
         target=to_galore_enum(Target, message.target, "options.target", defaults.target),
         clip_negative=message.clip_negative if message.HasField("clip_negative") else defaults.clip_negative,
         normalize=message.normalize,
-        top_e=top_e,
-        dims=tuple(sorted(set(dims))) or defaults.dims,
-        max_insecurities=_count(message.max_insecurities, "options.max_insecurities", defaults.max_insecurities),
+        # defaults shrink to models with fewer classes than the default E / top-k
+        top_e=_count(message.top_e, min(defaults.top_e, num_classes)),
+        dims=tuple(sorted(set(message.dims))) or defaults.dims,
+        max_insecurities=_count(message.max_insecurities, defaults.max_insecurities),
         counter_classes=counter_ids,
         threshold=_threshold(message),
         include_heatmaps=message.include_heatmaps,
-        top_k=top_k,
-        ig_steps=_count(message.ig_steps, "options.ig_steps", defaults.ig_steps),
+        top_k=_count(message.top_k, min(defaults.top_k, num_classes)),
+        ig_steps=_count(message.ig_steps, defaults.ig_steps),
         mask_encoding=to_galore_enum(MaskEncoding, message.mask_encoding, "options.mask_encoding",
                                      defaults.mask_encoding),
         explained_class=explained_class,
         exemplar_policy=to_galore_enum(ExemplarPolicy, message.exemplar_policy, "options.exemplar_policy",
                                        defaults.exemplar_policy),
     )
+    options.check_classes(num_classes, counts=True)
+    return options
 
 
 def status(error: GaloreError | None) -> pb.Status:
-    """A GaloreError (or None for success) -> Status, codes from galore.errors.STATUS_TABLE."""
+    """A GaloreError (or None for success) -> Status, numbers from galore_wire.status.STATUS_TABLE."""
     if error is None:
-        grpc_code, http_status = STATUS_TABLE["OK"]
+        grpc_code, http_status = numbers("OK")
         return pb.Status(code="OK", grpc_code=grpc_code, http_status=http_status)
-    return pb.Status(code=error.code, grpc_code=error.grpc_code, http_status=error.http_status,
-                     message=error.message, field=error.field)
+    grpc_code, http_status = numbers(error.code)
+    return pb.Status(code=error.code, grpc_code=grpc_code, http_status=http_status, message=error.message,
+                     field=error.field)
 
 
 def mask(value: Region, encoding: MaskEncoding = MaskEncoding.RLE) -> pb.Mask:
@@ -129,26 +127,33 @@ def region(value: Region, how: ExplainOptions) -> pb.Region:
     return message
 
 
-def _attributive(value: Attributive, labels, heat: ExplainOptions) -> pb.Attributive:
-    return pb.Attributive(class_id=value.class_id, label=labels[value.class_id], region=region(value.region, heat),
-                          probability=float(value.probability))
+def _class_region(value: Attributive, message: pb.Attributive, labels, how: ExplainOptions) -> None:
+    message.CopyFrom(pb.Attributive(class_id=value.class_id, label=labels[value.class_id],
+                                    region=region(value.region, how), probability=float(value.probability)))
 
 
-def _insecurity(value: Insecurity, labels, heat: ExplainOptions) -> pb.Insecurity:
-    return pb.Insecurity(class_ids=list(value.class_ids), labels=[labels[c] for c in value.class_ids],
-                         region=region(value.region, heat))
+def _insecurities(value: dict[int, list[Insecurity]], message, labels, how: ExplainOptions) -> None:
+    for dim in sorted(value):  # V -> insecurities, strongest first
+        group = message.add(dim=dim)
+        for item in sorted(value[dim], key=lambda item: item.region.strength, reverse=True):
+            group.insecurities.add(class_ids=list(item.class_ids), labels=[labels[c] for c in item.class_ids],
+                                   region=region(item.region, how))
 
 
-def _counterfactual(value: Counterfactual, labels, heat: ExplainOptions) -> pb.Counterfactual:
-    message = pb.Counterfactual(predicted_id=value.predicted_id, counter_ids=list(value.counter_ids),
-                                query=region(value.query, heat), strength=float(value.strength),
-                                complete=bool(value.complete))
+def _counterfactual(value: Counterfactual, message: pb.Counterfactual, labels, how: ExplainOptions) -> None:
+    message.CopyFrom(pb.Counterfactual(predicted_id=value.predicted_id, counter_ids=list(value.counter_ids),
+                                       query=region(value.query, how), strength=float(value.strength),
+                                       complete=bool(value.complete)))
     for side in value.exemplars:
         item = message.exemplars.add(class_id=side.class_id, label=labels[side.class_id],
                                      exemplar_key=side.exemplar_key or "", missing_reason=side.missing_reason)
         if side.region is not None:
-            item.region.CopyFrom(region(side.region, heat))
-    return message
+            item.region.CopyFrom(region(side.region, how))
+
+
+# A kind's result -> its field of ImageExplanation (both named ``kind.value``), by the kind's shape.
+_WRITERS = {Shape.CLASS_REGION: _class_region, Shape.INSECURITIES: _insecurities,
+            Shape.COUNTERFACTUAL: _counterfactual}
 
 
 def image_explanation(image_id: str, result: ImageResult, labels, how: ExplainOptions) -> pb.ImageExplanation:
@@ -163,14 +168,8 @@ def image_explanation(image_id: str, result: ImageResult, labels, how: ExplainOp
     if result.score_name:
         message.score_kind = to_proto_enum(result.score_name if isinstance(result.score_name, str)
                                            else result.score_name)
-    if result.attributive is not None:
-        message.attributive.CopyFrom(_attributive(result.attributive, labels, how))
-    if result.self_aware is not None:
-        message.self_aware.CopyFrom(_attributive(result.self_aware, labels, how))
-    for dim in sorted(result.deliberative):
-        group = message.deliberative.add(dim=dim)
-        ranked = sorted(result.deliberative[dim], key=lambda item: item.region.strength, reverse=True)
-        group.insecurities.extend(_insecurity(item, labels, how) for item in ranked)
-    if result.counterfactual is not None:
-        message.counterfactual.CopyFrom(_counterfactual(result.counterfactual, labels, how))
+    for kind in Kind:
+        value = getattr(result, kind.value)
+        if value:  # None, or no insecurity of any V
+            _WRITERS[kind.shape](value, getattr(message, kind.value), labels, how)
     return message

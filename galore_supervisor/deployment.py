@@ -1,11 +1,15 @@
-"""``python -m galore_gateway.local``: TorchServe (or the KServe host) + gateway on localhost, in the foreground
-(``make serve``, ``make serve BACKEND=kserve``).
+"""``python -m galore_supervisor``: TorchServe (or the KServe host) + gateway on localhost, in the foreground
+(``make serve``, ``make serve BACKEND=kserve``). A development tool: it runs from a source checkout.
 
 Renders deploy/torchserve/config.properties with the chosen ports into the run directory (its size limits and
 queue size also set the gateway's limits with either backend), starts TorchServe (quiet log4j2 config, no config
 snapshots, token auth and model API off unless asked) or the KServe host on the same archive, and the gateway,
 supervises both (a process that exits is started again after a backoff, as Kubernetes restarts a container) and
 stops both on Ctrl-C / SIGTERM. The end-to-end tests use ``LocalService`` with free ports and a temporary run dir.
+
+The checkout is ``LocalConfig.repo_root`` (``--repo-root``; default ``REPO_ROOT``, the one place the supervisor
+learns where the repository is): deploy/torchserve/ there gives the config template, metrics and log4j2 config, and
+its code is what the child processes import.
 
 With the KServe backend, ``Ports.rest`` is its HTTP port (v1, v2, /metrics) and ``Ports.ts_grpc`` its OIP gRPC port;
 the TorchServe-only ports are unused.
@@ -25,12 +29,14 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from galore.contract import DEFAULT_MODEL, HOST, Ports
+from galore.options import DEFAULT_MODEL
+from galore_gateway.config import Backend, read_properties
+from galore_wire.contract import HOST, Ports
 
-from .config import Backend, read_properties
-
-REPO = Path(__file__).resolve().parent.parent
-TS_DEPLOY = REPO / "deploy" / "torchserve"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+"""The source checkout this package lives in (galore_supervisor/ sits at its root): the default of
+``LocalConfig.repo_root`` and ``--repo-root``. Nothing else here works out where the repository is."""
+TS_DEPLOY = Path("deploy", "torchserve")  # relative to the repo root: config.properties, metrics.yaml, log4j2.xml
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,18 @@ class LocalConfig:
     model_api: bool = False
     quiet: bool = True
     backend: Backend = Backend.TORCHSERVE
+    repo_root: Path = REPO_ROOT
+
+    def __post_init__(self):
+        template = self.ts_deploy / "config.properties"
+        if not template.is_file():
+            raise FileNotFoundError(f"{template} not found: repo_root ({self.repo_root}, --repo-root) must be a "
+                                    "galore-serve checkout")
+
+    @property
+    def ts_deploy(self) -> Path:
+        """deploy/torchserve/ of the checkout: TorchServe's config template, metrics.yaml and log4j2.xml."""
+        return self.repo_root / TS_DEPLOY
 
     @property
     def ts_config(self) -> Path:
@@ -77,13 +95,13 @@ def render_ts_config(config: LocalConfig) -> Path:
         "metrics_address": f"http://{HOST}:{p.metrics}",
         "grpc_inference_address": HOST, "grpc_inference_port": str(p.ts_grpc),
         "grpc_management_address": HOST, "grpc_management_port": str(p.ts_grpc_management),
-        "metrics_config": str(TS_DEPLOY / "metrics.yaml"),
+        "metrics_config": str(config.ts_deploy / "metrics.yaml"),
         "model_store": str(config.model_store.resolve()),
         "disable_token_authorization": str(not config.token_auth).lower(),
         "enable_model_api": str(config.model_api).lower(),
     }
     lines, seen = [], set()
-    for line in (TS_DEPLOY / "config.properties").read_text(encoding="utf-8").splitlines():
+    for line in (config.ts_deploy / "config.properties").read_text(encoding="utf-8").splitlines():
         key = line.split("=", 1)[0].strip()
         if "=" in line and not line.lstrip().startswith("#") and key in overrides:
             line, _ = f"{key}={overrides[key]}", seen.add(key)
@@ -130,7 +148,7 @@ class LocalService:
         tmp.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, TMPDIR=str(tmp), TEMP=str(tmp), LOG_LOCATION=str(self.config.run_dir / "logs"),
                    METRICS_LOCATION=str(self.config.run_dir / "logs"))
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.config.repo_root), env.get("PYTHONPATH")]))
         # One torch intra-op thread per worker unless the caller says otherwise: measured 5-10x more images/s
         # than torch's default (one thread per core) on the 2-core machine (BENCHMARKS.md, "Threads").
         env.setdefault("OMP_NUM_THREADS", "1")
@@ -159,7 +177,7 @@ class LocalService:
              "--grpc-port", str(c.ports.ts_grpc), "--work-dir", str(c.run_dir / "kserve")]
             + (["--job-queue-size", queue] if (queue := read_properties(c.ts_config).get("job_queue_size")) else [])
             + ([] if c.quiet else ["--verbose"]),
-            cwd=REPO, env=self._env(), start_new_session=True)
+            cwd=c.repo_root, env=self._env(), start_new_session=True)
 
     def start_torchserve(self) -> None:
         """(Re)starts TorchServe; what is left of an earlier one (its workers) is killed first."""
@@ -171,7 +189,7 @@ class LocalService:
                str(c.model_store.resolve()), "--models", f"{c.model}={c.model}.mar", "--ts-config", str(c.ts_config)]
         cmd += [] if c.token_auth else ["--disable-token-auth"]
         cmd += ["--enable-model-api"] if c.model_api else []
-        cmd += ["--log-config", str(TS_DEPLOY / "log4j2.xml")] if c.quiet else []
+        cmd += ["--log-config", str(c.ts_deploy / "log4j2.xml")] if c.quiet else []
         self.torchserve = subprocess.Popen(cmd, cwd=c.run_dir, env=self._env(), start_new_session=True)
 
     def start_gateway(self) -> None:
@@ -183,7 +201,7 @@ class LocalService:
              "--metrics-port", str(c.ports.gateway_metrics), "--ts-config", str(c.ts_config), "--model", c.model,
              "--backend", c.backend.value, "--kserve-grpc", f"{HOST}:{c.ports.ts_grpc}"]
             + (["--ts-key-file", str(c.run_dir / "key_file.json")] if c.token_auth else []),
-            cwd=REPO, env=self._env(), start_new_session=True)
+            cwd=c.repo_root, env=self._env(), start_new_session=True)
 
     def supervise(self, stopping, backoff: Backoff = Backoff(), poll_s: float = 0.5, log=None) -> None:
         """Until ``stopping()`` is true: a process that exited is started again after ``backoff``.
@@ -295,9 +313,13 @@ def _group_alive(pgid: int) -> bool:
 
 def main(argv=None) -> None:
     d = Ports()
-    parser = argparse.ArgumentParser(prog="python -m galore_gateway.local", description=__doc__)
-    parser.add_argument("--model-store", type=Path, default=REPO / "model_store")
-    parser.add_argument("--run-dir", type=Path, default=REPO / ".run", help="config, logs and temp files")
+    parser = argparse.ArgumentParser(prog="python -m galore_supervisor", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repo-root", type=Path, default=REPO_ROOT,
+                        help=f"the galore-serve checkout: deploy/torchserve/ and the code the processes run "
+                             f"(default {REPO_ROOT})")
+    parser.add_argument("--model-store", type=Path, help="folder of <model>.mar (default REPO_ROOT/model_store)")
+    parser.add_argument("--run-dir", type=Path, help="config, logs and temp files (default REPO_ROOT/.run)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="archive <model>.mar in --model-store")
     for name, default in d.__dict__.items():
         flag = {"grpc": "grpc-port", "gateway_metrics": "gateway-metrics-port", "rest": "rest-port",
@@ -312,9 +334,11 @@ def main(argv=None) -> None:
                         help="the host behind the gateway: torchserve (default) or kserve (galore_kserve)")
     args = parser.parse_args(argv)
     ports = Ports(**{name: getattr(args, name) for name in d.__dict__})
-    config = LocalConfig(model_store=args.model_store, run_dir=args.run_dir.resolve(), model=args.model,
-                         ports=ports, token_auth=args.enable_token_auth, model_api=args.enable_model_api,
-                         quiet=not args.verbose, backend=Backend(args.backend))
+    root = args.repo_root.resolve()
+    config = LocalConfig(model_store=args.model_store or root / "model_store",
+                         run_dir=(args.run_dir or root / ".run").resolve(), model=args.model, ports=ports,
+                         token_auth=args.enable_token_auth, model_api=args.enable_model_api,
+                         quiet=not args.verbose, backend=Backend(args.backend), repo_root=root)
     service = LocalService(config)
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
@@ -332,6 +356,3 @@ def main(argv=None) -> None:
     finally:
         service.stop()
 
-
-if __name__ == "__main__":
-    main()

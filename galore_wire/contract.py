@@ -1,20 +1,25 @@
-"""The service contract's shared names: default model and addresses, the handler's call key, and how the
-engine's enums are spelled in the galore.v1 proto. Stdlib only, so client, gateway, handler and CLI import these
-without torch or grpc; the options and their defaults live in ``galore.options``, the errors in ``galore.errors``.
+"""The wire's shared names: default addresses and ports, the calls and their keys, the Open Inference Protocol
+layout, message and id limits, and how the engine's enums are spelled in the galore.v1 proto. Stdlib and the
+engine's terms only, so client, gateway, hosts and CLI import these without torch or grpc; the options and their
+defaults (and the default model) live in ``galore.options``, the errors in ``galore.errors``, the status table in
+``galore_wire.status``.
+
+The proto enum spelling lives here, not in the service core: the torch-free client (``galore_client.typed``)
+needs it as much as the service does, and it is a fact of the wire (the galore.v1 value names), not of the engine.
 
 Example:
     >>> from galore.options import Kind
-    >>> proto_value_name(Kind.SELF_AWARE), DEFAULT_SERVER
-    ('EXPLANATION_KIND_SELF_AWARE', 'grpc://127.0.0.1:50051')
+    >>> proto_value_name(Kind.SELF_AWARE), DEFAULT_SERVER, parse_deadline(b"12.5"), parse_deadline("soon")
+    ('EXPLANATION_KIND_SELF_AWARE', 'grpc://127.0.0.1:50051', 12.5, None)
 """
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 
-from .options import Attribution, ExemplarPolicy, Kind, MaskEncoding, Precision, Score, Target
+from galore.options import Attribution, ExemplarPolicy, Kind, MaskEncoding, Precision, Score, Target
 
-DEFAULT_MODEL = "efficientnet_lite0"  # the model `make archive` builds and every tool targets by default
 HOST = "127.0.0.1"  # local deployments listen on loopback only
 
 
@@ -47,11 +52,33 @@ DEFAULT_GRPC_ADDRESS = f"{HOST}:{DEFAULT_PORTS.grpc}"
 DEFAULT_REST_ADDRESS = f"{HOST}:{DEFAULT_PORTS.rest}"
 DEFAULT_SERVER = f"grpc://{DEFAULT_GRPC_ADDRESS}"  # the client's and CLI's default server URL
 DEFAULT_TIMEOUT_S = 120.0  # per-call deadline of the CLI, the load tester and the gateway's TorchServe call
+# Largest gRPC / REST message either way when the archive does not say (its handler.max_request_bytes):
+# deploy/torchserve/config.properties max_request_size / max_response_size.
+MAX_MESSAGE_BYTES = 100 * 1024 * 1024
+MAX_ID_CHARS = 256  # an image's id (galore.v1 Image.id) has at most this many characters
 
-# The field of a TorchServe request that names the galore.v1 call (sent by the gateway and by REST model-info
-# calls, read by handlers/wire.py); its values are the names of ``Call``.
+PROTOBUF = "application/x-protobuf"  # a serialized galore.v1 message
+JSON = "application/json"  # its proto3 JSON mapping (images base64)
+
+# The key that names the galore.v1 call of a host request (a TorchServe input, a KServe v1 header or OIP v2
+# parameter; sent by the gateway and by REST model-info calls); its values are the names of ``Call``.
 RPC_KEY = "galore-rpc"
 DEADLINE_KEY = "galore-deadline"  # the caller's deadline, Unix seconds (gateway input key or REST header)
+# The gateway's trailing metadata on a failed call: the status's field and code name (galore.v1 Status).
+FIELD_TRAILER = "galore-field"
+CODE_TRAILER = "galore-code"
+
+
+def parse_deadline(value: object) -> float | None:
+    """A ``DEADLINE_KEY`` value (bytes, str or number) -> Unix seconds, or None when absent or unreadable (a
+    malformed deadline is ignored: the request is served as if it had none)."""
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value).decode("ascii", "replace")
+    try:
+        seconds = float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+    return seconds if seconds is not None and math.isfinite(seconds) else None
 
 
 # The Open Inference Protocol (v2) layout of the KServe host (README "Serve", OIP v2): tensor and parameter names.

@@ -1,9 +1,13 @@
-"""galore: explain images with a GALORE server or in-process, list the model, load-test the service.
+"""galore: explain images with a GALORE server or in-process, describe the model, load-test the service, measure
+how faithful the explanations are, and train the hardness predictor.
 
     galore explain IMAGE|FOLDER... [--server grpc://HOST:PORT | http://HOST:PORT | --local] [--out DIR] [--json]
     galore models [--server ... | --local] [--json]
     galore loadtest ...
     galore evaluate deletion|types|sanity|pointing|all [--photos DIR] [--out DIR]  (faithfulness metrics)
+    galore evaluate proxy CUB_200_2011 --arch ARCH --state-dict PT  (the paper's proxy protocol, §VI-B)
+    galore evaluate synthetic [--quick] --out DIR  (the proxy protocol on generated birds)
+    galore train-hardness DATA --out DIR  (the hardness predictor of the easiness score, eq. 23)
 
 "explain" prints a summary per image (top classes, s(x), insecurities ranked by strength, counterfactual
 strength) and writes PNG figures plus a self-contained report.html into --out.
@@ -21,17 +25,22 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from galore.contract import DEFAULT_MODEL, DEFAULT_SERVER, DEFAULT_TIMEOUT_S, Call
-from galore.errors import InvalidArgument
+from tqdm import tqdm
 
-from .errors import GaloreClientError
+from galore.errors import InvalidArgument
+from galore.options import DEFAULT_MODEL
+from galore_client.errors import GaloreClientError
+from galore_client.results import Explanation, ImageFailure
+from galore_client.settings import ExplainSettings, ModelSummary, UnknownClass
+from galore_wire.contract import DEFAULT_SERVER, DEFAULT_TIMEOUT_S, Call
+
+from .evaluate import add_evaluate_parser
 from .images import ImageFileError, expand_paths, read_image
-from .results import Explanation, ImageFailure
-from .report import ReportEntry, ReportWriter, summary_dict, summary_text
 from .option_args import add_option_arguments, flag_for, settings_from_args
-from .settings import ExplainSettings, ModelSummary, UnknownClass
-from .cli_status import (BAD_INPUT_CODES, EXIT_BAD_INPUT, EXIT_IMAGE_FAILED, EXIT_OK, EXIT_SERVICE_ERROR,  # noqa: F401
-                         EXIT_UNAVAILABLE, UNREACHABLE_CODES, CliError)
+from .report import ReportEntry, ReportWriter, summary_dict, summary_text
+from .status import (BAD_INPUT_CODES, EXIT_BAD_INPUT, EXIT_IMAGE_FAILED, EXIT_OK, EXIT_SERVICE_ERROR,  # noqa: F401
+                     EXIT_UNAVAILABLE, UNREACHABLE_CODES, CliError)
+from .train_hardness import add_parser as add_train_hardness
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -76,9 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(func=run_models)
 
     _add_loadtest(commands)
-    from .evaluate_cli import add_evaluate_parser
     add_evaluate_parser(commands)
-    from .train_hardness_cli import add_parser as add_train_hardness
     add_train_hardness(commands)
     return parser
 
@@ -142,7 +149,7 @@ def open_backend(args):
         except Exception as exc:  # noqa: BLE001 - report any engine start-up problem as a message, not a trace
             raise CliError(f"cannot start the local engine: {exc}", EXIT_SERVICE_ERROR) from exc
     try:
-        from .client import GaloreClient
+        from galore_client.client import GaloreClient
     except ImportError as exc:
         _missing(exc)
     try:
@@ -290,8 +297,6 @@ def run_models(args) -> int:
 
 
 def _progress(total: int, args):
-    from tqdm import tqdm
-
     return tqdm(total=total, unit="img", file=sys.stderr, leave=False, mininterval=0,  # redraw on every batch
                 disable=True if (args.no_progress or total < 2) else None)
 

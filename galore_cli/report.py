@@ -23,10 +23,11 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from . import render
-from .results import Explanation, Region
+from galore.options import Kind, Shape
+from galore_client.results import Explanation, Region
 
-FIGURE_KINDS = ("attributive", "deliberative", "counterfactual")
+from . import render
+
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,8 @@ class ReportFiles:
 
 def attributive_figure(image: np.ndarray, result: Explanation) -> render.Figure | None:
     """Input | attributive overlay | self-aware overlay (those present); None when neither was computed."""
-    sides = [(name, side) for name, side in (("attributive", result.attributive), ("self-aware", result.self_aware))
-             if side is not None]
+    sides = [(kind.value.replace("_", "-"), getattr(result, kind.value)) for kind in Kind
+             if kind.shape is Shape.CLASS_REGION and getattr(result, kind.value) is not None]
     if not sides:
         return None
     picture, _ = render.fit(image)
@@ -110,16 +111,20 @@ def counterfactual_figure(image: np.ndarray, result: Explanation,
     return render.compose(panels, title=f"Why '{cf.predicted}' and not '{counters}'?  strength {cf.strength:.3g}")
 
 
+# One figure per shape (its file and HTML name, how it is drawn): every kind of the shape is in it.
+FIGURES = {Shape.CLASS_REGION: ("attributive", lambda entry: attributive_figure(entry.image, entry.explanation)),
+           Shape.INSECURITIES: ("deliberative", lambda entry: deliberative_figure(entry.image, entry.explanation)),
+           Shape.COUNTERFACTUAL: ("counterfactual", lambda entry: counterfactual_figure(entry.image, entry.explanation,
+                                                                                         entry.exemplars))}
+FIGURE_KINDS = tuple(name for name, _ in FIGURES.values())
+
+
 def figures(entry: ReportEntry) -> dict[str, render.Figure]:
-    """Every figure that the entry's explanation supports, keyed by kind (see FIGURE_KINDS)."""
+    """Every figure that the entry's explanation supports, keyed by name (see FIGURES)."""
     if not entry.explanation.ok:
         return {}
-    made = {
-        "attributive": attributive_figure(entry.image, entry.explanation),
-        "deliberative": deliberative_figure(entry.image, entry.explanation),
-        "counterfactual": counterfactual_figure(entry.image, entry.explanation, entry.exemplars),
-    }
-    return {kind: fig for kind, fig in made.items() if fig is not None}
+    made = {name: draw(entry) for name, draw in FIGURES.values()}
+    return {name: fig for name, fig in made.items() if fig is not None}
 
 
 def summary_text(name: str, result: Explanation) -> str:
@@ -130,22 +135,10 @@ def summary_text(name: str, result: Explanation) -> str:
     for i, top in enumerate(result.top_classes):
         lines.append(f"  {'predicted' if i == 0 else '         '} {top.probability:6.3f}  {top.label} [{top.class_id}]")
     lines.append(f"  s(x) {result.score_name}: {result.score:.3f}")
-    for name_, side in (("attributive", result.attributive), ("self-aware", result.self_aware)):
-        if side is not None:
-            lines.append(f"  {name_}: {side.cls} (p {side.probability:.3f}), strength {side.region.strength:.3g}, "
-                         f"{_percent(side.region, result)} of the image")
-    if result.deliberative:
-        lines.append("  insecurities (strongest first):")
-        for rank, ins in enumerate(result.insecurities, start=1):
-            lines.append(f"    {rank}. {' / '.join(ins.labels)}  strength {ins.strength:.3g}, "
-                         f"{_percent(ins.region, result)} of the image")
-    cf = result.counterfactual
-    if cf is not None:
-        counters = ", ".join(str(c) for c in cf.counter)
-        lines.append(f"  counterfactual: why {cf.predicted} and not {counters}? strength {cf.strength:.3g}"
-                     + ("" if cf.complete else " (incomplete: " + "; ".join(
-                         f"{s.cls}: {s.missing_reason or 'no exemplar'}" for s in cf.exemplars if s.region is None)
-                         + ")"))
+    for kind in Kind:
+        value = getattr(result, kind.value)
+        if value:
+            lines += _TEXT[kind.shape](kind, value, result)
     return "\n".join(lines)
 
 
@@ -160,24 +153,58 @@ def summary_dict(name: str, result: Explanation) -> dict:
                         for t in result.top_classes],
         "score": {"name": result.score_name, "value": result.score},
     }
-    for key, side in (("attributive", result.attributive), ("self_aware", result.self_aware)):
-        if side is not None:
-            out[key] = {"class_id": side.cls.class_id, "label": side.cls.label, "probability": side.probability,
-                        **_region_dict(side.region)}
-    if result.deliberative:
-        out["insecurities"] = [{"class_ids": [c.class_id for c in ins.classes], "labels": list(ins.labels),
-                                **_region_dict(ins.region)} for ins in result.insecurities]
-    cf = result.counterfactual
-    if cf is not None:
-        out["counterfactual"] = {
-            "predicted": {"class_id": cf.predicted.class_id, "label": cf.predicted.label},
-            "counter": [{"class_id": c.class_id, "label": c.label} for c in cf.counter],
-            "strength": cf.strength, "complete": cf.complete, "query": _region_dict(cf.query),
-            "exemplars": [{"class_id": s.cls.class_id, "label": s.cls.label, "exemplar_key": s.exemplar_key,
-                           "missing_reason": s.missing_reason,
-                           "region": None if s.region is None else _region_dict(s.region)} for s in cf.exemplars],
-        }
+    for kind in Kind:
+        value = getattr(result, kind.value)
+        if value:
+            out.update(_DICT[kind.shape](kind, value, result))
     return out
+
+
+def _class_region_text(kind: Kind, side, result: Explanation) -> list[str]:
+    return [f"  {kind.value.replace('_', '-')}: {side.cls} (p {side.probability:.3f}), strength "
+            f"{side.region.strength:.3g}, {_percent(side.region, result)} of the image"]
+
+
+def _insecurities_text(kind: Kind, groups, result: Explanation) -> list[str]:
+    ranked = sorted((ins for group in groups.values() for ins in group), key=lambda ins: ins.strength, reverse=True)
+    return ["  insecurities (strongest first):"] + [
+        f"    {rank}. {' / '.join(ins.labels)}  strength {ins.strength:.3g}, {_percent(ins.region, result)} of the image"
+        for rank, ins in enumerate(ranked, start=1)]
+
+
+def _counterfactual_text(kind: Kind, cf, result: Explanation) -> list[str]:
+    counters = ", ".join(str(c) for c in cf.counter)
+    return [f"  counterfactual: why {cf.predicted} and not {counters}? strength {cf.strength:.3g}"
+            + ("" if cf.complete else " (incomplete: " + "; ".join(
+                f"{s.cls}: {s.missing_reason or 'no exemplar'}" for s in cf.exemplars if s.region is None) + ")")]
+
+
+def _class_region_dict(kind: Kind, side, result: Explanation) -> dict:
+    return {kind.value: {"class_id": side.cls.class_id, "label": side.cls.label, "probability": side.probability,
+                         **_region_dict(side.region)}}
+
+
+def _insecurities_dict(kind: Kind, groups, result: Explanation) -> dict:
+    ranked = sorted((ins for group in groups.values() for ins in group), key=lambda ins: ins.strength, reverse=True)
+    return {"insecurities": [{"class_ids": [c.class_id for c in ins.classes], "labels": list(ins.labels),
+                              **_region_dict(ins.region)} for ins in ranked]}
+
+
+def _counterfactual_dict(kind: Kind, cf, result: Explanation) -> dict:
+    return {kind.value: {
+        "predicted": {"class_id": cf.predicted.class_id, "label": cf.predicted.label},
+        "counter": [{"class_id": c.class_id, "label": c.label} for c in cf.counter],
+        "strength": cf.strength, "complete": cf.complete, "query": _region_dict(cf.query),
+        "exemplars": [{"class_id": s.cls.class_id, "label": s.cls.label, "exemplar_key": s.exemplar_key,
+                       "missing_reason": s.missing_reason,
+                       "region": None if s.region is None else _region_dict(s.region)} for s in cf.exemplars]}}
+
+
+# A kind's lines of the text summary and entries of the JSON summary, by its shape.
+_TEXT = {Shape.CLASS_REGION: _class_region_text, Shape.INSECURITIES: _insecurities_text,
+         Shape.COUNTERFACTUAL: _counterfactual_text}
+_DICT = {Shape.CLASS_REGION: _class_region_dict, Shape.INSECURITIES: _insecurities_dict,
+         Shape.COUNTERFACTUAL: _counterfactual_dict}
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from argparse import Namespace
+from dataclasses import replace
 from pathlib import Path
+
+from galore.errors import GaloreError, InvalidArgument
+
+from .status import EXIT_BAD_INPUT, EXIT_IMAGE_FAILED, EXIT_OK, CliError, set_threads
 
 TABLE_COVERAGES = (0.05, 0.1, 0.2, 0.3, 0.5)  # columns of the markdown table
 
@@ -118,7 +124,6 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def _coverages(text: str) -> tuple[float, ...]:
-    from galore.errors import InvalidArgument
     from galore.evaluate.proxy import COVERAGE_PRESETS
 
     if text in COVERAGE_PRESETS:
@@ -150,10 +155,6 @@ def settings_of(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from .cli_status import EXIT_BAD_INPUT, EXIT_IMAGE_FAILED, EXIT_OK, CliError, set_threads
-
-    from galore import Engine
-    from galore.errors import GaloreError
     from galore.evaluate.cub import read_cub
     from galore.evaluate.proxy import run_protocol, select_images
 
@@ -175,7 +176,6 @@ def run(args: argparse.Namespace) -> int:
         bar = _bar(total if not settings.hardest else min(total, settings.hardest), args.no_progress)
         student = None
         if args.student_arch:
-            from argparse import Namespace
             student = _engine(Namespace(arch=args.student_arch, state_dict=args.student_state_dict, layer=None,
                                         hardness_arch=None, hardness_state_dict=None, device=args.device),
                               settings.geometry, list(cub.class_names))
@@ -206,8 +206,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _engine(args: argparse.Namespace, geometry: str, labels: list[str]):
     """The classifier; for geometry "resize" its preprocessing resizes to the crop side, so it sees every pixel."""
-    from dataclasses import replace
-
     from galore import Engine, zoo
 
     if geometry == "crop":

@@ -22,8 +22,8 @@ from typing import Callable
 from galore.errors import InvalidArgument
 from galore.options import Attribution, Score, Target, choices, member
 
-from .proxy_cli import add_parser as add_proxy_parser
-from .synthetic_cli import add_parser as add_synthetic_parser
+from .proxy import add_parser as add_proxy_parser
+from .synthetic import add_parser as add_synthetic_parser
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
 POSTS = {"clip": (True, False), "minmax": (False, True), "clip+minmax": (True, True), "raw": (False, False)}

@@ -27,8 +27,14 @@ import os
 import platform
 import shutil
 import time
+from argparse import Namespace
 from dataclasses import asdict, replace
 from pathlib import Path
+
+from galore.errors import GaloreError, InvalidArgument
+
+from .proxy import _bar, _engine, markdown
+from .status import EXIT_BAD_INPUT, EXIT_IMAGE_FAILED, EXIT_OK, CliError, set_threads
 
 STEPS = ("all", "generate", "train", "evaluate")
 EXEMPLARS_PER_CLASS = 5
@@ -84,10 +90,6 @@ def configs(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from .cli_status import EXIT_BAD_INPUT, EXIT_IMAGE_FAILED, EXIT_OK, CliError, set_threads
-
-    from galore.errors import GaloreError
-
     set_threads(args.threads)
     out = Path(args.out)
     try:
@@ -119,7 +121,6 @@ def generate(data, root: Path, no_progress: bool) -> float | str:
     """Writes the data set unless ``root`` already holds this one; seconds taken, or "reused"."""
     from tqdm import tqdm
 
-    from galore.errors import InvalidArgument
     from galore.evaluate.synthetic import write_dataset
 
     if (root / "images.txt").is_file():
@@ -165,11 +166,7 @@ def exemplar_bank(cub, folder: Path, per_class: int = EXEMPLARS_PER_CLASS) -> No
 
 
 def _protocol(cub, arch: str, state_dict: Path, layer: str, settings, no_progress: bool):
-    from argparse import Namespace
-
     from galore.evaluate.proxy import run_protocol, select_images
-
-    from .proxy_cli import _bar, _engine
 
     engine = _engine(Namespace(arch=arch, state_dict=str(state_dict), layer=layer, hardness_arch=None,
                                hardness_state_dict=None, device=None), settings.geometry, list(cub.class_names))
@@ -191,8 +188,6 @@ def evaluate(data, training, out: Path, args: argparse.Namespace) -> bool:
     from galore.evaluate.synthetic import design
     from galore.evaluate.synthetic_truth import family_confusion, protocol_agreement
     from galore.options import ExplainOptions
-
-    from .proxy_cli import markdown
 
     cub = read_cub(out / "data")
     d = design(data)

@@ -1,11 +1,11 @@
-"""Builds the worker's engine from the handler config, and loads the archive's exemplar bank once."""
+"""Builds the worker's engine from the service config, and loads the archive's exemplar bank once."""
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-from galore.contract import DEFAULT_MODEL
 from galore.errors import InvalidArgument
+from galore.options import DEFAULT_MODEL
 
 from .config import HandlerConfig
 from .decode import DRAFT_OVERSAMPLE, decode_image

@@ -1,4 +1,5 @@
-"""The handler's configuration, read once from the archive's model-config yaml (``handler:`` section).
+"""The service's configuration, read once from the archive's model-config yaml (its ``handler:`` section), by
+either host.
 
 Example yaml (see model_store/build.py, which writes it)::
 
@@ -19,8 +20,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from galore.contract import DEFAULT_MODEL
 from galore.errors import InvalidArgument
+from galore.options import DEFAULT_MODEL
 from galore.options import DEFAULT_PRECISION, Precision
 
 

@@ -2,7 +2,7 @@
 
 Images are ``(H, W, 3)`` uint8 RGB; masks ``(H, W)`` bool in the same pixels; heatmaps ``(h, w)`` float on a
 feature grid covering ``crop_box`` = (x0, y0, x1, y1) of the image. Nothing here knows about GALORE; see
-``galore_client.report`` for the paper-style figures built from these pieces.
+``galore_cli.report`` for the paper-style figures built from these pieces.
 
 Example:
     >>> img = np.full((40, 60, 3), 128, np.uint8); mask = np.zeros((40, 60), bool); mask[10:30, 20:40] = True

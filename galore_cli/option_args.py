@@ -5,7 +5,7 @@ and every "(default ...)" from ``ExplainOptions()``, so a new enum value or a ch
 load tester without an edit here. Unset flags stay None and mean the engine default.
 
 ``FLAGS`` maps each galore.v1 ``ExplainOptions`` field to the flags that set it (the first is canonical);
-tests/client/test_option_coverage.py walks the proto descriptor against it.
+tests/client/test_contract.py walks the proto descriptor against it.
 """
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ import enum
 from dataclasses import fields
 
 from galore.options import ExplainOptions, Kind, Threshold, choices
-
-from .settings import ExplainSettings
+from galore_client.settings import ExplainSettings
 
 FLAGS: dict[str, tuple[str, ...]] = {
     "kinds": ("--kinds",),

@@ -1,8 +1,9 @@
-"""In-process explanations (``galore explain --local``): the service's own handler code, no server.
+"""In-process explanations (``galore explain --local``): the service core itself, no server.
 
 A call goes exactly the way a served one does, minus the network: ``ExplainSettings`` -> the galore.v1 request
-(``typed.settings_to_proto``) -> the handler's ``ExplainService`` (decode, limits, ``convert.to_options``, the
-engine, ``convert.image_explanation``) -> response bytes -> ``typed.explanation_from_proto``. So local and served
+(``typed.settings_to_proto``) -> a typed call to the service core's ``ExplainService.answer`` (decode, limits,
+``convert.to_options``, the engine, ``convert.image_explanation``) -> response bytes ->
+``typed.explanation_from_proto``. So local and served
 results are built by the same converters, and the CLI and the report treat them alike. Imports torch and the
 engine only when used.
 """
@@ -10,20 +11,20 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from galore.contract import DEFAULT_MODEL, RPC_KEY, Call
+from galore.options import DEFAULT_MODEL
 from galore_api.v1 import explainer_pb2 as pb
+from galore_client.client import build_request, checked, typed_explanation
+from galore_client.results import Explanation
+from galore_client.settings import ExplainSettings, ModelSummary
+from galore_client.typed import settings_to_proto, summary_from_proto
+from galore_wire.contract import MAX_ID_CHARS, Call
 
-from .client import build_request, checked, typed_explanation
 from .images import ImageFile
-from .results import Explanation
-from .settings import ExplainSettings, ModelSummary
-from .typed import settings_to_proto, summary_from_proto
-
-_MAX_ID_CHARS = 256
 
 
 class LocalBackend:
-    """The handler's ``ExplainService`` in this process, with the client's API: ``model_info``, ``explain``, ``close``.
+    """The service core's ``ExplainService`` in this process, with the client's API: ``model_info``, ``explain``,
+    ``close``.
 
     ``engine`` defaults to ``Engine.default(device)`` (EfficientNet-Lite0, weights from the installed package).
     Request-level problems raise ``GaloreClientError`` with the service's code; image-level ones become that
@@ -31,8 +32,8 @@ class LocalBackend:
     """
 
     def __init__(self, engine=None, device: str | None = None, name: str = DEFAULT_MODEL):
-        from handlers.config import HandlerConfig
-        from handlers.service import ExplainService
+        from galore_service.config import HandlerConfig
+        from galore_service.service import ExplainService
 
         if engine is None:
             from galore import Engine
@@ -52,17 +53,16 @@ class LocalBackend:
         """One Explanation per image, in order; ``exemplars`` maps a counter class (as in
         ``settings.counter_classes``) -> its exemplar image, shared by every image."""
         options = settings_to_proto(settings, {key: ex.data for key, ex in (exemplars or {}).items()})
-        request = build_request([img.data for img in images], options, [img.name[-_MAX_ID_CHARS:] for img in images])
+        request = build_request([img.data for img in images], options, [img.name[-MAX_ID_CHARS:] for img in images])
         response = pb.ExplainResponse.FromString(self._call(Call.EXPLAIN, request.SerializeToString()))
         checked(response, len(images))
         summary = self.model_info()
         return [typed_explanation(item, summary.labels, summary.input_size) for item in response.images]
 
     def _call(self, call: Call, body: bytes) -> bytes:
-        from handlers.metrics import WorkerMetrics
+        from galore_service.calls import Request
 
-        [answer] = self.service.answer_batch([{RPC_KEY: call.value.encode(), "body": body}], None,
-                                             WorkerMetrics(self.service.model_name))
+        [answer] = self.service.answer([Request(rpc=call, body=body)])
         return answer.body
 
     def close(self) -> None:

@@ -22,6 +22,10 @@ import json
 from dataclasses import asdict, fields
 from pathlib import Path
 
+from galore.errors import GaloreError, InvalidArgument, ModelError
+
+from .status import EXIT_BAD_INPUT, EXIT_OK, CliError, set_threads
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
@@ -89,8 +93,6 @@ class ImageFiles:
 
 
 def image_folder(root: Path, labels: list[str]) -> list[tuple[Path, int]]:
-    from galore.errors import InvalidArgument
-
     if not root.is_dir():
         raise InvalidArgument("data", f"{root} is not a folder")
     index = {label: i for i, label in enumerate(labels)}
@@ -108,7 +110,6 @@ def classifier_of(args, labels: list[str] | None):
     """(model, labels, preprocess) of the frozen classifier the flags name; a bad flag raises InvalidArgument
     naming it (e.g. "--labels")."""
     from galore import zoo
-    from galore.errors import InvalidArgument, ModelError
 
     if args.arch is None:
         if args.state_dict or args.labels:
@@ -131,9 +132,6 @@ def classifier_of(args, labels: list[str] | None):
 
 
 def run(args: argparse.Namespace) -> int:
-    from .cli_status import EXIT_BAD_INPUT, EXIT_OK, CliError, set_threads
-
-    from galore.errors import GaloreError
     from galore.hardness_training import HardnessTraining, split_indices, train_hardness
 
     set_threads(args.threads)

@@ -1,6 +1,6 @@
 """The command line's exit statuses, its error and the shared ``--threads`` option: one home, imported by
-``galore_client.cli`` and every sub-command module (evaluate, proxy, synthetic, train-hardness), so none of them
-imports ``cli`` back."""
+``galore_cli.main`` and every sub-command module (evaluate, proxy, synthetic, train-hardness), so none of them
+imports ``main`` back."""
 from __future__ import annotations
 
 EXIT_OK, EXIT_IMAGE_FAILED, EXIT_BAD_INPUT, EXIT_UNAVAILABLE, EXIT_SERVICE_ERROR = 0, 1, 2, 3, 4

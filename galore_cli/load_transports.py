@@ -3,7 +3,7 @@
 The sender runs one ready ``ExplainRequest`` through the client's own transport clients (``GrpcClient`` /
 ``RestClient`` of ``galore_client.client``, the same stack as ``galore explain`` and ``GaloreClient``) and turns
 the answer into an ``Outcome``: the request-level code name and the code name of every image (names from
-galore/errors.py STATUS_TABLE, or "HTTP_<status>" when TorchServe itself refused before the handler answered).
+galore_wire/status.py STATUS_TABLE, or "HTTP_<status>" when TorchServe itself refused before the handler answered).
 """
 from __future__ import annotations
 
@@ -17,12 +17,11 @@ from typing import Mapping
 from PIL import Image as PILImage
 
 from galore_api.v1 import explainer_pb2
-
-from .client import GrpcClient, RestClient
-from .client import build_request as build_explain_request
-from .errors import GaloreClientError
-from .settings import ExplainSettings
-from .typed import settings_to_proto
+from galore_client.client import GrpcClient, RestClient
+from galore_client.client import build_request as build_explain_request
+from galore_client.errors import GaloreClientError
+from galore_client.settings import ExplainSettings
+from galore_client.typed import settings_to_proto
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 SAMPLE_PHOTOS = ("chelsea", "astronaut", "coffee", "rocket")  # skimage.data RGB photos shipped in its wheel

@@ -1,7 +1,7 @@
 """Load tester: closed-loop concurrency or fixed arrival rate, over gRPC (gateway) or REST (TorchServe).
 
-    python -m galore_client.loadtest --transport grpc --target 127.0.0.1:50051 --concurrency 4 --count 200
-    python -m galore_client.loadtest --transport rest --target 127.0.0.1:8080 --rate 5 --duration 60 \\
+    python -m galore_cli.loadtest --transport grpc --target 127.0.0.1:50051 --concurrency 4 --count 200
+    python -m galore_cli.loadtest --transport rest --target 127.0.0.1:8080 --rate 5 --duration 60 \\
         --kinds deliberative --json out.json
 
 Closed loop (default): ``--concurrency`` workers each send the next request as soon as their previous one is
@@ -27,16 +27,16 @@ from dataclasses import dataclass, field, fields
 from google.protobuf import json_format
 from tqdm import tqdm
 
-from galore.contract import DEFAULT_GRPC_ADDRESS, DEFAULT_MODEL, DEFAULT_REST_ADDRESS, DEFAULT_TIMEOUT_S
 from galore.errors import InvalidArgument
-from galore.options import Kind
+from galore.options import DEFAULT_MODEL, Kind
+from galore_client.settings import ExplainSettings
+from galore_client.typed import settings_to_proto
+from galore_wire.contract import DEFAULT_GRPC_ADDRESS, DEFAULT_REST_ADDRESS, DEFAULT_TIMEOUT_S
 
 from .load_report import LoadSummary, format_report, summarize
 from .load_transports import (LoadTestError, build_request, check_loopback, folder_images, open_sender,
                               read_counters, sample_images, split_target)
 from .option_args import add_option_arguments, flag_for, settings_from_args
-from .settings import ExplainSettings
-from .typed import settings_to_proto
 
 DEFAULT_TARGETS = {"grpc": DEFAULT_GRPC_ADDRESS, "rest": DEFAULT_REST_ADDRESS}
 
@@ -228,7 +228,7 @@ def run_loadtest(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m galore_client.loadtest", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m galore_cli.loadtest", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_arguments(parser)
     return run_loadtest(parser.parse_args(argv))

@@ -1,9 +1,9 @@
-"""Worker-side metrics: their names, and one emitter per host.
+"""Worker-side metrics: their names, and the emitter interface each host implements.
 
-The names are the one home for both hosts. TorchServe: every name must be declared in
-deploy/torchserve/metrics.yaml (TorchServe silently drops undeclared custom metrics); they appear on TorchServe's
-metrics endpoint (metrics_mode=prometheus) with an extra ``Hostname`` label. KServe: galore_kserve/metrics.py
-registers them with prometheus_client, served on the KServe host's ``/metrics``. Gateway-side metrics live in
+The names are the one home for both hosts. TorchServe (its emitter: ``TorchServeMetrics`` in
+handlers/galore_handler.py): every name must be declared in deploy/torchserve/metrics.yaml (TorchServe silently
+drops undeclared custom metrics); they appear on TorchServe's metrics endpoint (metrics_mode=prometheus) with an
+extra ``Hostname`` label. KServe: galore_kserve/metrics.py registers them with prometheus_client, served on the KServe host's ``/metrics``. Gateway-side metrics live in
 galore_gateway/metrics.py.
 """
 from __future__ import annotations
@@ -31,8 +31,8 @@ class MetricKind(enum.Enum):
 
 
 class WorkerMetrics:
-    """What the service records per batch. This base records nothing (the in-process ``--local`` backend); a host
-    subclasses ``_record``. A metrics failure is logged, never fails a request."""
+    """What the service records per batch. This base records nothing (``--local``, tests); a host subclasses
+    ``_record``. A metrics failure is logged, never fails a request."""
 
     def __init__(self, model: str):
         self._model = model
@@ -69,18 +69,3 @@ class WorkerMetrics:
         if count:
             self._emit(EXEMPLAR_CACHE_TOTAL, MetricKind.COUNTER, count, [result])
 
-
-class TorchServeMetrics(WorkerMetrics):
-    """Emits through TorchServe's ``context.metrics``."""
-
-    def __init__(self, context, model: str):
-        super().__init__(model)
-        self._store = getattr(context, "metrics", None)
-
-    def _record(self, name: str, kind: MetricKind, value: float, labels: list[str]) -> None:
-        if self._store is None:
-            return
-        from ts.metrics.metric_type_enum import MetricTypes
-
-        metric_type = MetricTypes.COUNTER if kind is MetricKind.COUNTER else MetricTypes.HISTOGRAM
-        self._store.get_metric(name, metric_type).add_or_update(value, [self._model, *labels])
