@@ -65,30 +65,12 @@ class Rule:
     def expand(self, n: int) -> "Rule":
         return Rule(self.k.expand(n), self.absolute.expand(n), None, self.k_max, self.any_absolute)
 
-    def grouped(self, scale_group: torch.Tensor) -> "Rule":
-        return Rule(self.k, self.absolute, scale_group, self.k_max, self.any_absolute)
-
     def to(self, device: torch.device) -> "Rule":
         group = None if self.scale_group is None else self.scale_group.to(device)
         return Rule(self.k.to(device), self.absolute.to(device), group, self.k_max, self.any_absolute)
 
     def groups(self) -> torch.Tensor:
         return torch.arange(len(self.k), device=self.k.device) if self.scale_group is None else self.scale_group
-
-    @staticmethod
-    def cat(rules: list["Rule"]) -> "Rule":
-        """Rules of several images in one; scale groups stay apart (renumbered). Reads each rule's group ids on the
-        host (one sync per rule): not for the hot path."""
-        groups, base = [], 0
-        for r in rules:
-            g = r.groups()
-            groups.append(g + base)
-            base += int(g.max()) + 1 if len(g) else 0
-        known = all(r.k_max is not None for r in rules)
-        return Rule(torch.cat([r.k for r in rules]), torch.cat([r.absolute for r in rules]),
-                    torch.cat(groups) if groups else None,
-                    max((r.k_max for r in rules), default=0) if known else None,
-                    None if any(r.any_absolute is None for r in rules) else any(r.any_absolute for r in rules))
 
 
 @dataclass(frozen=True)
