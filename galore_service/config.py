@@ -4,7 +4,7 @@ either host.
 Example yaml (see model_store/build.py, which writes it)::
 
     handler:
-      model: efficientnet_lite0      # or a torchvision architecture name, e.g. resnet50
+      model: efficientnet_lite0      # efficientnet_lite0/1/2 (galore.zoo.LITE_MODELS) or a torchvision arch
       state_dict: weights.pt          # torchvision only: file in the archive, loaded with weights_only=True
       labels: labels.txt              # torchvision only: one label per line, in class-id order
       layer: null                     # feature layer F; null: the engine's default for the architecture

@@ -5,7 +5,6 @@ import logging
 from pathlib import Path
 
 from galore.errors import InvalidArgument
-from galore.options import DEFAULT_MODEL
 
 from .config import HandlerConfig
 from .decode import DRAFT_OVERSAMPLE, decode_image
@@ -23,11 +22,14 @@ def read_labels(path: str) -> list[str]:
 
 
 def build_engine(config: HandlerConfig, device: str):
-    """``galore.Engine`` for ``config.model``: the default EfficientNet-Lite0 or a torchvision classifier."""
+    """``galore.Engine`` for ``config.model``: an ImageNet EfficientNet-Lite (``galore.zoo.LITE_MODELS``; the
+    default is Lite0) or a torchvision classifier."""
     from galore import Engine
+    from galore.zoo import LITE_MODELS
 
-    if config.model == DEFAULT_MODEL and config.state_dict is None:
-        engine = Engine.default(device=device, working_grid=config.working_grid, precision=config.precision)
+    if config.model in LITE_MODELS and config.state_dict is None:
+        engine = Engine.lite(config.model, device=device, working_grid=config.working_grid,
+                             precision=config.precision)
     else:
         if config.labels is None:
             raise InvalidArgument("handler.labels", f"a label file is required for {config.model}")

