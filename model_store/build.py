@@ -180,8 +180,8 @@ def main(argv=None) -> None:
                        help=f"backbone precision (default {DEFAULT_PRECISION.value}; auto: bf16 where the worker's "
                             "hardware supports it); head and gradients stay fp32")
     sub.choices["default"].add_argument("--model", default=DEFAULT_MODEL,
-                                        help=f"ImageNet EfficientNet-Lite: efficientnet_lite0 (default), "
-                                             "efficientnet_lite1 or efficientnet_lite2")
+                                        help="ImageNet EfficientNet-Lite, a key of galore.zoo.LITE_MODELS: "
+                                             "efficientnet_lite0 (default), efficientnet_lite1, efficientnet_lite2")
     tv = sub.choices["torchvision"]
     tv.add_argument("--arch", required=True, help="torchvision architecture, e.g. resnet50")
     tv.add_argument("--state-dict", type=Path, required=True, help="state dict (.pt), loaded with weights_only=True")
