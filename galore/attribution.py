@@ -236,9 +236,9 @@ def gradient_hessian_piecewise_linear(head: nn.Module, of_logits: LogitsFn, F: t
     F_k (J^T S u)_k take the transposed products of S u (only with ``split_last``).
 
     The u come from ``_tangents_through_first_linear`` where the head starts with channel-wise operations and a Linear
-    (VGG16: max pool, average pool, flatten, Linear), else from one forward-mode product per location through the whole
-    head (``_tangents_by_jvp``, ``locations_per_pass`` at a time; default: as many as keep the tangents within
-    TANGENT_VALUES)."""
+    (VGG16: max pool, average pool, flatten, Linear), else (or when ``locations_per_pass`` is given) from one
+    forward-mode product per location through the whole head (``_tangents_by_jvp``, ``locations_per_pass`` at a time;
+    default: as many as keep the tangents within TANGENT_VALUES)."""
     R, D, h, w = F.shape
     L = h * w
     ids = torch.arange(R, device=F.device)
@@ -383,8 +383,8 @@ def first_linear(head: nn.Module) -> tuple[nn.Module, nn.Linear, nn.Module] | No
         gm = head if isinstance(head, torch.fx.GraphModule) else torch.fx.symbolic_trace(head)
         modules = dict(gm.named_modules())
         nodes = list(gm.graph.nodes)
-        at = next((i for i, n in enumerate(nodes) if n.op == "call_module" and isinstance(modules[n.target], nn.Linear)),
-                  None)
+        at = next((i for i, n in enumerate(nodes)
+                   if n.op == "call_module" and isinstance(modules[n.target], nn.Linear)), None)
         if at is not None and nodes[0].op == "placeholder" and all(n.op != "get_attr" for n in nodes):
             before, lin, after = nodes[1:at], nodes[at], nodes[at + 1:-1]
             channelwise = all(_allowed(_op(n, modules), n) and (

@@ -1,6 +1,7 @@
 """Gradient-Hessian on a piecewise-linear head by its structure (u^T S u, u = J F_ij through the first Linear, or by
-one forward-mode product per location) equals the general double-backward path, on the heads of VGG16, ResNet-50 (piecewise linear) and MobileNetV3-Large
-(hardswish: the general path stays), for logit and probability targets with a score column, as the engine asks."""
+one forward-mode product per location) equals the general double-backward path, on the heads of VGG16, ResNet-50
+(piecewise linear) and MobileNetV3-Large (hardswish: the general path stays), for logit and probability targets with
+a score column, as the engine asks."""
 from __future__ import annotations
 
 from functools import lru_cache
@@ -70,7 +71,8 @@ def test_the_first_linear_split_reads_each_head():
     """VGG16 (max pool, average pool, flatten, Linear) and ResNet-50 (average pool, flatten, fc) split at their first
     Linear; MobileNetV3 is not piecewise linear, and a convolution before the Linear mixes channels."""
     assert [first_linear(head_of(a)[1]) is not None for a in ARCHS] == [True, True, False]
-    assert first_linear(torch.nn.Sequential(torch.nn.Conv2d(4, 4, 1), torch.nn.Flatten(), torch.nn.Linear(16, 3))) is None
+    mixing = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 1), torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    assert first_linear(mixing) is None
 
 
 def test_overlapping_pooling_before_the_first_linear_equals_the_double_backward():
