@@ -184,10 +184,7 @@ def _check(head: nn.Module) -> tuple[bool, bool]:
 
 
 def _is_kink(op) -> bool:
-    try:
-        return op in KINK_TARGETS
-    except TypeError:  # unhashable target
-        return False
+    return _is_in(op, KINK_TARGETS)
 
 
 def _op(node: torch.fx.Node, modules: dict[str, nn.Module]):
@@ -234,11 +231,14 @@ def gradient_hessian_piecewise_linear(head: nn.Module, of_logits: LogitsFn, F: t
     """``gradient_hessian`` for a head whose logits z(F) are piecewise linear (``piecewise_linear``): their Hessian
     vanishes almost everywhere, so the Hessian of a target g(z(F)) is J^T S J, J = dz/dF and S = d^2 g / dz^2 (C x C),
     and the quadratic term of NeurIPS 2019 eq. (2) at location (i, j) is F_ij^T H_ij F_ij = u^T S u with u = J F_ij,
-    F restricted to (i, j): one forward-mode product per location (batched, ``locations_per_pass`` at a time;
-    default: as many as keep the tangents within TANGENT_VALUES),
-    then the second directional derivative of g along u (C-dimensional, cheap). A logit target has S = 0 and gets
-    gradient x activation exactly. The last target's per-channel terms F_k (H F)_k = F_k (J^T S u)_k take one
-    batched vector-Jacobian product of S u per location (only with ``split_last``)."""
+    F restricted to (i, j), then the second directional derivative of g along u (C-dimensional, cheap). A logit
+    target has S = 0 and gets gradient x activation exactly. The last target's per-channel terms F_k (H F)_k =
+    F_k (J^T S u)_k take the transposed products of S u (only with ``split_last``).
+
+    The u come from ``_tangents_through_first_linear`` where the head starts with channel-wise operations and a Linear
+    (VGG16: max pool, average pool, flatten, Linear), else (or when ``locations_per_pass`` is given) from one
+    forward-mode product per location through the whole head (``_tangents_by_jvp``, ``locations_per_pass`` at a time;
+    default: as many as keep the tangents within TANGENT_VALUES)."""
     R, D, h, w = F.shape
     L = h * w
     ids = torch.arange(R, device=F.device)
@@ -248,39 +248,174 @@ def gradient_hessian_piecewise_linear(head: nn.Module, of_logits: LogitsFn, F: t
         values = of_logits(logits, ids)  # (R, T)
     grads = batched_vjp([values], [leaf], retain_graph=split_last)[0]  # (R, T, D, h, w)
     T = values.shape[1]
-    locations_per_pass = locations_per_pass or max(1, min(L, TANGENT_VALUES // max(1, R * D * L)))
-    Fd = F.detach().reshape(R, D, L)
+    split = first_linear(head)
+    if split is not None and locations_per_pass is None:
+        pieces = _tangents_through_first_linear(*split, F, logits.detach())
+    else:
+        per_pass = locations_per_pass or max(1, min(L, TANGENT_VALUES // max(1, R * D * L)))
+        pieces = _tangents_by_jvp(head, F, logits, leaf, per_pass)
     quad = torch.zeros(R, T, L, device=F.device, dtype=F.dtype)  # u^T S_t u per location
     quad_last = torch.zeros(R, D, L, device=F.device, dtype=F.dtype)  # F_k (J^T S_last u)_k
-    for start in range(0, L, locations_per_pass):
-        locs = torch.arange(start, min(start + locations_per_pass, L), device=F.device)
+    for rows, locs, z, u, back in pieces:  # location locs[n] of row rows[n]: z, u (n, C)
+
+        def g(lg: torch.Tensor) -> torch.Tensor:
+            return of_logits(lg, rows)
+
+        def along_u(lg: torch.Tensor) -> torch.Tensor:
+            return torch.func.jvp(g, (lg,), (u,))[1]
+
+        quad[rows, :, locs] = torch.func.jvp(along_u, (z,), (u,))[1]  # (n, T): u^T S_t u
+        if split_last:
+            s_u = torch.func.jvp(torch.func.grad(lambda lg: g(lg)[:, -1].sum()), (z,), (u,))[1]  # (n, C)
+            quad_last[rows, :, locs] = back(s_u)
+    maps = (grads * F[:, None]).sum(2) + 0.5 * quad.reshape(R, T, h, w)
+    if not split_last:
+        return maps
+    return maps, grads[:, -1] * F + 0.5 * quad_last.reshape(R, D, h, w)
+
+
+def _tangents_by_jvp(head: nn.Module, F: torch.Tensor, logits: torch.Tensor, leaf: torch.Tensor, per_pass: int):
+    """u = J F_ij for ``per_pass`` locations at a time by forward-mode products through the whole head; yields
+    (rows, locations, z, u, back) with back(v) = F_k (J^T v)_k at each one's own location, (n, C) -> (n, D)."""
+    R, D, h, w = F.shape
+    L = h * w
+    Fd = F.detach().reshape(R, D, L)
+    for start in range(0, L, per_pass):
+        locs = torch.arange(start, min(start + per_pass, L), device=F.device)
         K = locs.numel()
         tangent = torch.zeros(K, R, D, L, device=F.device, dtype=F.dtype)  # F at one location each
         tangent[torch.arange(K, device=F.device), :, :, locs] = Fd[:, :, locs].permute(2, 0, 1)
         primal = F.detach().repeat(K, 1, 1, 1)  # (K*R, D, h, w), row k*R + r = F[r]
         z, u = torch.func.jvp(head, (primal,), (tangent.reshape(K * R, D, h, w),))  # (K*R, C) each
-        rows = ids.repeat(K)
 
-        def g(logits: torch.Tensor) -> torch.Tensor:
-            return of_logits(logits, rows)
-
-        def along_u(logits: torch.Tensor) -> torch.Tensor:
-            return torch.func.jvp(g, (logits,), (u,))[1]
-
-        z, u = z.detach(), u.detach()
-        q = torch.func.jvp(along_u, (z,), (u,))[1]  # (K*R, T): u^T S_t u
-        quad[:, :, locs] = q.reshape(K, R, T).permute(1, 2, 0)
-        if split_last:
-            s_u = torch.func.jvp(torch.func.grad(lambda lg: g(lg)[:, -1].sum()), (z,), (u,))[1]  # (K*R, C)
+        def back(v: torch.Tensor, locs=locs, K=K) -> torch.Tensor:
             with torch.enable_grad():
-                (back,) = torch.autograd.grad(logits, leaf, grad_outputs=s_u.reshape(K, R, -1),
-                                              is_grads_batched=True, retain_graph=True)  # (K, R, D, h, w)
-            back = back.reshape(K, R, D, L)[torch.arange(K, device=F.device), :, :, locs]  # (K, R, D)
-            quad_last[:, :, locs] = (back * Fd[:, :, locs].permute(2, 0, 1)).permute(1, 2, 0)
-    maps = (grads * F[:, None]).sum(2) + 0.5 * quad.reshape(R, T, h, w)
-    if not split_last:
-        return maps
-    return maps, grads[:, -1] * F + 0.5 * quad_last.reshape(R, D, h, w)
+                (out,) = torch.autograd.grad(logits, leaf, grad_outputs=v.reshape(K, R, -1),
+                                             is_grads_batched=True, retain_graph=True)  # (K, R, D, h, w)
+            out = out.reshape(K, R, D, L)[torch.arange(K, device=F.device), :, :, locs]  # (K, R, D)
+            return (out * Fd[:, :, locs].permute(2, 0, 1)).reshape(K * R, D)
+        yield (torch.arange(R, device=F.device).repeat(K), locs.repeat_interleave(R), z.detach(), u.detach(), back)
+
+
+def _tangents_through_first_linear(pre: nn.Module, linear: nn.Linear, tail: nn.Module, F: torch.Tensor,
+                                   logits: torch.Tensor):
+    """u = J F_ij for all locations of one row at a time, for a head tail(linear(pre(F))) with ``pre`` channel-wise
+    (``first_linear``). The tangent of F_ij after ``pre`` touches only the positions p its pooling windows reach
+    (max pooling: with the primal's argmax), so linear's tangents are, for each p, the few locations reaching it times
+    W[:, :, p] (O x D): one batched product over the positions, about the cost of ONE dense product W x. The
+    (L, O) tangents then go through ``tail`` in one batched forward-mode product at the primal (its ReLU pattern).
+    Yields as ``_tangents_by_jvp``, one row at a time."""
+    R, D, h, w = F.shape
+    L = h * w
+    Fd = F.detach()
+    eye_locs = torch.arange(L, device=F.device)
+    for r in range(R):
+        with torch.no_grad():
+            x = pre(Fd[r:r + 1])  # (1, M)
+            y1 = linear(x)  # (1, O)
+        M = x.shape[-1]
+        if x.dim() != 2 or M % D or linear.weight.shape[1] != M:
+            raise ValueError(f"first_linear: pre gives {tuple(x.shape)}, not (1, {D} x positions)")
+        P = M // D
+        Q = torch.empty(L, M, device=F.device, dtype=F.dtype)  # Q[l] = pre's tangent along F restricted to l
+        per_pass = max(1, TANGENT_VALUES // (D * L))
+        for start in range(0, L, per_pass):
+            locs = eye_locs[start:start + per_pass]
+            tangent = torch.zeros(locs.numel(), D, L, device=F.device, dtype=F.dtype)
+            tangent[torch.arange(locs.numel(), device=F.device), :, locs] = Fd[r].reshape(D, L)[:, locs].T
+            Q[locs] = torch.func.vmap(lambda t: torch.func.jvp(pre, (Fd[r:r + 1],), (t[None],))[1][0])(
+                tangent.reshape(-1, D, h, w))
+        Q = Q.reshape(L, D, P)
+        reach = Q.ne(0).any(1).T  # (P, L): location l's tangent reaches position p
+        K = int(reach.sum(1).max())
+        near = reach.to(F.dtype).topk(max(K, 1), dim=1).indices  # (P, K) locations reaching each position
+        Qn = Q.permute(2, 0, 1).gather(1, near[..., None].expand(-1, -1, D))  # (P, K, D)
+        Wp = _by_position(linear, D)  # (P, D, O)
+        t1 = torch.zeros(L, Wp.shape[-1], device=F.device, dtype=F.dtype).index_add_(
+            0, near.reshape(-1), torch.bmm(Qn, Wp).reshape(-1, Wp.shape[-1]))  # (L, O)
+        def at(y: torch.Tensor) -> torch.Tensor:
+            return tail(y.clone())  # the tail may apply ReLU in place
+
+        u = torch.func.vmap(lambda t: torch.func.jvp(at, (y1,), (t[None],))[1][0])(t1)  # (L, C)
+
+        def back(v: torch.Tensor, at=at, y1=y1, near=near, Qn=Qn, Wp=Wp) -> torch.Tensor:
+            _, vjp = torch.func.vjp(at, y1)
+            s = torch.func.vmap(lambda c: vjp(c[None])[0][0])(v)  # (L, O): tail^T v
+            G = torch.bmm(s[near], Wp.transpose(1, 2)) * Qn  # (P, K, D)
+            return torch.zeros(L, D, device=F.device, dtype=F.dtype).index_add_(0, near.reshape(-1), G.reshape(-1, D))
+        yield (torch.full((L,), r, device=F.device), eye_locs, logits[r:r + 1].expand(L, -1).clone(), u.detach(), back)
+
+
+_BY_POSITION: "weakref.WeakKeyDictionary[nn.Linear, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _by_position(linear: nn.Linear, D: int) -> torch.Tensor:
+    """linear's weight (O, D x P) laid out by input position, (P, D, O) contiguous, so that each position's (D, O)
+    block is one dense matrix. Relaying out costs seconds (a strided transpose): cached per Linear while its weight
+    is unchanged, at the cost of a second copy of the weight (VGG16's first Linear: 411 MB in float32)."""
+    weight = linear.weight
+    key = (weight.data_ptr(), weight._version, D, weight.dtype)
+    known = _BY_POSITION.get(linear)
+    if known is None or known[0] != key:
+        with torch.no_grad():
+            known = (key, weight.detach().reshape(weight.shape[0], D, -1).permute(2, 1, 0).contiguous())
+        _BY_POSITION[linear] = known
+    return known[1]
+
+
+# Channel-wise operations (each output channel a function of the same input channel, no mixing) a head may apply to F
+# before its first Linear for ``first_linear`` to split it there.
+CHANNELWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
+                       nn.Flatten, nn.Identity, nn.Dropout, nn.BatchNorm2d)
+CHANNELWISE_TARGETS = {torch.flatten, torch.relu, nn.functional.relu, nn.functional.adaptive_avg_pool2d,
+                       nn.functional.avg_pool2d, nn.functional.max_pool2d, "clone", "flatten", "relu", "contiguous"}
+_SPLITS: "weakref.WeakKeyDictionary[nn.Module, tuple | None]" = weakref.WeakKeyDictionary()
+
+
+def first_linear(head: nn.Module) -> tuple[nn.Module, nn.Linear, nn.Module] | None:
+    """A piecewise-linear head (``piecewise_linear``) split as tail(linear(pre(F))) at the first Linear of its traced
+    graph, where everything before it is channel-wise (CHANNELWISE_*, allow-listed as ``_allowed``) and nothing after
+    it reads a value from before it; None otherwise. Cached per head in eval mode."""
+    if head in _SPLITS and not head.training:
+        return _SPLITS[head]
+    split = None
+    if piecewise_linear(head):
+        gm = head if isinstance(head, torch.fx.GraphModule) else torch.fx.symbolic_trace(head)
+        modules = dict(gm.named_modules())
+        nodes = list(gm.graph.nodes)
+        at = next((i for i, n in enumerate(nodes)
+                   if n.op == "call_module" and isinstance(modules[n.target], nn.Linear)), None)
+        if at is not None and nodes[0].op == "placeholder" and all(n.op != "get_attr" for n in nodes):
+            before, lin, after = nodes[1:at], nodes[at], nodes[at + 1:-1]
+            channelwise = all(_allowed(_op(n, modules), n) and (
+                isinstance(_op(n, modules), CHANNELWISE_MODULES) if n.op == "call_module" else
+                _is_in(_op(n, modules), CHANNELWISE_TARGETS)) for n in before)
+            inside = set(after) | {lin}
+            if (channelwise and len(lin.args) == 1 and not lin.kwargs and lin.args[0] in set(before) | {nodes[0]}
+                    and all(set(n.all_input_nodes) <= inside for n in after + [nodes[-1]])
+                    and len(nodes[-1].all_input_nodes) == 1):
+                split = (_subgraph(gm, nodes[0], before, lin.args[0]), modules[lin.target],
+                         _subgraph(gm, lin, after, nodes[-1].all_input_nodes[0]))
+    _SPLITS[head] = split
+    return split
+
+
+def _is_in(op, targets: set) -> bool:
+    try:
+        return op in targets
+    except TypeError:  # unhashable target
+        return False
+
+
+def _subgraph(gm: torch.fx.GraphModule, start: torch.fx.Node, nodes: list[torch.fx.Node], end: torch.fx.Node
+              ) -> torch.fx.GraphModule:
+    """The part of gm's graph from ``start`` (its input) through ``nodes`` to ``end`` (its output), as a module."""
+    graph = torch.fx.Graph()
+    env = {start: graph.placeholder("x")}
+    for n in nodes:
+        env[n] = graph.node_copy(n, lambda a: env[a])
+    graph.output(env[end])
+    return torch.fx.GraphModule(gm, graph)
 
 
 GRADIENT_ONLY = (Attribution.GRADIENT_X_ACTIVATION, Attribution.GRAD_CAM)  # need only d fn / d F at F itself

@@ -1,6 +1,7 @@
-"""Gradient-Hessian on a piecewise-linear head by its structure (u^T S u, one forward-mode product per location)
-equals the general double-backward path, on the heads of VGG16, ResNet-50 (piecewise linear) and MobileNetV3-Large
-(hardswish: the general path stays), for logit and probability targets with a score column, as the engine asks."""
+"""Gradient-Hessian on a piecewise-linear head by its structure (u^T S u, u = J F_ij through the first Linear, or by
+one forward-mode product per location) equals the general double-backward path, on the heads of VGG16, ResNet-50
+(piecewise linear) and MobileNetV3-Large (hardswish: the general path stays), for logit and probability targets with
+a score column, as the engine asks."""
 from __future__ import annotations
 
 from functools import lru_cache
@@ -9,7 +10,7 @@ import pytest
 import torch
 import torchvision
 
-from galore.attribution import (attribute, gradient_hessian, gradient_hessian_piecewise_linear,
+from galore.attribution import (attribute, first_linear, gradient_hessian, gradient_hessian_piecewise_linear,
                                 piecewise_linear)
 from galore.confidence import SELF_REFERENTIAL, class_values
 from galore.model import split_classifier
@@ -47,7 +48,8 @@ def test_the_allow_list_reads_each_head(head):
 
 @pytest.mark.parametrize("arch", [a for a, linear in ARCHS.items() if linear])
 @pytest.mark.parametrize("target", [Target.LOGIT, Target.PROBABILITY])
-def test_structured_gradient_hessian_equals_the_double_backward(arch, target):
+@pytest.mark.parametrize("per_pass", [None, 4])  # None: through the first Linear; 4: per-location jvp
+def test_structured_gradient_hessian_equals_the_double_backward(arch, target, per_pass):
     _, module, D = head_of(arch)
     F = torch.rand(2, D, 3, 3, generator=torch.Generator().manual_seed(1)) * 2
     of_logits = values_of(target)
@@ -55,13 +57,39 @@ def test_structured_gradient_hessian_equals_the_double_backward(arch, target):
     def fn(f, ids):
         return of_logits(module(f), ids)
     ref, ref_last = gradient_hessian(fn, F, split_last=True)
-    got, got_last = gradient_hessian_piecewise_linear(module, of_logits, F, locations_per_pass=4, split_last=True)
+    got, got_last = gradient_hessian_piecewise_linear(module, of_logits, F, locations_per_pass=per_pass,
+                                                       split_last=True)
     scale = ref.abs().max()
     assert torch.allclose(got, ref, atol=1e-4 * scale, rtol=1e-4)
     assert torch.allclose(got_last, ref_last, atol=1e-4 * ref_last.abs().max(), rtol=1e-4)
     if target is Target.LOGIT:  # the classes' quadratic term is exactly zero: gradient x activation
         gxa = attribute(Attribution.GRADIENT_X_ACTIVATION, fn, F)
         assert torch.allclose(got[:, :-1], gxa[:, :-1], atol=1e-6 * scale)
+
+
+def test_the_first_linear_split_reads_each_head():
+    """VGG16 (max pool, average pool, flatten, Linear) and ResNet-50 (average pool, flatten, fc) split at their first
+    Linear; MobileNetV3 is not piecewise linear, and a convolution before the Linear mixes channels."""
+    assert [first_linear(head_of(a)[1]) is not None for a in ARCHS] == [True, True, False]
+    mixing = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 1), torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    assert first_linear(mixing) is None
+
+
+def test_overlapping_pooling_before_the_first_linear_equals_the_double_backward():
+    """Overlapping max-pooling windows (3 x 3, stride 2, padded): a location reaches several positions."""
+    torch.manual_seed(4)
+    module = torch.nn.Sequential(torch.nn.MaxPool2d(3, 2, padding=1), torch.nn.Flatten(), torch.nn.Linear(4 * 9, 16),
+                                 torch.nn.ReLU(inplace=True), torch.nn.Dropout(), torch.nn.Linear(16, 10)).eval()
+    assert first_linear(module) is not None
+    F = torch.randn(2, 4, 6, 6, generator=torch.Generator().manual_seed(5))
+    of_logits = values_of(Target.PROBABILITY)
+
+    def fn(f, ids):
+        return of_logits(module(f), ids)
+    ref, ref_last = gradient_hessian(fn, F, split_last=True)
+    got, got_last = gradient_hessian_piecewise_linear(module, of_logits, F, split_last=True)
+    assert torch.allclose(got, ref, atol=1e-4 * ref.abs().max(), rtol=1e-4)
+    assert torch.allclose(got_last, ref_last, atol=1e-4 * ref_last.abs().max(), rtol=1e-4)
 
 
 def test_dispatch_takes_the_general_path_off_the_allow_list(head):
