@@ -8,7 +8,9 @@ images whose ground truth is known by construction; galore.evaluate.synthetic).
             DIR/model (checkpoint.pt every epoch, weights.pt, labels.txt, report.json, exemplars/: the exemplar bank
             for model_store.build, taken from the training split);
   evaluate  runs `galore evaluate proxy`'s protocol on the test split into DIR/proxy, the same with the untrained
-            network (random weights, Fig. 11) into DIR/proxy-random, and writes DIR/synthetic.md / .json;
+            network (random weights, Fig. 11) into DIR/proxy-random, scores every region against baseline regions
+            and against the generator's own ground truth, runs Table III's search baselines (Goyal et al. 2019,
+            the sliding window of §VI-F, FinerCAM) on --search-images images, and writes DIR/synthetic.md / .json;
   all       (default) the three in order. A step whose outputs exist with the same settings is reused.
 
 --quick: 6 classes in 2 families, 300 images, 4 epochs, 12 explained images at a few coverages (about a minute
