@@ -83,3 +83,13 @@ def test_scored_on_the_protocols_segments(cub_root, cub_engine):
     for key, row in out.items():
         for v in (row["precision"] or []) + (row["recall"] or []):
             assert v is None or 0.0 <= v <= 1.0, key
+
+
+def test_search_rows_render_table_iii():
+    from galore_client.synthetic_cli import search_rows
+
+    row = {"precision": [0.5, 0.25], "recall": [0.125, None], "piou": None, "segments": 2, "seconds": 4.0,
+           "images": 2, "images_per_second": 0.5}
+    lines = search_rows({"goyal/counterfactual/1": row})
+    assert lines[-1] == ("| counterfactual/1 | Goyal et al. 2019 (exhaustive feature matching) | 2 | 0.500 | 0.125 | "
+                         "- | 0.250 | - | 0.5 |")
