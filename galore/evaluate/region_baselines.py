@@ -96,6 +96,16 @@ def baseline_curves(report: ProxyReport, gt: GroundTruth, side: int, seeds: Sequ
     return out
 
 
+def segment_curves(report: ProxyReport, gt: GroundTruth) -> dict[str, dict[str, list]]:
+    """"kind/dim" -> {"precision": (L,), "recall": (L,)}: the report's own query-side regions re-scored against
+    ``gt`` (e.g. ``synthetic_truth.ConstructionTruth``), nanmean over segments, as ``baseline_curves`` scores."""
+    out = {}
+    for key, segments in _groups(report.segments).items():
+        scored = [precision_recall(s.inside, segment_truth(gt, s), s.seen) for s in segments]
+        out[key] = {"precision": _nanmean([p for p, _ in scored]), "recall": _nanmean([r for _, r in scored])}
+    return out
+
+
 def _groups(segments: Sequence[Segment]) -> dict[str, list[Segment]]:
     out: dict[str, list[Segment]] = {}
     for s in segments:

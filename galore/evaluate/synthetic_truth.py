@@ -5,7 +5,8 @@ The protocol derives its ground truth from attribute annotations: a (part, class
 when it is among the ``fraction`` (20 %) most similar (``proxy.GroundTruth``). The generator knows which parts
 the classes share (``synthetic.Design.shared_parts``). ``protocol_agreement`` counts how often the cut selects
 exactly those: precision = |cut ∩ shared| / |cut|, recall = |cut ∩ shared| / |shared|, over every part and every
-V-tuple of classes.
+V-tuple of classes. ``ConstructionTruth`` puts the generator's ground truth in the protocol's form, so every
+region (GALORE's and the baselines') can be scored against it directly instead of against the 20 % cut.
 """
 from __future__ import annotations
 
@@ -40,6 +41,25 @@ def protocol_agreement(cub: Cub, d: Design, dims: Sequence[int] = (2, 3), fracti
                   "both": int(both.sum()), "precision": _ratio(both.sum(), selected.sum()),
                   "recall": _ratio(both.sum(), shared.sum()), "parts": per_part}
     return out
+
+
+class ConstructionTruth(GroundTruth):
+    """The generator's ground truth as a ``proxy.GroundTruth``: alpha_k(a, b) = 1 when classes a and b share part
+    k by construction (``Design.shared_parts``), else 0, every part described, and the cut 1 for every V. So
+    ``insecure_parts(t)`` = the parts every class of t shares, ``discriminant_parts(a, others)`` = the parts in
+    which a differs from every other class (for a pair: ``ground_truth.json``'s "shared" and "differ")."""
+
+    def __init__(self, d: Design):
+        k, c = len(PART_NAMES), d.num_classes
+        alpha = np.zeros((k, c, c))
+        for a, b in combinations(range(c), 2):
+            alpha[:, a, b] = alpha[:, b, a] = d.shared_parts((a, b))
+        super().__init__(alpha, np.ones(k, bool))
+
+    def cut(self, v: int) -> float:
+        if not 2 <= v <= self.num_classes:
+            raise InvalidArgument("dims", f"V={v} needs 2 <= V <= {self.num_classes} classes")
+        return 1.0
 
 
 def family_confusion(confusion: Sequence[Sequence[int]], families: Sequence[Sequence[int]]) -> dict[str, float]:
