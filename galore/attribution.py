@@ -22,6 +22,7 @@ import weakref
 from typing import Callable
 
 import torch
+from torch.overrides import TorchFunctionMode
 from torch import nn
 
 from .options import Attribution
@@ -102,6 +103,27 @@ def integrated_gradients(fn: TargetFn, F: torch.Tensor, steps: int = 50, chunk: 
     return _out(total / steps * F[:, None], split_last)
 
 
+class _TwiceDifferentiable(TorchFunctionMode):
+    """Hardsigmoid and hardswish (MobileNetV3's squeeze-excitation and blocks) as clamp compositions: the same
+    values and first derivatives, but a backward that torch can differentiate again (``hardsigmoid_backward`` has
+    no derivative), so the gradient-Hessian's double backward runs through such heads.
+
+    Example:
+        >>> x = torch.linspace(-4, 4, 9)
+        >>> with _TwiceDifferentiable():
+        ...     y = torch.nn.functional.hardswish(x)
+        >>> torch.equal(y, torch.nn.functional.hardswish(x))
+        True
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.nn.functional.hardsigmoid:
+            return torch.clamp(args[0] + 3, 0, 6) / 6
+        if func is torch.nn.functional.hardswish:
+            return args[0] * (torch.clamp(args[0] + 3, 0, 6) / 6)
+        return func(*args, **(kwargs or {}))
+
+
 def gradient_hessian(fn: TargetFn, F: torch.Tensor, locations_per_pass: int = 16, split_last: bool = False) -> Maps:
     """NeurIPS 2019 eq. (2): a_ij = grad_ij^T F_ij + 1/2 F_ij^T H_ij F_ij, H_ij the (D x D) Hessian block at (i, j).
 
@@ -115,7 +137,7 @@ def gradient_hessian(fn: TargetFn, F: torch.Tensor, locations_per_pass: int = 16
     with torch.no_grad():
         T = fn(F[:1], ids[:1]).shape[1]
     Frep = F.detach()[:, None].expand(R, T, D, h, w).reshape(R * T, D, h, w).clone().requires_grad_(True)
-    with torch.enable_grad():
+    with torch.enable_grad(), _TwiceDifferentiable():
         own = fn(Frep, ids.repeat_interleave(T)).reshape(R, T, T).diagonal(dim1=1, dim2=2)  # (R, T)
         (grads,) = torch.autograd.grad(own.sum(), Frep, create_graph=True, allow_unused=True)
     if grads is None:

@@ -147,3 +147,43 @@ def test_engine_explain_matches_captum(mobilenet_engine, method, probability):
     for res, image in ((first, images[0]), (second, images[1])):
         expected = _captum_maps(engine, image, res.attributive.class_id, method, probability)
         assert _rel(res.attributive.region.heatmap.double(), expected.double()) <= 1e-4
+
+
+def test_gradient_hessian_runs_through_hardsigmoid_and_hardswish():
+    """MobileNetV3's activations: torch has no derivative of hardsigmoid's backward, so the double backward runs on
+    clamp compositions of the same function. Checked against a finite-difference Hessian-vector product of the
+    real head's gradients (first derivatives only), per location."""
+    torch.manual_seed(0)
+    D, h, w = 3, 2, 2
+
+    class SqueezeExcite(nn.Module):  # torchvision's SE: x * hardsigmoid(fc(pool(x)))
+        def __init__(self):
+            super().__init__()
+            self.fc, self.gate = nn.Conv2d(4, 4, 1), nn.Hardsigmoid()
+
+        def forward(self, x):
+            return x * self.gate(self.fc(x.mean((2, 3), keepdim=True)))
+
+    head = nn.Sequential(nn.Conv2d(D, 4, 1), nn.Hardswish(), SqueezeExcite(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(4, 3)).double()
+    with torch.no_grad():
+        head[0].weight.mul_(4)  # pre-activations across hardswish's and hardsigmoid's curved range (-3, 3)
+    F = torch.rand(2, D, h, w, dtype=torch.double)
+    fn = lambda f, ids: head(f).softmax(-1)  # noqa: E731
+    ours = gradient_hessian(fn, F)
+    eps = 1e-6
+    for r in range(2):
+        for t in range(3):
+            def grad(f):
+                f = f.clone().requires_grad_(True)
+                (g,) = torch.autograd.grad(fn(f[None], None)[0, t], f)
+                return g
+            g = grad(F[r])
+            for i in range(h):
+                for j in range(w):
+                    v = torch.zeros_like(F[r])
+                    v[:, i, j] = F[r, :, i, j]
+                    hv = (grad(F[r] + eps * v) - grad(F[r] - eps * v)) / (2 * eps)  # H v, (D, h, w)
+                    a = F[r, :, i, j]
+                    expected = g[:, i, j] @ a + 0.5 * a @ hv[:, i, j]
+                    assert float(ours[r, t, i, j]) == pytest.approx(float(expected), abs=1e-8)

@@ -86,7 +86,7 @@ def test_scored_on_the_protocols_segments(cub_root, cub_engine):
 
 
 def test_search_rows_render_table_iii():
-    from galore_client.synthetic_cli import search_rows
+    from galore_cli.synthetic import search_rows
 
     row = {"precision": [0.5, 0.25], "recall": [0.125, None], "piou": None, "segments": 2, "seconds": 4.0,
            "images": 2, "images_per_second": 0.5}
