@@ -49,7 +49,7 @@ def main() -> None:
     finally:
         engine_module.measure_batch = measure_batch
     grid, items, labels = seen["args"]
-    maps = sum(p.single.shape[0] + p.sides.shape[0] for _, _, p, _ in items)
+    maps = sum(m.maps.shape[0] + m.n_sides for _, _, p, _ in items for _, m in p.parts)
     x = torch.stack([bench.engine.preprocess.crop_uint8(img)[0] for img in images])
 
     def regions(sync_free: bool):
