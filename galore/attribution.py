@@ -258,7 +258,7 @@ def gradient_hessian_piecewise_linear(head: nn.Module, of_logits: LogitsFn, F: t
     F_k (J^T S u)_k take the transposed products of S u (only with ``split_last``).
 
     The u come from ``_tangents_through_first_linear`` where the head starts with channel-wise operations and a Linear
-    (VGG16: max pool, average pool, flatten, Linear), else (or when ``locations_per_pass`` is given) from one
+    (VGG16: max pool, average pool, flatten, Linear) and F is on the CPU, else (or when ``locations_per_pass`` is given) from one
     forward-mode product per location through the whole head (``_tangents_by_jvp``, ``locations_per_pass`` at a time;
     default: as many as keep the tangents within TANGENT_VALUES)."""
     R, D, h, w = F.shape
@@ -271,7 +271,9 @@ def gradient_hessian_piecewise_linear(head: nn.Module, of_logits: LogitsFn, F: t
     grads = batched_vjp([values], [leaf], retain_graph=split_last)[0]  # (R, T, D, h, w)
     T = values.shape[1]
     split = first_linear(head)
-    if split is not None and locations_per_pass is None:
+    if split is not None and locations_per_pass is None and F.device.type == "cpu":
+        # its gather size (the most locations reaching one position) is read on the host: free on the CPU, a sync
+        # elsewhere, where the per-location products keep the attribution stage free of host reads
         pieces = _tangents_through_first_linear(*split, F, logits.detach())
     else:
         per_pass = locations_per_pass or max(1, min(L, TANGENT_VALUES // max(1, R * D * L)))
