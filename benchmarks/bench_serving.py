@@ -11,7 +11,6 @@ TorchServe settings a benchmark varies:
 from __future__ import annotations
 
 import os
-import platform
 import tempfile
 import time
 from contextlib import contextmanager
@@ -24,6 +23,7 @@ import torch
 
 from galore.options import DEFAULT_MODEL  # noqa: E402
 from galore_cli import loadtest
+from galore_cli.machine import cpu_seconds, describe
 from galore_cli.load_report import LoadSummary
 from galore_cli.load_transports import open_sender, sample_images
 from galore_client.settings import ExplainSettings
@@ -49,9 +49,7 @@ class ServeSettings:
 
 
 def machine() -> str:
-    load1, load5, _ = os.getloadavg()
-    return (f"{platform.machine()}, {psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
-            f"{'CUDA' if torch.cuda.is_available() else 'no GPU'}; load average {load1:.1f} / {load5:.1f}")
+    return f"{describe()}, {psutil.virtual_memory().total / 2**30:.0f} GiB"
 
 
 
@@ -94,16 +92,8 @@ def worker_pids(service: LocalService) -> list[int]:
 def server_cpu_seconds(service: LocalService) -> float:
     """CPU seconds (user + system) used so far by the backend (TorchServe and its workers, or the KServe host) and
     the gateway, children included."""
-    total = 0.0
-    for root_pid in (service.backend.pid, service.gateway.pid):
-        root = psutil.Process(root_pid)
-        for proc in (root, *root.children(recursive=True)):
-            try:
-                times = proc.cpu_times()
-                total += times.user + times.system
-            except psutil.NoSuchProcess:
-                pass
-    return total
+    roots = [psutil.Process(pid) for pid in (service.backend.pid, service.gateway.pid)]
+    return cpu_seconds(proc for root in roots for proc in (root, *root.children(recursive=True)))
 
 
 def worker_rss_mib(service: LocalService) -> float:

@@ -47,6 +47,7 @@ from torch import nn
 from galore import Attribution, Engine, ExplainOptions, ImageRequest, Kind
 from galore.options import DEFAULT_MODEL  # noqa: E402
 from galore.zoo import imagenet_labels
+from galore_cli.machine import cpu_model
 
 ARCHS = ("resnet50", "vgg16", DEFAULT_MODEL)
 METHODS = ("forward", "galore", "captum", "gradcam", "ig", "gh")
@@ -394,8 +395,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in subprocess.run(
-        ["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("Model name")), "?")
+    model = cpu_model()
     return (f"{model}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads, "
             f"{'CUDA present but unused' if torch.cuda.is_available() else 'no GPU'}, {platform.python_version()}")
 

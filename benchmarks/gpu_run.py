@@ -37,6 +37,7 @@ from galore.device import SyncCounter  # noqa: E402
 from galore.precision import bf16_supported, tf32_supported  # noqa: E402
 from galore.regions import WorkingGrid  # noqa: E402
 from galore.zoo import imagenet_labels  # noqa: E402
+from galore_cli.machine import cpu_model  # noqa: E402
 
 PHOTOS = ("chelsea", "astronaut", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "colorwheel")
 COUNTERS = ((340, "coffee"), (291, "cat"))  # zebra, lion, with bank exemplars
@@ -278,11 +279,7 @@ def _photo(name: str) -> torch.Tensor:
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return "cpu"
+    return cpu_model()
 
 
 def _commit() -> str:

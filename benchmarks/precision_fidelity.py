@@ -17,8 +17,6 @@ engines return). The default rule (issue 15): top-1 >= 99 %, map correlation >= 
 from __future__ import annotations
 
 import argparse
-import platform
-import subprocess
 
 import numpy as np
 import skimage.data
@@ -28,6 +26,7 @@ from scipy.stats import kendalltau
 
 from galore import Engine, ExplainOptions, ImageRequest, Precision, zoo
 from galore.model import SplitModel, split_classifier
+from galore_cli.machine import cpu_model
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
           "colorwheel")
@@ -135,8 +134,7 @@ def compare(ref, low) -> dict:
 
 
 def machine() -> str:
-    cpu = subprocess.run(["sh", "-c", "lscpu | sed -n 's/^Model name: *//p'"], capture_output=True, text=True)
-    return f"{cpu.stdout.strip() or platform.processor()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return f"{cpu_model()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def main() -> None:

@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -44,6 +42,7 @@ from benchmarks.reliability_fuzz import generate, send_all  # noqa: E402
 from benchmarks.reliability_load import Load, Sender, mix, percentiles, photos, rss_mib, summarize  # noqa: E402
 from galore_api.v1 import explainer_pb2 as pb  # noqa: E402
 from galore_client.client import SERVICE  # noqa: E402
+from galore_cli.machine import cpu_model, cpu_seconds  # noqa: E402
 from galore_client.retry import RetryPolicy  # noqa: E402
 from galore_gateway.config import GatewayConfig  # noqa: E402
 from galore_supervisor.deployment import Backoff, LocalConfig, LocalService, Ports, free_ports  # noqa: E402
@@ -52,16 +51,6 @@ from galore_wire.contract import MAX_MESSAGE_BYTES  # noqa: E402
 MODEL = "efficientnet_lite0"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def say(line: str) -> None:
@@ -143,20 +132,10 @@ class Deployment:
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU seconds so far of this process (the load generator), the gateway, and TorchServe with its workers."""
-        def total(procs) -> float:
-            seconds = 0.0
-            for proc in procs:
-                try:
-                    times = proc.cpu_times()
-                    seconds += times.user + times.system
-                except psutil.NoSuchProcess:
-                    pass
-            return seconds
-
         torchserve = psutil.Process(self.service.torchserve.pid)
-        return {"load_generator": total([psutil.Process()]),
-                "gateway": total([psutil.Process(self.service.gateway.pid)]),
-                "torchserve": total([torchserve, *torchserve.children(recursive=True)])}
+        return {"load_generator": cpu_seconds([psutil.Process()]),
+                "gateway": cpu_seconds([psutil.Process(self.service.gateway.pid)]),
+                "torchserve": cpu_seconds([torchserve, *torchserve.children(recursive=True)])}
 
     def wait(self, predicate, timeout_s: float) -> float | None:
         start = time.monotonic()

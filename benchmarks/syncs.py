@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import platform
 import subprocess
 import sys
 import warnings
@@ -128,13 +127,9 @@ def _commit(root: Path) -> str:
 
 
 def _machine(device: str, torch) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        name = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        name = platform.processor() or platform.machine()
+    from galore_cli.machine import cpu_model
+
+    name = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else cpu_model()
     return f"{name}, torch {torch.__version__}"
 
 

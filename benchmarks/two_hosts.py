@@ -12,7 +12,6 @@ import argparse
 import json
 import re
 import statistics
-import subprocess
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -21,12 +20,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.bench_serving import ServeSettings, deployment, load, machine, server_cpu_seconds  # noqa: E402
-
-
-def cpu_model() -> str:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    found = re.search(r"Model name:\s*(.+)", lscpu)
-    return found.group(1).strip() if found else "unknown CPU"
+from galore_cli.machine import cpu_model  # noqa: E402
 
 
 def batch_counts(dep) -> tuple[float, float]:

@@ -12,8 +12,6 @@ mean), whether the strongest insecurity is the same, and Kendall's tau between t
 from __future__ import annotations
 
 import argparse
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,6 +24,7 @@ from scipy.stats import kendalltau
 
 from galore import Engine, ExplainOptions, ImageRequest
 from galore.regions import WorkingGrid
+from galore_cli.machine import cpu_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests/
 from tests.engine.reference_regions import full_resolution_region  # noqa: E402
@@ -70,8 +69,7 @@ def compare(engine: Engine, image: torch.Tensor) -> dict:
 
 
 def machine() -> str:
-    cpu = subprocess.run(["sh", "-c", "lscpu | sed -n 's/^Model name: *//p'"], capture_output=True, text=True)
-    return f"{cpu.stdout.strip() or platform.processor()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return f"{cpu_model()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def main() -> None:

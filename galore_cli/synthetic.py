@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import time
 from argparse import Namespace
@@ -34,6 +33,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from galore.errors import GaloreError, InvalidArgument
+from galore_cli.machine import cpu_model
 
 from .proxy import _bar, _engine, markdown
 from .status import EXIT_BAD_INPUT, EXIT_IMAGE_FAILED, EXIT_OK, CliError, set_threads
@@ -250,15 +250,7 @@ def evaluate(data, training, out: Path, args: argparse.Namespace) -> bool:
 
 def machine() -> dict:
     """The CPU model (lscpu's "Model name", else platform), cores and the 1-minute load average."""
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": name, "cores": os.cpu_count(), "load_average": round(os.getloadavg()[0], 2)}
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "load_average": round(os.getloadavg()[0], 2)}
 
 
 def render_report(report: dict, proxy_markdown: dict[str, str]) -> str:
