@@ -16,6 +16,8 @@ from galore.evaluate.synthetic import (GROUPS, PART_NAMES, Pose, SyntheticConfig
 from galore.evaluate.synthetic_truth import family_confusion, protocol_agreement
 from galore_cli.main import main
 
+from ..torchserve_loader import loaded_archive, run_batch
+
 TWO = dict(num_classes=2, family_size=2, changed_types=1)
 
 
@@ -195,12 +197,6 @@ def test_quick_model_builds_into_an_archive_the_service_serves(quick, tmp_path):
     """model_store.build on the trained weights, F = features.8 and the exemplar bank; TorchServe's own model
     loader then answers a counterfactual on a test image against a bank exemplar (module docstring of
     synthetic_cli)."""
-    import sys
-    import zipfile
-
-    from ts.context import RequestProcessor
-    from ts.model_loader import ModelLoaderFactory
-
     from galore_api.v1 import explainer_pb2 as pb
     from model_store.build import build_torchvision
 
@@ -208,17 +204,10 @@ def test_quick_model_builds_into_an_archive_the_service_serves(quick, tmp_path):
     mar = build_torchvision(tmp_path / "store", "mobilenet_v3_small", out / "model" / "weights.pt",
                             out / "model" / "labels.txt", name="synthetic_birds", layer="features.8",
                             exemplar_bank=out / "model" / "exemplars")
-    model_dir = tmp_path / "model"
-    with zipfile.ZipFile(mar) as zipped:
-        zipped.extractall(model_dir)
-    sys.path.insert(0, str(model_dir))
-    try:
-        service = ModelLoaderFactory.get_model_loader().load(
-            "synthetic_birds", str(model_dir), "galore_handler.py", None, 1, limit_max_image_pixels=True)
-
+    with loaded_archive(mar, tmp_path / "model", "synthetic_birds", 1) as service:
         def call(method: bytes, body: bytes) -> bytes:
-            service.context.request_processor = [RequestProcessor({})]
-            return service._entry_point([{"galore-rpc": method, "body": body}], service.context)[0]
+            [(_, answer)] = run_batch(service, [({"galore-rpc": method, "body": body}, {})])
+            return answer
 
         info = pb.ModelInfo.FromString(call(b"GetModelInfo", b""))
         assert info.layer.startswith("features.8") and (info.feature_height, info.feature_width) == (14, 14)
@@ -230,6 +219,3 @@ def test_quick_model_builds_into_an_archive_the_service_serves(quick, tmp_path):
         image = pb.ExplainResponse.FromString(call(b"Explain", request.SerializeToString())).images[0]
         assert image.status.code == "OK" and image.counterfactual.complete
         assert image.counterfactual.exemplars[0].exemplar_key.startswith("bank/001.Synth_F1_1/")
-    finally:
-        sys.path.remove(str(model_dir))
-        sys.modules.pop("galore_handler", None)  # the entry module holds its initialized handler: load afresh

@@ -2,7 +2,6 @@
 build script and loaded by TorchServe's own Python model loader, the way a worker loads it."""
 from __future__ import annotations
 
-import sys
 import zipfile
 
 import pytest
@@ -14,6 +13,7 @@ from galore.precision import bf16_supported
 from galore_api.v1 import explainer_pb2 as pb
 from model_store.build import BuildError, build_torchvision
 
+from ..torchserve_loader import loaded_archive, run_batch
 from .conftest import encode
 
 LABELS = ["apple", "banana", "cherry"]
@@ -39,29 +39,12 @@ def archive(tmp_path_factory):
 @pytest.fixture(scope="module")
 def worker(archive):
     """TorchServe's Python model loader on the extracted archive (what model_service_worker does)."""
-    from ts.model_loader import ModelLoaderFactory
-
     folder, mar = archive
-    model_dir = folder / "model"
-    with zipfile.ZipFile(mar) as zipped:
-        zipped.extractall(model_dir)
-    sys.path.insert(0, str(model_dir))
-    try:
-        service = ModelLoaderFactory.get_model_loader().load(
-            "fruit", str(model_dir), "galore_handler.py", None, 4, limit_max_image_pixels=True)
+    with loaded_archive(mar, folder / "model", "fruit", 4) as service:
         yield service
-    finally:
-        sys.path.remove(str(model_dir))
-        sys.modules.pop("galore_handler", None)  # the entry module holds its initialized handler: load afresh
 
 
-def run(service, requests: list[tuple[dict, dict]]) -> list[tuple[int, bytes]]:
-    """One TorchServe batch: (input dict, headers) per request -> (HTTP status, body) per request."""
-    from ts.context import RequestProcessor
-
-    service.context.request_processor = [RequestProcessor(headers) for _, headers in requests]
-    bodies = service._entry_point([row for row, _ in requests], service.context)
-    return [(service.context.get_response_status(i)[0], body) for i, body in enumerate(bodies)]
+run = run_batch
 
 
 def explain(service, request: pb.ExplainRequest) -> pb.ExplainResponse:
