@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/precision_fidelity.py --models lite0 --precision bf16
     .venv/bin/python benchmarks/precision_fidelity.py --models lite0 --fp32-convs 8   # bf16 but the last 8 convs
     .venv/bin/python benchmarks/precision_fidelity.py --models lite1,lite2           # the other ImageNet Lites
+    .venv/bin/python benchmarks/precision_fidelity.py --models lite0,lite1,lite2 --cascade   # bf16, fp32 on near ties
 
 Each photo of skimage.data is used whole, mirrored, and as two 70 % crops (32 images). Both engines share one split
 model (EfficientNet-Lite0/1/2, ``liteN`` or ``efficientnet_liteN``, with their ImageNet weights at their native
@@ -13,6 +14,11 @@ difference over all classes, Pearson correlation of the feature-grid maps (attri
 insecurity, matched by classes; min / median / mean), working-grid mask IoU (min / mean), how often the
 strongest insecurity is the same, and the mean Kendall tau of the insecurity ranking (strengths of the tuples both
 engines return). The default rule (issue 15): top-1 >= 99 %, map correlation >= 0.99, same top insecurity.
+
+``--cascade`` measures a cascade: bf16 first, then the image again in fp32 when bf16's own result is near a tie,
+that is when its top-two class probabilities are less than ``dc`` apart or, for some V, its two strongest
+insecurities' strengths are less than a fraction ``di`` of the strongest apart. A re-run image is the fp32 result
+itself; the table gives, per (dc, di), how often the cascade re-runs and the fidelity of what it returns.
 """
 from __future__ import annotations
 
@@ -133,6 +139,36 @@ def compare(ref, low) -> dict:
             "tau": float(np.mean(taus)) if taus else float("nan")}
 
 
+def margins(low) -> tuple[float, float]:
+    """(class margin, insecurity margin) of one reduced-precision result: p_1 - p_2 of its top classes, and the
+    smallest over V of (s_1 - s_2) / s_1 over its two strongest insecurities (1.0 where V has fewer than two)."""
+    p = [c.probability for c in low.top_classes]
+    class_margin = p[0] - p[1] if len(p) > 1 else 1.0
+    rel = [1.0]
+    for items in low.deliberative.values():
+        s = sorted((i.region.strength for i in items), reverse=True)
+        if len(s) > 1 and s[0] > 0:
+            rel.append((s[0] - s[1]) / s[0])
+    return class_margin, min(rel)
+
+
+def cascade_table(rows: list[dict], marks: list[tuple[float, float]]) -> list[str]:
+    """Fidelity of the cascade per threshold pair: a re-run image counts as the fp32 reference itself."""
+    out = ["| class margin dc | insecurity margin di | re-run in fp32 | top-1 agreement | map corr min | "
+           "same top insecurity | rule holds |", "|---|---|---|---|---|---|---|"]
+    for dc in (0.0, 0.05, 0.1, 0.2, 0.3):
+        for di in (0.0, 0.1, 0.2, 0.3, 0.5):
+            rerun = [m[0] < dc or m[1] < di for m in marks]
+            kept = [r for r, again in zip(rows, rerun) if not again]
+            top1 = (sum(r["top1"] for r in kept) + sum(rerun)) / len(rows)
+            corr = min((c for r in kept for c in r["corr"]), default=1.0)
+            same = sum(r["same_top"] for r in kept) + sum(rerun)
+            holds = top1 >= 0.99 and corr >= 0.99 and same == len(rows)
+            out.append(f"| {dc:.2f} | {di:.1f} | {sum(rerun)}/{len(rows)} | {top1:.1%} | {corr:.4f} | "
+                       f"{same}/{len(rows)} | {'yes' if holds else 'no'} |")
+    return out
+
+
 def machine() -> str:
     return f"{cpu_model()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
@@ -143,6 +179,8 @@ def main() -> None:
     p.add_argument("--precision", default="bf16", choices=[x.value for x in Precision if x is not Precision.FP32])
     p.add_argument("--fp32-convs", type=int, default=0,
                    help="run the backbone's last N convolutions (and what follows) in fp32, the rest in --precision")
+    p.add_argument("--cascade", action="store_true",
+                   help="also tabulate the cascade (bf16, then fp32 for near ties) per threshold pair")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
@@ -152,12 +190,15 @@ def main() -> None:
     print("| model | weights | precision | top-1 agreement | max prob diff | map corr min / median / mean "
           "| mask IoU min / mean | same top insecurity | Kendall tau (mean) | rule holds |")
     print("|---|---|---|---|---|---|---|---|---|---|")
+    cascades = {}
     for model in args.models.split(","):
         ref_engine, low_engine = engines(model, Precision(args.precision), args.fp32_convs)
-        rows = []
+        rows, marks = [], []
         for i in range(0, len(images), args.batch):
             reqs = [ImageRequest(x, OPTIONS) for x in images[i:i + args.batch]]
-            rows += [compare(r, l) for r, l in zip(ref_engine.explain(reqs), low_engine.explain(reqs))]
+            for r, l in zip(ref_engine.explain(reqs), low_engine.explain(reqs)):
+                rows.append(compare(r, l))
+                marks.append(margins(l))
         top1 = np.mean([r["top1"] for r in rows])
         corr = [c for r in rows for c in r["corr"]]
         iou = [c for r in rows for c in r["iou"]]
@@ -170,6 +211,10 @@ def main() -> None:
               f"{min(corr):.4f} / {np.median(corr):.4f} / {np.mean(corr):.4f} | "
               f"{min(iou):.3f} / {np.mean(iou):.3f} | {same}/{len(rows)} | "
               f"{np.nanmean([r['tau'] for r in rows]):.3f} | {'yes' if holds else 'no'} |", flush=True)
+        cascades[model] = cascade_table(rows, marks)
+    for model, table in cascades.items() if args.cascade else ():
+        print(f"\nCascade, {model}: {args.precision} first, fp32 again where bf16's result is near a tie\n")
+        print("\n".join(table), flush=True)
 
 
 if __name__ == "__main__":
