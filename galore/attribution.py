@@ -248,6 +248,40 @@ def integrated_gradients_affine(head: nn.Module, of_logits: LogitsFn, F: torch.T
     return _out(grads.transpose(0, 1) / steps * F[:, None], split_last)
 
 
+def integrated_gradients_first_linear(pre: nn.Module, linear: nn.Linear, tail: nn.Module, of_logits: LogitsFn,
+                                      F: torch.Tensor, steps: int = 50, chunk: int = 10,
+                                      split_last: bool = False) -> Maps:
+    """``integrated_gradients`` (eq. 19, F^0 = 0) for a head tail(linear(pre(F))) whose ``pre`` is positively
+    homogeneous and piecewise linear (``homogeneous_prefix``: ReLU, max / average pooling, flatten; VGG16's head).
+    On the path a_k F (a_k > 0), pre(a_k F) = a_k pre(F) with the same ReLU pattern and max-pooling argmax, so the
+    first Linear's input is y_k = a_k W x + b with x = pre(F), and F's gradient at step k is P^T W^T g_k with one
+    fixed linear map P^T W^T (g_k: the gradient w.r.t. y at y_k). The steps' sum therefore commutes with it:
+    sum_k grad_F(a_k F) = P^T W^T sum_k g_k. The steps run through ``tail`` only (C-dimensional targets of an
+    O-dimensional input, ``chunk`` steps at a time), and P^T W^T is applied once, by ONE batched vector-Jacobian
+    product over the T targets, as in gradient x activation. (R, D, h, w) -> (R, T, h, w)."""
+    R = F.shape[0]
+    ids = torch.arange(R, device=F.device)
+    leaf = F.detach().requires_grad_(True)
+    with torch.enable_grad():
+        Wx = nn.functional.linear(pre(leaf), linear.weight)  # (R, O): the first Linear without its bias
+    bias = linear.bias if linear.bias is not None else torch.zeros_like(Wx[0])
+    total = None
+    with torch.no_grad():
+        for start in range(1, steps + 1, chunk):
+            alphas = torch.arange(start, min(start + chunk, steps + 1), device=F.device, dtype=F.dtype) / steps
+            K = alphas.numel()
+            y = (alphas[:, None, None] * Wx.detach()[None] + bias).reshape(K * R, -1)  # (K*R, O), row k*R + r
+            y.requires_grad_(True)
+            with torch.enable_grad():
+                values = of_logits(tail(y.clone()), ids.repeat(K))  # (K*R, T); clone: the tail's ReLU is in place
+            g = batched_vjp([values], [y])[0]  # (K*R, T, O)
+            summed = g.reshape(K, R, *g.shape[1:]).sum(0)  # (R, T, O)
+            total = summed if total is None else total + summed
+    with torch.enable_grad():
+        (grads,) = torch.autograd.grad(Wx, leaf, grad_outputs=total.transpose(0, 1), is_grads_batched=True)
+    return _out(grads.transpose(0, 1) / steps * F[:, None], split_last)  # grads: (T, R, D, h, w) -> (R, T, ...)
+
+
 def gradient_hessian_piecewise_linear(head: nn.Module, of_logits: LogitsFn, F: torch.Tensor,
                                       locations_per_pass: int | None = None, split_last: bool = False) -> Maps:
     """``gradient_hessian`` for a head whose logits z(F) are piecewise linear (``piecewise_linear``): their Hessian
@@ -325,7 +359,8 @@ def _tangents_through_first_linear(pre: nn.Module, linear: nn.Linear, tail: nn.M
                                    logits: torch.Tensor):
     """u = J F_ij for all locations of one row at a time, for a head tail(linear(pre(F))) with ``pre`` channel-wise
     (``first_linear``). The tangent of F_ij after ``pre`` touches only the positions p its pooling windows reach
-    (max pooling: with the primal's argmax), so linear's tangents are, for each p, the few locations reaching it times
+    (max pooling: with the primal's argmax; found by one vector-Jacobian product of pre per position), so linear's
+    tangents are, for each p, the few locations reaching it times
     W[:, :, p] (O x D): one batched product over the positions, about the cost of ONE dense product W x. The
     (L, O) tangents then go through ``tail`` in one batched forward-mode product at the primal (its ReLU pattern).
     Yields as ``_tangents_by_jvp``, one row at a time."""
@@ -341,15 +376,18 @@ def _tangents_through_first_linear(pre: nn.Module, linear: nn.Linear, tail: nn.M
         if x.dim() != 2 or M % D or linear.weight.shape[1] != M:
             raise ValueError(f"first_linear: pre gives {tuple(x.shape)}, not (1, {D} x positions)")
         P = M // D
-        Q = torch.empty(L, M, device=F.device, dtype=F.dtype)  # Q[l] = pre's tangent along F restricted to l
+        # Q[l, d, p] = d pre(F)[d, p] / d F[d, l] * F[d, l]: pre's tangent along F restricted to l. pre is
+        # channel-wise, so one vector-Jacobian product per position p (cotangent: p in every channel) gives the
+        # derivatives of all channels at once: P products of F's size instead of L.
+        _, pull = torch.func.vjp(pre, Fd[r:r + 1])
+        Q = torch.empty(P, D, L, device=F.device, dtype=F.dtype)
         per_pass = max(1, TANGENT_VALUES // (D * L))
-        for start in range(0, L, per_pass):
-            locs = eye_locs[start:start + per_pass]
-            tangent = torch.zeros(locs.numel(), D, L, device=F.device, dtype=F.dtype)
-            tangent[torch.arange(locs.numel(), device=F.device), :, locs] = Fd[r].reshape(D, L)[:, locs].T
-            Q[locs] = torch.func.vmap(lambda t: torch.func.jvp(pre, (Fd[r:r + 1],), (t[None],))[1][0])(
-                tangent.reshape(-1, D, h, w))
-        Q = Q.reshape(L, D, P)
+        for start in range(0, P, per_pass):
+            pos = torch.arange(start, min(start + per_pass, P), device=F.device)
+            cot = torch.zeros(pos.numel(), D, P, device=F.device, dtype=F.dtype)
+            cot[torch.arange(pos.numel(), device=F.device), :, pos] = 1.0
+            Q[pos] = torch.func.vmap(lambda c: pull(c.reshape(1, M))[0][0])(cot).reshape(-1, D, L)
+        Q = (Q * Fd[r].reshape(1, D, L)).permute(2, 1, 0)  # (L, D, P)
         reach = Q.ne(0).any(1).T  # (P, L): location l's tangent reaches position p
         K = int(reach.sum(1).max())
         near = reach.to(F.dtype).topk(max(K, 1), dim=1).indices  # (P, K) locations reaching each position
@@ -424,6 +462,29 @@ def first_linear(head: nn.Module) -> tuple[nn.Module, nn.Linear, nn.Module] | No
     return split
 
 
+# Of the channel-wise modules, those that are also positively homogeneous (op(a x) = a op(x), a > 0) with the same
+# pieces at a x as at x: ``homogeneous_prefix``. ReLU6 and BatchNorm are not (a threshold, a shift); every function
+# of CHANNELWISE_TARGETS is.
+HOMOGENEOUS_MODULES = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten,
+                       nn.Identity, nn.Dropout)
+
+
+def homogeneous_prefix(head: nn.Module) -> tuple[nn.Module, nn.Linear, nn.Module] | None:
+    """``first_linear``'s split where its ``pre`` is also positively homogeneous (HOMOGENEOUS_MODULES: VGG16's max pool,
+    average pool and flatten), so the integrated-gradients path through pre is a ray; None otherwise."""
+    split = first_linear(head)
+    if split is None:
+        return None
+    modules = dict(split[0].named_modules())
+    for node in split[0].graph.nodes:
+        op = _op(node, modules)
+        if node.op == "call_module" and not isinstance(op, HOMOGENEOUS_MODULES):
+            return None
+        if node.op in ("call_function", "call_method") and not _is_in(op, CHANNELWISE_TARGETS):
+            return None
+    return split
+
+
 def _is_in(op, targets: set) -> bool:
     try:
         return op in targets
@@ -458,6 +519,8 @@ def attribute(method: Attribution, fn: TargetFn, F: torch.Tensor, ig_steps: int 
     if method is Attribution.INTEGRATED_GRADIENTS:
         if parts is not None and affine(parts[0]):
             return integrated_gradients_affine(*parts, F, steps=ig_steps, split_last=split_last)
+        if parts is not None and (split := homogeneous_prefix(parts[0])) is not None:
+            return integrated_gradients_first_linear(*split, parts[1], F, steps=ig_steps, split_last=split_last)
         return integrated_gradients(fn, F, steps=ig_steps, split_last=split_last)
     if method is Attribution.GRADIENT_HESSIAN:
         if parts is not None and piecewise_linear(parts[0]):
