@@ -55,6 +55,11 @@ class CellFrame:
         """(G, G) int64: original pixels per cell (0 for cells no pixel centre falls in)."""
         return np.outer(self._row_axis.counts, self._col_axis.counts)
 
+    @cached_property
+    def _visible(self) -> np.ndarray:
+        """(G, G) bool: cells some original pixel centre falls in."""
+        return self.cell_pixels > 0
+
     def pixel_count(self, cells: np.ndarray) -> int:
         return int(self.cell_pixels[cells].sum())
 
@@ -66,6 +71,19 @@ class CellFrame:
             return None
         r, c = self._row_axis, self._col_axis
         return int(c.first[xs[0]]), int(r.first[ys[0]]), int(c.last[xs[-1]]) + 1, int(r.last[ys[-1]]) + 1
+
+    def summaries(self, cells: np.ndarray) -> tuple[list[int], list[tuple[int, int, int, int] | None]]:
+        """``pixel_count`` and ``bbox`` of many masks (N, G, G) at once: two matrix products and two reductions."""
+        seen = cells & self._visible[None]  # (N, G, G)
+        counts = (seen.astype(np.float64) @ self._col_axis.counts.astype(np.float64)) @ self._row_axis.counts
+        rows, cols = seen.any(2), seen.any(1)  # (N, G) each
+        G = self.side
+        y0, x0 = rows.argmax(1), cols.argmax(1)
+        y1, x1 = G - 1 - rows[:, ::-1].argmax(1), G - 1 - cols[:, ::-1].argmax(1)
+        r, c = self._row_axis, self._col_axis
+        boxes = [(int(c.first[a]), int(r.first[b]), int(c.last[d]) + 1, int(r.last[e]) + 1) if any_ else None
+                 for a, b, d, e, any_ in zip(x0, y0, x1, y1, rows.any(1))]
+        return [int(round(n)) for n in counts], boxes
 
     def expand(self, cells: np.ndarray) -> np.ndarray:
         """(G, G) bool cells -> (H0, W0) bool mask in original pixels (pixels outside the crop are False)."""

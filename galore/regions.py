@@ -243,9 +243,11 @@ class _Blocks:
         self.side, self.y, self.x = side, _Axis(side, h, device), _Axis(side, w, device)
         self.T = len(self.x.sizes)
         self.size = (self.y.sizes[:, None] * self.x.sizes[None, :]).flatten()  # (NB,) cells per block
-        self.block_of_cell = (self.y.segment[:, None] * self.T + self.x.segment[None, :]).flatten()  # (G*G,)
         host = (self.y.sizes_host[:, None] * self.x.sizes_host[None, :]).flatten()
         self.uniform = int(host.min()) == int(host.max())  # every block the same size (host)
+        ys, xs = self.y.sizes_host, self.x.sizes_host
+        even = bool((ys == ys[0]).all()) and bool((xs == xs[0]).all())
+        self.even = (int(ys[0]), int(xs[0])) if even else None  # (rows, cols) of every block: a regular tiling
         self.block_cells = int(host[0])
 
     def chunk(self, maps: torch.Tensor) -> "_Bounded":
@@ -266,6 +268,8 @@ class _Blocks:
 
 class _Bounded:
     """One chunk of maps with its first lerp ``cols`` (M, h, G) and per-block bounds ``lo``, ``hi`` (M, NB)."""
+
+    BINS = 256  # slices of each map's bracket [t_lo, t_hi] in ``kth``: the quickselect sees one slice's values
 
     def __init__(self, blocks: _Blocks, maps: torch.Tensor, cols: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
         self.b, self.maps, self.cols, self.lo, self.hi = blocks, maps, cols, lo, hi
@@ -301,7 +305,7 @@ class _Bounded:
         if not with_sum:
             return count, None
         total = (self.sums() * whole).sum(1)
-        return count, total.index_add(0, m, torch.where(hit, v, 0.0).double().sum(1))
+        return count, total.index_add(0, m, torch.where(hit, v, 0.0).sum(1, dtype=torch.float64))
 
     def kth(self, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``kth_largest`` from the bounds: tau lies in [t_lo, t_hi], the k-th largest of the blocks' lower and upper
@@ -324,24 +328,38 @@ class _Bounded:
         n_over = torch.zeros(M, dtype=torch.long, device=device).index_add_(0, m, over.sum(1))
         rest = k - (above * self.b.size).sum(1) - n_over  # >= 1 where k > 0: fewer than k cells exceed t_hi
         sum_over = torch.zeros(M, dtype=torch.float64, device=device).index_add_(
-            0, m, torch.where(over, v, 0.0).double().sum(1))
-        at = inside.flatten().nonzero()[:, 0]
+            0, m, torch.where(over, v, 0.0).sum(1, dtype=torch.float64))
+        # narrow tau down to one of BINS equal slices of [t_lo, t_hi] per map: the slice index is a monotone function
+        # of the value (equal values share a slice), so the rest-th largest lies in the first slice from the top
+        # whose cumulative count reaches rest; only that slice's values go to the quickselect. (P, BLOCK^2) arrays
+        span = (t_hi - t_lo).clamp_min(torch.finfo(torch.float32).tiny)
+        slice_of = ((v - t_lo[m, None]) / span[m, None] * self.BINS).floor_().clamp_(0, self.BINS - 1).int()
+        key = (m * self.BINS).int()[:, None] + slice_of
+        hist = torch.zeros(M * self.BINS, dtype=torch.long, device=device).index_add_(
+            0, key.flatten(), inside.flatten().long()).view(M, self.BINS)
+        at_least = hist.flip(1).cumsum(1).flip(1)  # (M, BINS): values in this slice or above it
+        chosen = ((at_least >= rest[:, None]).sum(1) - 1).clamp_(min=0)  # (M,) the slice holding tau
+        above_slice = torch.cat([at_least[:, 1:], at_least.new_zeros(M, 1)], 1).gather(1, chosen[:, None])[:, 0]
+        higher = inside & (slice_of > chosen[m, None])
+        sum_over = sum_over.index_add(0, m, torch.where(higher, v, 0.0).sum(1, dtype=torch.float64))
+        rest_in = rest - above_slice  # >= 1 where k > 0
+        at = (inside & (slice_of == chosen[m, None])).flatten().nonzero()[:, 0]
         owner = m[at // v.shape[1]]  # nondecreasing: blocks come map by map
         v = v.flatten()[at]
         per_map = torch.bincount(owner, minlength=M)
         rank = torch.arange(len(owner), device=device) - (torch.cumsum(per_map, 0) - per_map)[owner]
-        # one common rank for every row: row m gets (most - rest[m]) +inf cells in front, so its rest-th largest is
-        # the most-th largest of the row; one quickselect (kthvalue) per row, no sort
-        most = int(rest.max())
-        extra = torch.arange(most, device=device) < (most - rest)[:, None]  # (M, most)
-        values = torch.full((M, int(per_map.max())), -math.inf, device=device)
+        # one common rank for every row: row m gets (most - rest_in[m]) +inf cells in front, so its rest_in-th
+        # largest is the most-th largest of the row; one quickselect (kthvalue) per row, no sort
+        most = max(1, int(rest_in.max()))
+        extra = torch.arange(most, device=device) < (most - rest_in)[:, None]  # (M, most)
+        values = torch.full((M, int(per_map.max()) if len(owner) else 0), -math.inf, device=device)
         values[owner, rank] = v
         row = torch.cat([torch.where(extra, math.inf, -math.inf), values], 1)
         kth = torch.kthvalue(row, row.shape[1] - most + 1, dim=1).values  # the most-th largest
         greater = values > kth[:, None]
         n_greater = greater.sum(1)
-        tied = (values == kth[:, None]).sum(1) + n_greater > rest
-        total = (torch.where(greater, values, 0.0).double().sum(1) + (rest - n_greater) * kth.double() + sum_over
+        tied = (values == kth[:, None]).sum(1) + n_greater > rest_in
+        total = (torch.where(greater, values, 0.0).sum(1, dtype=torch.float64) + (rest_in - n_greater) * kth.double() + sum_over
                  + (self.sums() * above).sum(1))
         return torch.where(has, kth, math.inf), torch.where(has, total, 0.0), has & tied
 
@@ -356,7 +374,12 @@ class _Bounded:
         M, G = self.lo.shape[0], self.b.side
         whole = self.lo >= tau[:, None]
         part = ~whole & (self.hi >= tau[:, None])
-        mask = whole.gather(1, self.b.block_of_cell.expand(M, -1))  # (M, G*G)
+        if self.b.even:  # each block's flag over its cells
+            by, bx = self.b.even
+            mask = whole.view(M, -1, 1, self.b.T, 1).expand(-1, -1, by, -1, bx).reshape(M, G * G)
+        else:
+            mask = whole.view(M, -1, self.b.T).repeat_interleave(self.b.y.sizes, 1, output_size=G).repeat_interleave(
+                self.b.x.sizes, 2, output_size=G).reshape(M, G * G)
         m, blk, v, _ = self.values(part)
         s, t = blk // self.b.T, blk % self.b.T
         at = (self.b.y.cells[s][:, :, None] * G + self.b.x.cells[t][:, None, :]).flatten(1)  # repeats: same cell

@@ -104,12 +104,22 @@ def measure_batch(grid: WorkingGrid, items: list[tuple[ExplainOptions, Predictio
         cells, strengths = cells.numpy(), strengths.tolist()
         candidates, alive = candidates.tolist(), alive.tolist()
     frames: dict[int, CellFrame] = {}
+    summaries: dict[int, tuple[int, tuple | None]] = {}  # row of ``cells`` -> (pixel count, bbox)
 
-    def region(n: int, feats: Features) -> Region:
+    def frame_of(feats: Features) -> CellFrame:
         frame = frames.get(id(feats))
         if frame is None:
             frame = frames[id(feats)] = grid.frame(feats.geo)
-        return Region.of(cells[n], frame, heat[n], strengths[n])
+        return frame
+
+    def summarise(rows_of: dict[int, tuple[Features, list[int]]]) -> None:
+        """Pixel counts and boxes of every returned row, one batched call per frame (image)."""
+        for feats, rows in rows_of.values():
+            counts, boxes = frame_of(feats).summaries(cells[rows])
+            summaries.update(zip(rows, zip(counts, boxes)))
+
+    def region(n: int, feats: Features) -> Region:
+        return Region(cells[n], frame_of(feats), heat[n], strengths[n], *summaries[n])
 
     # the returned rows in the order each unit reads them: unranked rows, then each group strongest first
     returned: dict[int, list[tuple[object, int]]] = {id(b): [] for b in blocks}  # block -> (key, row of ``heat``)
@@ -121,6 +131,13 @@ def measure_batch(grid: WorkingGrid, items: list[tuple[ExplainOptions, Predictio
             returned[id(owner[row])].append((owner[row].maps.keys[row - owner[row].s0], len(fixed) + c))
     n_side = len(fixed) + len(candidates)
     with host_side():  # from here on every value is a host copy (the predictions' probabilities included)
+        rows_of: dict[int, tuple[Features, list[int]]] = {}
+        for b in blocks:
+            feats = items[b.item][3]
+            rows_of.setdefault(id(feats), (feats, []))[1].extend(n for _, n in returned[id(b)])
+            for j, f in enumerate(b.maps.side_feats):
+                rows_of.setdefault(id(f), (f, []))[1].append(n_side + b.e0 + j)
+        summarise(rows_of)
         for b in blocks:
             _, pred, _, feats = items[b.item]
             regions = [(key, region(n, feats)) for key, n in returned[id(b)]]

@@ -13,7 +13,7 @@ import torchvision.transforms.v2.functional as TF
 from torch import nn
 
 from galore import Engine, ExplainOptions, ImageRequest, Kind, Threshold
-from galore.masks import coco_string, rle_counts, rle_from_mask
+from galore.masks import CellFrame, coco_string, rle_counts, rle_from_mask
 from galore.preprocess import Preprocess
 from galore.regions import WorkingGrid
 
@@ -232,3 +232,18 @@ def test_grid_measure_and_masks_equal_the_sorting_reference_with_ties(side, h, w
                                                                              "strength"))), rel=1e-5)
     assert torch.equal(got.positive, (values > 0).sum(1))
     assert torch.equal(grid.cell_masks(maps, got.tau).flatten(1), values >= got.tau[:, None])
+
+
+def test_batched_pixel_counts_and_boxes_equal_the_per_mask_ones():
+    """CellFrame.summaries (what measure_batch uses) against pixel_count and bbox, on frames with pixels outside the
+    crop at both ends, cells no pixel falls in, and empty masks."""
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        G, H, W = (int(n) for n in rng.integers(1, [9, 30, 30]))
+        rows, cols = (np.concatenate([np.full(int(rng.integers(0, 3)), -1), np.sort(rng.integers(0, G, n)),
+                                      np.full(int(rng.integers(0, 3)), -1)]) for n in (H, W))
+        frame = CellFrame(rows, cols, G)
+        cells = rng.random((4, G, G)) < rng.random()
+        cells[0] = False
+        counts, boxes = frame.summaries(cells)
+        assert counts == [frame.pixel_count(c) for c in cells] and boxes == [frame.bbox(c) for c in cells]
