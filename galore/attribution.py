@@ -248,6 +248,39 @@ def integrated_gradients_affine(head: nn.Module, of_logits: LogitsFn, F: torch.T
     return _out(grads.transpose(0, 1) / steps * F[:, None], split_last)
 
 
+def integrated_gradients_first_linear(split: tuple[nn.Module, nn.Linear, nn.Module], of_logits: LogitsFn,
+                                     F: torch.Tensor, steps: int = 50, split_last: bool = False) -> Maps:
+    """``integrated_gradients`` (eq. 19, F^0 = 0, the same steps a_k = k / Omega, k = 1..Omega) for a head
+    tail(linear(pre(F))) whose ``pre`` is positively homogeneous and piecewise linear (``homogeneous_first_linear``:
+    VGG16's max pool, average pool, flatten). On the path a F, pre(a F) = a pre(F) and pre's Jacobian P is the same
+    at every a > 0 (max pooling routes to the same argmax, ReLU keeps its pattern), so linear's output lies on the
+    line y_k = b + a_k W x, x = pre(F), and
+
+        sum_k grad_F g(a_k F) = P^T W^T sum_k grad_y g(tail(y_k)):
+
+    the steps go through the tail only (VGG16: 4096 -> 4096 -> 1000, all steps in one batch), and W^T (VGG16's
+    25088 x 4096) and P^T are applied ONCE, in one batched vector-Jacobian product over the T targets, as gradient x
+    activation. No host reads (any device)."""
+    pre, linear, tail = split
+    R = F.shape[0]
+    ids = torch.arange(R, device=F.device)
+    leaf = F.detach().requires_grad_(True)
+    with torch.enable_grad():
+        y1 = linear(pre(leaf))  # (R, O)
+    with torch.no_grad():
+        bias = torch.zeros_like(y1[:1]) if linear.bias is None else linear.bias[None].to(y1.dtype)
+        alphas = torch.arange(1, steps + 1, device=F.device, dtype=F.dtype) / steps
+        line = (bias[None] + alphas[:, None, None] * (y1.detach() - bias)[None]).reshape(steps * R, -1)
+    line.requires_grad_(True)
+    with torch.enable_grad():
+        values = of_logits(tail(line.clone()), ids.repeat(steps))  # (steps * R, T); clone: tail's in-place ReLU
+    along = batched_vjp([values], [line])[0]  # (steps * R, T, O)
+    cot = along.reshape(steps, R, *along.shape[1:]).sum(0).transpose(0, 1)  # (T, R, O)
+    with torch.enable_grad():
+        (grads,) = torch.autograd.grad(y1, leaf, grad_outputs=cot, is_grads_batched=True)  # (T, R, D, h, w)
+    return _out(grads.transpose(0, 1) / steps * F[:, None], split_last)
+
+
 def gradient_hessian_piecewise_linear(head: nn.Module, of_logits: LogitsFn, F: torch.Tensor,
                                       locations_per_pass: int | None = None, split_last: bool = False) -> Maps:
     """``gradient_hessian`` for a head whose logits z(F) are piecewise linear (``piecewise_linear``): their Hessian
@@ -424,6 +457,33 @@ def first_linear(head: nn.Module) -> tuple[nn.Module, nn.Linear, nn.Module] | No
     return split
 
 
+# Channel-wise operations that are also positively homogeneous, op(a x) = a op(x) for a > 0, with a Jacobian that
+# does not change under a positive scale (no ReLU6's clamp at 6, no BatchNorm's shift): ``homogeneous_first_linear``.
+HOMOGENEOUS_MODULES = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten,
+                       nn.Identity, nn.Dropout)
+HOMOGENEOUS_TARGETS = CHANNELWISE_TARGETS
+
+
+def homogeneous_first_linear(head: nn.Module) -> tuple[nn.Module, nn.Linear, nn.Module] | None:
+    """``first_linear``'s split tail(linear(pre(F))) where every operation of ``pre`` in the traced graph is
+    positively homogeneous (HOMOGENEOUS_*; Dropout in eval mode only), so pre(a F) = a pre(F) with the same Jacobian
+    for every a > 0 (``integrated_gradients_first_linear``); None otherwise."""
+    split = first_linear(head)
+    if split is None:
+        return None
+    modules = dict(split[0].named_modules())
+    for node in split[0].graph.nodes:
+        if node.op in ("placeholder", "output"):
+            continue
+        op = _op(node, modules)
+        if node.op == "call_module":
+            if not isinstance(op, HOMOGENEOUS_MODULES) or (isinstance(op, nn.Dropout) and op.training):
+                return None
+        elif not _is_in(op, HOMOGENEOUS_TARGETS):
+            return None
+    return split
+
+
 def _is_in(op, targets: set) -> bool:
     try:
         return op in targets
@@ -458,6 +518,9 @@ def attribute(method: Attribution, fn: TargetFn, F: torch.Tensor, ig_steps: int 
     if method is Attribution.INTEGRATED_GRADIENTS:
         if parts is not None and affine(parts[0]):
             return integrated_gradients_affine(*parts, F, steps=ig_steps, split_last=split_last)
+        split = homogeneous_first_linear(parts[0]) if parts is not None else None
+        if split is not None:
+            return integrated_gradients_first_linear(split, parts[1], F, steps=ig_steps, split_last=split_last)
         return integrated_gradients(fn, F, steps=ig_steps, split_last=split_last)
     if method is Attribution.GRADIENT_HESSIAN:
         if parts is not None and piecewise_linear(parts[0]):
