@@ -367,26 +367,32 @@ def _tangents_through_first_linear(pre: nn.Module, linear: nn.Linear, tail: nn.M
     Fd = F.detach()
     eye_locs = torch.arange(L, device=F.device)
     for r in range(R):
+        leaf = Fd[r:r + 1].clone().requires_grad_(True)
+        with torch.enable_grad():
+            x = pre(leaf.clone())  # (1, M); clone: pre may apply ReLU in place
         with torch.no_grad():
-            x = pre(Fd[r:r + 1])  # (1, M)
-            y1 = linear(x)  # (1, O)
+            y1 = linear(x.detach())  # (1, O)
         M = x.shape[-1]
         if x.dim() != 2 or M % D or linear.weight.shape[1] != M:
             raise ValueError(f"first_linear: pre gives {tuple(x.shape)}, not (1, {D} x positions)")
         P = M // D
-        Q = torch.empty(L, M, device=F.device, dtype=F.dtype)  # Q[l] = pre's tangent along F restricted to l
+        # pre is channel-wise, so the cotangent with ones at position p of EVERY channel gives each channel's own
+        # d pre_{d,p} / d F_{d,l}: P batched vector-Jacobian products give pre's whole Jacobian (P, D, L), and the
+        # tangent of F restricted to l at position p is F_{d,l} times it
+        Qp = torch.empty(P, L, D, device=F.device, dtype=F.dtype)  # Qp[p, l] = pre's tangent along F at l, at p
         per_pass = max(1, TANGENT_VALUES // (D * L))
-        for start in range(0, L, per_pass):
-            locs = eye_locs[start:start + per_pass]
-            tangent = torch.zeros(locs.numel(), D, L, device=F.device, dtype=F.dtype)
-            tangent[torch.arange(locs.numel(), device=F.device), :, locs] = Fd[r].reshape(D, L)[:, locs].T
-            Q[locs] = torch.func.vmap(lambda t: torch.func.jvp(pre, (Fd[r:r + 1],), (t[None],))[1][0])(
-                tangent.reshape(-1, D, h, w))
-        Q = Q.reshape(L, D, P)
-        reach = Q.ne(0).any(1).T  # (P, L): location l's tangent reaches position p
+        for start in range(0, P, per_pass):
+            ps = torch.arange(start, min(start + per_pass, P), device=F.device)
+            cot = torch.zeros(ps.numel(), 1, D, P, device=F.device, dtype=F.dtype)
+            cot[torch.arange(ps.numel(), device=F.device), :, :, ps] = 1
+            with torch.enable_grad():
+                (jac,) = torch.autograd.grad(x, leaf, grad_outputs=cot.reshape(-1, 1, M), is_grads_batched=True,
+                                             retain_graph=True)  # (k, 1, D, h, w)
+            Qp[ps] = (jac.reshape(-1, D, L) * Fd[r].reshape(1, D, L)).transpose(1, 2)
+        reach = Qp.ne(0).any(2)  # (P, L): location l's tangent reaches position p
         K = int(reach.sum(1).max())
         near = reach.to(F.dtype).topk(max(K, 1), dim=1).indices  # (P, K) locations reaching each position
-        Qn = Q.permute(2, 0, 1).gather(1, near[..., None].expand(-1, -1, D))  # (P, K, D)
+        Qn = Qp.gather(1, near[..., None].expand(-1, -1, D))  # (P, K, D)
         Wp = _by_position(linear, D)  # (P, D, O)
         t1 = torch.zeros(L, Wp.shape[-1], device=F.device, dtype=F.dtype).index_add_(
             0, near.reshape(-1), torch.bmm(Qn, Wp).reshape(-1, Wp.shape[-1]))  # (L, O)
