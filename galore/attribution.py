@@ -399,14 +399,24 @@ def _tangents_through_first_linear(pre: nn.Module, linear: nn.Linear, tail: nn.M
         def at(y: torch.Tensor) -> torch.Tensor:
             return tail(y.clone())  # the tail may apply ReLU in place
 
-        u = torch.func.vmap(lambda t: torch.func.jvp(at, (y1,), (t[None],))[1][0])(t1)  # (L, C)
+        bare = _passes_through(tail)  # ResNet-50: the Linear is the last operation, its tangents are u
+        u = t1 if bare else torch.func.vmap(lambda t: torch.func.jvp(at, (y1,), (t[None],))[1][0])(t1)  # (L, C)
 
-        def back(v: torch.Tensor, at=at, y1=y1, near=near, Qn=Qn, Wp=Wp) -> torch.Tensor:
-            _, vjp = torch.func.vjp(at, y1)
-            s = torch.func.vmap(lambda c: vjp(c[None])[0][0])(v)  # (L, O): tail^T v
+        def back(v: torch.Tensor, at=at, y1=y1, near=near, Qn=Qn, Wp=Wp, bare=bare) -> torch.Tensor:
+            if bare:
+                s = v
+            else:
+                _, vjp = torch.func.vjp(at, y1)
+                s = torch.func.vmap(lambda c: vjp(c[None])[0][0])(v)  # (L, O): tail^T v
             G = torch.bmm(s[near], Wp.transpose(1, 2)) * Qn  # (P, K, D)
             return torch.zeros(L, D, device=F.device, dtype=F.dtype).index_add_(0, near.reshape(-1), G.reshape(-1, D))
         yield (torch.full((L,), r, device=F.device), eye_locs, logits[r:r + 1].expand(L, -1).clone(), u.detach(), back)
+
+
+def _passes_through(module: nn.Module) -> bool:
+    """Whether a traced module (``first_linear``'s tail) returns its input unchanged: no operation in its graph."""
+    return isinstance(module, torch.fx.GraphModule) and all(n.op in ("placeholder", "output")
+                                                             for n in module.graph.nodes)
 
 
 _BY_POSITION: "weakref.WeakKeyDictionary[nn.Linear, tuple]" = weakref.WeakKeyDictionary()
