@@ -268,9 +268,9 @@ def integrated_gradients_first_linear(split: tuple[nn.Module, nn.Linear, nn.Modu
     with torch.enable_grad():
         y1 = linear(pre(leaf))  # (R, O)
     with torch.no_grad():
-        bias = torch.zeros_like(y1[:1]) if linear.bias is None else linear.bias[None].to(y1.dtype)
-        alphas = torch.arange(1, steps + 1, device=F.device, dtype=F.dtype) / steps
-        line = (bias[None] + alphas[:, None, None] * (y1.detach() - bias)[None]).reshape(steps * R, -1)
+        bias = torch.zeros_like(y1[:1]) if linear.bias is None else linear.bias.to(y1.dtype)  # y(0): pre(0) = 0
+        alphas = torch.arange(1, steps + 1, device=F.device, dtype=F.dtype).reshape((-1,) + (1,) * y1.dim()) / steps
+        line = (bias + alphas * (y1.detach() - bias)).reshape((steps * R,) + y1.shape[1:])  # row k * R + r
     line.requires_grad_(True)
     with torch.enable_grad():
         values = of_logits(tail(line.clone()), ids.repeat(steps))  # (steps * R, T); clone: tail's in-place ReLU
@@ -291,9 +291,10 @@ def gradient_hessian_piecewise_linear(head: nn.Module, of_logits: LogitsFn, F: t
     F_k (J^T S u)_k take the transposed products of S u (only with ``split_last``).
 
     The u come from ``_tangents_through_first_linear`` where the head starts with channel-wise operations and a Linear
-    (VGG16: max pool, average pool, flatten, Linear) and F is on the CPU, else (or when ``locations_per_pass`` is given) from one
-    forward-mode product per location through the whole head (``_tangents_by_jvp``, ``locations_per_pass`` at a time;
-    default: as many as keep the tangents within TANGENT_VALUES)."""
+    (VGG16: max pool, average pool, flatten, Linear; ResNet-50: average pool, flatten, fc) and F is on the CPU, else
+    (or when ``locations_per_pass`` is given) from one forward-mode product per location through the whole head
+    (``_tangents_by_jvp``, ``locations_per_pass`` at a time; default: as many as keep the tangents within
+    TANGENT_VALUES)."""
     R, D, h, w = F.shape
     L = h * w
     ids = torch.arange(R, device=F.device)
@@ -358,9 +359,11 @@ def _tangents_through_first_linear(pre: nn.Module, linear: nn.Linear, tail: nn.M
                                    logits: torch.Tensor):
     """u = J F_ij for all locations of one row at a time, for a head tail(linear(pre(F))) with ``pre`` channel-wise
     (``first_linear``). The tangent of F_ij after ``pre`` touches only the positions p its pooling windows reach
-    (max pooling: with the primal's argmax), so linear's tangents are, for each p, the few locations reaching it times
-    W[:, :, p] (O x D): one batched product over the positions, about the cost of ONE dense product W x. The
-    (L, O) tangents then go through ``tail`` in one batched forward-mode product at the primal (its ReLU pattern).
+    (max pooling: with the primal's argmax); pre's per-channel Jacobian comes from P batched vector-Jacobian
+    products (one per position, not one dense tangent per location). Linear's tangents are, for each p, the few
+    locations reaching it times W[:, :, p] (O x D): one batched product over the positions, about the cost of ONE
+    dense product W x. An empty tail (the Linear is the head's last operation) passes them on as u; otherwise the
+    (L, O) tangents go through ``tail`` in one batched forward-mode product at the primal (its ReLU pattern).
     Yields as ``_tangents_by_jvp``, one row at a time."""
     R, D, h, w = F.shape
     L = h * w
