@@ -138,12 +138,14 @@ def test_the_homogeneous_split_reads_each_head():
 
 
 @pytest.mark.parametrize("target", [Target.LOGIT, Target.PROBABILITY])
-def test_integrated_gradients_through_the_first_linear_equal_the_step_by_step_path(target):
+@pytest.mark.parametrize("zeros", [False, True])  # True: post-ReLU features, max-pooling windows tied at 0
+def test_integrated_gradients_through_the_first_linear_equal_the_step_by_step_path(target, zeros):
     """VGG16's head before its first Linear is positively homogeneous: the 50 steps run through the rest of the head
     only and the first Linear's transpose is applied once; the same maps as eq. (19) step by step."""
     from galore.attribution import integrated_gradients, integrated_gradients_first_linear, homogeneous_first_linear
     _, module, D = head_of("vgg16")
-    F = torch.rand(2, D, 3, 3, generator=torch.Generator().manual_seed(3)) * 3
+    gen = torch.Generator().manual_seed(3)
+    F = (torch.randn(2, D, 4, 4, generator=gen).relu() if zeros else torch.rand(2, D, 3, 3, generator=gen)) * 3
     of_logits = values_of(target)
 
     def fn(f, ids):
