@@ -1,7 +1,8 @@
 """Attribution functions' cost on a model's head, one image (R = 1 row), T = 10 probability targets + the softmax
 score (as the engine asks with ``target: probability``): gradient x activation, integrated gradients (50 steps)
 and gradient-Hessian, each by the path the engine takes (``galore.attribution.attribute`` with the head's parts:
-the structured paths where the head's traced graph is piecewise linear / affine) and by the general path.
+the structured paths where the head's traced graph is piecewise linear / affine / positively homogeneous up to its
+first Linear) and by the general path.
 
     .venv/bin/python benchmarks/attribution_cost.py                       # vgg16, resnet50, mobilenet_v3_large
     .venv/bin/python benchmarks/attribution_cost.py --archs resnet50 --repeats 5

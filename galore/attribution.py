@@ -248,38 +248,37 @@ def integrated_gradients_affine(head: nn.Module, of_logits: LogitsFn, F: torch.T
     return _out(grads.transpose(0, 1) / steps * F[:, None], split_last)
 
 
-def integrated_gradients_first_linear(pre: nn.Module, linear: nn.Linear, tail: nn.Module, of_logits: LogitsFn,
-                                      F: torch.Tensor, steps: int = 50, chunk: int = 10,
-                                      split_last: bool = False) -> Maps:
-    """``integrated_gradients`` (eq. 19, F^0 = 0) for a head tail(linear(pre(F))) whose ``pre`` is positively
-    homogeneous and piecewise linear (``homogeneous_prefix``: ReLU, max / average pooling, flatten; VGG16's head).
-    On the path a_k F (a_k > 0), pre(a_k F) = a_k pre(F) with the same ReLU pattern and max-pooling argmax, so the
-    first Linear's input is y_k = a_k W x + b with x = pre(F), and F's gradient at step k is P^T W^T g_k with one
-    fixed linear map P^T W^T (g_k: the gradient w.r.t. y at y_k). The steps' sum therefore commutes with it:
-    sum_k grad_F(a_k F) = P^T W^T sum_k g_k. The steps run through ``tail`` only (C-dimensional targets of an
-    O-dimensional input, ``chunk`` steps at a time), and P^T W^T is applied once, by ONE batched vector-Jacobian
-    product over the T targets, as in gradient x activation. (R, D, h, w) -> (R, T, h, w)."""
+def integrated_gradients_first_linear(split: tuple[nn.Module, nn.Linear, nn.Module], of_logits: LogitsFn,
+                                     F: torch.Tensor, steps: int = 50, split_last: bool = False) -> Maps:
+    """``integrated_gradients`` (eq. 19, F^0 = 0, the same steps a_k = k / Omega, k = 1..Omega) for a head
+    tail(linear(pre(F))) whose ``pre`` is positively homogeneous and piecewise linear (``homogeneous_first_linear``:
+    VGG16's max pool, average pool, flatten). On the path a F, pre(a F) = a pre(F) and pre's Jacobian P is the same
+    at every a > 0 (max pooling routes to the same argmax, ReLU keeps its pattern), so linear's output lies on the
+    line y_k = b + a_k W x, x = pre(F), and
+
+        sum_k grad_F g(a_k F) = P^T W^T sum_k grad_y g(tail(y_k)):
+
+    the steps go through the tail only (VGG16: 4096 -> 4096 -> 1000, all steps in one batch), and W^T (VGG16's
+    25088 x 4096) and P^T are applied ONCE, in one batched vector-Jacobian product over the T targets, as gradient x
+    activation. No host reads (any device)."""
+    pre, linear, tail = split
     R = F.shape[0]
     ids = torch.arange(R, device=F.device)
     leaf = F.detach().requires_grad_(True)
     with torch.enable_grad():
-        Wx = nn.functional.linear(pre(leaf), linear.weight)  # (R, O): the first Linear without its bias
-    bias = linear.bias if linear.bias is not None else torch.zeros_like(Wx[0])
-    total = None
+        y1 = linear(pre(leaf))  # (R, O)
     with torch.no_grad():
-        for start in range(1, steps + 1, chunk):
-            alphas = torch.arange(start, min(start + chunk, steps + 1), device=F.device, dtype=F.dtype) / steps
-            K = alphas.numel()
-            y = (alphas[:, None, None] * Wx.detach()[None] + bias).reshape(K * R, -1)  # (K*R, O), row k*R + r
-            y.requires_grad_(True)
-            with torch.enable_grad():
-                values = of_logits(tail(y.clone()), ids.repeat(K))  # (K*R, T); clone: the tail's ReLU is in place
-            g = batched_vjp([values], [y])[0]  # (K*R, T, O)
-            summed = g.reshape(K, R, *g.shape[1:]).sum(0)  # (R, T, O)
-            total = summed if total is None else total + summed
+        bias = torch.zeros_like(y1[:1]) if linear.bias is None else linear.bias.to(y1.dtype)  # y(0): pre(0) = 0
+        alphas = torch.arange(1, steps + 1, device=F.device, dtype=F.dtype).reshape((-1,) + (1,) * y1.dim()) / steps
+        line = (bias + alphas * (y1.detach() - bias)).reshape((steps * R,) + y1.shape[1:])  # row k * R + r
+    line.requires_grad_(True)
     with torch.enable_grad():
-        (grads,) = torch.autograd.grad(Wx, leaf, grad_outputs=total.transpose(0, 1), is_grads_batched=True)
-    return _out(grads.transpose(0, 1) / steps * F[:, None], split_last)  # grads: (T, R, D, h, w) -> (R, T, ...)
+        values = of_logits(tail(line.clone()), ids.repeat(steps))  # (steps * R, T); clone: tail's in-place ReLU
+    along = batched_vjp([values], [line])[0]  # (steps * R, T, O)
+    cot = along.reshape(steps, R, *along.shape[1:]).sum(0).transpose(0, 1)  # (T, R, O)
+    with torch.enable_grad():
+        (grads,) = torch.autograd.grad(y1, leaf, grad_outputs=cot, is_grads_batched=True)  # (T, R, D, h, w)
+    return _out(grads.transpose(0, 1) / steps * F[:, None], split_last)
 
 
 def gradient_hessian_piecewise_linear(head: nn.Module, of_logits: LogitsFn, F: torch.Tensor,
@@ -292,9 +291,10 @@ def gradient_hessian_piecewise_linear(head: nn.Module, of_logits: LogitsFn, F: t
     F_k (J^T S u)_k take the transposed products of S u (only with ``split_last``).
 
     The u come from ``_tangents_through_first_linear`` where the head starts with channel-wise operations and a Linear
-    (VGG16: max pool, average pool, flatten, Linear) and F is on the CPU, else (or when ``locations_per_pass`` is given) from one
-    forward-mode product per location through the whole head (``_tangents_by_jvp``, ``locations_per_pass`` at a time;
-    default: as many as keep the tangents within TANGENT_VALUES)."""
+    (VGG16: max pool, average pool, flatten, Linear; ResNet-50: average pool, flatten, fc) and F is on the CPU, else
+    (or when ``locations_per_pass`` is given) from one forward-mode product per location through the whole head
+    (``_tangents_by_jvp``, ``locations_per_pass`` at a time; default: as many as keep the tangents within
+    TANGENT_VALUES)."""
     R, D, h, w = F.shape
     L = h * w
     ids = torch.arange(R, device=F.device)
@@ -359,53 +359,67 @@ def _tangents_through_first_linear(pre: nn.Module, linear: nn.Linear, tail: nn.M
                                    logits: torch.Tensor):
     """u = J F_ij for all locations of one row at a time, for a head tail(linear(pre(F))) with ``pre`` channel-wise
     (``first_linear``). The tangent of F_ij after ``pre`` touches only the positions p its pooling windows reach
-    (max pooling: with the primal's argmax; found by one vector-Jacobian product of pre per position), so linear's
-    tangents are, for each p, the few locations reaching it times
-    W[:, :, p] (O x D): one batched product over the positions, about the cost of ONE dense product W x. The
-    (L, O) tangents then go through ``tail`` in one batched forward-mode product at the primal (its ReLU pattern).
+    (max pooling: with the primal's argmax); pre's per-channel Jacobian comes from P batched vector-Jacobian
+    products (one per position, not one dense tangent per location). Linear's tangents are, for each p, the few
+    locations reaching it times W[:, :, p] (O x D): one batched product over the positions, about the cost of ONE
+    dense product W x. An empty tail (the Linear is the head's last operation) passes them on as u; otherwise the
+    (L, O) tangents go through ``tail`` in one batched forward-mode product at the primal (its ReLU pattern).
     Yields as ``_tangents_by_jvp``, one row at a time."""
     R, D, h, w = F.shape
     L = h * w
     Fd = F.detach()
     eye_locs = torch.arange(L, device=F.device)
     for r in range(R):
+        leaf = Fd[r:r + 1].clone().requires_grad_(True)
+        with torch.enable_grad():
+            x = pre(leaf.clone())  # (1, M); clone: pre may apply ReLU in place
         with torch.no_grad():
-            x = pre(Fd[r:r + 1])  # (1, M)
-            y1 = linear(x)  # (1, O)
+            y1 = linear(x.detach())  # (1, O)
         M = x.shape[-1]
         if x.dim() != 2 or M % D or linear.weight.shape[1] != M:
             raise ValueError(f"first_linear: pre gives {tuple(x.shape)}, not (1, {D} x positions)")
         P = M // D
-        # Q[l, d, p] = d pre(F)[d, p] / d F[d, l] * F[d, l]: pre's tangent along F restricted to l. pre is
-        # channel-wise, so one vector-Jacobian product per position p (cotangent: p in every channel) gives the
-        # derivatives of all channels at once: P products of F's size instead of L.
-        _, pull = torch.func.vjp(pre, Fd[r:r + 1])
-        Q = torch.empty(P, D, L, device=F.device, dtype=F.dtype)
+        # pre is channel-wise, so the cotangent with ones at position p of EVERY channel gives each channel's own
+        # d pre_{d,p} / d F_{d,l}: P batched vector-Jacobian products give pre's whole Jacobian (P, D, L), and the
+        # tangent of F restricted to l at position p is F_{d,l} times it
+        Qp = torch.empty(P, L, D, device=F.device, dtype=F.dtype)  # Qp[p, l] = pre's tangent along F at l, at p
         per_pass = max(1, TANGENT_VALUES // (D * L))
         for start in range(0, P, per_pass):
-            pos = torch.arange(start, min(start + per_pass, P), device=F.device)
-            cot = torch.zeros(pos.numel(), D, P, device=F.device, dtype=F.dtype)
-            cot[torch.arange(pos.numel(), device=F.device), :, pos] = 1.0
-            Q[pos] = torch.func.vmap(lambda c: pull(c.reshape(1, M))[0][0])(cot).reshape(-1, D, L)
-        Q = (Q * Fd[r].reshape(1, D, L)).permute(2, 1, 0)  # (L, D, P)
-        reach = Q.ne(0).any(1).T  # (P, L): location l's tangent reaches position p
+            ps = torch.arange(start, min(start + per_pass, P), device=F.device)
+            cot = torch.zeros(ps.numel(), 1, D, P, device=F.device, dtype=F.dtype)
+            cot[torch.arange(ps.numel(), device=F.device), :, :, ps] = 1
+            with torch.enable_grad():
+                (jac,) = torch.autograd.grad(x, leaf, grad_outputs=cot.reshape(-1, 1, M), is_grads_batched=True,
+                                             retain_graph=True)  # (k, 1, D, h, w)
+            Qp[ps] = (jac.reshape(-1, D, L) * Fd[r].reshape(1, D, L)).transpose(1, 2)
+        reach = Qp.ne(0).any(2)  # (P, L): location l's tangent reaches position p
         K = int(reach.sum(1).max())
         near = reach.to(F.dtype).topk(max(K, 1), dim=1).indices  # (P, K) locations reaching each position
-        Qn = Q.permute(2, 0, 1).gather(1, near[..., None].expand(-1, -1, D))  # (P, K, D)
+        Qn = Qp.gather(1, near[..., None].expand(-1, -1, D))  # (P, K, D)
         Wp = _by_position(linear, D)  # (P, D, O)
         t1 = torch.zeros(L, Wp.shape[-1], device=F.device, dtype=F.dtype).index_add_(
             0, near.reshape(-1), torch.bmm(Qn, Wp).reshape(-1, Wp.shape[-1]))  # (L, O)
         def at(y: torch.Tensor) -> torch.Tensor:
             return tail(y.clone())  # the tail may apply ReLU in place
 
-        u = torch.func.vmap(lambda t: torch.func.jvp(at, (y1,), (t[None],))[1][0])(t1)  # (L, C)
+        bare = _passes_through(tail)  # ResNet-50: the Linear is the last operation, its tangents are u
+        u = t1 if bare else torch.func.vmap(lambda t: torch.func.jvp(at, (y1,), (t[None],))[1][0])(t1)  # (L, C)
 
-        def back(v: torch.Tensor, at=at, y1=y1, near=near, Qn=Qn, Wp=Wp) -> torch.Tensor:
-            _, vjp = torch.func.vjp(at, y1)
-            s = torch.func.vmap(lambda c: vjp(c[None])[0][0])(v)  # (L, O): tail^T v
+        def back(v: torch.Tensor, at=at, y1=y1, near=near, Qn=Qn, Wp=Wp, bare=bare) -> torch.Tensor:
+            if bare:
+                s = v
+            else:
+                _, vjp = torch.func.vjp(at, y1)
+                s = torch.func.vmap(lambda c: vjp(c[None])[0][0])(v)  # (L, O): tail^T v
             G = torch.bmm(s[near], Wp.transpose(1, 2)) * Qn  # (P, K, D)
             return torch.zeros(L, D, device=F.device, dtype=F.dtype).index_add_(0, near.reshape(-1), G.reshape(-1, D))
         yield (torch.full((L,), r, device=F.device), eye_locs, logits[r:r + 1].expand(L, -1).clone(), u.detach(), back)
+
+
+def _passes_through(module: nn.Module) -> bool:
+    """Whether a traced module (``first_linear``'s tail) returns its input unchanged: no operation in its graph."""
+    return isinstance(module, torch.fx.GraphModule) and all(n.op in ("placeholder", "output")
+                                                             for n in module.graph.nodes)
 
 
 _BY_POSITION: "weakref.WeakKeyDictionary[nn.Linear, tuple]" = weakref.WeakKeyDictionary()
@@ -462,25 +476,29 @@ def first_linear(head: nn.Module) -> tuple[nn.Module, nn.Linear, nn.Module] | No
     return split
 
 
-# Of the channel-wise modules, those that are also positively homogeneous (op(a x) = a op(x), a > 0) with the same
-# pieces at a x as at x: ``homogeneous_prefix``. ReLU6 and BatchNorm are not (a threshold, a shift); every function
-# of CHANNELWISE_TARGETS is.
+# Channel-wise operations that are also positively homogeneous, op(a x) = a op(x) for a > 0, with a Jacobian that
+# does not change under a positive scale (no ReLU6's clamp at 6, no BatchNorm's shift): ``homogeneous_first_linear``.
 HOMOGENEOUS_MODULES = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten,
                        nn.Identity, nn.Dropout)
+HOMOGENEOUS_TARGETS = CHANNELWISE_TARGETS
 
 
-def homogeneous_prefix(head: nn.Module) -> tuple[nn.Module, nn.Linear, nn.Module] | None:
-    """``first_linear``'s split where its ``pre`` is also positively homogeneous (HOMOGENEOUS_MODULES: VGG16's max pool,
-    average pool and flatten), so the integrated-gradients path through pre is a ray; None otherwise."""
+def homogeneous_first_linear(head: nn.Module) -> tuple[nn.Module, nn.Linear, nn.Module] | None:
+    """``first_linear``'s split tail(linear(pre(F))) where every operation of ``pre`` in the traced graph is
+    positively homogeneous (HOMOGENEOUS_*; Dropout in eval mode only), so pre(a F) = a pre(F) with the same Jacobian
+    for every a > 0 (``integrated_gradients_first_linear``); None otherwise."""
     split = first_linear(head)
     if split is None:
         return None
     modules = dict(split[0].named_modules())
     for node in split[0].graph.nodes:
+        if node.op in ("placeholder", "output"):
+            continue
         op = _op(node, modules)
-        if node.op == "call_module" and not isinstance(op, HOMOGENEOUS_MODULES):
-            return None
-        if node.op in ("call_function", "call_method") and not _is_in(op, CHANNELWISE_TARGETS):
+        if node.op == "call_module":
+            if not isinstance(op, HOMOGENEOUS_MODULES) or (isinstance(op, nn.Dropout) and op.training):
+                return None
+        elif not _is_in(op, HOMOGENEOUS_TARGETS):
             return None
     return split
 
@@ -519,8 +537,9 @@ def attribute(method: Attribution, fn: TargetFn, F: torch.Tensor, ig_steps: int 
     if method is Attribution.INTEGRATED_GRADIENTS:
         if parts is not None and affine(parts[0]):
             return integrated_gradients_affine(*parts, F, steps=ig_steps, split_last=split_last)
-        if parts is not None and (split := homogeneous_prefix(parts[0])) is not None:
-            return integrated_gradients_first_linear(*split, parts[1], F, steps=ig_steps, split_last=split_last)
+        split = homogeneous_first_linear(parts[0]) if parts is not None else None
+        if split is not None:
+            return integrated_gradients_first_linear(split, parts[1], F, steps=ig_steps, split_last=split_last)
         return integrated_gradients(fn, F, steps=ig_steps, split_last=split_last)
     if method is Attribution.GRADIENT_HESSIAN:
         if parts is not None and piecewise_linear(parts[0]):

@@ -127,50 +127,45 @@ def test_integrated_gradients_on_an_affine_head_equal_the_step_by_step_path(targ
     assert torch.allclose(routed, ref, atol=1e-4 * ref.abs().max(), rtol=1e-4)
 
 
+def test_the_homogeneous_split_reads_each_head():
+    """VGG16's max pool, average pool and flatten are positively homogeneous (ResNet-50's average pool too, but its
+    affine head takes the affine path first); ReLU6 (a clamp at 6) and BatchNorm (a shift) before the Linear are not."""
+    from galore.attribution import homogeneous_first_linear
+    assert [homogeneous_first_linear(head_of(a)[1]) is not None for a in ARCHS] == [True, True, False]
+    for op in (torch.nn.ReLU6(), torch.nn.BatchNorm2d(4).eval()):
+        module = torch.nn.Sequential(op, torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
+        assert first_linear(module) is not None and homogeneous_first_linear(module) is None
+
+
 @pytest.mark.parametrize("target", [Target.LOGIT, Target.PROBABILITY])
-def test_integrated_gradients_through_a_homogeneous_prefix_equal_the_step_by_step_path(target):
-    """VGG16's head is max pool, average pool, flatten (positively homogeneous), then Linear, ReLU, ...: on the path
-    a F the first Linear's input is a ray, so the steps run through the rest of the head only."""
-    from galore.attribution import homogeneous_prefix, integrated_gradients, integrated_gradients_first_linear
+@pytest.mark.parametrize("zeros", [False, True])  # True: post-ReLU features, max-pooling windows tied at 0
+def test_integrated_gradients_through_the_first_linear_equal_the_step_by_step_path(target, zeros):
+    """VGG16's head before its first Linear is positively homogeneous: the 50 steps run through the rest of the head
+    only and the first Linear's transpose is applied once; the same maps as eq. (19) step by step."""
+    from galore.attribution import integrated_gradients, integrated_gradients_first_linear, homogeneous_first_linear
     _, module, D = head_of("vgg16")
-    split = homogeneous_prefix(module)
-    assert split is not None
-    F = torch.rand(2, D, 3, 3, generator=torch.Generator().manual_seed(6)) * 3
+    gen = torch.Generator().manual_seed(3)
+    F = (torch.randn(2, D, 4, 4, generator=gen).relu() if zeros else torch.rand(2, D, 3, 3, generator=gen)) * 3
     of_logits = values_of(target)
 
     def fn(f, ids):
         return of_logits(module(f), ids)
     ref, ref_last = integrated_gradients(fn, F, split_last=True)
-    got, got_last = integrated_gradients_first_linear(*split, of_logits, F, split_last=True)
+    got, got_last = integrated_gradients_first_linear(homogeneous_first_linear(module), of_logits, F, split_last=True)
     assert torch.allclose(got, ref, atol=1e-4 * ref.abs().max(), rtol=1e-4)
     assert torch.allclose(got_last, ref_last, atol=1e-4 * ref_last.abs().max(), rtol=1e-4)
     routed = attribute(Attribution.INTEGRATED_GRADIENTS, fn, F, parts=(module, of_logits))
     assert torch.allclose(routed, ref, atol=1e-4 * ref.abs().max(), rtol=1e-4)
 
 
-def test_the_homogeneous_prefix_reads_each_head():
-    """VGG16 splits; ResNet-50 splits too (average pool, flatten, fc; the affine path takes it first); a BatchNorm or
-    a ReLU6 before the first Linear is not homogeneous (a shift, a threshold)."""
-    from galore.attribution import homogeneous_prefix
-    assert [homogeneous_prefix(head_of(a)[1]) is not None for a in ARCHS] == [True, True, False]
-    for op in (torch.nn.BatchNorm2d(4), torch.nn.ReLU6()):
-        head = torch.nn.Sequential(op, torch.nn.Flatten(), torch.nn.Linear(16, 3), torch.nn.ReLU(),
-                                   torch.nn.Linear(3, 2)).eval()
-        assert first_linear(head) is not None and homogeneous_prefix(head) is None
+def test_integrated_gradients_through_the_first_linear_run_on_meta():
+    """No host reads: the route runs on PyTorch's data-less meta device (as CUDA would, without a sync)."""
+    module = torch.nn.Sequential(torch.nn.MaxPool2d(2), torch.nn.Flatten(), torch.nn.Linear(4 * 4, 8),
+                                 torch.nn.ReLU(inplace=True), torch.nn.Linear(8, 5)).eval().to("meta")
+    F = torch.rand(2, 4, 4, 4, device="meta")
 
-
-def test_integrated_gradients_through_overlapping_max_pooling_equal_the_step_by_step_path():
-    """Overlapping, padded max-pooling windows and a ReLU before the first Linear."""
-    from galore.attribution import homogeneous_prefix, integrated_gradients
-    torch.manual_seed(7)
-    module = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.MaxPool2d(3, 2, padding=1), torch.nn.Flatten(),
-                                 torch.nn.Linear(4 * 9, 16), torch.nn.ReLU(inplace=True), torch.nn.Linear(16, 10)).eval()
-    assert homogeneous_prefix(module) is not None
-    F = torch.randn(2, 4, 6, 6, generator=torch.Generator().manual_seed(8))
-    of_logits = values_of(Target.PROBABILITY)
-
-    def fn(f, ids):
-        return of_logits(module(f), ids)
-    ref = integrated_gradients(fn, F)
-    got = attribute(Attribution.INTEGRATED_GRADIENTS, fn, F, parts=(module, of_logits))
-    assert torch.allclose(got, ref, atol=1e-4 * ref.abs().max(), rtol=1e-4)
+    def of_logits(logits, ids):
+        return logits.softmax(-1)[:, :3]
+    maps, last = attribute(Attribution.INTEGRATED_GRADIENTS, lambda f, ids: of_logits(module(f), ids), F,
+                           split_last=True, parts=(module, of_logits))
+    assert maps.device.type == "meta" and maps.shape == (2, 3, 4, 4) and last.shape == (2, 4, 4, 4)
