@@ -323,27 +323,26 @@ class _Bounded:
         above = (self.lo > t_hi[:, None]) & has[:, None]
         between = ~above & (self.hi >= t_lo[:, None]) & has[:, None]
         m, _, v, valid = self.values(between)
-        over = valid & (v > t_hi[m, None])  # above tau too
-        inside = valid & (v >= t_lo[m, None]) & ~over  # tau is one of these
-        n_over = torch.zeros(M, dtype=torch.long, device=device).index_add_(0, m, over.sum(1))
-        rest = k - (above * self.b.size).sum(1) - n_over  # >= 1 where k > 0: fewer than k cells exceed t_hi
+        # each candidate value's slot: -1 below t_lo (or a padding repeat), BINS above t_hi, else one of BINS equal
+        # slices of [t_lo, t_hi] (a monotone function of the value: equal values share a slice). tau is the rest-th
+        # largest in the first slice from the top whose cumulative count reaches rest (rest: k less the cells above
+        # t_hi); only that slice's values go to the quickselect. (P, BLOCK^2) arrays; one histogram per map.
+        lo, hi = t_lo[m, None], t_hi[m, None]
+        span = (t_hi - t_lo).clamp_min(torch.finfo(torch.float32).tiny)[m, None]
+        slot = ((v - lo) / span * self.BINS).floor_().clamp_(0, self.BINS - 1)
+        slot = torch.where(valid, torch.where(v > hi, self.BINS, torch.where(v >= lo, slot, -1.0)), -1.0).int()
+        width = self.BINS + 2
+        hist = torch.bincount(((m * width).int()[:, None] + slot + 1).flatten(), minlength=M * width).view(M, width)
+        at_least = hist.flip(1).cumsum(1).flip(1)[:, 1:]  # (M, BINS + 1): values in this slot or above it
+        over = at_least[:, -1]  # above t_hi
+        rest = k - (above * self.b.size).sum(1) - over  # >= 1 where k > 0: fewer than k cells exceed t_hi
+        chosen = ((at_least[:, :-1] >= (rest + over)[:, None]).sum(1) - 1).clamp_(min=0)  # (M,) the slice with tau
+        above_slice = at_least.gather(1, (chosen + 1)[:, None])[:, 0] - over
+        chosen_m = chosen.int()[m, None]
         sum_over = torch.zeros(M, dtype=torch.float64, device=device).index_add_(
-            0, m, torch.where(over, v, 0.0).sum(1, dtype=torch.float64))
-        # narrow tau down to one of BINS equal slices of [t_lo, t_hi] per map: the slice index is a monotone function
-        # of the value (equal values share a slice), so the rest-th largest lies in the first slice from the top
-        # whose cumulative count reaches rest; only that slice's values go to the quickselect. (P, BLOCK^2) arrays
-        span = (t_hi - t_lo).clamp_min(torch.finfo(torch.float32).tiny)
-        slice_of = ((v - t_lo[m, None]) / span[m, None] * self.BINS).floor_().clamp_(0, self.BINS - 1).int()
-        key = (m * self.BINS).int()[:, None] + slice_of
-        hist = torch.zeros(M * self.BINS, dtype=torch.long, device=device).index_add_(
-            0, key.flatten(), inside.flatten().long()).view(M, self.BINS)
-        at_least = hist.flip(1).cumsum(1).flip(1)  # (M, BINS): values in this slice or above it
-        chosen = ((at_least >= rest[:, None]).sum(1) - 1).clamp_(min=0)  # (M,) the slice holding tau
-        above_slice = torch.cat([at_least[:, 1:], at_least.new_zeros(M, 1)], 1).gather(1, chosen[:, None])[:, 0]
-        higher = inside & (slice_of > chosen[m, None])
-        sum_over = sum_over.index_add(0, m, torch.where(higher, v, 0.0).sum(1, dtype=torch.float64))
+            0, m, torch.where(slot > chosen_m, v, 0.0).sum(1, dtype=torch.float64))  # above t_hi or a higher slice
         rest_in = rest - above_slice  # >= 1 where k > 0
-        at = (inside & (slice_of == chosen[m, None])).flatten().nonzero()[:, 0]
+        at = (slot == chosen_m).flatten().nonzero()[:, 0]
         owner = m[at // v.shape[1]]  # nondecreasing: blocks come map by map
         v = v.flatten()[at]
         per_map = torch.bincount(owner, minlength=M)
@@ -375,8 +374,9 @@ class _Bounded:
         whole = self.lo >= tau[:, None]
         part = ~whole & (self.hi >= tau[:, None])
         if self.b.even:  # each block's flag over its cells
-            by, bx = self.b.even
-            mask = whole.view(M, -1, 1, self.b.T, 1).expand(-1, -1, by, -1, bx).reshape(M, G * G)
+            by, bx = self.b.even  # columns first (a short copy), then whole rows (long contiguous runs)
+            rows = whole.view(M, -1, self.b.T, 1).expand(-1, -1, -1, bx).reshape(M, -1, 1, G)
+            mask = rows.expand(-1, -1, by, -1).reshape(M, G * G)
         else:
             mask = whole.view(M, -1, self.b.T).repeat_interleave(self.b.y.sizes, 1, output_size=G).repeat_interleave(
                 self.b.x.sizes, 2, output_size=G).reshape(M, G * G)
