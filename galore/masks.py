@@ -75,7 +75,9 @@ class CellFrame:
     def summaries(self, cells: np.ndarray) -> tuple[list[int], list[tuple[int, int, int, int] | None]]:
         """``pixel_count`` and ``bbox`` of many masks (N, G, G) at once: two matrix products and two reductions."""
         seen = cells & self._visible[None]  # (N, G, G)
-        counts = (seen.astype(np.float64) @ self._col_axis.counts.astype(np.float64)) @ self._row_axis.counts
+        # per cell row in float32 (exact: at most the image's width), then across rows in float64
+        counts = (seen.astype(np.float32) @ self._col_axis.counts.astype(np.float32)).astype(np.float64) @ \
+            self._row_axis.counts
         rows, cols = seen.any(2), seen.any(1)  # (N, G) each
         G = self.side
         y0, x0 = rows.argmax(1), cols.argmax(1)

@@ -383,7 +383,7 @@ class _Bounded:
         m, blk, v, _ = self.values(part)
         s, t = blk // self.b.T, blk % self.b.T
         at = (self.b.y.cells[s][:, :, None] * G + self.b.x.cells[t][:, None, :]).flatten(1)  # repeats: same cell
-        mask[m[:, None].expand_as(at), at] = v >= tau[m, None]
+        mask.view(-1)[(m * (G * G))[:, None] + at] = v >= tau[m, None]  # one flat index: faster than two
         return mask
 
 
