@@ -358,8 +358,8 @@ class _Bounded:
         greater = values > kth[:, None]
         n_greater = greater.sum(1)
         tied = (values == kth[:, None]).sum(1) + n_greater > rest_in
-        total = (torch.where(greater, values, 0.0).sum(1, dtype=torch.float64) + (rest_in - n_greater) * kth.double() + sum_over
-                 + (self.sums() * above).sum(1))
+        total = (torch.where(greater, values, 0.0).sum(1, dtype=torch.float64) + (rest_in - n_greater) * kth.double()
+                 + sum_over + (self.sums() * above).sum(1))
         return torch.where(has, kth, math.inf), torch.where(has, total, 0.0), has & tied
 
     def sums(self) -> torch.Tensor:

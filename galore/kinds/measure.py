@@ -112,12 +112,6 @@ def measure_batch(grid: WorkingGrid, items: list[tuple[ExplainOptions, Predictio
             frame = frames[id(feats)] = grid.frame(feats.geo)
         return frame
 
-    def summarise(rows_of: dict[int, tuple[Features, list[int]]]) -> None:
-        """Pixel counts and boxes of every returned row, one batched call per frame (image)."""
-        for feats, rows in rows_of.values():
-            counts, boxes = frame_of(feats).summaries(cells[rows])
-            summaries.update(zip(rows, zip(counts, boxes)))
-
     def region(n: int, feats: Features) -> Region:
         return Region(cells[n], frame_of(feats), heat[n], strengths[n], *summaries[n])
 
@@ -131,13 +125,14 @@ def measure_batch(grid: WorkingGrid, items: list[tuple[ExplainOptions, Predictio
             returned[id(owner[row])].append((owner[row].maps.keys[row - owner[row].s0], len(fixed) + c))
     n_side = len(fixed) + len(candidates)
     with host_side():  # from here on every value is a host copy (the predictions' probabilities included)
-        rows_of: dict[int, tuple[Features, list[int]]] = {}
+        rows_of: dict[int, tuple[Features, list[int]]] = {}  # image -> its returned rows: one batched call each
         for b in blocks:
             feats = items[b.item][3]
             rows_of.setdefault(id(feats), (feats, []))[1].extend(n for _, n in returned[id(b)])
             for j, f in enumerate(b.maps.side_feats):
                 rows_of.setdefault(id(f), (f, []))[1].append(n_side + b.e0 + j)
-        summarise(rows_of)
+        for feats, rows in rows_of.values():
+            summaries.update(zip(rows, zip(*frame_of(feats).summaries(cells[rows]))))
         for b in blocks:
             _, pred, _, feats = items[b.item]
             regions = [(key, region(n, feats)) for key, n in returned[id(b)]]
