@@ -274,14 +274,23 @@ class _Bounded:
     def __init__(self, blocks: _Blocks, maps: torch.Tensor, cols: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
         self.b, self.maps, self.cols, self.lo, self.hi = blocks, maps, cols, lo, hi
 
-    def values(self, sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The blocks ``sel`` (M, NB) bool marks, upsampled: map ids (P,), block ids (P,), values (P, BLOCK^2) and
-        which of them are cells (the rest repeat a cell to pad a short block)."""
+    def values(self, sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The blocks ``sel`` (M, NB) bool marks, upsampled: map ids (P,), block ids (P,), values (P, cells per
+        block) and which of them are cells (the rest repeat a cell to pad a short block; None on a regular tiling,
+        where every value is a cell)."""
         m, blk = sel.nonzero(as_tuple=True)
         y, x = self.b.y, self.b.x
         s, t = blk // self.b.T, blk % self.b.T
-        rows, cols = y.cells[s], x.cells[t]  # (P, BLOCK) each
         _, h, G = self.cols.shape
+        if self.b.even:  # whole rows of blocks: one index per block, not per value
+            by, bx = self.b.even
+            runs = self.cols.reshape(-1, bx)  # (M * h * T, bx): each feature row's first lerp, block by block
+            a = runs.index_select(0, (m * h + y.first_i0[s]) * self.b.T + t)  # (P, bx)
+            b = runs.index_select(0, (m * h + y.first_i1[s]) * self.b.T + t)
+            w0, w1 = y.w0.view(-1, by).index_select(0, s), y.w1.view(-1, by).index_select(0, s)  # (P, by)
+            v = a[:, None, :] * w0[:, :, None]
+            return m, blk, v.add_(b[:, None, :] * w1[:, :, None]).flatten(1), None  # (P, by * bx)
+        rows, cols = y.cells[s], x.cells[t]  # (P, BLOCK) each
         flat = self.cols.reshape(-1)
         # a block's rows share i0 and i1: two feature rows of the first lerp, at the block's columns
         a = flat[((m * h + y.first_i0[s]) * G)[:, None] + cols]  # (P, BLOCK)
@@ -300,7 +309,9 @@ class _Bounded:
         part = ~whole & (self.hi > t2 if strict else self.hi >= t2)
         count = (whole * self.b.size).sum(1)
         m, _, v, valid = self.values(part)
-        hit = (v > t[m, None] if strict else v >= t[m, None]) & valid
+        hit = v > t[m, None] if strict else v >= t[m, None]
+        if valid is not None:
+            hit &= valid
         count = count.index_add(0, m, hit.sum(1))
         if not with_sum:
             return count, None
@@ -330,7 +341,8 @@ class _Bounded:
         lo, hi = t_lo[m, None], t_hi[m, None]
         span = (t_hi - t_lo).clamp_min(torch.finfo(torch.float32).tiny)[m, None]
         slot = ((v - lo) / span * self.BINS).floor_().clamp_(0, self.BINS - 1)
-        slot = torch.where(valid, torch.where(v > hi, self.BINS, torch.where(v >= lo, slot, -1.0)), -1.0).int()
+        slot = torch.where(v > hi, self.BINS, torch.where(v >= lo, slot, -1.0))
+        slot = (slot if valid is None else torch.where(valid, slot, -1.0)).int()
         width = self.BINS + 2
         hist = torch.bincount(((m * width).int()[:, None] + slot + 1).flatten(), minlength=M * width).view(M, width)
         at_least = hist.flip(1).cumsum(1).flip(1)[:, 1:]  # (M, BINS + 1): values in this slot or above it
@@ -382,6 +394,10 @@ class _Bounded:
                 self.b.x.sizes, 2, output_size=G).reshape(M, G * G)
         m, blk, v, _ = self.values(part)
         s, t = blk // self.b.T, blk % self.b.T
+        if self.b.even:  # one (block row, block column) pair per block; a block's rows are runs of bx cells
+            by, bx = self.b.even
+            mask.view(M, -1, by, self.b.T, bx)[m, s, :, t, :] = (v >= tau[m, None]).view(-1, by, bx)
+            return mask
         at = (self.b.y.cells[s][:, :, None] * G + self.b.x.cells[t][:, None, :]).flatten(1)  # repeats: same cell
         mask.view(-1)[(m * (G * G))[:, None] + at] = v >= tau[m, None]  # one flat index: faster than two
         return mask

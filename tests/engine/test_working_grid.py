@@ -196,10 +196,13 @@ def check_against_sorting(values: torch.Tensor, k: torch.Tensor, limit: float, g
 
 
 @pytest.mark.parametrize("sync_free", [False, True], ids=["blocks (CPU)", "sync-free"])
-@pytest.mark.parametrize("side, h, w", [(224, 7, 7), (37, 5, 3), (16, 4, 4), (10, 12, 9), (1, 3, 3)])
+@pytest.mark.parametrize("side, h, w", [(224, 7, 7), (37, 5, 3), (16, 4, 4), (10, 12, 9), (1, 3, 3), (16, 16, 1),
+                                         (32, 2, 32)])
 def test_grid_measure_and_masks_equal_the_sorting_reference_with_ties(side, h, w, sync_free):
     """The whole working-grid measure of feature-grid maps, on the CPU by blocks (bounds from each block's corners,
     only the blocks that straddle a threshold upsampled) and sync-free, against a sort of every upsampled value.
+    Regular tilings of 8 x 8, 1 x 8 and 8 x 1 blocks (224 over 7 x 7, 16 over 16 x 1, 32 over 2 x 32) and
+    irregular ones (the rest) take the block path's two ways of upsampling and writing a block.
     Integer maps make plateaus: many cells tie at tau; absolute T, few-positive and all-zero maps included, and the
     masks equal ``values >= tau`` cell for cell."""
     from galore.regions import Rule
