@@ -60,6 +60,10 @@ class CellFrame:
         """(G, G) bool: cells some original pixel centre falls in."""
         return self.cell_pixels > 0
 
+    @cached_property
+    def _all_visible(self) -> bool:
+        return bool(self._visible.all())
+
     def pixel_count(self, cells: np.ndarray) -> int:
         return int(self.cell_pixels[cells].sum())
 
@@ -74,7 +78,7 @@ class CellFrame:
 
     def summaries(self, cells: np.ndarray) -> tuple[list[int], list[tuple[int, int, int, int] | None]]:
         """``pixel_count`` and ``bbox`` of many masks (N, G, G) at once: two matrix products and two reductions."""
-        seen = cells & self._visible[None]  # (N, G, G)
+        seen = cells if self._all_visible else cells & self._visible[None]  # (N, G, G)
         # per cell row in float32 (exact: at most the image's width), then across rows in float64
         counts = (seen.astype(np.float32) @ self._col_axis.counts.astype(np.float32)).astype(np.float64) @ \
             self._row_axis.counts

@@ -330,29 +330,31 @@ class _Bounded:
             return inf, torch.zeros(M, dtype=torch.float64, device=device), torch.zeros(M, dtype=torch.bool,
                                                                                          device=device)
         uniform = self.b.block_cells if self.b.uniform else 0
-        t_lo, t_hi = _weighted_kth(self.lo, self.b.size, k, uniform), _weighted_kth(self.hi, self.b.size, k, uniform)
+        t_lo, t_hi = _weighted_kth(torch.cat([self.lo, self.hi]), self.b.size, k.repeat(2), uniform).chunk(2)
         above = (self.lo > t_hi[:, None]) & has[:, None]
         between = ~above & (self.hi >= t_lo[:, None]) & has[:, None]
         m, _, v, valid = self.values(between)
-        # each candidate value's slot: -1 below t_lo (or a padding repeat), BINS above t_hi, else one of BINS equal
-        # slices of [t_lo, t_hi] (a monotone function of the value: equal values share a slice). tau is the rest-th
-        # largest in the first slice from the top whose cumulative count reaches rest (rest: k less the cells above
-        # t_hi); only that slice's values go to the quickselect. (P, BLOCK^2) arrays; one histogram per map.
-        lo, hi = t_lo[m, None], t_hi[m, None]
-        span = (t_hi - t_lo).clamp_min(torch.finfo(torch.float32).tiny)[m, None]
-        slot = ((v - lo) / span * self.BINS).floor_().clamp_(0, self.BINS - 1)
-        slot = torch.where(v > hi, self.BINS, torch.where(v >= lo, slot, -1.0))
-        slot = (slot if valid is None else torch.where(valid, slot, -1.0)).int()
+        # each candidate value's slot: floor((v - t_lo) / (t_hi - t_lo) x BINS) clamped to [-1, BINS], a monotone
+        # function of the value (equal values share a slot): -1 holds values below t_lo (and padding repeats), BINS
+        # those above t_hi, and a value below t_lo that rounds into slot 0 is still below tau, which is >= t_lo. tau
+        # is the rest-th largest in the first slot from the top whose cumulative count reaches rest (rest: k less
+        # the cells above t_hi); only that slot's values go to the quickselect. (P, cells per block) arrays; slots
+        # are offset by 1 + m x (BINS + 2) so one histogram counts every map's.
         width = self.BINS + 2
-        hist = torch.bincount(((m * width).int()[:, None] + slot + 1).flatten(), minlength=M * width).view(M, width)
+        span = (t_hi - t_lo).clamp_min(torch.finfo(torch.float32).tiny)
+        slot = (v - t_lo[m, None]).div_(span[m, None]).mul_(self.BINS).floor_().clamp_(-1, self.BINS)
+        if valid is not None:
+            slot.masked_fill_(~valid, -1)
+        slot = slot.int().add_((m * width + 1).int()[:, None])
+        hist = torch.bincount(slot.flatten(), minlength=M * width).view(M, width)
         at_least = hist.flip(1).cumsum(1).flip(1)[:, 1:]  # (M, BINS + 1): values in this slot or above it
         over = at_least[:, -1]  # above t_hi
         rest = k - (above * self.b.size).sum(1) - over  # >= 1 where k > 0: fewer than k cells exceed t_hi
-        chosen = ((at_least[:, :-1] >= (rest + over)[:, None]).sum(1) - 1).clamp_(min=0)  # (M,) the slice with tau
+        chosen = ((at_least[:, :-1] >= (rest + over)[:, None]).sum(1) - 1).clamp_(min=0)  # (M,) the slot with tau
         above_slice = at_least.gather(1, (chosen + 1)[:, None])[:, 0] - over
-        chosen_m = chosen.int()[m, None]
+        chosen_m = (chosen + torch.arange(M, device=device) * width + 1).int()[m, None]  # offset like ``slot``
         sum_over = torch.zeros(M, dtype=torch.float64, device=device).index_add_(
-            0, m, torch.where(slot > chosen_m, v, 0.0).sum(1, dtype=torch.float64))  # above t_hi or a higher slice
+            0, m, torch.where(slot > chosen_m, v, 0.0).sum(1, dtype=torch.float64))  # above t_hi or a higher slot
         rest_in = rest - above_slice  # >= 1 where k > 0
         at = (slot == chosen_m).flatten().nonzero()[:, 0]
         owner = m[at // v.shape[1]]  # nondecreasing: blocks come map by map
