@@ -141,7 +141,8 @@ class WorkingGrid:
             chunk = self.upsample(maps[s:s + step]).flatten(1) if sync_free else maps[s:s + step].float()
             out.append(measure(chunk, rule.k[s:s + step], rule.absolute[s:s + step], flags[s:s + step],
                                scale[s:s + step]))
-        return Measured(*(torch.cat([getattr(m, f) for m in out]) for f in ("wanted", "tau", "kept", "positive", "strength")))
+        return Measured(*(torch.cat([getattr(m, f) for m in out])
+                          for f in ("wanted", "tau", "kept", "positive", "strength")))
 
     def _scales(self, maps: torch.Tensor, rule: Rule, step: int) -> torch.Tensor:
         """(M,) the scale T multiplies: the largest working-grid value over each map's scale group. Peaks are only
@@ -168,9 +169,15 @@ class WorkingGrid:
         return blocks.masks(maps.float(), tau).reshape(-1, self.side, self.side)
 
     def frame(self, geo: Geometry) -> CellFrame:
-        """Which cell each original pixel of ``geo``'s image falls in (-1 outside the crop)."""
-        return CellFrame(_axis_cells(geo.height, geo.scale_y, geo.top, geo.crop, self.side),
-                         _axis_cells(geo.width, geo.scale_x, geo.left, geo.crop, self.side), self.side)
+        """Which cell each original pixel of ``geo``'s image falls in (-1 outside the crop). Photos of one size
+        share a frame (the last 32 sizes are cached, with their per-cell pixel counts: about 0.5 MB each at G = 224)."""
+        return _frame(geo, self.side)
+
+
+@lru_cache(maxsize=32)
+def _frame(geo: Geometry, side: int) -> CellFrame:
+    return CellFrame(_axis_cells(geo.height, geo.scale_y, geo.top, geo.crop, side),
+                     _axis_cells(geo.width, geo.scale_x, geo.left, geo.crop, side), side)
 
 
 def _axis_cells(n: int, scale: float, offset: int, crop: int, side: int) -> np.ndarray:
@@ -471,7 +478,8 @@ def _measure(values: torch.Tensor, k: torch.Tensor, absolute: torch.Tensor, coun
     A cell is kept when its value reaches tau: the k-th largest value for a count, just above T x scale for an
     absolute threshold, the smallest positive value when fewer cells than wanted are positive. For counts the
     strength comes from the top-k sum (cells tied at tau add tau each), so a map costs one selection, and a
-    counting pass only when a cell outside its top k ties with tau; ``positive`` is counted only where ``count_positive`` asks (-1 elsewhere)."""
+    counting pass only when a cell outside its top k ties with tau; ``positive`` is counted only where
+    ``count_positive`` asks (-1 elsewhere)."""
     M, N = values.shape
     floor = torch.finfo(values.dtype).tiny
     counted = k >= 0
