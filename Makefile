@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP) tools java protos archive
-	$(PY) -m pytest -q --doctest-modules galore tests
+	$(PY) -m pytest -q --doctest-modules galore galore_cli tests
 
 # Tools the tests run for real: Debian's prometheus (with promtool), chromium and openssl, and kubectl (for
 # `kubectl kustomize`). tests/tools.py is the one rule for them: a missing tool skips the test saying so, and FAILS

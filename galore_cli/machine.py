@@ -2,8 +2,9 @@
 that every benchmark and evaluation report records beside its figures.
 
     >>> from galore_cli.machine import cpu_model, describe
-    >>> cpu_model()                     # e.g. 'AMD EPYC 9R14' (lscpu's "Model name", read from /proc/cpuinfo)
-    >>> describe()                      # e.g. 'AMD EPYC 9R14, 2 cores, load average 0.3 / 0.5, torch 2.14.1 ...'
+    >>> model = cpu_model()             # e.g. 'AMD EPYC 9R14' (lscpu's "Model name", read from /proc/cpuinfo)
+    >>> describe().startswith(model)    # e.g. 'AMD EPYC 9R14, 2 cores, load average 0.3 / 0.5, torch 2.14.1 ...'
+    True
 """
 from __future__ import annotations
 

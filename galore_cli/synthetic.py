@@ -12,6 +12,10 @@ images whose ground truth is known by construction; galore.evaluate.synthetic).
             and against the generator's own ground truth, runs Table III's search baselines (Goyal et al. 2019,
             the sliding window of §VI-F, FinerCAM) on --search-images images, and writes DIR/synthetic.md / .json;
   all       (default) the three in order. A step whose outputs exist with the same settings is reused.
+  summary   (with --seeds) only re-reads the seeds' reports and writes DIR/seeds.md / .json.
+
+--seeds N: the steps for seeds S, S + 1, ..., S + N - 1 (S = --seed), each into DIR/seed-K, then DIR/seeds.md and
+seeds.json: every figure as mean ± sd over the finished seeds (galore_cli.synthetic_seeds).
 
 --quick: 6 classes in 2 families, 300 images, 4 epochs, 12 explained images at a few coverages (about a minute
 on one core; `make test` runs it). Exit status: 0 done, 1 some images failed, 2 bad input.
@@ -38,7 +42,7 @@ from galore_cli.machine import cpu_model
 from .proxy import _bar, _engine, markdown
 from .status import EXIT_BAD_INPUT, EXIT_IMAGE_FAILED, EXIT_OK, CliError, set_threads
 
-STEPS = ("all", "generate", "train", "evaluate")
+STEPS = ("all", "generate", "train", "evaluate", "summary")
 EXEMPLARS_PER_CLASS = 5
 QUICK_COVERAGES = (0.005, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
 SEARCH_IMAGES = 2  # images for the exhaustive search baselines of Table III (minutes each on 2 cores)
@@ -62,6 +66,8 @@ def add_parser(evaluate_commands) -> argparse.ArgumentParser:
     g.add_argument("--train-per-class", type=int, help=f"training images per class (default {d.train_per_class})")
     g.add_argument("--test-per-class", type=int, help=f"test images per class (default {d.test_per_class})")
     g.add_argument("--seed", type=int, help=f"data set seed (default {d.seed}; the classifier's seed follows it)")
+    g.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="run N seeds from --seed on, each into DIR/seed-K, and report mean ± sd (default 1: DIR)")
     m = p.add_argument_group("classifier (galore.classifier_training.ClassifierTraining)")
     m.add_argument("--epochs", type=int, help=f"(default {t.epochs})")
     m.add_argument("--batch-size", type=int, help=f"(default {t.batch_size})")
@@ -98,7 +104,28 @@ def configs(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
-    out = Path(args.out)
+    if args.seeds < 1:
+        raise CliError(f"--seeds: must be >= 1, got {args.seeds}", EXIT_BAD_INPUT)
+    if args.seeds == 1 and args.step != "summary":
+        return run_one(args, Path(args.out))
+    from .synthetic_seeds import summarise
+
+    out, first = Path(args.out), configs(args)[0].seed
+    status = EXIT_OK
+    if args.step != "summary":
+        for seed in range(first, first + args.seeds):
+            print(f"seed {seed}: {out / f'seed-{seed}'}")
+            status = max(status, run_one(Namespace(**{**vars(args), "seed": seed}), out / f"seed-{seed}"))
+    if args.step in ("all", "evaluate", "summary"):
+        try:
+            print(summarise(out))
+        except FileNotFoundError as exc:
+            raise CliError(str(exc), EXIT_BAD_INPUT) from None
+    return status
+
+
+def run_one(args: argparse.Namespace, out: Path) -> int:
+    """The steps for one seed into ``out``."""
     try:
         data, training = configs(args)
         times = {}

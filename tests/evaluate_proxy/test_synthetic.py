@@ -193,6 +193,43 @@ def test_quick_outputs_run_unchanged_through_proxy_and_train_hardness_and_are_re
     assert "train reused" in capsys.readouterr().out
 
 
+def test_seeds_summary_gives_mean_and_sd_over_the_seed_folders(quick, tmp_path, capsys):
+    """`galore evaluate synthetic summary --seeds`: the quick run's report as seed 0 and, as seed 1, the same report
+    with the held-out top-1, GALORE's deliberative precision at 10 % and its Table II r set by hand."""
+    from galore.evaluate.region_baselines import at
+
+    out, _ = quick
+    report = json.loads((out / "synthetic.json").read_text())
+    other = json.loads(json.dumps(report))
+    other["accuracy"]["top1"] = report["accuracy"]["top1"] + 0.2
+    covs = report["coverages"]
+    curve = other["proxy"]["trained"]["curves"]["deliberative/2"]["precision"]
+    curve[covs.index(0.1)] = 1.0
+    other["proxy"]["trained"]["strength_precision"]["deliberative/2"]["pearson"] = 0.9
+    for seed, r in ((0, report), (1, other)):
+        (tmp_path / f"seed-{seed}").mkdir()
+        (tmp_path / f"seed-{seed}" / "synthetic.json").write_text(json.dumps(r))
+    (tmp_path / "seed-2").mkdir()  # unfinished: no report, ignored
+    assert main(["evaluate", "synthetic", "summary", "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "seeds.json").read_text())
+    assert summary["seeds"] == 2
+    top1 = report["accuracy"]["top1"]
+    assert summary["accuracy"] == pytest.approx([top1 + 0.1, 0.1], abs=1e-4)
+    p = [v for v in (at(covs, report["proxy"]["trained"]["curves"]["deliberative/2"]["precision"], 0.1), 1.0)
+         if v is not None]  # seed 0 may have no segment at 10 %
+    assert summary["regions"]["deliberative/2"]["GALORE"]["P@10%"] == pytest.approx([np.mean(p), np.std(p)],
+                                                                                        abs=1e-4)
+    r = report["proxy"]["trained"]["strength_precision"]["deliberative/2"]["pearson"]
+    assert summary["pearson"]["deliberative/2"] == pytest.approx([(r + 0.9) / 2, abs(0.9 - r) / 2], abs=1e-4)
+    prior = summary["regions"]["deliberative/2"]["object prior"]["P@10%"]
+    draws = report["baselines"]["trained"]["object_prior"]["deliberative/2"]["precision"]
+    assert prior == pytest.approx([np.mean([at(covs, d, 0.1) for d in draws]), 0.0], abs=1e-4)  # same in both
+    text = (tmp_path / "seeds.md").read_text()
+    assert "over 2 seeds (seed-0, seed-1)" in text and "| deliberative/2 | object prior |" in text
+    assert "## PIoU and Table II" in capsys.readouterr().out
+    assert main(["evaluate", "synthetic", "summary", "--out", str(tmp_path / "none")]) == 2
+
+
 def test_quick_model_builds_into_an_archive_the_service_serves(quick, tmp_path):
     """model_store.build on the trained weights, F = features.8 and the exemplar bank; TorchServe's own model
     loader then answers a counterfactual on a test image against a bank exemplar (module docstring of
