@@ -7,10 +7,11 @@ as an ``(H0, W0, 3)`` uint8 array. Figures (one row of captioned panels each):
 * ``deliberative``: each insecurity as its region highlighted, captioned with its class tuple and strength;
 * ``counterfactual``: the query region next to each counter-class exemplar region (or why one is missing).
 
-Example:
-    >>> entry = ReportEntry(name="cat.jpg", image=pixels, explanation=result)   # doctest: +SKIP
-    >>> files = write_report("out", [entry])                                     # doctest: +SKIP
-    >>> files.html  # out/report.html, with every figure inlined as a data URI   # doctest: +SKIP
+Example (``pixels`` the photo, ``result`` its explanation; run in tests/client/test_report.py)::
+
+    entry = ReportEntry(name="cat.jpg", image=pixels, explanation=result)
+    files = write_report("out", [entry])
+    files.html  # out/report.html, with every figure inlined as a data URI
 """
 from __future__ import annotations
 
