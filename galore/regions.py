@@ -133,14 +133,16 @@ class WorkingGrid:
             def measure(coarse, k, absolute, positive, scale):
                 return _measure_blocks(coarse, k, absolute, positive, scale, blocks)
         sync_free = self.is_sync_free(device)
-        empty = maps.new_zeros(0, self.cells) if sync_free else maps[:0].float()
-        out = [measure(empty, rule.k[:0], rule.absolute[:0], flags[:0], rule.absolute[:0])]  # M = 0 stays valid
         step = max(1, CHUNK_CELLS // self.cells)
         scale = self._scales(maps, rule, step)
+        out = []
         for s in range(0, M, step):
             chunk = self.upsample(maps[s:s + step]).flatten(1) if sync_free else maps[s:s + step].float()
             out.append(measure(chunk, rule.k[s:s + step], rule.absolute[s:s + step], flags[s:s + step],
                                scale[s:s + step]))
+        if not out:  # M = 0: empty results of the right dtypes
+            empty = maps.new_zeros(0, self.cells) if sync_free else maps[:0].float()
+            out.append(measure(empty, rule.k[:0], rule.absolute[:0], flags[:0], rule.absolute[:0]))
         return Measured(*(torch.cat([getattr(m, f) for m in out])
                           for f in ("wanted", "tau", "kept", "positive", "strength")))
 
@@ -418,6 +420,8 @@ def _weighted_kth(bound: torch.Tensor, size: torch.Tensor, k: torch.Tensor, unif
     largest bound, one quickselect per row, no sort."""
     if uniform:
         j = (k.clamp_min(1) + uniform - 1) // uniform  # blocks needed, <= NB
+        if len(j) and int(j.min()) == int(j.max()):  # one count for every row (a coverage): one quickselect
+            return torch.kthvalue(bound, bound.shape[1] - int(j[0]) + 1, dim=1).values
         out = torch.empty(k.shape, dtype=bound.dtype, device=bound.device)
         for jj in torch.unique(j[k > 0] if bool((k > 0).any()) else j[:1]).tolist():  # typically one
             rows = (j == jj) | ((k <= 0) & (jj == int(j.max())))

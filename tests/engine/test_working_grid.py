@@ -237,6 +237,17 @@ def test_grid_measure_and_masks_equal_the_sorting_reference_with_ties(side, h, w
     assert torch.equal(grid.cell_masks(maps, got.tau).flatten(1), values >= got.tau[:, None])
 
 
+@pytest.mark.parametrize("sync_free", [False, True], ids=["blocks (CPU)", "sync-free"])
+def test_measure_of_no_maps_is_empty_with_the_dtypes_of_many(sync_free):
+    from galore.regions import Rule
+
+    grid = WorkingGrid(224, 224, sync_free=sync_free)
+    rule = Rule.coverage_of(Threshold(coverage=0.1), grid.cells)
+    none, some = (grid.measure(torch.rand(n, 7, 7), rule.expand(n)) for n in (0, 2))
+    for f in ("wanted", "tau", "kept", "positive", "strength"):
+        assert getattr(none, f).shape == (0,) and getattr(none, f).dtype == getattr(some, f).dtype, f
+
+
 def test_batched_pixel_counts_and_boxes_equal_the_per_mask_ones():
     """CellFrame.summaries (what measure_batch uses) against pixel_count and bbox, on frames with pixels outside the
     crop at both ends, cells no pixel falls in, and empty masks."""
