@@ -44,7 +44,7 @@ def seed_folders(out: Path) -> list[Path]:
 def _stat(values: list) -> list | None:
     """[mean, population sd] of the values that are not None (sd 0 for one), or None when there are none."""
     vals = [float(v) for v in values if v is not None]
-    return None if not vals else [round(float(np.mean(vals)), 4), round(float(np.std(vals)), 4)]
+    return None if not vals else [round(float(np.mean(vals)), 6), round(float(np.std(vals)), 6)]
 
 
 def _level(covs: list, curve: list, coverage: float):
@@ -73,12 +73,15 @@ def summarise_reports(reports: list[dict]) -> dict:
 
     regions, construction, piou, pearson = {}, {}, {}, {}
     for key in KEYS:
-        row = {"GALORE": _rows(reports, lambda r: trained(r)["curves"].get(key)),
-               "GALORE, random weights": _rows(reports, lambda r: r["proxy"].get("random", {}).get("curves", {})
-                                               .get(key))}
+        row = {"GALORE": _rows(reports, lambda r: trained(r)["curves"].get(key))}
         for name, title in BASELINES:
             if not (name == "attributive" and key == "attributive/1"):
                 row[title] = _rows(reports, lambda r: r["baselines"].get("trained", {}).get(name, {}).get(key))
+        # Fig. 11: the random-weight network's own segments (its own predictions) and their random cells
+        row["GALORE, random weights"] = _rows(reports, lambda r: r["proxy"].get("random", {}).get("curves", {})
+                                              .get(key))
+        row["random cells, random-weight segments"] = _rows(
+            reports, lambda r: r["baselines"].get("random", {}).get("random", {}).get(key))
         regions[key] = {k: v for k, v in row.items() if any(v.values())}
         truth = {"GALORE": _rows(reports, lambda r: r["construction"].get("trained", {}).get("galore", {}).get(key))}
         for name, title in BASELINES:
