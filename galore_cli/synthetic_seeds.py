@@ -73,20 +73,21 @@ def summarise_reports(reports: list[dict]) -> dict:
 
     regions, construction, piou, pearson = {}, {}, {}, {}
     for key in KEYS:
-        row = {"GALORE": _rows(reports, lambda r: trained(r)["curves"].get(key))}
-        for name, title in BASELINES:
-            if not (name == "attributive" and key == "attributive/1"):
-                row[title] = _rows(reports, lambda r: r["baselines"].get("trained", {}).get(name, {}).get(key))
+        def baselines(source) -> dict:
+            """The baseline rows of ``key``, from ``source(report)`` -> {baseline name: {key: curve}}."""
+            return {title: _rows(reports, lambda r: source(r).get(name, {}).get(key)) for name, title in BASELINES
+                    if not (name == "attributive" and key == "attributive/1")}
+
+        row = {"GALORE": _rows(reports, lambda r: trained(r)["curves"].get(key)),
+               **baselines(lambda r: r["baselines"].get("trained", {}))}
         # Fig. 11: the random-weight network's own segments (its own predictions) and their random cells
         row["GALORE, random weights"] = _rows(reports, lambda r: r["proxy"].get("random", {}).get("curves", {})
                                               .get(key))
         row["random cells, random-weight segments"] = _rows(
             reports, lambda r: r["baselines"].get("random", {}).get("random", {}).get(key))
         regions[key] = {k: v for k, v in row.items() if any(v.values())}
-        truth = {"GALORE": _rows(reports, lambda r: r["construction"].get("trained", {}).get("galore", {}).get(key))}
-        for name, title in BASELINES:
-            if not (name == "attributive" and key == "attributive/1"):
-                truth[title] = _rows(reports, lambda r: r["construction"].get("trained", {}).get(name, {}).get(key))
+        truth = {"GALORE": _rows(reports, lambda r: r["construction"].get("trained", {}).get("galore", {}).get(key)),
+                 **baselines(lambda r: r["construction"].get("trained", {}))}
         construction[key] = {k: v for k, v in truth.items() if any(v.values())}
         if key.startswith("counterfactual"):
             piou[key] = {percent(c): _stat([at(r["coverages"], trained(r)["piou"].get(key, []), c) for r in reports])
