@@ -1,5 +1,5 @@
 """Attribution functions' cost on a model's head, one image (R = 1 row), T = 10 probability targets + the softmax
-score (as the engine asks with ``target: probability``): gradient x activation, integrated gradients (50 steps)
+score (the engine's ``galore.confidence.Targets`` with ``target: probability``): gradient x activation, integrated gradients (50 steps)
 and gradient-Hessian, each by the path the engine takes (``galore.attribution.attribute`` with the head's parts:
 the structured paths where the head's traced graph is piecewise linear / affine / positively homogeneous up to its
 first Linear) and by the general path.
@@ -20,8 +20,9 @@ import torch
 import torchvision
 
 from galore.attribution import affine, attribute, gradient_hessian, integrated_gradients, piecewise_linear
+from galore.confidence import Targets
 from galore.model import split_classifier
-from galore.options import Attribution
+from galore.options import Attribution, Score, Target
 
 from engine_throughput import engine_version, machine
 
@@ -51,11 +52,7 @@ def main() -> None:
         torch.manual_seed(0)
         split = split_classifier(getattr(torchvision.models, arch)().eval())
         F = torch.rand(1, *split.feature_shape)
-        idx = torch.arange(10)[None]
-
-        def of_logits(z, ids):
-            probs = z.softmax(-1)
-            return torch.cat([probs.gather(1, idx[ids]), probs.amax(1, keepdim=True)], 1)
+        of_logits = Targets(Target.PROBABILITY, torch.arange(10)[None], Score.SOFTMAX)  # as the engine's rows
 
         def fn(f, ids):
             return of_logits(split.head(f), ids)

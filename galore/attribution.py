@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import operator
 import weakref
-from typing import Callable
+from typing import Callable, Protocol, runtime_checkable
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -30,6 +30,20 @@ from .options import Attribution
 TargetFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (N, D, h, w), ids (N,) -> (N, T)
 LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # logits (N, C), ids (N,) -> (N, T)
 Maps = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
+@runtime_checkable
+class CurvedLogitsFn(Protocol):
+    """A LogitsFn that knows its own second derivatives in the logits (``galore.confidence.Targets``): with it the
+    structured gradient-Hessian takes closed forms instead of two nested forward-mode products per call."""
+
+    def __call__(self, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor: ...
+
+    def second_along(self, z: torch.Tensor, u: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """u^T S_t u per target t: z, u (N, C), ids (N,) -> (N, T)."""
+
+    def last_along(self, z: torch.Tensor, u: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """S_last u, the last target's Hessian times u: (N, C)."""
 
 
 def target_gradients(fn: TargetFn, F: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -124,40 +138,56 @@ class _TwiceDifferentiable(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def gradient_hessian(fn: TargetFn, F: torch.Tensor, locations_per_pass: int = 16, split_last: bool = False) -> Maps:
+def gradient_hessian(fn: TargetFn, F: torch.Tensor, locations_per_pass: int | None = None,
+                     split_last: bool = False) -> Maps:
     """NeurIPS 2019 eq. (2): a_ij = grad_ij^T F_ij + 1/2 F_ij^T H_ij F_ij, H_ij the (D x D) Hessian block at (i, j).
 
-    The quadratic term uses Hessian-vector products with v = F restricted to one location, batched over
-    ``locations_per_pass`` locations per double-backward (``is_grads_batched``); never one call per Hessian entry.
-    Channel k contributes grad_k F_k + 1/2 F_k (H_ij F_ij)_k. Each target needs its own Hessian, so here F is
-    replicated to (R*T) rows, row (r, t) carrying target t only.
+    Any differentiable head. The gradients come from one batched vector-Jacobian product (as gradient x activation);
+    the quadratic term F_ij^T H_ij F_ij is the second derivative of every target along v = F restricted to (i, j),
+    so one forward-over-forward product per location gives it for ALL T targets at once (``locations_per_pass``
+    locations batched as rows; default: PASS_ROWS rows a pass, the tangents within TANGENT_VALUES), never one
+    Hessian-vector product per target. With ``split_last`` the last target's per-channel terms
+    F_k (H_ij F_ij)_k (the engine clips the score's map per channel) take one forward-over-reverse product per
+    location, for that target only. (R, D, h, w) -> (R, T, h, w) [, (R, D, h, w)].
     """
     R, D, h, w = F.shape
+    L = h * w
     ids = torch.arange(R, device=F.device)
-    with torch.no_grad():
-        T = fn(F[:1], ids[:1]).shape[1]
-    Frep = F.detach()[:, None].expand(R, T, D, h, w).reshape(R * T, D, h, w).clone().requires_grad_(True)
+    leaf = F.detach().requires_grad_(True)
     with torch.enable_grad(), _TwiceDifferentiable():
-        own = fn(Frep, ids.repeat_interleave(T)).reshape(R, T, T).diagonal(dim1=1, dim2=2)  # (R, T)
-        (grads,) = torch.autograd.grad(own.sum(), Frep, create_graph=True, allow_unused=True)
-    if grads is None:
-        grads = torch.zeros_like(Frep)
-    Fd = Frep.detach().reshape(-1, D, h * w)  # (R*T, D, h*w)
-    quad = torch.zeros_like(Fd)  # (R*T, D, h*w): F_k (H_ij F_ij)_k per location
-    if grads.requires_grad:
-        for start in range(0, h * w, locations_per_pass):
-            locs = torch.arange(start, min(start + locations_per_pass, h * w), device=F.device)
-            K = locs.numel()
-            v = torch.zeros((K,) + Fd.shape, device=F.device, dtype=F.dtype)  # (K, R*T, D, h*w)
-            v[torch.arange(K, device=F.device), :, :, locs] = Fd[:, :, locs].permute(2, 0, 1)
-            (hvp,) = torch.autograd.grad(grads, Frep, grad_outputs=v.reshape((K,) + Frep.shape),
-                                         retain_graph=True, is_grads_batched=True, allow_unused=True)
-            if hvp is None:
-                break
-            hvp = hvp.reshape(K, -1, D, h * w)[torch.arange(K, device=F.device), :, :, locs]  # (K, R*T, D)
-            quad[:, :, locs] = (hvp * Fd[:, :, locs].permute(2, 0, 1)).permute(1, 2, 0)
-    contrib = grads.detach() * Frep.detach() + 0.5 * quad.reshape(Frep.shape)  # (R*T, D, h, w)
-    return _out(contrib.reshape(R, T, D, h, w), split_last)
+        values = fn(leaf, ids)  # (R, T)
+    grads = batched_vjp([values], [leaf])[0]  # (R, T, D, h, w)
+    T = values.shape[1]
+    Fd = F.detach().reshape(R, D, L)
+    quad = torch.zeros(R, T, L, device=F.device, dtype=F.dtype)  # F_ij^T H_ij F_ij per target and location
+    quad_last = torch.zeros(R, D, L, device=F.device, dtype=F.dtype)  # F_k (H_ij F_ij)_k of the last target
+    per_pass = locations_per_pass or max(1, min(L, PASS_ROWS // R, TANGENT_VALUES // max(1, R * D * L)))
+    for start in range(0, L, per_pass):
+        locs = torch.arange(start, min(start + per_pass, L), device=F.device)
+        K = locs.numel()
+        at_loc = Fd[:, :, locs].permute(2, 0, 1)  # (K, R, D): F at each pass location
+        v = torch.zeros(K, R, D, L, device=F.device, dtype=F.dtype)
+        v[torch.arange(K, device=F.device), :, :, locs] = at_loc
+        v = v.reshape(K * R, D, h, w)  # row k * R + r: F[r] restricted to location locs[k]
+        primal, rows = F.detach().repeat(K, 1, 1, 1), ids.repeat(K)
+
+        def g(x: torch.Tensor) -> torch.Tensor:
+            return fn(x.clone(), rows)  # clone: a head may apply ReLU in place
+
+        def along_v(x: torch.Tensor) -> torch.Tensor:
+            return torch.func.jvp(g, (x,), (v,))[1]
+
+        with torch.no_grad(), _TwiceDifferentiable():  # no graph to the head's parameters (func.grad still runs)
+            second = torch.func.jvp(along_v, (primal,), (v,))[1]  # (K*R, T): v^T H_t v
+            quad[:, :, locs] = second.reshape(K, R, T).permute(1, 2, 0)
+            if split_last:
+                hv = torch.func.jvp(torch.func.grad(lambda x: g(x)[:, -1].sum()), (primal,), (v,))[1]
+                hv = hv.reshape(K, R, D, L)[torch.arange(K, device=F.device), :, :, locs]  # (K, R, D): H v at loc
+                quad_last[:, :, locs] = (hv * at_loc).permute(1, 2, 0)
+    maps = (grads * F[:, None]).sum(2) + 0.5 * quad.reshape(R, T, h, w)
+    if not split_last:
+        return maps
+    return maps, grads[:, -1] * F + 0.5 * quad_last.reshape(R, D, h, w)
 
 
 # Operations a head may be built from for its logits to be piecewise linear in F (their Hessian zero almost
@@ -173,6 +203,8 @@ LINEAR_METHODS = {"clone", "view", "flatten", "reshape", "relu", "add", "size", 
 KINK_MODULES = (nn.ReLU, nn.ReLU6, nn.MaxPool2d, nn.AdaptiveMaxPool2d)  # the allow-list's piecewise, not affine,
 KINK_TARGETS = {torch.relu, nn.functional.relu, nn.functional.max_pool2d, "relu"}  # members
 TANGENT_VALUES = 1 << 24  # float values of one pass's location tangents (64 MB in float32)
+PASS_ROWS = 64  # rows (locations x feature rows) of one forward-over-forward pass of the general gradient-Hessian:
+# MobileNetV3-small after features.8, 1 thread: 7.8-9.0 s per feature row at 32-64 rows, 19 s at 4, 18 s at 588
 _CHECKED: "weakref.WeakKeyDictionary[nn.Module, tuple[bool, bool]]" = weakref.WeakKeyDictionary()
 
 
@@ -286,9 +318,10 @@ def gradient_hessian_piecewise_linear(head: nn.Module, of_logits: LogitsFn, F: t
     """``gradient_hessian`` for a head whose logits z(F) are piecewise linear (``piecewise_linear``): their Hessian
     vanishes almost everywhere, so the Hessian of a target g(z(F)) is J^T S J, J = dz/dF and S = d^2 g / dz^2 (C x C),
     and the quadratic term of NeurIPS 2019 eq. (2) at location (i, j) is F_ij^T H_ij F_ij = u^T S u with u = J F_ij,
-    F restricted to (i, j), then the second directional derivative of g along u (C-dimensional, cheap). A logit
-    target has S = 0 and gets gradient x activation exactly. The last target's per-channel terms F_k (H F)_k =
-    F_k (J^T S u)_k take the transposed products of S u (only with ``split_last``).
+    F restricted to (i, j), then the second directional derivative of g along u (C-dimensional: closed forms where
+    ``of_logits`` is a ``CurvedLogitsFn`` such as ``galore.confidence.Targets``, else two nested forward-mode
+    products). A logit target has S = 0 and gets gradient x activation exactly. The last target's per-channel terms
+    F_k (H F)_k = F_k (J^T S u)_k take the transposed products of S u (only with ``split_last``).
 
     The u come from ``_tangents_through_first_linear`` where the head starts with channel-wise operations and a Linear
     (VGG16: max pool, average pool, flatten, Linear; ResNet-50: average pool, flatten, fc) and F is on the CPU, else
@@ -314,22 +347,31 @@ def gradient_hessian_piecewise_linear(head: nn.Module, of_logits: LogitsFn, F: t
         pieces = _tangents_by_jvp(head, F, logits, leaf, per_pass)
     quad = torch.zeros(R, T, L, device=F.device, dtype=F.dtype)  # u^T S_t u per location
     quad_last = torch.zeros(R, D, L, device=F.device, dtype=F.dtype)  # F_k (J^T S_last u)_k
+    along = of_logits if isinstance(of_logits, CurvedLogitsFn) else _ByForwardMode(of_logits)
     for rows, locs, z, u, back in pieces:  # location locs[n] of row rows[n]: z, u (n, C)
-
-        def g(lg: torch.Tensor) -> torch.Tensor:
-            return of_logits(lg, rows)
-
-        def along_u(lg: torch.Tensor) -> torch.Tensor:
-            return torch.func.jvp(g, (lg,), (u,))[1]
-
-        quad[rows, :, locs] = torch.func.jvp(along_u, (z,), (u,))[1]  # (n, T): u^T S_t u
+        quad[rows, :, locs] = along.second_along(z, u, rows)  # (n, T): u^T S_t u
         if split_last:
-            s_u = torch.func.jvp(torch.func.grad(lambda lg: g(lg)[:, -1].sum()), (z,), (u,))[1]  # (n, C)
-            quad_last[rows, :, locs] = back(s_u)
+            quad_last[rows, :, locs] = back(along.last_along(z, u, rows))  # S_last u (n, C) -> (n, D)
     maps = (grads * F[:, None]).sum(2) + 0.5 * quad.reshape(R, T, h, w)
     if not split_last:
         return maps
     return maps, grads[:, -1] * F + 0.5 * quad_last.reshape(R, D, h, w)
+
+
+class _ByForwardMode:
+    """A LogitsFn's second derivatives along u by two nested forward-mode products (any differentiable target)."""
+
+    def __init__(self, of_logits: LogitsFn):
+        self.of_logits = of_logits
+
+    def second_along(self, z: torch.Tensor, u: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        def along_u(lg: torch.Tensor) -> torch.Tensor:
+            return torch.func.jvp(lambda x: self.of_logits(x, ids), (lg,), (u,))[1]
+        return torch.func.jvp(along_u, (z,), (u,))[1]
+
+    def last_along(self, z: torch.Tensor, u: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        last = torch.func.grad(lambda lg: self.of_logits(lg, ids)[:, -1].sum())
+        return torch.func.jvp(last, (z,), (u,))[1]
 
 
 def _tangents_by_jvp(head: nn.Module, F: torch.Tensor, logits: torch.Tensor, leaf: torch.Tensor, per_pass: int):

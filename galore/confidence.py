@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -38,3 +39,94 @@ SELF_REFERENTIAL = {Score.SOFTMAX: softmax_score, Score.CERTAINTY: certainty_sco
 def class_values(logits: torch.Tensor, target: Target) -> torch.Tensor:
     """What a class attribution differentiates: the logit (default) or the probability h_y. (N, C) -> (N, C)."""
     return logits if target is Target.LOGIT else logits.softmax(-1)
+
+
+@dataclass(frozen=True)
+class _Along:
+    """The softmax p = softmax(z) and its derivatives along a direction u, (N, C) each: d = u - E_p[u], V = E_p[d^2]
+    (N, 1). Along u, d p_y = p_y d_y and d log p_y = d_y, so every second derivative below is a closed form of these."""
+
+    p: torch.Tensor
+    logp: torch.Tensor
+    d: torch.Tensor
+    V: torch.Tensor
+
+    @classmethod
+    def at(cls, z: torch.Tensor, u: torch.Tensor) -> "_Along":
+        p, logp = z.softmax(-1), z.log_softmax(-1)
+        d = u - (p * u).sum(-1, keepdim=True)
+        return cls(p, logp, d, (p * d * d).sum(-1, keepdim=True))
+
+    def probability(self, y: torch.Tensor) -> torch.Tensor:
+        """u^T S u of h_y: p_y (d_y^2 - V). y (N, K) class ids -> (N, K)."""
+        d_y = self.d.gather(1, y)
+        return self.p.gather(1, y) * (d_y * d_y - self.V)
+
+    def probability_hvp(self, y: torch.Tensor) -> torch.Tensor:
+        """S u of h_y, the derivative of grad h_y = p_y (e_y - p) along u: p_y d_y (e_y - p) - p_y p d. y (N,) -> (N, C)."""
+        p_y, d_y = self.p.gather(1, y[:, None]), self.d.gather(1, y[:, None])  # (N, 1)
+        e_y = torch.zeros_like(self.p).scatter_(1, y[:, None], 1.0)
+        return p_y * (d_y * (e_y - self.p) - self.p * self.d)
+
+    def certainty(self) -> torch.Tensor:
+        """u^T S u of eq. (22), s = 1 + sum p log p / log C: (V + E_p[(d^2 - V) log p]) / log C. -> (N,)."""
+        return (self.V[:, 0] + (self.p * (self.d * self.d - self.V) * self.logp).sum(-1)) / math.log(self.p.shape[-1])
+
+    def certainty_hvp(self) -> torch.Tensor:
+        """S u of eq. (22): grad sum p log p = p (log p - m), m = E_p[log p]; along u:
+        p (d (log p - m) + d - E_p[d log p]). -> (N, C)."""
+        m = (self.p * self.logp).sum(-1, keepdim=True)
+        c = (self.p * self.d * self.logp).sum(-1, keepdim=True)
+        return self.p * (self.d * (self.logp - m) + self.d - c) / math.log(self.p.shape[-1])
+
+
+# second derivatives along u: of the class columns (u^T S u for the classes y (N, K) -> (N, K)), keyed as
+# class_values (a logit's are zero); of a score column (u^T S u (N,) and S u (N, C)), keyed as SELF_REFERENTIAL
+_CLASS_ALONG = {
+    Target.LOGIT: lambda a, y: torch.zeros_like(y, dtype=a.p.dtype),
+    Target.PROBABILITY: _Along.probability,
+}
+_SCORE_ALONG = {  # eq. (21) is h_y of the top class y
+    Score.SOFTMAX: (lambda a: a.probability(a.p.argmax(-1, keepdim=True))[:, 0],
+                    lambda a: a.probability_hvp(a.p.argmax(-1))),
+    Score.CERTAINTY: (_Along.certainty, _Along.certainty_hvp),
+}
+
+
+@dataclass(frozen=True, eq=False)
+class Targets:
+    """What one attribution group differentiates, as a function of the logits: per row, the values of its T classes
+    (``class_values``) and a last column, a self-referential score (eq. 21 or 22) or zero (``score`` None, e.g. the
+    easiness score, which comes from another head).
+
+    Called as ``targets(logits, ids)``: logits (N, C) of rows ``ids`` (N,) (indices into ``idx``) -> (N, T + 1).
+    ``second_along`` and ``last_along`` give its exact second derivatives along directions u, which the
+    gradient-Hessian of a piecewise-linear head needs (``galore.attribution.gradient_hessian_piecewise_linear``).
+
+    Example:
+        >>> t = Targets(Target.PROBABILITY, torch.tensor([[0, 2]]), Score.SOFTMAX)
+        >>> t(torch.tensor([[2.0, 0.0, 0.0]]), torch.tensor([0])).round(decimals=4)
+        tensor([[0.7870, 0.1065, 0.7870]])
+    """
+
+    target: Target
+    idx: torch.Tensor  # (R, T) class ids of each row
+    score: Score | None
+
+    def __call__(self, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        values = class_values(logits, self.target).gather(1, self.idx[ids])  # (N, T)
+        s = SELF_REFERENTIAL[self.score](logits) if self.score is not None else torch.zeros_like(values[:, 0])
+        return torch.cat([values, s[:, None]], dim=1)
+
+    def second_along(self, z: torch.Tensor, u: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """u^T S u per column, S the column's Hessian in the logits at z: z, u (N, C), ids (N,) -> (N, T + 1)."""
+        a = _Along.at(z, u)
+        classes = _CLASS_ALONG[self.target](a, self.idx[ids])
+        s = _SCORE_ALONG[self.score][0](a) if self.score is not None else torch.zeros_like(classes[:, 0])
+        return torch.cat([classes, s[:, None]], dim=1)
+
+    def last_along(self, z: torch.Tensor, u: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """S u of the last column (the score): z, u (N, C), ids (N,) -> (N, C)."""
+        if self.score is None:
+            return torch.zeros_like(z)
+        return _SCORE_ALONG[self.score][1](_Along.at(z, u))

@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 
 from .attribution import GRADIENT_ONLY, attribute, batched_vjp
-from .confidence import SELF_REFERENTIAL, class_values, easiness_score
+from .confidence import SELF_REFERENTIAL, Targets, easiness_score
 from .device import to_device
 from .exemplars import Features
 from .model import SplitModel
@@ -92,12 +92,7 @@ def _attribute_group(split, hardness, key: tuple, rows: list[Row], head_pass: He
     F = torch.stack([r.feats.F for r in rows])  # (R, D, h, w)
     padded = [list(r.slot) + [next(iter(r.slot))] * (T - len(r.slot)) for r in rows]
     idx = to_device(padded, F.device, torch.long)  # (R, T), padded with a repeat (its map is ignored)
-    score_fn = SELF_REFERENTIAL.get(score)
-
-    def values_of(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:  # (N, C), (N,) -> (N, T + 1)
-        values = class_values(logits, target).gather(1, idx[ids])
-        s = score_fn(logits) if score_fn is not None else torch.zeros_like(values[:, 0])
-        return torch.cat([values, s[:, None]], dim=1)
+    values_of = Targets(target, idx, score if score in SELF_REFERENTIAL else None)  # (N, C), (N,) -> (N, T + 1)
 
     grads = head_pass.gradients(rows, values_of) if head_pass and method in GRADIENT_ONLY else None
     raw, raw_s = attribute(method, lambda f, ids: values_of(split.head(f), ids), F, steps, split_last=True,

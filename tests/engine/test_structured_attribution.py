@@ -4,6 +4,7 @@ one forward-mode product per location) equals the general double-backward path, 
 a score column, as the engine asks."""
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import pytest
@@ -12,7 +13,7 @@ import torchvision
 
 from galore.attribution import (attribute, first_linear, gradient_hessian, gradient_hessian_piecewise_linear,
                                 piecewise_linear)
-from galore.confidence import SELF_REFERENTIAL, class_values
+from galore.confidence import SELF_REFERENTIAL, Targets, class_values
 from galore.model import split_classifier
 from galore.options import Attribution, Score, Target
 
@@ -65,6 +66,49 @@ def test_structured_gradient_hessian_equals_the_double_backward(arch, target, pe
     if target is Target.LOGIT:  # the classes' quadratic term is exactly zero: gradient x activation
         gxa = attribute(Attribution.GRADIENT_X_ACTIVATION, fn, F)
         assert torch.allclose(got[:, :-1], gxa[:, :-1], atol=1e-6 * scale)
+
+
+@pytest.mark.parametrize("arch", [a for a, linear in ARCHS.items() if linear])
+@pytest.mark.parametrize("target", [Target.LOGIT, Target.PROBABILITY])
+@pytest.mark.parametrize("score", [Score.SOFTMAX, Score.CERTAINTY, None])
+def test_closed_form_second_derivatives_equal_the_double_backward(arch, target, score):
+    """The engine's targets (``Targets``: classes + score) take the closed-form u^T S u and S u, both tangent paths."""
+    _, module, D = head_of(arch)
+    F = torch.rand(2, D, 3, 3, generator=torch.Generator().manual_seed(3)) * 2
+    targets = Targets(target, torch.tensor([[3, 1, 7], [0, 2, 5]]), score)
+
+    def fn(f, ids):
+        return targets(module(f), ids)
+    ref, ref_last = gradient_hessian(fn, F, split_last=True)
+    for per_pass in (None, 4):
+        got, got_last = gradient_hessian_piecewise_linear(module, targets, F, locations_per_pass=per_pass,
+                                                           split_last=True)
+        assert torch.allclose(got, ref, atol=1e-4 * ref.abs().max(), rtol=1e-4)
+        assert torch.allclose(got_last, ref_last, atol=1e-4 * ref_last.abs().max().clamp_min(1e-12), rtol=1e-4)
+
+
+@pytest.mark.parametrize("target", [Target.LOGIT, Target.PROBABILITY])
+@pytest.mark.parametrize("score", [Score.SOFTMAX, Score.CERTAINTY, None])
+def test_closed_forms_equal_nested_forward_mode_on_random_logits(target, score):
+    g = torch.Generator().manual_seed(7)
+    z, u = torch.randn(6, 9, generator=g, dtype=torch.float64) * 3, torch.randn(6, 9, generator=g, dtype=torch.float64)
+    targets, ids = Targets(target, torch.randint(0, 9, (3, 4), generator=g), score), torch.tensor([0, 1, 2, 2, 1, 0])
+
+    def along_u(lg):
+        return torch.func.jvp(lambda x: targets(x, ids), (lg,), (u,))[1]
+    ref = torch.func.jvp(along_u, (z,), (u,))[1]
+    ref_last = torch.func.jvp(torch.func.grad(lambda lg: targets(lg, ids)[:, -1].sum()), (z,), (u,))[1]
+    assert torch.allclose(targets.second_along(z, u, ids), ref, atol=1e-12)
+    assert torch.allclose(targets.last_along(z, u, ids), ref_last, atol=1e-12)
+
+
+def test_second_derivative_of_a_probability_by_hand():
+    """Two classes, z = (log 3, 0), u = (1, 0): h_0 = sigmoid(z_0 - z_1 + e), h_0'' = s (1 - s)(1 - 2 s) at s = 3/4,
+    = -3/32; the softmax score is h_0 too; S u of h_0 = h_0'' / u_0 on class 0 and its negative on class 1."""
+    z, u = torch.tensor([[math.log(3), 0.0]]), torch.tensor([[1.0, 0.0]])
+    targets = Targets(Target.PROBABILITY, torch.tensor([[0, 1]]), Score.SOFTMAX)
+    assert torch.allclose(targets.second_along(z, u, torch.tensor([0])), torch.tensor([[-3 / 32, 3 / 32, -3 / 32]]))
+    assert torch.allclose(targets.last_along(z, u, torch.tensor([0])), torch.tensor([[-3 / 32, 3 / 32]]))
 
 
 def test_the_first_linear_split_reads_each_head():
