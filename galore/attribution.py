@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import operator
 import weakref
-from typing import Callable, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch.overrides import TorchFunctionMode
 from torch import nn
 
+from .gradients import LogitsFn, TargetFn, batched_vjp
 from .options import Attribution
+from .pooled_head import pooled_gradients, pooled_split
 
-TargetFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (N, D, h, w), ids (N,) -> (N, T)
-LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # logits (N, C), ids (N,) -> (N, T)
 Maps = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
@@ -59,33 +59,30 @@ def target_gradients(fn: TargetFn, F: torch.Tensor, ids: torch.Tensor | None = N
     return batched_vjp([values], [leaf])[0]
 
 
-def batched_vjp(values: list[torch.Tensor], leaves: list[torch.Tensor], retain_graph: bool = False
-                ) -> list[torch.Tensor]:
-    """Gradients of target values [(R_i, T)] (row r of values[i] depends only on row r of leaves[i]) with respect to
-    their leaves [(R_i, D, h, w)], for all T targets in ONE batched backward: -> [(R_i, T, D, h, w)]."""
-    T = values[0].shape[1]
-    eye = torch.eye(T, device=values[0].device, dtype=values[0].dtype)
-    cotangents = [eye[:, None, :].expand(T, v.shape[0], T) for v in values]  # (T, R_i, T)
-    with torch.enable_grad():
-        grads = torch.autograd.grad(values, leaves, grad_outputs=cotangents, is_grads_batched=True,
-                                    allow_unused=True, retain_graph=retain_graph)
-    return [torch.zeros((leaf.shape[0], T) + leaf.shape[1:], device=leaf.device, dtype=leaf.dtype) if g is None
-            else g.transpose(0, 1) for g, leaf in zip(grads, leaves)]  # None: the targets do not depend on F
-
-
 def _out(contrib: torch.Tensor, split_last: bool) -> Maps:
     """Per-channel contributions (R, T, D, h, w) -> summed maps (R, T, h, w) [, last target's (R, D, h, w)]."""
     maps = contrib.sum(2)
     return (maps, contrib[:, -1]) if split_last else maps
 
 
+def _times(weights: torch.Tensor, F: torch.Tensor, split_last: bool) -> Maps:
+    """_out(weights * F): weights (R, T, D, h, w), or (R, T, D, 1, 1) the same at every location (a pooled head's
+    gradients, Grad-CAM's weights), then summed over channels by one product, never as (R, T, D, h, w)."""
+    R, D, h, w = F.shape
+    if weights.shape[-2:] != (1, 1) or (h, w) == (1, 1):
+        return _out(weights * F[:, None], split_last)
+    maps = torch.bmm(weights.reshape(R, -1, D), F.reshape(R, D, h * w)).reshape(R, -1, h, w)  # (R, T, h, w)
+    return (maps, weights[:, -1] * F) if split_last else maps
+
+
 def gradient_x_activation(fn: TargetFn, F: torch.Tensor, split_last: bool = False,
                           grads: torch.Tensor | None = None) -> Maps:
     """Eq. (18): a_ij = <grad_F g_p, F>_ij, summed over channels. (R, D, h, w) -> (R, T, h, w).
 
-    grads: d fn / d F (R, T, D, h, w) when the caller already has them (a head pass it took for the prediction)."""
+    grads: d fn / d F (R, T, D, h, w) when the caller already has them (a head pass it took for the prediction), or
+    (R, T, D, 1, 1) when they are the same at every location (``galore.pooled_head``)."""
     grads = target_gradients(fn, F) if grads is None else grads
-    return _out(grads * F[:, None], split_last)
+    return _times(grads, F, split_last)
 
 
 def grad_cam(fn: TargetFn, F: torch.Tensor, split_last: bool = False, grads: torch.Tensor | None = None) -> Maps:
@@ -96,7 +93,7 @@ def grad_cam(fn: TargetFn, F: torch.Tensor, split_last: bool = False, grads: tor
     """
     grads = target_gradients(fn, F) if grads is None else grads
     weights = grads.mean(dim=(3, 4), keepdim=True)  # (R, T, D, 1, 1)
-    return _out(weights * F[:, None], split_last)
+    return _times(weights, F, split_last)
 
 
 def integrated_gradients(fn: TargetFn, F: torch.Tensor, steps: int = 50, chunk: int = 10,
@@ -571,7 +568,11 @@ def attribute(method: Attribution, fn: TargetFn, F: torch.Tensor, ig_steps: int 
               parts: tuple[nn.Module, LogitsFn] | None = None) -> Maps:
     """Dispatch on ``method``: (R, D, h, w) -> raw maps (R, T, h, w) [, last target per channel (R, D, h, w)].
     grads: precomputed d fn / d F (R, T, D, h, w), used by the GRADIENT_ONLY methods. parts: fn as (head, of_logits),
-    fn(f, ids) = of_logits(head(f), ids), which lets a piecewise-linear head take the exact structured paths."""
+    fn(f, ids) = of_logits(head(f), ids), which lets a piecewise-linear head take the exact structured paths, and a
+    head that starts with global average pooling take its gradients through the rest of the head only."""
+    if method in GRADIENT_ONLY and grads is None and parts is not None:
+        pooled = pooled_split(parts[0])
+        grads = pooled_gradients(pooled, parts[1], F) if pooled is not None else None
     if method is Attribution.GRADIENT_X_ACTIVATION:
         return gradient_x_activation(fn, F, split_last, grads)
     if method is Attribution.GRAD_CAM:

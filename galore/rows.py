@@ -12,12 +12,14 @@ from typing import Sequence
 
 import torch
 
-from .attribution import GRADIENT_ONLY, attribute, batched_vjp
+from .attribution import GRADIENT_ONLY, attribute
 from .confidence import SELF_REFERENTIAL, Targets, easiness_score
 from .device import to_device
 from .exemplars import Features
+from .gradients import batched_vjp
 from .model import SplitModel
 from .options import ExplainOptions, Score
+from .pooled_head import per_location, pooled_split
 
 CLIP_FLOOR = 1e-7  # what the authors' code writes over negative class attributions: "clipped to ~0"
 
@@ -54,16 +56,20 @@ class RowMaps:
 
 
 class HeadPass:
-    """The prediction's head forward, taken with autograd on the query rows F (B, D, h, w): logits (B, C)."""
+    """The prediction's head forward, taken with autograd on the query rows F (B, D, h, w): logits (B, C). A head that
+    starts with global average pooling (``pooled_split``) takes autograd from the pooled features only."""
 
     def __init__(self, head: torch.nn.Module, F: torch.Tensor):
-        self.leaf = F.detach().requires_grad_(True)
+        self.pooled, self.locations = pooled_split(head), F.shape[-2:]
+        with torch.no_grad():
+            start = self.pooled.pool(F) if self.pooled else F  # (B, D, 1, 1) or (B, D) pooled; else F
+        self.leaf = start.detach().requires_grad_(True)
         with torch.enable_grad():
-            self.logits = head(self.leaf)
+            self.logits = (self.pooled.rest if self.pooled else head)(self.leaf)
         self.index: dict[int, int] = {}  # id(Features) -> row of leaf
 
     def gradients(self, rows: list[Row], values_of) -> torch.Tensor | None:
-        """d values / d F (R, T, D, h, w) for ``rows`` through this pass, or None when some row (an exemplar) is not
+        """d values / d F (R, T, D, h, w) (pooled: (R, T, D, 1, 1)) for ``rows`` through this pass, or None when some row (an exemplar) is not
         in it: then one fresh head pass over all rows costs less than this one plus a second graph (a head such as
         VGG16's is bound by reading its weights, once per forward and once per backward)."""
         if any(id(r.feats) not in self.index for r in rows):
@@ -71,8 +77,8 @@ class HeadPass:
         index = to_device([self.index[id(r.feats)] for r in rows], self.leaf.device, torch.long)
         with torch.enable_grad():
             values = values_of(self.logits[index], torch.arange(len(rows), device=self.leaf.device))
-        (grads,) = batched_vjp([values], [self.leaf], retain_graph=True)  # (B, T, D, h, w)
-        return grads[index]
+        (grads,) = batched_vjp([values], [self.leaf], retain_graph=True)  # (B, T, D, h, w); pooled: (B, T, D[, 1, 1])
+        return (per_location(grads, *self.locations) if self.pooled else grads)[index]
 
 
 def attribute_rows(split: SplitModel, hardness: SplitModel | None, groups: dict[tuple, dict[int, Row]],

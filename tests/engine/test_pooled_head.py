@@ -1,0 +1,97 @@
+"""Heads that start with global average pooling: gradients through the rest of the head only (``galore.pooled_head``)
+equal autograd's through the whole head, for gradient x activation and Grad-CAM, in attribute() and in the engine's
+head pass; heads that pool otherwise, or read F again after pooling, keep the full backward."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from galore.attribution import attribute, grad_cam, gradient_x_activation, target_gradients
+from galore.confidence import Targets
+from galore.model import split_classifier
+from galore.options import Attribution, Score, Target
+from galore.pooled_head import pooled_gradients, pooled_split
+from galore.rows import HeadPass
+
+
+class MeanHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 5)
+
+    def forward(self, f):
+        return self.fc(torch.tanh(f.mean((2, 3))))
+
+
+class ReadsFTwice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 5)
+
+    def forward(self, f):
+        return self.fc(f.mean((-2, -1))) + f[:, :5, 0, 0]
+
+
+def _torchvision_head(arch: str) -> nn.Module:
+    torch.manual_seed(0)
+    return split_classifier(getattr(torchvision.models, arch)(num_classes=7).eval()).head
+
+
+def test_the_split_reads_each_head():
+    pooled = {a: pooled_split(_torchvision_head(a)) is not None
+              for a in ("resnet18", "mobilenet_v3_small", "efficientnet_b0", "vgg11", "alexnet")}
+    assert pooled == {"resnet18": True, "mobilenet_v3_small": True, "efficientnet_b0": True, "vgg11": False,
+                      "alexnet": False}  # VGG and AlexNet max-pool, then average to 7 x 7 (not global)
+    assert pooled_split(MeanHead()) is not None
+    assert pooled_split(ReadsFTwice()) is None
+    assert pooled_split(nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(6, 5))) is None
+    assert pooled_split(nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(24, 5))) is None
+
+
+@pytest.mark.parametrize("make", [lambda: _torchvision_head("mobilenet_v3_small"), lambda: _torchvision_head("resnet18"),
+                                  MeanHead], ids=["mobilenet_v3_small", "resnet18", "mean"])
+@pytest.mark.parametrize("target", [Target.LOGIT, Target.PROBABILITY])
+def test_pooled_gradients_equal_the_full_backward(make, target):
+    head = make().eval()
+    split = pooled_split(head)
+    D = head.fc.in_features if isinstance(head, MeanHead) else None
+    F = torch.randn(3, D or _channels(head), 4, 5, generator=torch.Generator().manual_seed(1))
+    targets = Targets(target, torch.tensor([[0, 3], [2, 1], [4, 4]]), Score.CERTAINTY)
+
+    def fn(f, ids):
+        return targets(head(f), ids)
+    full = target_gradients(fn, F)  # (R, T, D, h, w)
+    pooled = pooled_gradients(split, targets, F)  # (R, T, D, 1, 1)
+    assert pooled.shape == full.shape[:3] + (1, 1)
+    torch.testing.assert_close(pooled.expand_as(full), full, rtol=1e-5, atol=1e-7)
+    for method, ref in ((Attribution.GRADIENT_X_ACTIVATION, gradient_x_activation), (Attribution.GRAD_CAM, grad_cam)):
+        got, got_last = attribute(method, fn, F, split_last=True, parts=(head, targets))
+        want, want_last = ref(fn, F, split_last=True, grads=full)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got_last, want_last, rtol=1e-5, atol=1e-7)
+
+
+def test_the_head_pass_of_a_pooled_head_equals_the_full_backward():
+    head = _torchvision_head("mobilenet_v3_small")
+    F = torch.randn(2, _channels(head), 7, 7, generator=torch.Generator().manual_seed(2))
+    targets = Targets(Target.LOGIT, torch.tensor([[1, 6], [0, 2]]), Score.SOFTMAX)
+    head_pass = HeadPass(head, F)
+    assert head_pass.pooled is not None and head_pass.leaf.shape[1] == F.shape[1]
+    torch.testing.assert_close(head_pass.logits, head(F), rtol=0, atol=0)  # the head's own pooling: same logits
+
+    class Row:  # the head pass reads a row's features by identity
+        def __init__(self, F):
+            self.feats = self
+            self.F = F
+    rows = [Row(F[0]), Row(F[1])]
+    for b, r in enumerate(rows):
+        head_pass.index[id(r.feats)] = b
+    got = head_pass.gradients(rows, targets)
+    full = target_gradients(lambda f, ids: targets(head(f), ids), F)
+    torch.testing.assert_close(got.expand_as(full), full, rtol=1e-5, atol=1e-7)
+
+
+def _channels(head: nn.Module) -> int:
+    return next(m for m in head.modules() if isinstance(m, nn.Linear)).in_features
