@@ -19,31 +19,16 @@ from __future__ import annotations
 
 import operator
 import weakref
-from typing import Protocol, runtime_checkable
 
 import torch
 from torch.overrides import TorchFunctionMode
 from torch import nn
 
-from .gradients import LogitsFn, TargetFn, batched_vjp
+from .gradients import CurvedLogitsFn, LogitsFn, TargetFn, batched_vjp
 from .options import Attribution
 from .pooled_head import pooled_gradients, pooled_split
 
 Maps = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
-
-
-@runtime_checkable
-class CurvedLogitsFn(Protocol):
-    """A LogitsFn that knows its own second derivatives in the logits (``galore.confidence.Targets``): with it the
-    structured gradient-Hessian takes closed forms instead of two nested forward-mode products per call."""
-
-    def __call__(self, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor: ...
-
-    def second_along(self, z: torch.Tensor, u: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """u^T S_t u per target t: z, u (N, C), ids (N,) -> (N, T)."""
-
-    def last_along(self, z: torch.Tensor, u: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """S_last u, the last target's Hessian times u: (N, C)."""
 
 
 def target_gradients(fn: TargetFn, F: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:

@@ -93,6 +93,32 @@ _SCORE_ALONG = {  # eq. (21) is h_y of the top class y
 }
 
 
+# gradients of the columns with respect to x, for logits z = x W^T + b (W (C, D)), at the softmax p of z
+_CLASS_GRADIENT = {  # classes y (N, K) -> (N, K, D): a logit's is its row of W; h_y's is h_y (W_y - p W)
+    Target.LOGIT: lambda s, y: s.W[y],
+    Target.PROBABILITY: lambda s, y: s.p.gather(1, y)[..., None] * (s.W[y] - s.pW[:, None]),
+}
+_SCORE_GRADIENT = {  # -> (N, D): eq. (21) is h_y of the top class; eq. (22)'s is (p (log p - E_p[log p])) W / log C
+    Score.SOFTMAX: lambda s: _CLASS_GRADIENT[Target.PROBABILITY](s, s.p.argmax(-1, keepdim=True))[:, 0],
+    Score.CERTAINTY: lambda s: (s.p * (s.logp - (s.p * s.logp).sum(-1, keepdim=True))) @ s.W / math.log(s.W.shape[0]),
+}
+
+
+@dataclass(frozen=True)
+class _ThroughLinear:
+    """The softmax of logits z (N, C) = x W^T + b, and p W (N, D)."""
+
+    W: torch.Tensor
+    p: torch.Tensor
+    logp: torch.Tensor
+    pW: torch.Tensor
+
+    @classmethod
+    def at(cls, W: torch.Tensor, z: torch.Tensor) -> "_ThroughLinear":
+        p = z.softmax(-1)
+        return cls(W, p, z.log_softmax(-1), p @ W)
+
+
 @dataclass(frozen=True, eq=False)
 class Targets:
     """What one attribution group differentiates, as a function of the logits: per row, the values of its T classes
@@ -117,6 +143,14 @@ class Targets:
         values = class_values(logits, self.target).gather(1, self.idx[ids])  # (N, T)
         s = SELF_REFERENTIAL[self.score](logits) if self.score is not None else torch.zeros_like(values[:, 0])
         return torch.cat([values, s[:, None]], dim=1)
+
+    def through_linear(self, W: torch.Tensor, z: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The gradient of every column with respect to x, where the logits z (N, C) = x W^T + b, W (C, D): in closed
+        form, (N, T + 1, D). A logit column's is a row of W (a gather, not a product with a one-hot cotangent)."""
+        at = _ThroughLinear.at(W, z)
+        classes = _CLASS_GRADIENT[self.target](at, self.idx[ids])
+        s = _SCORE_GRADIENT[self.score](at) if self.score is not None else torch.zeros_like(classes[:, 0])
+        return torch.cat([classes, s[:, None]], dim=1)
 
     def second_along(self, z: torch.Tensor, u: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """u^T S u per column, S the column's Hessian in the logits at z: z, u (N, C), ids (N,) -> (N, T + 1)."""

@@ -11,12 +11,37 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Protocol, runtime_checkable
 
 import torch
 
 TargetFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (N, D, h, w), ids (N,) -> (N, T)
 LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # logits (N, C), ids (N,) -> (N, T)
+
+
+@runtime_checkable
+class CurvedLogitsFn(Protocol):
+    """A LogitsFn that knows its own second derivatives in the logits (``galore.confidence.Targets``): with it the
+    structured gradient-Hessian takes closed forms instead of two nested forward-mode products per call."""
+
+    def __call__(self, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor: ...
+
+    def second_along(self, z: torch.Tensor, u: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """u^T S_t u per target t: z, u (N, C), ids (N,) -> (N, T)."""
+
+    def last_along(self, z: torch.Tensor, u: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """S_last u, the last target's Hessian times u: (N, C)."""
+
+
+@runtime_checkable
+class LinearLogitsFn(Protocol):
+    """A LogitsFn that knows its own gradients through a Linear, logits z = x W^T + b (``galore.confidence.Targets``):
+    a head that is pooling then one Linear then takes them in closed form, without a backward."""
+
+    def __call__(self, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor: ...
+
+    def through_linear(self, W: torch.Tensor, z: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """d values[n, t] / d x[n]: W (C, D), z (N, C), ids (N,) -> (N, T, D)."""
 
 
 def batched_vjp(values: list[torch.Tensor], leaves: list[torch.Tensor], retain_graph: bool = False

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .gradients import LogitsFn, batched_vjp
+from .gradients import LinearLogitsFn, LogitsFn, batched_vjp
 
 COPIES = {"clone", "contiguous"}  # methods that read F and give it back unchanged
 _SPLITS: "weakref.WeakKeyDictionary[nn.Module, PooledSplit | None]" = weakref.WeakKeyDictionary()
@@ -38,6 +38,7 @@ class PooledSplit:
 
     pool: nn.Module
     rest: nn.Module
+    linear: nn.Linear | None  # rest's one Linear when rest is only that after reshapes (and dropout in eval mode)
 
 
 def pooled_split(head: nn.Module) -> PooledSplit | None:
@@ -90,7 +91,35 @@ def _split(gm: torch.fx.GraphModule) -> PooledSplit | None:
     for n in copies[1:] + [pool]:
         inner[n] = before.node_copy(n, lambda a: inner[a])
     before.output(inner[pool])
-    return PooledSplit(torch.fx.GraphModule(gm, before), torch.fx.GraphModule(gm, graph))
+    rest = torch.fx.GraphModule(gm, graph)
+    return PooledSplit(torch.fx.GraphModule(gm, before), rest, _only_linear(rest))
+
+
+RESHAPES = {"view", "reshape", "flatten", "size", torch.flatten}  # what a rest may do around its one Linear
+
+
+def _only_linear(rest: torch.fx.GraphModule) -> nn.Linear | None:
+    """rest's Linear if rest(x) is that Linear of x reshaped to (N, D) (reshapes, Identity, Dropout in eval mode)."""
+    modules = dict(rest.named_modules())
+    nodes = [n for n in rest.graph.nodes if n.op not in ("placeholder", "output")]
+    if not nodes or nodes[-1].op != "call_module" or not isinstance(modules[str(nodes[-1].target)], nn.Linear):
+        return None
+    for n in nodes[:-1]:
+        op = modules.get(str(n.target)) if n.op == "call_module" else n.target
+        if n.op == "call_module":
+            if not (isinstance(op, nn.Identity) or (isinstance(op, nn.Dropout) and not op.training)):
+                return None
+        elif not (n.op in ("call_method", "call_function") and _is_in(op, RESHAPES)):
+            return None
+    output = next(n for n in rest.graph.nodes if n.op == "output")
+    return modules[str(nodes[-1].target)] if output.args[0] is nodes[-1] else None
+
+
+def _is_in(op, ops: set) -> bool:
+    try:
+        return op in ops
+    except TypeError:  # unhashable target
+        return False
 
 
 def _global_average(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
@@ -113,13 +142,17 @@ def _global_average(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
 def pooled_gradients(split: PooledSplit, of_logits: LogitsFn, F: torch.Tensor,
                      x: torch.Tensor | None = None) -> torch.Tensor:
     """d of_logits(head(F), ids)[r, t] / d F[r] for every row r and target t, through ``split.rest`` only:
-    (R, D, h, w) -> (R, T, D, 1, 1), the same at every location. x: pool(F), when the caller has it."""
+    (R, D, h, w) -> (R, T, D, 1, 1), the same at every location. x: pool(F), when the caller has it. Where rest is
+    one Linear and of_logits knows its gradients through it (``LinearLogitsFn``), in closed form, with no backward."""
     R, _, h, w = F.shape
+    ids = torch.arange(R, device=F.device)
     with torch.no_grad():
         x = split.pool(F) if x is None else x  # (R, D, 1, 1) or (R, D)
+        if split.linear is not None and isinstance(of_logits, LinearLogitsFn):
+            return per_location(of_logits.through_linear(split.linear.weight, split.rest(x), ids), h, w)
     leaf = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        values = of_logits(split.rest(leaf), torch.arange(R, device=F.device))  # (R, T)
+        values = of_logits(split.rest(leaf), ids)  # (R, T)
     (grads,) = batched_vjp([values], [leaf])  # (R, T) + x's shape
     return per_location(grads, h, w)
 

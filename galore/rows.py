@@ -16,7 +16,7 @@ from .attribution import GRADIENT_ONLY, attribute
 from .confidence import SELF_REFERENTIAL, Targets, easiness_score
 from .device import to_device
 from .exemplars import Features
-from .gradients import batched_vjp
+from .gradients import LinearLogitsFn, batched_vjp
 from .model import SplitModel
 from .options import ExplainOptions, Score
 from .pooled_head import per_location, pooled_split
@@ -75,8 +75,12 @@ class HeadPass:
         if any(id(r.feats) not in self.index for r in rows):
             return None
         index = to_device([self.index[id(r.feats)] for r in rows], self.leaf.device, torch.long)
+        ids = torch.arange(len(rows), device=self.leaf.device)
+        if self.pooled and self.pooled.linear is not None and isinstance(values_of, LinearLogitsFn):  # closed form
+            grads = values_of.through_linear(self.pooled.linear.weight, self.logits[index].detach(), ids)  # (R, T, D)
+            return per_location(grads, *self.locations)
         with torch.enable_grad():
-            values = values_of(self.logits[index], torch.arange(len(rows), device=self.leaf.device))
+            values = values_of(self.logits[index], ids)
         (grads,) = batched_vjp([values], [self.leaf], retain_graph=True)  # (B, T, D, h, w); pooled: (B, T, D[, 1, 1])
         return (per_location(grads, *self.locations) if self.pooled else grads)[index]
 

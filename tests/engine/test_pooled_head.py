@@ -44,7 +44,10 @@ def test_the_split_reads_each_head():
               for a in ("resnet18", "mobilenet_v3_small", "efficientnet_b0", "vgg11", "alexnet")}
     assert pooled == {"resnet18": True, "mobilenet_v3_small": True, "efficientnet_b0": True, "vgg11": False,
                       "alexnet": False}  # VGG and AlexNet max-pool, then average to 7 x 7 (not global)
-    assert pooled_split(MeanHead()) is not None
+    linear = {a: pooled_split(_torchvision_head(a)).linear is not None
+              for a in ("resnet18", "mobilenet_v3_small", "efficientnet_b0")}
+    assert linear == {"resnet18": True, "mobilenet_v3_small": False, "efficientnet_b0": True}  # MLP: not one Linear
+    assert pooled_split(MeanHead()) is not None and pooled_split(MeanHead()).linear is None  # tanh before the Linear
     assert pooled_split(ReadsFTwice()) is None
     assert pooled_split(nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(6, 5))) is None
     assert pooled_split(nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(24, 5))) is None
@@ -73,8 +76,22 @@ def test_pooled_gradients_equal_the_full_backward(make, target):
         torch.testing.assert_close(got_last, want_last, rtol=1e-5, atol=1e-7)
 
 
-def test_the_head_pass_of_a_pooled_head_equals_the_full_backward():
-    head = _torchvision_head("mobilenet_v3_small")
+@pytest.mark.parametrize("target", [Target.LOGIT, Target.PROBABILITY])
+@pytest.mark.parametrize("score", [Score.SOFTMAX, Score.CERTAINTY, None])
+def test_gradients_through_a_linear_in_closed_form_equal_autograd(target, score):
+    g = torch.Generator().manual_seed(3)
+    W, b = torch.randn(7, 5, generator=g, dtype=torch.float64), torch.randn(7, generator=g, dtype=torch.float64)
+    x = torch.randn(4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    targets, ids = Targets(target, torch.randint(0, 7, (4, 3), generator=g), score), torch.arange(4)
+    z = x @ W.T + b
+    rows = [torch.autograd.grad(targets(z, ids)[:, t].sum(), x, retain_graph=True)[0] for t in range(4)]
+    want = torch.stack(rows, 1)  # (N, T + 1, D): rows are independent, so the sum's gradient is each row's own
+    torch.testing.assert_close(targets.through_linear(W, z.detach(), ids), want, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("arch", ["mobilenet_v3_small", "resnet18"])  # autograd from the pooled x / closed form
+def test_the_head_pass_of_a_pooled_head_equals_the_full_backward(arch):
+    head = _torchvision_head(arch)
     F = torch.randn(2, _channels(head), 7, 7, generator=torch.Generator().manual_seed(2))
     targets = Targets(Target.LOGIT, torch.tensor([[1, 6], [0, 2]]), Score.SOFTMAX)
     head_pass = HeadPass(head, F)
