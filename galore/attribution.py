@@ -24,9 +24,9 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch import nn
 
-from .gradients import CurvedLogitsFn, LogitsFn, TargetFn, batched_vjp
+from .gradients import CurvedLogitsFn, LinearLogitsFn, LogitsFn, TargetFn, batched_vjp
 from .options import Attribution
-from .pooled_head import pooled_gradients, pooled_split
+from .pooled_head import gradient_hessian_pooled_linear, pooled_gradients, pooled_split
 
 Maps = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
@@ -570,6 +570,10 @@ def attribute(method: Attribution, fn: TargetFn, F: torch.Tensor, ig_steps: int 
             return integrated_gradients_first_linear(split, parts[1], F, steps=ig_steps, split_last=split_last)
         return integrated_gradients(fn, F, steps=ig_steps, split_last=split_last)
     if method is Attribution.GRADIENT_HESSIAN:
+        pooled = pooled_split(parts[0]) if parts is not None else None
+        if (pooled is not None and pooled.linear is not None and isinstance(parts[1], CurvedLogitsFn)
+                and isinstance(parts[1], LinearLogitsFn)):
+            return gradient_hessian_pooled_linear(pooled, parts[1], F, split_last=split_last)
         if parts is not None and piecewise_linear(parts[0]):
             return gradient_hessian_piecewise_linear(*parts, F, split_last=split_last)
         return gradient_hessian(fn, F, split_last=split_last)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .gradients import LinearLogitsFn, LogitsFn, batched_vjp
+from .gradients import CurvedLogitsFn, LinearLogitsFn, LogitsFn, batched_vjp
 
 COPIES = {"clone", "contiguous"}  # methods that read F and give it back unchanged
 _SPLITS: "weakref.WeakKeyDictionary[nn.Module, PooledSplit | None]" = weakref.WeakKeyDictionary()
@@ -161,3 +161,33 @@ def per_location(grads: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """Gradients by the pooled features (R, T, D[, 1, 1]) -> by F's locations, (R, T, D, 1, 1): pool's backward."""
     R, T = grads.shape[:2]
     return grads.reshape(R, T, -1, 1, 1) / (h * w)
+
+
+def gradient_hessian_pooled_linear(split: PooledSplit, targets: LinearLogitsFn, F: torch.Tensor,
+                                   split_last: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """NeurIPS 2019 eq. (2) for a head that is global average pooling then one Linear (``split.linear``; ResNet-50):
+    z = W x + b, x = mean_ij F_ij, so the Hessian block of a target g(z) at location (i, j) is W^T S W / L^2 (S: g's
+    Hessian in the logits) and F_ij^T H_ij F_ij = u^T S u with u = W F_ij / L: one (L, D) x (D, C) product per row,
+    then ``targets``' closed forms (``CurvedLogitsFn``: second_along, and last_along for the score's per-channel
+    terms F_k (W^T S u / L)_k, a second product). The gradient term is ``pooled_gradients``'. (R, D, h, w) ->
+    (R, T, h, w) [, the last target per channel (R, D, h, w)]."""
+    if not isinstance(targets, CurvedLogitsFn):
+        raise TypeError("gradient_hessian_pooled_linear needs targets with closed-form second derivatives")
+    R, D, h, w = F.shape
+    L = h * w
+    W = split.linear.weight  # (C, D)
+    with torch.no_grad():
+        x = split.pool(F)
+        z = split.rest(x)  # (R, C)
+        ids = torch.arange(R, device=F.device)
+        grads = per_location(targets.through_linear(W, z, ids), h, w)[..., 0, 0]  # (R, T, D): d g / d F_ij
+        flat = F.reshape(R, D, L)
+        first = torch.bmm(grads, flat)  # (R, T, L): gradient x activation
+        u = torch.matmul(flat.transpose(1, 2), W.T) / L  # (R, L, C): W F_ij / L
+        z_l, u_l, ids_l = z.repeat_interleave(L, 0), u.reshape(R * L, -1), ids.repeat_interleave(L)
+        quad = targets.second_along(z_l, u_l, ids_l).reshape(R, L, -1).transpose(1, 2)  # (R, T, L): u^T S u
+        maps = (first + 0.5 * quad).reshape(R, -1, h, w)
+        if not split_last:
+            return maps
+        back = (targets.last_along(z_l, u_l, ids_l) @ W).reshape(R, L, D).transpose(1, 2) / L  # (R, D, L)
+        return maps, grads[:, -1, :, None, None] * F + 0.5 * (flat * back).reshape(R, D, h, w)

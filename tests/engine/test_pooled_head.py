@@ -8,11 +8,11 @@ import torch
 import torchvision
 from torch import nn
 
-from galore.attribution import attribute, grad_cam, gradient_x_activation, target_gradients
+from galore.attribution import attribute, grad_cam, gradient_hessian, gradient_x_activation, target_gradients
 from galore.confidence import Targets
 from galore.model import split_classifier
 from galore.options import Attribution, Score, Target
-from galore.pooled_head import pooled_gradients, pooled_split
+from galore.pooled_head import gradient_hessian_pooled_linear, pooled_gradients, pooled_split
 from galore.rows import HeadPass
 
 
@@ -112,3 +112,23 @@ def test_the_head_pass_of_a_pooled_head_equals_the_full_backward(arch):
 
 def _channels(head: nn.Module) -> int:
     return next(m for m in head.modules() if isinstance(m, nn.Linear)).in_features
+
+
+@pytest.mark.parametrize("target", [Target.LOGIT, Target.PROBABILITY])
+@pytest.mark.parametrize("score", [Score.SOFTMAX, Score.CERTAINTY, None])
+def test_gradient_hessian_through_pooling_and_a_linear_equals_the_double_derivative(target, score):
+    """ResNet's head (average pool, fc), random weights: the closed forms equal the general path (forward-over-forward
+    per location), maps and the score's per-channel terms; attribute() takes this path for the engine's targets."""
+    head = _torchvision_head("resnet18")
+    split = pooled_split(head)
+    F = torch.rand(2, _channels(head), 3, 4, generator=torch.Generator().manual_seed(4)) * 3
+    targets = Targets(target, torch.tensor([[3, 1, 6], [0, 2, 5]]), score)
+
+    def fn(f, ids):
+        return targets(head(f), ids)
+    ref, ref_last = gradient_hessian(fn, F, split_last=True)
+    got, got_last = gradient_hessian_pooled_linear(split, targets, F, split_last=True)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+    torch.testing.assert_close(got_last, ref_last, rtol=1e-4, atol=1e-4 * float(ref_last.abs().max()) + 1e-12)
+    via, _ = attribute(Attribution.GRADIENT_HESSIAN, fn, F, split_last=True, parts=(head, targets))
+    torch.testing.assert_close(via, got, rtol=0, atol=0)
