@@ -26,7 +26,8 @@ from torch import nn
 
 from .gradients import CurvedLogitsFn, LinearLogitsFn, LogitsFn, TargetFn, batched_vjp
 from .options import Attribution
-from .pooled_head import gradient_hessian_pooled_linear, pooled_gradients, pooled_split
+from .pooled_head import (gradient_hessian_pooled_linear, path_gradients_pooled_linear, pooled_gradients,
+                          pooled_split)
 
 Maps = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
@@ -563,6 +564,9 @@ def attribute(method: Attribution, fn: TargetFn, F: torch.Tensor, ig_steps: int 
     if method is Attribution.GRAD_CAM:
         return grad_cam(fn, F, split_last, grads)
     if method is Attribution.INTEGRATED_GRADIENTS:
+        pooled = pooled_split(parts[0]) if parts is not None else None
+        if pooled is not None and pooled.linear is not None:
+            return _times(path_gradients_pooled_linear(pooled, parts[1], F, steps=ig_steps), F, split_last)
         if parts is not None and affine(parts[0]):
             return integrated_gradients_affine(*parts, F, steps=ig_steps, split_last=split_last)
         split = homogeneous_first_linear(parts[0]) if parts is not None else None

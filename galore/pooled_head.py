@@ -163,6 +163,29 @@ def per_location(grads: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return grads.reshape(R, T, -1, 1, 1) / (h * w)
 
 
+def path_gradients_pooled_linear(split: PooledSplit, of_logits: LogitsFn, F: torch.Tensor,
+                                 steps: int = 50) -> torch.Tensor:
+    """Integrated gradients' mean gradient (eq. 19, zero baseline) for a head that is global average pooling then
+    one Linear (``split.linear``): along the path a_k F (a_k = k / steps, k = 1..steps) the logits are
+    z_k = b + a_k (z - b) on one line, so the mean of the steps' gradients is W^T times the mean of the targets'
+    C-dimensional gradients at the z_k (one batched backward through ``of_logits`` alone), with no pass through the
+    head per step. (R, D, h, w) -> (R, T, D, 1, 1); the maps are F times it, summed over channels."""
+    R, _, h, w = F.shape
+    with torch.no_grad():
+        x = split.pool(F)
+        z = split.rest(x)  # (R, C)
+        bias = split.linear.bias
+        b = torch.zeros_like(z) if bias is None else bias.expand_as(z)  # the logits at the zero baseline: rest(0)
+        alphas = torch.arange(1, steps + 1, device=F.device, dtype=F.dtype) / steps  # (S,)
+        z_k = (b[:, None] + alphas[None, :, None] * (z - b)[:, None]).reshape(R * steps, -1)  # (R * S, C)
+    leaf = z_k.requires_grad_(True)
+    with torch.enable_grad():
+        values = of_logits(leaf, torch.arange(R, device=F.device).repeat_interleave(steps))  # (R * S, T)
+    (by_logit,) = batched_vjp([values], [leaf])  # (R * S, T, C)
+    mean = by_logit.reshape(R, steps, *by_logit.shape[1:]).mean(1)  # (R, T, C)
+    return per_location(mean @ split.linear.weight, h, w)  # (R, T, D) -> (R, T, D, 1, 1)
+
+
 def gradient_hessian_pooled_linear(split: PooledSplit, targets: LinearLogitsFn, F: torch.Tensor,
                                    split_last: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """NeurIPS 2019 eq. (2) for a head that is global average pooling then one Linear (``split.linear``; ResNet-50):

@@ -8,7 +8,8 @@ import torch
 import torchvision
 from torch import nn
 
-from galore.attribution import attribute, grad_cam, gradient_hessian, gradient_x_activation, target_gradients
+from galore.attribution import (attribute, grad_cam, gradient_hessian, gradient_x_activation, integrated_gradients,
+                                target_gradients)
 from galore.confidence import Targets
 from galore.model import split_classifier
 from galore.options import Attribution, Score, Target
@@ -132,3 +133,20 @@ def test_gradient_hessian_through_pooling_and_a_linear_equals_the_double_derivat
     torch.testing.assert_close(got_last, ref_last, rtol=1e-4, atol=1e-4 * float(ref_last.abs().max()) + 1e-12)
     via, _ = attribute(Attribution.GRADIENT_HESSIAN, fn, F, split_last=True, parts=(head, targets))
     torch.testing.assert_close(via, got, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("target", [Target.LOGIT, Target.PROBABILITY])
+@pytest.mark.parametrize("score", [Score.SOFTMAX, Score.CERTAINTY])
+def test_integrated_gradients_through_pooling_and_a_linear_equal_the_step_by_step_path(target, score):
+    """The logits of the path a_k F lie on one line: the closed-form gradients at its 50 points equal the 50 passes
+    through the head, and attribute() takes this path for the engine's targets."""
+    head = _torchvision_head("resnet18")
+    F = torch.rand(2, _channels(head), 3, 4, generator=torch.Generator().manual_seed(6)) * 3
+    targets = Targets(target, torch.tensor([[3, 1, 6], [0, 2, 5]]), score)
+
+    def fn(f, ids):
+        return targets(head(f), ids)
+    ref, ref_last = integrated_gradients(fn, F, split_last=True)
+    got, got_last = attribute(Attribution.INTEGRATED_GRADIENTS, fn, F, split_last=True, parts=(head, targets))
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
+    torch.testing.assert_close(got_last, ref_last, rtol=1e-4, atol=1e-5 * float(ref_last.abs().max()))
