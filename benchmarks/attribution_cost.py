@@ -1,8 +1,8 @@
 """Attribution functions' cost on a model's head, one image (R = 1 row), T = 10 probability targets + the softmax
 score (the engine's ``galore.confidence.Targets`` with ``target: probability``): gradient x activation, integrated gradients (50 steps)
 and gradient-Hessian, each by the path the engine takes (``galore.attribution.attribute`` with the head's parts:
-the structured paths where the head's traced graph is piecewise linear / affine / positively homogeneous up to its
-first Linear) and by the general path.
+the structured paths where the head's traced graph is global average pooling + one Linear / piecewise linear /
+affine / positively homogeneous up to its first Linear) and by the general path.
 
     .venv/bin/python benchmarks/attribution_cost.py                       # vgg16, resnet50, mobilenet_v3_large
     .venv/bin/python benchmarks/attribution_cost.py --archs resnet50 --repeats 5
@@ -23,6 +23,7 @@ from galore.attribution import affine, attribute, gradient_hessian, integrated_g
 from galore.confidence import Targets
 from galore.model import split_classifier
 from galore.options import Attribution, Score, Target
+from galore.pooled_head import pooled_split
 
 from engine_throughput import engine_version, machine
 
@@ -64,7 +65,10 @@ def main() -> None:
         gh = best(run[Attribution.GRADIENT_HESSIAN], args.repeats)
         ig_general = best(lambda: integrated_gradients(fn, F, split_last=True), args.general_repeats)
         gh_general = best(lambda: gradient_hessian(fn, F, split_last=True), args.general_repeats)
-        kind = "affine" if affine(split.head) else "piecewise linear" if piecewise_linear(split.head) else "general"
+        pooled = pooled_split(split.head)
+        kind = ("pooling + one Linear" if pooled is not None and pooled.linear is not None else "affine"
+                if affine(split.head) else "piecewise linear" if piecewise_linear(split.head) else
+                "pooling + general" if pooled is not None else "general")
         print(f"| {arch} | {kind} | {gxa:.3f} | {ig:.3f} ({ig_general:.3f}) | {gh:.3f} ({gh_general:.3f}) "
               f"| {ig / gxa:.1f} | {gh / gxa:.1f} |", flush=True)
 
