@@ -75,6 +75,8 @@ def add_parser(evaluate_commands) -> argparse.ArgumentParser:
     e = p.add_argument_group("evaluation")
     e.add_argument("--limit", type=int, help="explain at most this many test images (default: all; --quick 12)")
     e.add_argument("--no-random", action="store_true", help="skip the random-weight model (Fig. 11)")
+    e.add_argument("--no-finer-cam", action="store_true",
+                   help="skip FinerCAM as a baseline region of every counterfactual (one backward per segment)")
     e.add_argument("--search-images", type=int, metavar="N",
                    help=f"run Table III's search baselines (Goyal et al. 2019, the sliding-window deliberative "
                         f"baseline, FinerCAM) on the first N explained test images (default {SEARCH_IMAGES}, "
@@ -220,7 +222,7 @@ def evaluate(data, training, out: Path, args: argparse.Namespace) -> bool:
     from galore.evaluate.proxy import PART_MAPPINGS, GroundTruth, ProxySettings
     from galore.evaluate.proxy import View
     from galore.evaluate.region_baselines import baseline_curves, segment_curves
-    from galore.evaluate.search_baselines import score_search_baselines
+    from galore.evaluate.search_baselines import finer_cam_values, score_search_baselines
     from galore.evaluate.synthetic import design
     from galore.evaluate.synthetic_truth import ConstructionTruth, family_confusion, protocol_agreement
     from galore.options import ExplainOptions
@@ -230,7 +232,7 @@ def evaluate(data, training, out: Path, args: argparse.Namespace) -> bool:
     limit = args.limit or (12 if args.quick else None)
     settings = ProxySettings(options=ExplainOptions(dims=(2, 3)), limit=limit,
                              **({"coverages": QUICK_COVERAGES} if args.quick else {}))
-    results, failed, search = {}, False, {}
+    results, failed, search, finer_cam = {}, False, {}, {}
     runs = [("trained", out / "model" / WEIGHTS)]
     if not args.no_random:
         random_weights = out / "model" / "random_weights.pt"
@@ -245,9 +247,17 @@ def evaluate(data, training, out: Path, args: argparse.Namespace) -> bool:
         report, engine = _protocol(cub, training.arch, weights, training.layer, settings, args.no_progress)
         summary = report.summary()
         summary["seconds"] = round(time.perf_counter() - began, 1)
-        baselines[name] = baseline_curves(report, gt, engine.grid.side)  # each run's own segments and truth
+        maps = {}
+        if name == "trained" and not args.no_finer_cam:
+            bar = _bar(len(report.images), args.no_progress)
+            values, seconds = finer_cam_values(engine, View(cub, engine.preprocess, settings.geometry), report,
+                                               bar.update)
+            bar.close()
+            maps = {"finer_cam": values}
+            finer_cam = {"segments": len(values), "images": len({i for i, _, _ in values}), "seconds": round(seconds, 1)}
+        baselines[name] = baseline_curves(report, gt, engine.grid.side, maps=maps)  # each run's own segments, truth
         construction[name] = {"galore": segment_curves(report, truth),
-                              **baseline_curves(report, truth, engine.grid.side)}
+                              **baseline_curves(report, truth, engine.grid.side, maps=maps)}
         searched = SEARCH_IMAGES if args.search_images is None and not args.quick else (args.search_images or 0)
         if name == "trained" and searched:
             search = score_search_baselines(engine, View(cub, engine.preprocess, settings.geometry), report, gt,
@@ -264,7 +274,7 @@ def evaluate(data, training, out: Path, args: argparse.Namespace) -> bool:
     report = {"data": asdict(data), "training": trained["config"], "accuracy": {
         k: trained["held_out"][k] for k in ("top1", "top5", "images")}, "train_seconds": trained["train_seconds"],
         "family_confusion": confusion, "protocol_agreement": agreement, "coverages": list(settings.coverages),
-        "baselines": baselines, "search": search, "construction": construction,
+        "baselines": baselines, "search": search, "construction": construction, "finer_cam": finer_cam,
         "proxy": {k: {"curves": v["curves"], "piou": v["piou"], "strength_precision": v["strength_precision"],
                       "images": v["images"], "seconds": v["seconds"]} for k, v in results.items()},
         "machine": machine()}
@@ -319,6 +329,7 @@ def render_report(report: dict, proxy_markdown: dict[str, str]) -> str:
 
 
 TABLE3_COVERAGES = (0.005, 0.1)  # one receptive-field unit of a 14 x 14 F (Table III), and the reference level
+REGION_ROWS = ("random", "object_prior", "attributive", "finer_cam")  # region_baselines.BASELINES + FinerCAM's maps
 BASELINE_KEYS = ("attributive/1", "deliberative/2", "deliberative/3", "counterfactual/1", "counterfactual/2")
 
 
@@ -346,13 +357,14 @@ def baseline_rows(report: dict) -> list[str]:
     lines = ["## Explanations against baseline regions of the same size (Table III)", "",
              "Query-side segments, each re-scored against its own ground truth with a region of the same number of "
              "cells: random cells (mean ± sd over 3 seeds), the object prior (random cells of the object, "
-             "approximated by disks about the visible part points; 3 seeds), y*'s attributive region. The "
+             "approximated by disks about the visible part points; 3 seeds), y*'s attributive region, and for "
+             "counterfactuals FinerCAM (pytorch-grad-cam) of y* against the same counter classes. The "
              "random-weight network (Fig. 11) explains other class tuples (its own predictions), so it has its own "
              "random-region row.", "", f"| explanation | region | {head} |",
              "|---|---|" + "---|---|" * len(TABLE3_COVERAGES)]
     for key in BASELINE_KEYS:
         rows = []
-        for run, label, names in (("trained", "GALORE", ("random", "object_prior", "attributive")),
+        for run, label, names in (("trained", "GALORE", REGION_ROWS),
                                   ("random", "GALORE, random weights", ("random",))):
             curve = runs.get(run, {}).get("curves", {}).get(key)
             if not curve:
@@ -362,11 +374,21 @@ def baseline_rows(report: dict) -> list[str]:
             for name in names:
                 base = report["baselines"].get(run, {}).get(name, {}).get(key)
                 if base and not (name == "attributive" and key == "attributive/1"):
-                    title = name.replace("_", " ") + ("" if run == "trained" else ", random-weight segments")
+                    title = region_title(name) + ("" if run == "trained" else ", random-weight segments")
                     rows.append((title, " | ".join(f"{spread(base['precision'], c)} | {spread(base['recall'], c)}"
                                                    for c in TABLE3_COVERAGES)))
         lines += [f"| {key} | {name} | {values} |" for name, values in rows]
+    cam = report.get("finer_cam")
+    if cam:
+        lines += ["", f"FinerCAM: {cam['segments']} counterfactual segments of {cam['images']} images in "
+                      f"{cam['seconds']} s ({cam['images'] / max(cam['seconds'], 1e-9):.2f} images/s, one backward "
+                      "per segment)."]
     return lines
+
+
+def region_title(name: str) -> str:
+    """A baseline region's name in the tables (``REGION_ROWS``)."""
+    return "FinerCAM" if name == "finer_cam" else name.replace("_", " ")
 
 
 def search_rows(search: dict) -> list[str]:
@@ -418,12 +440,12 @@ def construction_rows(report: dict) -> list[str]:
     for key in BASELINE_KEYS:
         for run, suffix in (("trained", ""), ("random", ", random weights")):
             curves = report["construction"].get(run, {})
-            for name in ("galore", "random", "object_prior", "attributive"):
+            for name in ("galore", *REGION_ROWS):
                 c = curves.get(name, {}).get(key)
                 if not c or (name == "attributive" and key == "attributive/1") or (
                         run == "random" and name not in ("galore", "random")):
                     continue
-                title = ("GALORE" if name == "galore" else name.replace("_", " ")) + suffix
+                title = ("GALORE" if name == "galore" else region_title(name)) + suffix
                 lines.append(f"| {key} | {title} | " + " | ".join(
                     f"{cell(c['precision'], v)} | {cell(c['recall'], v)}" for v in TABLE3_COVERAGES) + " |")
     return lines

@@ -27,7 +27,8 @@ from galore.evaluate.region_baselines import at
 
 COVERAGES = (0.005, 0.1)  # Table III's receptive-field unit of a 14 x 14 F, and the reference level
 KEYS = ("attributive/1", "deliberative/2", "deliberative/3", "counterfactual/1", "counterfactual/2")
-BASELINES = (("random", "random cells"), ("object_prior", "object prior"), ("attributive", "attributive of y*"))
+BASELINES = (("random", "random cells"), ("object_prior", "object prior"), ("attributive", "attributive of y*"),
+             ("finer_cam", "FinerCAM"))
 
 
 def percent(coverage: float) -> str:

@@ -5,7 +5,9 @@ explanation, against the segment's own ground truth.
   * ``random``: that many cells drawn uniformly at random (one draw per seed);
   * ``object_prior``: random cells of the object (approximated by disks about its visible part points, see
     ``object_prior_values``) first: it knows where the object is, not which part matters;
-  * ``attributive``: the attributive region of y* of the same image (eq. 3), at the same coverage.
+  * ``attributive``: the attributive region of y* of the same image (eq. 3), at the same coverage;
+  * any map given to ``baseline_curves`` per segment (image, kind, classes), e.g. FinerCAM (``search_baselines.finer_cam_values``),
+    cut to the same number of cells.
 
 Counts per level are the protocol's own (``proxy.coverage_counts``), cut by ``proxy.sweep`` and scored by
 ``proxy.precision_recall``, so a baseline differs from the explanation only in its cell values. Pure numpy.
@@ -61,17 +63,22 @@ def object_prior_values(part_cells: np.ndarray, side: int, rng: np.random.Genera
     return rng.random(side * side) + 1e-9 + obj
 
 
-def baseline_curves(report: ProxyReport, gt: GroundTruth, side: int, seeds: Sequence[int] = (0, 1, 2)
+def baseline_curves(report: ProxyReport, gt: GroundTruth, side: int, seeds: Sequence[int] = (0, 1, 2),
+                    maps: dict[str, dict[tuple[int, str, tuple[int, ...]], np.ndarray]] | None = None
                     ) -> dict[str, dict[str, dict[str, list]]]:
     """baseline -> "kind/dim" -> {"precision": [per seed: (L,) nanmean over segments], "recall": [...]},
-    for the query-side segments of ``report`` on a working grid of side G = ``side``."""
+    for the query-side segments of ``report`` on a working grid of side G = ``side``. ``maps``: more baselines,
+    name -> (image id, kind, classes) of a segment -> (G*G,) values; a segment without a value is not scored by that one.
+    Like the attributive region they do not depend on the seed (one curve)."""
     counts = coverage_counts(side * side, report.settings.coverages)
     attributive = {s.image_id: s for s in report.segments if s.kind == "attributive"}
     objects: dict[int, np.ndarray] = {}  # image id -> object cells (query sides share the image's points)
-    out: dict[str, dict[str, dict[str, list]]] = {b: {} for b in BASELINES}
+    maps = maps or {}
+    names = (*BASELINES, *maps)
+    out: dict[str, dict[str, dict[str, list]]] = {b: {} for b in names}
     for key, segments in _groups(report.segments).items():
         for seed in seeds:
-            scored = {b: ([], []) for b in BASELINES}
+            scored = {b: ([], []) for b in names}
             for s in segments:
                 truth = segment_truth(gt, s)
                 rng = np.random.default_rng([seed, s.image_id, len(s.classes), *s.classes])
@@ -87,9 +94,16 @@ def baseline_curves(report: ProxyReport, gt: GroundTruth, side: int, seeds: Sequ
                     p, r = precision_recall(attributive[s.image_id].inside, truth, s.seen)
                     scored["attributive"][0].append(p)
                     scored["attributive"][1].append(r)
+                for name, values in maps.items():
+                    segment = (s.image_id, s.kind, tuple(s.classes))
+                    if seed == seeds[0] and segment in values:
+                        inside = sweep(values[segment], s.cells, counts).inside
+                        p, r = precision_recall(inside, truth, s.seen)
+                        scored[name][0].append(p)
+                        scored[name][1].append(r)
             for name, (ps, rs) in scored.items():
-                if not ps or (name == "attributive" and seed != seeds[0]):
-                    continue  # the attributive region does not depend on the seed
+                if not ps or (name not in ("random", "object_prior") and seed != seeds[0]):
+                    continue  # the attributive region and the given maps do not depend on the seed
                 curve = out[name].setdefault(key, {"precision": [], "recall": []})
                 curve["precision"].append(_nanmean(ps))
                 curve["recall"].append(_nanmean(rs))

@@ -13,7 +13,9 @@ FinerCAM, scored on the proxy protocol's own segments (``proxy.ProxyReport``) ag
     the windows whose best matches change it least hold features common to a and b ("most confusing"): the map
     is exp(-that cost), whose top cell is the baseline's region.
   * ``finer_cam_map``: pytorch-grad-cam's FinerCAM (Zhang et al., CVPR 2025) of y* against y^c at layer F
-    (``type_deletion.finer_cam_map``), the query side only.
+    (``type_deletion.finer_cam_map``), the query side only. It is a map, not a search: ``finer_cam_values`` gives
+    it for every counterfactual segment of a report (binary and multi-class), which ``region_baselines`` scores
+    beside the other baseline regions.
 
 Every h is the softmax probability (eq. 21's score, as the paper's Table III uses), windows are cells of F, and
 edits happen in F (as [30] does), the head evaluated on every edited F: h*w x h'*w' head passes per search
@@ -129,6 +131,32 @@ def _grid_values(engine, heatmap: torch.Tensor) -> np.ndarray:
     return working_values(engine.grid, heatmap)
 
 
+def finer_cam_values(engine, view: View, report: ProxyReport, progress: Callable[[int], None] | None = None
+                     ) -> tuple[dict[tuple[int, str, tuple[int, ...]], np.ndarray], float]:
+    """FinerCAM of y* against the segment's counter classes (``type_deletion.finer_cam_map``) as working-grid
+    values (G*G,), for every query-side counterfactual segment of ``report``, keyed (image id, "counterfactual",
+    classes), for
+    ``region_baselines.baseline_curves(maps=...)``; and the seconds the maps took (one FinerCAM per segment)."""
+    from .type_deletion import Scorer, finer_cam_map
+
+    scorer = Scorer.of(engine)
+    wanted: dict[int, set[tuple[int, ...]]] = {}
+    for s in report.segments:
+        if s.kind == "counterfactual" and s.side == "query" and s.cells is not None:
+            wanted.setdefault(s.image_id, set()).add(tuple(s.classes))
+    out, seconds = {}, 0.0
+    for image_id, tuples in wanted.items():
+        x = scorer.input(view.image(image_id))
+        for classes in sorted(tuples):
+            began = time.perf_counter()
+            cam = finer_cam_map(scorer, x, classes[0], classes[1:])
+            out[image_id, "counterfactual", classes] = _grid_values(engine, cam) + 1e-12  # FinerCAM is >= 0: zeros stay selectable
+            seconds += time.perf_counter() - began
+        if progress:
+            progress(1)
+    return out, seconds
+
+
 def score_search_baselines(engine, view: View, report: ProxyReport, gt: GroundTruth, limit: int,
                            coverages: Sequence[float] = (0.005,), baselines: Sequence[str] = SEARCH_BASELINES,
                            insecurities: int = 1, progress: Callable[[int], None] | None = None) -> SearchScores:
@@ -203,7 +231,7 @@ def score_search_baselines(engine, view: View, report: ProxyReport, gt: GroundTr
                 scores.add("goyal/counterfactual/1", *pr, piou)
             if "finer_cam" in baselines:
                 began = time.perf_counter()
-                cam = finer_cam_map(scorer, scorer.input(x), y, c)
+                cam = finer_cam_map(scorer, scorer.input(x), y, [c])
                 scores.seconds["finer_cam"] = scores.seconds.get("finer_cam", 0.0) + time.perf_counter() - began
                 scores.images["finer_cam"] = scores.images.get("finer_cam", 0) + 1
                 fs = sweep(_grid_values(engine, cam) + 1e-12, q.cells, counts)

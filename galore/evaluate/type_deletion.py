@@ -122,13 +122,14 @@ def margin(logits: torch.Tensor, y: int, c: int) -> torch.Tensor:
     return logits[:, y] - logits[:, c]
 
 
-def finer_cam_map(scorer: Scorer, x: torch.Tensor, y: int, counter: int) -> torch.Tensor:
-    """pytorch-grad-cam's FinerCAM for y against ``counter`` (alpha 1), at layer F, (S, S)."""
+def finer_cam_map(scorer: Scorer, x: torch.Tensor, y: int, counters: Sequence[int]) -> torch.Tensor:
+    """pytorch-grad-cam's FinerCAM for y against the ``counters`` (alpha 1; several: weighted by their softmax
+    probabilities, as ``FinerWeightedTarget`` does), at layer F, (S, S)."""
     from pytorch_grad_cam import FinerCAM
     from pytorch_grad_cam.utils.model_targets import FinerWeightedTarget
     model = torch.nn.Sequential(scorer.split.backbone, scorer.split.head).eval()
     with FinerCAM(model, target_layers=[model[0]]) as cam:
-        return torch.from_numpy(cam(x[None], targets=[FinerWeightedTarget(y, [counter], 1.0)])[0]).float()
+        return torch.from_numpy(cam(x[None], targets=[FinerWeightedTarget(y, list(counters), 1.0)])[0]).float()
 
 
 def evaluate_types(engine, photos: Sequence[Photo], settings: Sequence[Setting], base: Baseline = Baseline.BLUR,
@@ -177,7 +178,7 @@ def evaluate_types(engine, photos: Sequence[Photo], settings: Sequence[Setting],
                 elif kind != "attributive":
                     refs[ATTRIBUTIVE_REFERENCE] = [top_mask(attributive_heat, k, gen)]
                 if kind == "counterfactual" and finer_cam:
-                    refs[FINER_CAM_REFERENCE] = [top_mask(finer_cam_map(scorer, x, classes[0], classes[1]), k, gen)]
+                    refs[FINER_CAM_REFERENCE] = [top_mask(finer_cam_map(scorer, x, classes[0], classes[1:2]), k, gen)]
                 spans = {"explanation": add([mask])} | {name: add(ms) for name, ms in refs.items()}
                 if kind == DELIBERATIVE:  # insertion: only the region (or the reference) kept, the rest replaced
                     spans["keep explanation"] = add([~mask])

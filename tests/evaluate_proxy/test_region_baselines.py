@@ -56,3 +56,24 @@ def test_baselines_by_hand():
     assert len(rnd["precision"]) == 3 and all(p[1] == pytest.approx(2 / 3) for p in rnd["precision"])
     # the attributive segment is scored against its own truth {0, 1, 2}: every part the prior keeps is right
     assert curves["object_prior"]["attributive/1"]["precision"][0] == [1.0, 1.0]
+
+
+
+def test_a_given_map_is_cut_and_scored_like_the_other_baselines():
+    """A map (e.g. FinerCAM's) for the deliberative segment whose 12 largest cells hold part 0 (cell 0) only, and
+    none for the attributive segment: P 1/1, R 1/2 against (0, 1)'s truth {0, 2} at 12 cells, 2/3 and 1 at 16."""
+    gt = ground_truth()
+    settings = proxy.ProxySettings(options=ExplainOptions(threshold=Threshold(coverage=0.75)),
+                                   coverages=(0.75, 1.0))
+    cells, seen = np.array([0, 5, 15]), np.ones(3, bool)
+    segments = [proxy.Segment(kind, dim, 1, "query", classes, np.zeros(2), np.zeros(2), np.zeros(2),
+                              np.zeros((2, 3), bool), seen=seen, cells=cells)
+                for kind, dim, classes in (("deliberative", 2, (0, 1)), ("attributive", 1, (0, 2)))]
+    values = np.arange(16, 0, -1, dtype=float)  # cell 0 largest ... cell 15 smallest
+    values[5] = 0.5  # part 1's cell below the cut of 12
+    report = proxy.ProxyReport(settings, [1], segments, {}, {})
+    curves = baseline_curves(report, gt, side=4, maps={"finer_cam": {(1, "deliberative", (0, 1)): values}})
+    cam = curves["finer_cam"]
+    assert set(cam) == {"deliberative/2"}  # no map for the attributive segment: not scored
+    assert cam["deliberative/2"]["precision"] == [[1.0, pytest.approx(2 / 3)]]  # one curve, not one per seed
+    assert cam["deliberative/2"]["recall"] == [[0.5, 1.0]]

@@ -85,6 +85,40 @@ def test_scored_on_the_protocols_segments(cub_root, cub_engine):
             assert v is None or 0.0 <= v <= 1.0, key
 
 
+def test_finer_cam_values_for_every_counterfactual_segment(cub_root):
+    """One working-grid map per query-side counterfactual segment (binary and multi-class): FinerCAM of y* against
+    that segment's own counter classes, as a direct ``finer_cam_map`` call gives it. A 4-channel F (the fixture's
+    one channel makes every Grad-CAM a multiple of F, the same for any classes)."""
+    from torch import nn
+
+    from galore import Engine
+    from galore.evaluate.cub import read_cub
+    from galore.evaluate.search_baselines import _grid_values, finer_cam_values
+    from galore.evaluate.type_deletion import Scorer, finer_cam_map
+    from galore.options import ExplainOptions
+
+    from .conftest import PREP
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(4 * 8 * 8, 3)).eval()
+    engine = Engine.from_module("cam", model, ["A", "B", "C"], PREP, layer="1", device="cpu")
+    cub = read_cub(cub_root)
+    settings = proxy.ProxySettings(options=ExplainOptions(dims=(2,), top_e=3), coverages=(0.1, 0.5), limit=2)
+    report = proxy.run_protocol(engine, cub, settings)
+    view = proxy.View(cub, engine.preprocess, settings.geometry)
+    values, seconds = finer_cam_values(engine, view, report)
+    wanted = {(s.image_id, s.kind, s.classes) for s in report.segments if s.kind == "counterfactual" and s.side == "query"}
+    assert set(values) == wanted and {len(c) for _, _, c in wanted} == {2, 3} and seconds > 0
+    scorer = Scorer.of(engine)
+    for (image, _, classes), v in values.items():
+        direct = finer_cam_map(scorer, scorer.input(view.image(image)), classes[0], classes[1:])
+        assert v.shape == (engine.grid.cells,) and (v > 0).all()
+        assert v == pytest.approx(_grid_values(engine, direct) + 1e-12, abs=1e-9)
+    differ = [not np.allclose(values[i, k, c], values[i, k, c[:2]]) for i, k, c in wanted if len(c) == 3]
+    assert any(differ)  # the multi-class target is not the binary one
+
+
 def test_search_rows_render_table_iii():
     from galore_cli.synthetic import search_rows
 

@@ -164,11 +164,16 @@ def test_quick_benchmark_end_to_end(quick):
     prior = report["baselines"]["trained"]["object_prior"]["deliberative/2"]["precision"]
     assert "random" in report["baselines"]["random"]
     assert len(prior) == 3 and len(prior[0]) == len(report["coverages"])  # 3 seeds x every level
+    cam = report["baselines"]["trained"]["finer_cam"]
+    assert set(cam) == {"counterfactual/1", "counterfactual/2"} and len(cam["counterfactual/1"]["precision"]) == 1
+    assert report["finer_cam"]["images"] == 12 and report["finer_cam"]["segments"] >= 12
+    assert "finer_cam" in report["construction"]["trained"]
     text = (out / "synthetic.md").read_text()
     for title in ("## Data set", "## Classifier", "## The protocol's ground truth against the generator's",
                   "## Proxy protocol, trained model", "Strength vs precision", "random weights (Fig. 11)",
                   "## Explanations against baseline regions of the same size (Table III)",
-                  "| deliberative/2 | object prior |", "| counterfactual/1 | random |"):
+                  "| deliberative/2 | object prior |", "| counterfactual/1 | random |",
+                  "| counterfactual/2 | FinerCAM |", "FinerCAM: "):
         assert title in text, title
     bank = sorted(p.name for p in (out / "model" / "exemplars").iterdir())
     assert bank == list(cub.class_names) and len(list((out / "model/exemplars" / bank[0]).iterdir())) == 5
