@@ -24,6 +24,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch import nn
 
+from .fx_graph import is_in, node_op
 from .gradients import CurvedLogitsFn, LinearLogitsFn, LogitsFn, TargetFn, batched_vjp
 from .options import Attribution
 from .pooled_head import (gradient_hessian_pooled_linear, path_gradients_pooled_linear, pooled_gradients,
@@ -213,7 +214,7 @@ def _check(head: nn.Module) -> tuple[bool, bool]:
         known = (False, False)
     else:
         modules = dict(head.named_modules())
-        ops = [_op(node, modules) for node in graph.nodes]
+        ops = [node_op(node, modules) for node in graph.nodes]
         linear = all(_allowed(op, node) for op, node in zip(ops, graph.nodes))
         known = (linear, linear and not any(isinstance(op, KINK_MODULES) or _is_kink(op) for op in ops))
     _CHECKED[head] = known
@@ -221,11 +222,7 @@ def _check(head: nn.Module) -> tuple[bool, bool]:
 
 
 def _is_kink(op) -> bool:
-    return _is_in(op, KINK_TARGETS)
-
-
-def _op(node: torch.fx.Node, modules: dict[str, nn.Module]):
-    return modules.get(str(node.target)) if node.op == "call_module" else node.target
+    return is_in(op, KINK_TARGETS)
 
 
 def _allowed(op, node: torch.fx.Node) -> bool:
@@ -488,9 +485,9 @@ def first_linear(head: nn.Module) -> tuple[nn.Module, nn.Linear, nn.Module] | No
                    if n.op == "call_module" and isinstance(modules[n.target], nn.Linear)), None)
         if at is not None and nodes[0].op == "placeholder" and all(n.op != "get_attr" for n in nodes):
             before, lin, after = nodes[1:at], nodes[at], nodes[at + 1:-1]
-            channelwise = all(_allowed(_op(n, modules), n) and (
-                isinstance(_op(n, modules), CHANNELWISE_MODULES) if n.op == "call_module" else
-                _is_in(_op(n, modules), CHANNELWISE_TARGETS)) for n in before)
+            channelwise = all(_allowed(node_op(n, modules), n) and (
+                isinstance(node_op(n, modules), CHANNELWISE_MODULES) if n.op == "call_module" else
+                is_in(node_op(n, modules), CHANNELWISE_TARGETS)) for n in before)
             inside = set(after) | {lin}
             if (channelwise and len(lin.args) == 1 and not lin.kwargs and lin.args[0] in set(before) | {nodes[0]}
                     and all(set(n.all_input_nodes) <= inside for n in after + [nodes[-1]])
@@ -519,20 +516,13 @@ def homogeneous_first_linear(head: nn.Module) -> tuple[nn.Module, nn.Linear, nn.
     for node in split[0].graph.nodes:
         if node.op in ("placeholder", "output"):
             continue
-        op = _op(node, modules)
+        op = node_op(node, modules)
         if node.op == "call_module":
             if not isinstance(op, HOMOGENEOUS_MODULES) or (isinstance(op, nn.Dropout) and op.training):
                 return None
-        elif not _is_in(op, HOMOGENEOUS_TARGETS):
+        elif not is_in(op, HOMOGENEOUS_TARGETS):
             return None
     return split
-
-
-def _is_in(op, targets: set) -> bool:
-    try:
-        return op in targets
-    except TypeError:  # unhashable target
-        return False
 
 
 def _subgraph(gm: torch.fx.GraphModule, start: torch.fx.Node, nodes: list[torch.fx.Node], end: torch.fx.Node

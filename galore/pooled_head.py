@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .fx_graph import is_in, node_op
 from .gradients import CurvedLogitsFn, LinearLogitsFn, LogitsFn, batched_vjp
 
 COPIES = {"clone", "contiguous"}  # methods that read F and give it back unchanged
@@ -105,21 +106,14 @@ def _only_linear(rest: torch.fx.GraphModule) -> nn.Linear | None:
     if not nodes or nodes[-1].op != "call_module" or not isinstance(modules[str(nodes[-1].target)], nn.Linear):
         return None
     for n in nodes[:-1]:
-        op = modules.get(str(n.target)) if n.op == "call_module" else n.target
+        op = node_op(n, modules)
         if n.op == "call_module":
             if not (isinstance(op, nn.Identity) or (isinstance(op, nn.Dropout) and not op.training)):
                 return None
-        elif not (n.op in ("call_method", "call_function") and _is_in(op, RESHAPES)):
+        elif not (n.op in ("call_method", "call_function") and is_in(op, RESHAPES)):
             return None
     output = next(n for n in rest.graph.nodes if n.op == "output")
     return modules[str(nodes[-1].target)] if output.args[0] is nodes[-1] else None
-
-
-def _is_in(op, ops: set) -> bool:
-    try:
-        return op in ops
-    except TypeError:  # unhashable target
-        return False
 
 
 def _global_average(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
