@@ -14,12 +14,13 @@ training images (a cumulative average, so a short run's running statistics are n
 Outputs in ``out``: ``checkpoint.pt`` (rewritten every epoch; ``resume`` continues from it), ``weights.pt``
 (weights-only state dict, what ``--state-dict`` takes), ``labels.txt`` (classes.txt's names, class-id order) and
 ``report.json`` (training loss and top-1 per epoch; held-out top-1 / top-5 and confusion matrix of the final
-model; wall and CPU seconds of this process, threads). The held-out split is judged once, at the end: before the
+model; wall and CPU seconds of this process, threads; ``weights_sha256``, the final weights' fingerprint). The held-out split is judged once, at the end: before the
 batch-norm statistics are re-estimated, an early MobileNetV3's running statistics make eval-mode accuracy
 meaningless (one class everywhere).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -98,6 +99,23 @@ def _augment(x: torch.Tensor, shift: int, generator: torch.Generator) -> torch.T
 
 
 @torch.no_grad()
+def weights_fingerprint(state: dict[str, torch.Tensor]) -> str:
+    """sha256 (hex) of a state dict's names, dtypes, shapes and values in order: equal only for bit-identical
+    weights, whatever file they were saved in.
+
+    >>> weights_fingerprint({"w": torch.zeros(2)}) == weights_fingerprint({"w": torch.zeros(2)})
+    True
+    >>> weights_fingerprint({"w": torch.zeros(2)}) == weights_fingerprint({"w": torch.tensor([0.0, 1e-30])})
+    False
+    """
+    digest = hashlib.sha256()
+    for name, tensor in state.items():
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def predict(model: nn.Module, data: TensorDataset, batch_size: int = 64) -> torch.Tensor:
     """(N, C) logits of ``model`` (eval mode) on ``data``."""
     model.eval()
@@ -199,7 +217,7 @@ def train_classifier(train: TensorDataset, held_out: TensorDataset, labels: Sequ
     log(f"held-out top-1 {final['top1']:.3f}, top-5 {final['top5']:.3f} ({final['images']} images)")
     report = {"config": asdict(config), "train_images": len(train), "held_out": final, "history": history,
               "train_seconds": round(seconds, 1), "cpu_seconds": round(time.process_time() - cpu_began, 1),
-              "threads": torch.get_num_threads()}
+              "threads": torch.get_num_threads(), "weights_sha256": weights_fingerprint(model.state_dict())}
     (out / REPORT).write_text(json.dumps(report) + "\n", encoding="utf-8")
     return report
 

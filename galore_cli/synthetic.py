@@ -6,11 +6,15 @@ images whose ground truth is known by construction; galore.evaluate.synthetic).
   generate  renders the data set in the CUB-200-2011 layout into DIR/data (plus ground_truth.json);
   train     trains the classifier (mobilenet_v3_small, explained at features.8: a non-linear head after F) into
             DIR/model (checkpoint.pt every epoch, weights.pt, labels.txt, report.json, exemplars/: the exemplar bank
-            for model_store.build, taken from the training split);
+            for model_store.build, taken from the training split), in a process whose CPU kernels are pinned to
+            AVX2 (--cpu-kernels avx2, the default: the same weights on AVX-512 and AVX2 CPUs; native: this
+            process's own kernels, faster where AVX-512 is present, another classifier);
   evaluate  runs `galore evaluate proxy`'s protocol on the test split into DIR/proxy, the same with the untrained
             network (random weights, Fig. 11) into DIR/proxy-random, scores every region against baseline regions
             and against the generator's own ground truth, runs Table III's search baselines (Goyal et al. 2019,
-            the sliding window of §VI-F, FinerCAM) on --search-images images, and writes DIR/synthetic.md / .json;
+            the sliding window of §VI-F, FinerCAM) on --search-images images, and writes DIR/synthetic.md / .json
+            (with the data's and the weights' sha256, the kernels and the library versions: what a reproduction
+            must match);
   all       (default) the three in order. A step whose outputs exist with the same settings is reused.
   summary   (with --seeds) only re-reads the seeds' reports and writes DIR/seeds.md / .json.
 
@@ -38,6 +42,7 @@ from pathlib import Path
 
 from galore.errors import GaloreError, InvalidArgument
 from galore_cli.machine import cpu_model
+from galore_cli.pinned_kernels import KERNELS, kernels_in_use, run_pinned
 
 from .proxy import _bar, _engine, markdown
 from .status import EXIT_BAD_INPUT, EXIT_IMAGE_FAILED, EXIT_OK, CliError, set_threads
@@ -72,6 +77,10 @@ def add_parser(evaluate_commands) -> argparse.ArgumentParser:
     m.add_argument("--epochs", type=int, help=f"(default {t.epochs})")
     m.add_argument("--batch-size", type=int, help=f"(default {t.batch_size})")
     m.add_argument("--threads", type=int, help="CPU threads for torch (1 is fastest on a busy machine)")
+    m.add_argument("--cpu-kernels", choices=KERNELS, default=KERNELS[0],
+                   help="avx2 (default): train in a process whose torch, oneDNN and MKL kernels are pinned to AVX2, "
+                        "so that x86 CPUs with AVX-512 or AVX2 give the same classifier (galore_cli.pinned_kernels; "
+                        "CPUs without AVX2 run their own); native: this process, the CPU's fastest kernels")
     e = p.add_argument_group("evaluation")
     e.add_argument("--limit", type=int, help="explain at most this many test images (default: all; --quick 12)")
     e.add_argument("--no-random", action="store_true", help="skip the random-weight model (Fig. 11)")
@@ -134,7 +143,7 @@ def run_one(args: argparse.Namespace, out: Path) -> int:
         if args.step in ("all", "generate"):
             times["generate"] = generate(data, out / "data", args.no_progress)
         if args.step in ("all", "train"):
-            times["train"] = train(data, training, out, args.no_progress)
+            times["train"] = train(data, training, out, args.no_progress, args.cpu_kernels, args.threads)
         failed = False
         if args.step in ("all", "evaluate"):
             began = time.perf_counter()
@@ -170,25 +179,40 @@ def generate(data, root: Path, no_progress: bool) -> float | str:
     return round(time.perf_counter() - began, 1)
 
 
-def train(data, training, out: Path, no_progress: bool) -> float | str:
-    """Trains into out/model unless it holds this model; writes the exemplar bank; seconds, or "reused"."""
-    from galore.classifier_training import REPORT, load_images, train_classifier
+def train(data, training, out: Path, no_progress: bool, kernels: str = KERNELS[0],
+          threads: int | None = None) -> float | str:
+    """Trains into out/model unless it holds this model, trained with the same ``kernels``
+    (``pinned_kernels.KERNELS``); writes the exemplar bank; seconds, or "reused"."""
+    from galore.classifier_training import REPORT
     from galore.evaluate.cub import read_cub
 
     model = out / "model"
     report = _stored(model / REPORT, "config")
-    if report == asdict(training) and _stored(model / "data.json", "config") == asdict(data):
+    if (report == asdict(training) and _stored(model / "data.json", "config") == asdict(data)
+            and _stored(model / "data.json", "cpu_kernels") == kernels):
         return "reused"
-    cub = read_cub(out / "data")
     began = time.perf_counter()
+    model.mkdir(parents=True, exist_ok=True)
+    in_use = run_pinned(kernels, _train_model, training, out, no_progress, threads)
+    exemplar_bank(read_cub(out / "data"), model / "exemplars")
+    (model / "data.json").write_text(json.dumps({"config": asdict(data), "cpu_kernels": kernels,
+                                                 "kernels": in_use}) + "\n", encoding="utf-8")
+    return round(time.perf_counter() - began, 1)
+
+
+def _train_model(training, out: Path, no_progress: bool, threads: int | None) -> dict[str, str]:
+    """Trains on out/data into out/model with ``threads`` torch threads (None: torch's default), in a pinned
+    process where ``pinned_kernels`` starts one; the kernels that ran."""
+    set_threads(threads)
+    from galore.classifier_training import load_images, train_classifier
+    from galore.evaluate.cub import read_cub
+
+    cub = read_cub(out / "data")
     train_set = load_images(cub, cub.train_ids, training.input_size)
     held_out = load_images(cub, cub.test_ids, training.input_size)
-    model.mkdir(parents=True, exist_ok=True)
-    train_classifier(train_set, held_out, list(cub.class_names), model, training, resume=True,
+    train_classifier(train_set, held_out, list(cub.class_names), out / "model", training, resume=True,
                      progress=not no_progress)
-    exemplar_bank(cub, model / "exemplars")
-    (model / "data.json").write_text(json.dumps({"config": asdict(data)}) + "\n", encoding="utf-8")
-    return round(time.perf_counter() - began, 1)
+    return kernels_in_use()
 
 
 def exemplar_bank(cub, folder: Path, per_class: int = EXEMPLARS_PER_CLASS) -> None:
@@ -218,7 +242,7 @@ def evaluate(data, training, out: Path, args: argparse.Namespace) -> bool:
 
     from galore import zoo
     from galore.classifier_training import REPORT, WEIGHTS
-    from galore.evaluate.cub import read_cub
+    from galore.evaluate.cub import fingerprint, read_cub
     from galore.evaluate.proxy import PART_MAPPINGS, GroundTruth, ProxySettings
     from galore.evaluate.proxy import View
     from galore.evaluate.region_baselines import baseline_curves, segment_curves
@@ -277,7 +301,8 @@ def evaluate(data, training, out: Path, args: argparse.Namespace) -> bool:
         "baselines": baselines, "search": search, "construction": construction, "finer_cam": finer_cam,
         "proxy": {k: {"curves": v["curves"], "piou": v["piou"], "strength_precision": v["strength_precision"],
                       "images": v["images"], "seconds": v["seconds"]} for k, v in results.items()},
-        "machine": machine()}
+        "machine": machine(), "data_sha256": fingerprint(cub), "weights_sha256": trained.get("weights_sha256"),
+        "threads": trained.get("threads"), "kernels": _stored(out / "model" / "data.json", "kernels")}
     (out / "synthetic.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     text = render_report(report, {k: markdown(v) for k, v in results.items()})
     (out / "synthetic.md").write_text(text, encoding="utf-8")
@@ -286,8 +311,12 @@ def evaluate(data, training, out: Path, args: argparse.Namespace) -> bool:
 
 
 def machine() -> dict:
-    """The CPU model (lscpu's "Model name", else platform), cores and the 1-minute load average."""
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "load_average": round(os.getloadavg()[0], 2)}
+    """The CPU model (lscpu's "Model name", else platform), cores, the 1-minute load average and the versions of
+    the libraries the data and the classifier come from."""
+    from importlib.metadata import version
+
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "load_average": round(os.getloadavg()[0], 2),
+            "versions": {name: version(name) for name in ("torch", "numpy", "pillow")}}
 
 
 def render_report(report: dict, proxy_markdown: dict[str, str]) -> str:
@@ -299,6 +328,7 @@ def render_report(report: dict, proxy_markdown: dict[str, str]) -> str:
     lines = [
         "# Synthetic part-annotated benchmark", "",
         f"Machine: {m['cpu']}, {m['cores']} cores, load average {m['load_average']} at the end of the run.", "",
+        *reproduction_rows(report), "",
         "## Data set", "",
         "| classes | families of | images (train / test) | image side | attribute noise | occlusion | seed |",
         "|---|---|---|---|---|---|---|",
@@ -326,6 +356,17 @@ def render_report(report: dict, proxy_markdown: dict[str, str]) -> str:
         lines += [f"## Proxy protocol, {title} ({run['seconds']} s, {rate:.2f} images/s with every kind, the "
                   "sweep and the exemplars)", "", text]
     return "\n".join(lines)
+
+
+def reproduction_rows(report: dict) -> list[str]:
+    """Markdown: what another run must match to reproduce this one (data and weights fingerprints, the kernels and
+    threads the classifier was trained with, the library versions)."""
+    kernels, versions = report.get("kernels") or {}, report["machine"].get("versions", {})
+    return ["Reproduction: data sha256 `" + str(report.get("data_sha256", "-"))[:16] + "`, weights sha256 `"
+            + str(report.get("weights_sha256") or "-")[:16] + "` (first 16 hex digits); trained with "
+            + (", ".join(f"{k} {v}" for k, v in kernels.items()) or "unrecorded") + " kernels on "
+            + f"{report.get('threads') or '?'} threads; "
+            + ", ".join(f"{k} {v}" for k, v in versions.items()) + "."]
 
 
 TABLE3_COVERAGES = (0.005, 0.1)  # one receptive-field unit of a 14 x 14 F (Table III), and the reference level

@@ -20,6 +20,7 @@ Example (needs the dataset, so it is not a doctest; tests/evaluate_proxy builds 
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -204,3 +205,21 @@ def _attribute_labels(path: Path, image_ids: tuple[int, ...], num_attributes: in
             raise CubFormatError(where, f"attribute id {attribute} out of range [1, {num_attributes}]")
         present[row[image], attribute - 1] = _int(f[2], where) == 1
     return present
+
+
+ANNOTATION_FILES = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt", "parts/parts.txt",
+                    "parts/part_locs.txt", "attributes.txt", "attributes/image_attribute_labels.txt")
+
+
+def fingerprint(cub: Cub) -> str:
+    """sha256 (hex) of a CUB-layout dataset's bytes: the annotation files present (``ANNOTATION_FILES``), then every
+    image file in image-id order. Two copies match only when they are byte for byte the same, so a report that
+    gives it tells whether two runs saw the same data."""
+    digest = hashlib.sha256()
+    for name in ANNOTATION_FILES:
+        path = cub.root / name
+        if path.is_file():
+            digest.update(name.encode() + b"\0" + path.read_bytes())
+    for i in cub.image_ids:
+        digest.update(cub.paths[i].encode() + b"\0" + (cub.root / "images" / cub.paths[i]).read_bytes())
+    return digest.hexdigest()

@@ -4,17 +4,22 @@ generator's on a 2-class set, and `galore evaluate synthetic --quick` end to end
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
 from galore.errors import InvalidArgument
-from galore.evaluate.cub import read_cub
+from galore.classifier_training import weights_fingerprint
+from galore.evaluate.cub import fingerprint, read_cub
 from galore.evaluate.synthetic import (GROUPS, PART_NAMES, Pose, SyntheticConfig, design, ground_truth, render,
                                        write_dataset)
 from galore.evaluate.synthetic_truth import family_confusion, protocol_agreement
 from galore_cli.main import main
+from galore_cli.pinned_kernels import kernels_in_use
+
+from .test_pinned_kernels import HAS_AVX2
 
 from ..torchserve_loader import loaded_archive, run_batch
 
@@ -168,7 +173,15 @@ def test_quick_benchmark_end_to_end(quick):
     assert set(cam) == {"counterfactual/1", "counterfactual/2"} and len(cam["counterfactual/1"]["precision"]) == 1
     assert report["finer_cam"]["images"] == 12 and report["finer_cam"]["segments"] >= 12
     assert "finer_cam" in report["construction"]["trained"]
+    # what another run must match: the data's and the weights' fingerprints, the kernels (pinned to AVX2 on x86)
+    assert report["data_sha256"] == fingerprint(cub)
+    weights = torch.load(out / "model" / "weights.pt", weights_only=True)
+    assert report["weights_sha256"] == weights_fingerprint(weights) and report["threads"] == 1
+    expected = {"aten": "avx2", "onednn": "AVX2", "mkl": "AVX2"} if HAS_AVX2 else kernels_in_use()
+    assert report["kernels"] == expected
+    assert set(report["machine"]["versions"]) == {"torch", "numpy", "pillow"}
     text = (out / "synthetic.md").read_text()
+    assert f"data sha256 `{report['data_sha256'][:16]}`" in text
     for title in ("## Data set", "## Classifier", "## The protocol's ground truth against the generator's",
                   "## Proxy protocol, trained model", "Strength vs precision", "random weights (Fig. 11)",
                   "## Explanations against baseline regions of the same size (Table III)",
@@ -196,6 +209,16 @@ def test_quick_outputs_run_unchanged_through_proxy_and_train_hardness_and_are_re
     capsys.readouterr()
     assert main(["evaluate", "synthetic", "train", "--quick", "--out", str(out), "--no-progress"]) == 0
     assert "train reused" in capsys.readouterr().out
+
+
+def test_training_again_with_pinned_kernels_gives_the_same_weights(quick, tmp_path):
+    """The same data, settings and pinned kernels: bit-identical weights (a fresh process, a fresh folder)."""
+    out, _ = quick
+    shutil.copytree(out / "data", tmp_path / "data")
+    assert main(["evaluate", "synthetic", "train", "--quick", "--out", str(tmp_path), "--threads", "1",
+                 "--no-progress"]) == 0
+    again = json.loads((tmp_path / "model" / "report.json").read_text())
+    assert again["weights_sha256"] == json.loads((out / "model" / "report.json").read_text())["weights_sha256"]
 
 
 def test_seeds_summary_gives_mean_and_sd_over_the_seed_folders(quick, tmp_path, capsys):
