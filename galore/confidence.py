@@ -104,6 +104,34 @@ _SCORE_GRADIENT = {  # -> (N, D): eq. (21) is h_y of the top class; eq. (22)'s i
 }
 
 
+# the same gradients averaged over the S points z_k of each row's path (R rows), for integrated gradients (eq. 19)
+# through a Linear: linear in the logit-space gradient, so averaged there first and multiplied by W once
+def _mean_probability(W: torch.Tensor, p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """mean_k p_y,k (W_y - p_k W): p (R, S, C), y (R, K) -> (R, K, D)."""
+    R, S, C = p.shape
+    p_y = p.gather(2, y[:, None, :].expand(R, S, y.shape[1]))  # (R, S, K)
+    return p_y.mean(1)[..., None] * W[y] - (torch.bmm(p_y.transpose(1, 2), p) / S) @ W  # (R, K, D)
+
+
+def _mean_softmax_score(p: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+    """mean_k of eq. (21)'s logit-space gradient p_y,k (e_y - p_k), y the top class AT z_k: (R, S, C) -> (R, C)."""
+    top = p.max(-1)  # values, indices (R, S)
+    mean = -(top.values[..., None] * p).mean(1)  # (R, C)
+    return mean.scatter_add_(1, top.indices, top.values / p.shape[1])
+
+
+def _mean_certainty_score(p: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+    """mean_k of eq. (22)'s logit-space gradient p (log p - E_p[log p]) / log C: (R, S, C) -> (R, C)."""
+    return (p * (logp - (p * logp).sum(-1, keepdim=True))).mean(1) / math.log(p.shape[-1])
+
+
+_CLASS_MEAN_GRADIENT = {  # W (C, D), p (R, S, C), classes y (R, K) -> (R, K, D); a logit's is constant on the path
+    Target.LOGIT: lambda W, p, y: W[y],
+    Target.PROBABILITY: _mean_probability,
+}
+_SCORE_MEAN_LOGIT_GRADIENT = {Score.SOFTMAX: _mean_softmax_score, Score.CERTAINTY: _mean_certainty_score}
+
+
 @dataclass(frozen=True)
 class _ThroughLinear:
     """The softmax of logits z (N, C) = x W^T + b, and p W (N, D)."""
@@ -150,6 +178,18 @@ class Targets:
         at = _ThroughLinear.at(W, z)
         classes = _CLASS_GRADIENT[self.target](at, self.idx[ids])
         s = _SCORE_GRADIENT[self.score](at) if self.score is not None else torch.zeros_like(classes[:, 0])
+        return torch.cat([classes, s[:, None]], dim=1)
+
+    def mean_through_linear(self, W: torch.Tensor, z: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """``through_linear`` averaged over S points of each row's path (integrated gradients' mean gradient, eq. 19):
+        z (R, S, C) the logits at the points, ids (R,) -> (R, T + 1, D). Closed form: the mean is taken of the
+        C-dimensional gradients in the logits, then multiplied by W once (a logit column's is its row of W)."""
+        p = z.softmax(-1)  # (R, S, C)
+        classes = _CLASS_MEAN_GRADIENT[self.target](W, p, self.idx[ids])
+        if self.score is None:
+            s = torch.zeros_like(classes[:, 0])
+        else:
+            s = _SCORE_MEAN_LOGIT_GRADIENT[self.score](p, z.log_softmax(-1)) @ W  # (R, D)
         return torch.cat([classes, s[:, None]], dim=1)
 
     def second_along(self, z: torch.Tensor, u: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

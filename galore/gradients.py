@@ -43,6 +43,9 @@ class LinearLogitsFn(Protocol):
     def through_linear(self, W: torch.Tensor, z: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """d values[n, t] / d x[n]: W (C, D), z (N, C), ids (N,) -> (N, T, D)."""
 
+    def mean_through_linear(self, W: torch.Tensor, z: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The same gradients averaged over S points of each row's path: z (R, S, C), ids (R,) -> (R, T, D)."""
+
 
 def batched_vjp(values: list[torch.Tensor], leaves: list[torch.Tensor], retain_graph: bool = False
                 ) -> list[torch.Tensor]:

@@ -162,8 +162,9 @@ def path_gradients_pooled_linear(split: PooledSplit, of_logits: LogitsFn, F: tor
     """Integrated gradients' mean gradient (eq. 19, zero baseline) for a head that is global average pooling then
     one Linear (``split.linear``): along the path a_k F (a_k = k / steps, k = 1..steps) the logits are
     z_k = b + a_k (z - b) on one line, so the mean of the steps' gradients is W^T times the mean of the targets'
-    C-dimensional gradients at the z_k (one batched backward through ``of_logits`` alone), with no pass through the
-    head per step. (R, D, h, w) -> (R, T, D, 1, 1); the maps are F times it, summed over channels."""
+    C-dimensional gradients at the z_k (one batched backward through ``of_logits`` alone, or its closed form where it
+    is a ``LinearLogitsFn``), with no pass through the head per step. (R, D, h, w) -> (R, T, D, 1, 1); the maps are
+    F times it, summed over channels."""
     R, _, h, w = F.shape
     with torch.no_grad():
         x = split.pool(F)
@@ -171,7 +172,11 @@ def path_gradients_pooled_linear(split: PooledSplit, of_logits: LogitsFn, F: tor
         bias = split.linear.bias
         b = torch.zeros_like(z) if bias is None else bias.expand_as(z)  # the logits at the zero baseline: rest(0)
         alphas = torch.arange(1, steps + 1, device=F.device, dtype=F.dtype) / steps  # (S,)
-        z_k = (b[:, None] + alphas[None, :, None] * (z - b)[:, None]).reshape(R * steps, -1)  # (R * S, C)
+        z_k = b[:, None] + alphas[None, :, None] * (z - b)[:, None]  # (R, S, C)
+        if isinstance(of_logits, LinearLogitsFn):  # closed form: no backward at all
+            ids = torch.arange(R, device=F.device)
+            return per_location(of_logits.mean_through_linear(split.linear.weight, z_k, ids), h, w)
+        z_k = z_k.reshape(R * steps, -1)  # (R * S, C)
     leaf = z_k.requires_grad_(True)
     with torch.enable_grad():
         values = of_logits(leaf, torch.arange(R, device=F.device).repeat_interleave(steps))  # (R * S, T)

@@ -150,3 +150,24 @@ def test_integrated_gradients_through_pooling_and_a_linear_equal_the_step_by_ste
     got, got_last = attribute(Attribution.INTEGRATED_GRADIENTS, fn, F, split_last=True, parts=(head, targets))
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
     torch.testing.assert_close(got_last, ref_last, rtol=1e-4, atol=1e-5 * float(ref_last.abs().max()))
+
+
+@pytest.mark.parametrize("target", [Target.LOGIT, Target.PROBABILITY])
+@pytest.mark.parametrize("score", [Score.SOFTMAX, Score.CERTAINTY, None])
+def test_mean_through_linear_equals_autograd_along_a_path_whose_top_class_changes(target, score):
+    """Targets.mean_through_linear against the mean of 20 autograd gradients (float64). The path runs from logits
+    whose top class is 0 to logits whose top class is 2, so eq. (21)'s class changes half way."""
+    g = torch.Generator().manual_seed(3)
+    C, D, S = 5, 7, 20
+    W = torch.randn(C, D, generator=g, dtype=torch.float64)
+    start, end = torch.tensor([3.0, 0, 1, 0, -1], dtype=torch.float64), torch.tensor([0, 1, 4.0, 0, 2], dtype=torch.float64)
+    a = torch.arange(1, S + 1, dtype=torch.float64) / S
+    z = torch.stack([start + a[:, None] * (end - start), end + a[:, None] * (start - end)])  # (R = 2, S, C)
+    assert z[0, 0].argmax() == 0 and z[0, -1].argmax() == 2
+    targets = Targets(target, torch.tensor([[2, 0], [4, 1]]), score)
+    ids = torch.arange(2)
+    leaf = z.reshape(2 * S, C).clone().requires_grad_(True)
+    values = targets(leaf, ids.repeat_interleave(S))  # (R * S, T + 1)
+    rows = [torch.autograd.grad(values[:, t].sum(), leaf, retain_graph=True)[0] for t in range(values.shape[1])]
+    ref = (torch.stack(rows, 1) @ W).reshape(2, S, -1, D).mean(1)  # (R, T + 1, D)
+    torch.testing.assert_close(targets.mean_through_linear(W, z, ids), ref, rtol=1e-10, atol=1e-12)
