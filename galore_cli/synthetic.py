@@ -7,8 +7,8 @@ images whose ground truth is known by construction; galore.evaluate.synthetic).
   train     trains the classifier (mobilenet_v3_small, explained at features.8: a non-linear head after F) into
             DIR/model (checkpoint.pt every epoch, weights.pt, labels.txt, report.json, exemplars/: the exemplar bank
             for model_store.build, taken from the training split), in a process whose CPU kernels are pinned to
-            AVX2 (--cpu-kernels avx2, the default: the same weights on AVX-512 and AVX2 CPUs; native: this
-            process's own kernels, faster where AVX-512 is present, another classifier);
+            AVX2 (--cpu-kernels avx2, the default: AVX-512 and AVX2 CPUs then run the same kernels; native: this
+            process's own, faster where AVX-512 is present, and another classifier there);
   evaluate  runs `galore evaluate proxy`'s protocol on the test split into DIR/proxy, the same with the untrained
             network (random weights, Fig. 11) into DIR/proxy-random, scores every region against baseline regions
             and against the generator's own ground truth, runs Table III's search baselines (Goyal et al. 2019,
@@ -79,7 +79,7 @@ def add_parser(evaluate_commands) -> argparse.ArgumentParser:
     m.add_argument("--threads", type=int, help="CPU threads for torch (1 is fastest on a busy machine)")
     m.add_argument("--cpu-kernels", choices=KERNELS, default=KERNELS[0],
                    help="avx2 (default): train in a process whose torch, oneDNN and MKL kernels are pinned to AVX2, "
-                        "so that x86 CPUs with AVX-512 or AVX2 give the same classifier (galore_cli.pinned_kernels; "
+                        "so that x86 CPUs with AVX-512 or AVX2 run the same kernels (galore_cli.pinned_kernels; "
                         "CPUs without AVX2 run their own); native: this process, the CPU's fastest kernels")
     e = p.add_argument_group("evaluation")
     e.add_argument("--limit", type=int, help="explain at most this many test images (default: all; --quick 12)")
