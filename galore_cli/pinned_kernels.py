@@ -1,4 +1,4 @@
-"""Training that gives the same classifier on different x86 CPUs: every CPU kernel library pinned to AVX2.
+"""Training on the same kernels on different x86 CPUs: every CPU kernel library pinned to AVX2.
 
 torch (ATen's vectorised loops), oneDNN (convolutions) and MKL (matrix products) each pick their kernels by the
 CPU's instruction set: AVX-512 on a Zen 4 EPYC or a Xeon, AVX2 on a Zen 3 EPYC. The kernels round differently,
@@ -8,7 +8,10 @@ variable before its first kernel runs, so pinned work runs in a fresh (spawned) 
 
     ATEN_CPU_CAPABILITY=avx2   ONEDNN_MAX_CPU_ISA=AVX2   MKL_CBWR=AVX2
 
-A CPU without AVX2 and FMA (or not x86) runs its own kernels, and the training report says which ran.
+A CPU without AVX2 and FMA (or not x86) runs its own kernels, and the training report says which ran. Checked
+(EVALUATION.md §8): on an AVX2 CPU the pinned process gives the native process's weights bit for bit, and lower
+caps give other weights; an AVX-512 CPU's pinned run has not been compared here (none was at hand), which is what
+the report's weights fingerprint is for.
 
     >>> pinned_env("avx2", flags={"avx2", "fma"})["ONEDNN_MAX_CPU_ISA"]
     'AVX2'
