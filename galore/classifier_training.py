@@ -98,7 +98,6 @@ def _augment(x: torch.Tensor, shift: int, generator: torch.Generator) -> torch.T
     return x
 
 
-@torch.no_grad()
 def weights_fingerprint(state: dict[str, torch.Tensor]) -> str:
     """sha256 (hex) of a state dict's names, dtypes, shapes and values in order: equal only for bit-identical
     weights, whatever file they were saved in.
@@ -116,6 +115,7 @@ def weights_fingerprint(state: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+@torch.no_grad()
 def predict(model: nn.Module, data: TensorDataset, batch_size: int = 64) -> torch.Tensor:
     """(N, C) logits of ``model`` (eval mode) on ``data``."""
     model.eval()

@@ -9,9 +9,10 @@ variable before its first kernel runs, so pinned work runs in a fresh (spawned) 
     ATEN_CPU_CAPABILITY=avx2   ONEDNN_MAX_CPU_ISA=AVX2   MKL_CBWR=AVX2
 
 A CPU without AVX2 and FMA (or not x86) runs its own kernels, and the training report says which ran. Checked
-(EVALUATION.md §8): on an AVX2 CPU the pinned process gives the native process's weights bit for bit, and lower
-caps give other weights; an AVX-512 CPU's pinned run has not been compared here (none was at hand), which is what
-the report's weights fingerprint is for.
+(EVALUATION.md §8): lower caps (SSE4.1) give other weights, which is the mechanism; on an AVX2 CPU the pinned
+process gave the native process's weights bit for bit on the quick set but not on the full benchmark (the caps
+change some kernels there too); an AVX-512 CPU's pinned run has not been compared (none was at hand), which is
+what the report's weights fingerprint is for.
 
     >>> pinned_env("avx2", flags={"avx2", "fma"})["ONEDNN_MAX_CPU_ISA"]
     'AVX2'
