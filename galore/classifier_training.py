@@ -154,10 +154,12 @@ def recalibrate_batch_norm(model: nn.Module, data: TensorDataset, batch_size: in
 
 def train_classifier(train: TensorDataset, held_out: TensorDataset, labels: Sequence[str], out: str | Path,
                      config: ClassifierTraining = ClassifierTraining(), resume: bool = False,
-                     progress: bool = True, log: Callable[[str], None] = print) -> dict:
+                     progress: bool = True, log: Callable[[str], None] = print,
+                     provenance: dict | None = None) -> dict:
     """Trains ``config.arch`` with len(labels) outputs on ``train`` ((uint8 image, class) pairs, see
     ``load_images``), judges it on ``held_out`` after every epoch, writes the outputs of the module docstring and
-    returns the report."""
+    returns the report. ``resume`` continues from out/checkpoint.pt, which must have been written with the same
+    ``config`` and ``provenance`` (what else made the weights, e.g. the CPU kernels; stored in the checkpoint)."""
     from tqdm import tqdm
 
     if len(train) == 0 or len(held_out) == 0:
@@ -175,6 +177,9 @@ def train_classifier(train: TensorDataset, held_out: TensorDataset, labels: Sequ
         if state.get("config") != asdict(config):
             raise InvalidArgument("resume", f"{out / CHECKPOINT} was written with other settings: "
                                             f"{state.get('config')}")
+        if state.get("provenance") != provenance:
+            raise InvalidArgument("resume", f"{out / CHECKPOINT} was written with other provenance: "
+                                            f"{state.get('provenance')}, not {provenance}")
         model.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
@@ -205,7 +210,7 @@ def train_classifier(train: TensorDataset, held_out: TensorDataset, labels: Sequ
         history.append({"epoch": epoch + 1, "train_loss": total / max(seen, 1), "train_top1": right / max(seen, 1)})
         torch.save({"model": model.state_dict(), "optimizer": optimiser.state_dict(),
                     "schedule": schedule.state_dict(), "epoch": epoch + 1, "history": history, "seconds": seconds,
-                    "config": asdict(config)}, out / CHECKPOINT)
+                    "config": asdict(config), "provenance": provenance}, out / CHECKPOINT)
         log(f"epoch {epoch + 1}/{config.epochs}: train loss {total / max(seen, 1):.3f}, "
             f"train top-1 {right / max(seen, 1):.3f} (augmented, while learning)")
     began = time.perf_counter()

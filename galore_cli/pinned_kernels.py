@@ -1,22 +1,27 @@
-"""Training on the same kernels on different x86 CPUs: every CPU kernel library pinned to AVX2.
+"""Training on the same kernels on different x86 CPUs: torch and oneDNN capped at AVX2, MKL on its
+vendor-neutral branch.
 
 torch (ATen's vectorised loops), oneDNN (convolutions) and MKL (matrix products) each pick their kernels by the
-CPU's instruction set: AVX-512 on a Zen 4 EPYC or a Xeon, AVX2 on a Zen 3 EPYC. The kernels round differently,
-and twelve epochs grow that into another classifier: the same `galore evaluate synthetic` command gave held-out
-top-1 0.628 on an AVX-512 EPYC and 0.598 on an AVX2 one (EVALUATION.md §8). Each library reads an environment
-variable before its first kernel runs, so pinned work runs in a fresh (spawned) process that starts with them:
+CPU: AVX-512 on a Zen 4 EPYC or a Xeon, AVX2 on a Zen 3 EPYC. The kernels round differently, and twelve epochs
+grow that into another classifier: the same `galore evaluate synthetic` command gave held-out top-1 0.628 on an
+AVX-512 EPYC and 0.598 on an AVX2 one (EVALUATION.md §8). Each library reads an environment variable before its
+first kernel runs, so pinned work runs in a fresh (spawned) process that starts with them:
 
-    ATEN_CPU_CAPABILITY=avx2   ONEDNN_MAX_CPU_ISA=AVX2   MKL_CBWR=AVX2
+    ATEN_CPU_CAPABILITY=avx2   ONEDNN_MAX_CPU_ISA=AVX2   MKL_CBWR=COMPATIBLE
+
+MKL's conditional numerical reproducibility honours an instruction-set branch (``MKL_CBWR=AVX2``) on Intel CPUs
+only: on an AMD one MKL reads it back as AUTO, its own choice for that CPU (``mkl_branch`` shows it). COMPATIBLE
+is the branch MKL runs on every x86 CPU; MKL serves only the Linear layers here, so its cost is small.
+``kernels_in_use`` reports the branch MKL really took, not the variable asked for.
 
 A CPU without AVX2 and FMA (or not x86) runs its own kernels, and the training report says which ran. Checked
-(EVALUATION.md §8): lower caps (SSE4.1) give other weights, which is the mechanism; on an AVX2 CPU the pinned
-process gave the native process's weights bit for bit on the quick set but not on the full benchmark (the caps
-change some kernels there too); an AVX-512 CPU's pinned run has not been compared (none was at hand), which is
-what the report's weights fingerprint is for.
+(EVALUATION.md §8): lower caps (SSE4.1) give other weights, which is the mechanism. Not checked: that two CPUs of
+different vendors or cache sizes give the same weights (oneDNN may still block a product by cache size); the
+report's weights fingerprint is what tells.
 
-    >>> pinned_env("avx2", flags={"avx2", "fma"})["ONEDNN_MAX_CPU_ISA"]
-    'AVX2'
-    >>> pinned_env("avx2", flags={"neon"})   # no AVX2 here: native kernels
+    >>> pinned_env("pinned", flags={"avx2", "fma"})["MKL_CBWR"]
+    'COMPATIBLE'
+    >>> pinned_env("pinned", flags={"neon"})   # no AVX2 here: native kernels
     {}
     >>> run_pinned("native", sum, [1, 2])    # native: in this process
     3
@@ -31,9 +36,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-KERNELS = ("avx2", "native")  # --cpu-kernels choices; the first is the default
-AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
-_NEEDS = frozenset({"avx2", "fma"})  # what AVX2_ENV's kernels execute
+KERNELS = ("pinned", "native")  # --cpu-kernels choices; the first is the default
+PINNED_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "COMPATIBLE"}
+_NEEDS = frozenset({"avx2", "fma"})  # what PINNED_ENV's kernels execute
+# mkl_cbwr.h: the branch codes MKL_CBWR_Get returns (MKL_CBWR_STRICT is a flag on top)
+_MKL_BRANCHES = {1: "OFF", 2: "AUTO", 3: "COMPATIBLE", 4: "SSE2", 6: "SSSE3", 7: "SSE4_1", 8: "SSE4_2",
+                 9: "AVX", 10: "AVX2", 11: "AVX512_MIC", 12: "AVX512", 13: "AVX512_MIC_E1", 14: "AVX512_E1"}
+_MKL_STRICT = 0x10000
 
 T = TypeVar("T")
 
@@ -50,12 +59,12 @@ def cpu_flags() -> frozenset[str]:
 
 
 def pinned_env(kernels: str, flags: frozenset[str] | set[str] | None = None) -> dict[str, str]:
-    """The environment that pins the kernels: AVX2_ENV for "avx2" on a CPU with AVX2 and FMA, else {}."""
+    """The environment that pins the kernels: PINNED_ENV for "pinned" on a CPU with AVX2 and FMA, else {}."""
     if kernels not in KERNELS:
         raise ValueError(f"kernels: one of {', '.join(KERNELS)}, got {kernels!r}")
     if kernels == "native" or not _NEEDS <= set(cpu_flags() if flags is None else flags):
         return {}
-    return dict(AVX2_ENV)
+    return dict(PINNED_ENV)
 
 
 @contextmanager
@@ -77,17 +86,41 @@ def run_pinned(kernels: str, fn: Callable[..., T], *args) -> T:
     (``fn`` and its arguments must pickle), or in this process when that is empty. Exceptions come back as
     ``fn`` raised them."""
     env = pinned_env(kernels)
-    if not env:
-        return fn(*args)
+    return run_with_env(env, fn, *args) if env else fn(*args)
+
+
+def run_with_env(env: dict[str, str], fn: Callable[..., T], *args) -> T:
+    """``fn(*args)`` in a spawned process whose environment is this one's updated with ``env``; this process's
+    environment is left as it was."""
     with _environment(env), concurrent.futures.ProcessPoolExecutor(
             1, mp_context=multiprocessing.get_context("spawn")) as pool:
         return pool.submit(fn, *args).result()
 
 
+def mkl_branch() -> str:
+    """The code branch MKL runs in this process, as MKL itself reports it (``mkl_cbwr_get``, exported by torch's
+    statically linked MKL as ``mkl_serv_cbwr_get``): "OFF" (no reproducibility mode), "AUTO", "COMPATIBLE",
+    "AVX2", ..., with ",STRICT" when set; "none" where torch has no MKL, "unknown" where the call is not exported."""
+    import ctypes
+
+    import torch
+
+    if not torch.backends.mkl.is_available():
+        return "none"
+    try:
+        get = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so")).mkl_serv_cbwr_get
+    except (OSError, AttributeError):
+        return "unknown"
+    get.restype, get.argtypes = ctypes.c_int, [ctypes.c_int]
+    code = get(-1)  # MKL_CBWR_ALL: the branch and the STRICT flag
+    name = _MKL_BRANCHES.get(code & ~_MKL_STRICT, f"code {code & ~_MKL_STRICT}")
+    return name + (",STRICT" if code & _MKL_STRICT else "")
+
+
 def kernels_in_use() -> dict[str, str]:
-    """What this process runs: ATen's CPU capability as torch reports it, and the oneDNN and MKL caps
-    ("native": none set)."""
+    """What this process runs: ATen's CPU capability as torch reports it, oneDNN's cap ("native": none set) and
+    MKL's branch as MKL reports it (``mkl_branch``)."""
     import torch
 
     return {"aten": torch.backends.cpu.get_cpu_capability().lower(),
-            "onednn": os.environ.get("ONEDNN_MAX_CPU_ISA", "native"), "mkl": os.environ.get("MKL_CBWR", "native")}
+            "onednn": os.environ.get("ONEDNN_MAX_CPU_ISA", "native"), "mkl": mkl_branch()}

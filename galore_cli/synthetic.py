@@ -42,7 +42,7 @@ from pathlib import Path
 
 from galore.errors import GaloreError, InvalidArgument
 from galore_cli.machine import cpu_model
-from galore_cli.pinned_kernels import KERNELS, kernels_in_use, run_pinned
+from galore_cli.pinned_kernels import KERNELS, kernels_in_use, pinned_env, run_pinned
 
 from .proxy import _bar, _engine, markdown
 from .status import EXIT_BAD_INPUT, EXIT_IMAGE_FAILED, EXIT_OK, CliError, set_threads
@@ -78,9 +78,10 @@ def add_parser(evaluate_commands) -> argparse.ArgumentParser:
     m.add_argument("--batch-size", type=int, help=f"(default {t.batch_size})")
     m.add_argument("--threads", type=int, help="CPU threads for torch (1 is fastest on a busy machine)")
     m.add_argument("--cpu-kernels", choices=KERNELS, default=KERNELS[0],
-                   help="avx2 (default): train in a process whose torch, oneDNN and MKL kernels are pinned to AVX2, "
-                        "so that x86 CPUs with AVX-512 or AVX2 run the same kernels (galore_cli.pinned_kernels; "
-                        "CPUs without AVX2 run their own); native: this process, the CPU's fastest kernels")
+                   help="pinned (default): train in a process whose torch and oneDNN kernels are capped at AVX2 "
+                        "and whose MKL runs its COMPATIBLE branch, so that x86 CPUs with AVX-512 or AVX2 run the "
+                        "same kernels (galore_cli.pinned_kernels; CPUs without AVX2 run their own); native: this "
+                        "process, the CPU's fastest kernels")
     e = p.add_argument_group("evaluation")
     e.add_argument("--limit", type=int, help="explain at most this many test images (default: all; --quick 12)")
     e.add_argument("--no-random", action="store_true", help="skip the random-weight model (Fig. 11)")
@@ -182,25 +183,33 @@ def generate(data, root: Path, no_progress: bool) -> float | str:
 def train(data, training, out: Path, no_progress: bool, kernels: str = KERNELS[0],
           threads: int | None = None) -> float | str:
     """Trains into out/model unless it holds this model, trained with the same ``kernels``
-    (``pinned_kernels.KERNELS``); writes the exemplar bank; seconds, or "reused"."""
-    from galore.classifier_training import REPORT
+    (``pinned_kernels.KERNELS``) and their environment; writes the exemplar bank; seconds, or "reused". An
+    interrupted run resumes from its checkpoint only with the same kernels; one of other kernels starts over."""
+    import torch
+
+    from galore.classifier_training import CHECKPOINT, REPORT
     from galore.evaluate.cub import read_cub
 
     model = out / "model"
+    provenance = {"cpu_kernels": kernels, "env": pinned_env(kernels)}
     report = _stored(model / REPORT, "config")
     if (report == asdict(training) and _stored(model / "data.json", "config") == asdict(data)
-            and _stored(model / "data.json", "cpu_kernels") == kernels):
+            and _stored(model / "data.json", "provenance") == provenance):
         return "reused"
     began = time.perf_counter()
     model.mkdir(parents=True, exist_ok=True)
-    in_use = run_pinned(kernels, _train_model, training, out, no_progress, threads)
+    checkpoint = model / CHECKPOINT
+    if checkpoint.is_file() and torch.load(checkpoint, map_location="cpu",
+                                           weights_only=True).get("provenance") != provenance:
+        checkpoint.unlink()  # another kernels' epochs: training them on would mix two reproductions
+    in_use = run_pinned(kernels, _train_model, training, out, no_progress, threads, provenance)
     exemplar_bank(read_cub(out / "data"), model / "exemplars")
-    (model / "data.json").write_text(json.dumps({"config": asdict(data), "cpu_kernels": kernels,
+    (model / "data.json").write_text(json.dumps({"config": asdict(data), "provenance": provenance,
                                                  "kernels": in_use}) + "\n", encoding="utf-8")
     return round(time.perf_counter() - began, 1)
 
 
-def _train_model(training, out: Path, no_progress: bool, threads: int | None) -> dict[str, str]:
+def _train_model(training, out: Path, no_progress: bool, threads: int | None, provenance: dict) -> dict[str, str]:
     """Trains on out/data into out/model with ``threads`` torch threads (None: torch's default), in a pinned
     process where ``pinned_kernels`` starts one; the kernels that ran."""
     set_threads(threads)
@@ -211,7 +220,7 @@ def _train_model(training, out: Path, no_progress: bool, threads: int | None) ->
     train_set = load_images(cub, cub.train_ids, training.input_size)
     held_out = load_images(cub, cub.test_ids, training.input_size)
     train_classifier(train_set, held_out, list(cub.class_names), out / "model", training, resume=True,
-                     progress=not no_progress)
+                     progress=not no_progress, provenance=provenance)
     return kernels_in_use()
 
 

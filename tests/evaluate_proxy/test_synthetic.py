@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from galore.errors import InvalidArgument
-from galore.classifier_training import weights_fingerprint
+from galore.classifier_training import ClassifierTraining, load_images, train_classifier, weights_fingerprint
 from galore.evaluate.cub import fingerprint, read_cub
 from galore.evaluate.synthetic import (GROUPS, PART_NAMES, Pose, SyntheticConfig, design, ground_truth, render,
                                        write_dataset)
@@ -177,7 +177,7 @@ def test_quick_benchmark_end_to_end(quick):
     assert report["data_sha256"] == fingerprint(cub)
     weights = torch.load(out / "model" / "weights.pt", weights_only=True)
     assert report["weights_sha256"] == weights_fingerprint(weights) and report["threads"] == 1
-    expected = {"aten": "avx2", "onednn": "AVX2", "mkl": "AVX2"} if HAS_AVX2 else kernels_in_use()
+    expected = {"aten": "avx2", "onednn": "AVX2", "mkl": "COMPATIBLE"} if HAS_AVX2 else kernels_in_use()
     assert report["kernels"] == expected
     assert set(report["machine"]["versions"]) == {"torch", "numpy", "pillow"}
     text = (out / "synthetic.md").read_text()
@@ -211,7 +211,7 @@ def test_quick_outputs_run_unchanged_through_proxy_and_train_hardness_and_are_re
     assert "train reused" in capsys.readouterr().out
 
 
-def test_training_again_with_pinned_kernels_gives_the_same_weights(quick, tmp_path):
+def test_training_again_with_pinned_kernels_gives_the_same_weights_and_other_kernels_start_over(quick, tmp_path):
     """The same data, settings and pinned kernels: bit-identical weights (a fresh process, a fresh folder)."""
     out, _ = quick
     shutil.copytree(out / "data", tmp_path / "data")
@@ -219,6 +219,18 @@ def test_training_again_with_pinned_kernels_gives_the_same_weights(quick, tmp_pa
                  "--no-progress"]) == 0
     again = json.loads((tmp_path / "model" / "report.json").read_text())
     assert again["weights_sha256"] == json.loads((out / "model" / "report.json").read_text())["weights_sha256"]
+    # other kernels: neither reused nor resumed from the pinned run's checkpoint (which would mix two runs)
+    assert main(["evaluate", "synthetic", "train", "--quick", "--out", str(tmp_path), "--threads", "1",
+                 "--cpu-kernels", "native", "--no-progress"]) == 0
+    checkpoint = torch.load(tmp_path / "model" / "checkpoint.pt", weights_only=True)
+    assert checkpoint["provenance"] == {"cpu_kernels": "native", "env": {}}
+    assert json.loads((tmp_path / "model" / "data.json").read_text())["provenance"]["cpu_kernels"] == "native"
+    with pytest.raises(InvalidArgument, match="provenance"):  # the library refuses such a resume itself
+        cub = read_cub(tmp_path / "data")
+        data = load_images(cub, cub.train_ids[:2], 32)
+        train_classifier(data, data, list(cub.class_names), tmp_path / "model",
+                         ClassifierTraining(**checkpoint["config"]), resume=True, progress=False,
+                         provenance={"cpu_kernels": "pinned"})
 
 
 def test_seeds_summary_gives_mean_and_sd_over_the_seed_folders(quick, tmp_path, capsys):
