@@ -20,6 +20,9 @@ class GaloreError(Exception):
         self.field = field
         self.message = message
 
+    def __reduce__(self):  # pickles whole (a worker process raises it, the caller re-raises it)
+        return self.__class__, (self.field, self.message)
+
 
 class InvalidArgument(GaloreError, ValueError):
     """The request itself is wrong: bad shape or dtype, unknown class, V > E, bad threshold, bad enum."""

@@ -16,6 +16,9 @@ class CliError(Exception):
         super().__init__(message)
         self.status = status
 
+    def __reduce__(self):  # pickles whole (a pinned worker process raises it, the command re-raises it)
+        return self.__class__, (self.args[0], self.status)
+
 
 def set_threads(threads: int | None) -> None:
     """``--threads N`` of the in-process commands (evaluate proxy, train-hardness): torch's CPU threads."""

@@ -6,15 +6,16 @@ images whose ground truth is known by construction; galore.evaluate.synthetic).
   generate  renders the data set in the CUB-200-2011 layout into DIR/data (plus ground_truth.json);
   train     trains the classifier (mobilenet_v3_small, explained at features.8: a non-linear head after F) into
             DIR/model (checkpoint.pt every epoch, weights.pt, labels.txt, report.json, exemplars/: the exemplar bank
-            for model_store.build, taken from the training split), in a process whose CPU kernels are pinned to
-            AVX2 (--cpu-kernels avx2, the default: AVX-512 and AVX2 CPUs then run the same kernels; native: this
-            process's own, faster where AVX-512 is present, and another classifier there);
-  evaluate  runs `galore evaluate proxy`'s protocol on the test split into DIR/proxy, the same with the untrained
-            network (random weights, Fig. 11) into DIR/proxy-random, scores every region against baseline regions
-            and against the generator's own ground truth, runs Table III's search baselines (Goyal et al. 2019,
-            the sliding window of §VI-F, FinerCAM) on --search-images images, and writes DIR/synthetic.md / .json
-            (with the data's and the weights' sha256, the kernels and the library versions: what a reproduction
-            must match);
+            for model_store.build, taken from the training split), in a process whose CPU kernels are pinned
+            (--cpu-kernels pinned, the default: torch and oneDNN capped at AVX2, MKL on its COMPATIBLE branch, so
+            that AVX-512 and AVX2 CPUs of either vendor run the same kernels; native: this process's own, faster
+            where AVX-512 is present, and another classifier there);
+  evaluate  (in a process pinned the same way) runs `galore evaluate proxy`'s protocol on the test split into
+            DIR/proxy, the same with the untrained network (random weights, Fig. 11) into DIR/proxy-random, scores
+            every region against baseline regions and against the generator's own ground truth, runs Table III's
+            search baselines (Goyal et al. 2019, the sliding window of §VI-F, FinerCAM) on --search-images images,
+            and writes DIR/synthetic.md / .json (with the data's and the weights' sha256, the kernels and the
+            library versions: what a reproduction must match);
   all       (default) the three in order. A step whose outputs exist with the same settings is reused.
   summary   (with --seeds) only re-reads the seeds' reports and writes DIR/seeds.md / .json.
 
@@ -78,10 +79,10 @@ def add_parser(evaluate_commands) -> argparse.ArgumentParser:
     m.add_argument("--batch-size", type=int, help=f"(default {t.batch_size})")
     m.add_argument("--threads", type=int, help="CPU threads for torch (1 is fastest on a busy machine)")
     m.add_argument("--cpu-kernels", choices=KERNELS, default=KERNELS[0],
-                   help="pinned (default): train in a process whose torch and oneDNN kernels are capped at AVX2 "
-                        "and whose MKL runs its COMPATIBLE branch, so that x86 CPUs with AVX-512 or AVX2 run the "
-                        "same kernels (galore_cli.pinned_kernels; CPUs without AVX2 run their own); native: this "
-                        "process, the CPU's fastest kernels")
+                   help="pinned (default): train and evaluate in processes whose torch and oneDNN kernels are "
+                        "capped at AVX2 and whose MKL runs its COMPATIBLE branch, so that x86 CPUs with AVX-512 or "
+                        "AVX2 run the same kernels (galore_cli.pinned_kernels; CPUs without AVX2 run their own); "
+                        "native: this process, the CPU's fastest kernels")
     e = p.add_argument_group("evaluation")
     e.add_argument("--limit", type=int, help="explain at most this many test images (default: all; --quick 12)")
     e.add_argument("--no-random", action="store_true", help="skip the random-weight model (Fig. 11)")
@@ -148,7 +149,7 @@ def run_one(args: argparse.Namespace, out: Path) -> int:
         failed = False
         if args.step in ("all", "evaluate"):
             began = time.perf_counter()
-            failed = evaluate(data, training, out, args)
+            failed = run_pinned(args.cpu_kernels, _evaluate_with_threads, data, training, out, args)
             times["evaluate"] = round(time.perf_counter() - began, 1)
     except GaloreError as exc:
         raise CliError(f"{exc.field}: {exc.message}", EXIT_BAD_INPUT) from None
@@ -245,6 +246,12 @@ def _protocol(cub, arch: str, state_dict: Path, layer: str, settings, no_progres
     return report, engine
 
 
+def _evaluate_with_threads(data, training, out: Path, args: argparse.Namespace) -> bool:
+    """``evaluate`` with ``args.threads`` torch threads, in a pinned process where ``pinned_kernels`` starts one."""
+    set_threads(args.threads)
+    return evaluate(data, training, out, args)
+
+
 def evaluate(data, training, out: Path, args: argparse.Namespace) -> bool:
     """The proxy protocol on the trained and on the random-weight model; the report. True if some image failed."""
     import torch
@@ -311,7 +318,8 @@ def evaluate(data, training, out: Path, args: argparse.Namespace) -> bool:
         "proxy": {k: {"curves": v["curves"], "piou": v["piou"], "strength_precision": v["strength_precision"],
                       "images": v["images"], "seconds": v["seconds"]} for k, v in results.items()},
         "machine": machine(), "data_sha256": fingerprint(cub), "weights_sha256": trained.get("weights_sha256"),
-        "threads": trained.get("threads"), "kernels": _stored(out / "model" / "data.json", "kernels")}
+        "threads": trained.get("threads"), "kernels": _stored(out / "model" / "data.json", "kernels"),
+        "evaluation_kernels": kernels_in_use(), "evaluation_threads": torch.get_num_threads()}
     (out / "synthetic.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     text = render_report(report, {k: markdown(v) for k, v in results.items()})
     (out / "synthetic.md").write_text(text, encoding="utf-8")
@@ -370,11 +378,14 @@ def render_report(report: dict, proxy_markdown: dict[str, str]) -> str:
 def reproduction_rows(report: dict) -> list[str]:
     """Markdown: what another run must match to reproduce this one (data and weights fingerprints, the kernels and
     threads the classifier was trained with, the library versions)."""
-    kernels, versions = report.get("kernels") or {}, report["machine"].get("versions", {})
+    versions = report["machine"].get("versions", {})
+
+    def kernels(key: str) -> str:
+        return ", ".join(f"{k} {v}" for k, v in (report.get(key) or {}).items()) or "unrecorded"
     return ["Reproduction: data sha256 `" + str(report.get("data_sha256", "-"))[:16] + "`, weights sha256 `"
             + str(report.get("weights_sha256") or "-")[:16] + "` (first 16 hex digits); trained with "
-            + (", ".join(f"{k} {v}" for k, v in kernels.items()) or "unrecorded") + " kernels on "
-            + f"{report.get('threads') or '?'} threads; "
+            + kernels("kernels") + f" kernels on {report.get('threads') or '?'} threads, evaluated with "
+            + kernels("evaluation_kernels") + f" kernels on {report.get('evaluation_threads') or '?'} threads; "
             + ", ".join(f"{k} {v}" for k, v in versions.items()) + "."]
 
 

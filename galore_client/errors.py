@@ -27,6 +27,9 @@ class GaloreClientError(GaloreError):
         self.code = code
         self._http_status = http_status
 
+    def __reduce__(self):
+        return self.__class__, (self.code, self.message, self.field, self._http_status)
+
     @property
     def grpc_code(self) -> int:
         return numbers(self.code)[0]

@@ -7,6 +7,9 @@ import os
 
 import pytest
 
+from galore.classifier_training import ClassifierTraining
+from galore.errors import InvalidArgument
+
 from galore_cli.pinned_kernels import (PINNED_ENV, cpu_flags, kernels_in_use, mkl_branch, pinned_env, run_pinned,
                                        run_with_env)
 
@@ -29,6 +32,9 @@ def test_native_runs_here_and_errors_come_back_as_raised():
         assert run_pinned("pinned", os.getpid) != os.getpid()
     with pytest.raises(ValueError, match="invalid literal"):
         run_pinned("pinned", int, "not a number")
+    with pytest.raises(InvalidArgument, match="epochs") as raised:  # the project's errors come back whole
+        run_pinned("pinned", ClassifierTraining, "mobilenet_v3_small", None, 0)
+    assert raised.value.field == "epochs"
 
 
 def test_pinned_env_needs_avx2_and_fma_and_a_known_choice():

@@ -179,6 +179,7 @@ def test_quick_benchmark_end_to_end(quick):
     assert report["weights_sha256"] == weights_fingerprint(weights) and report["threads"] == 1
     expected = {"aten": "avx2", "onednn": "AVX2", "mkl": "COMPATIBLE"} if HAS_AVX2 else kernels_in_use()
     assert report["kernels"] == expected
+    assert report["evaluation_kernels"] == expected and report["evaluation_threads"] == 1  # evaluated pinned too
     assert set(report["machine"]["versions"]) == {"torch", "numpy", "pillow"}
     text = (out / "synthetic.md").read_text()
     assert f"data sha256 `{report['data_sha256'][:16]}`" in text
