@@ -17,7 +17,8 @@ images whose ground truth is known by construction; galore.evaluate.synthetic).
             and writes DIR/synthetic.md / .json (with the data's and the weights' sha256, the kernels and the
             library versions: what a reproduction must match);
   all       (default) the three in order. A step whose outputs exist with the same settings is reused.
-  summary   (with --seeds) only re-reads the seeds' reports and writes DIR/seeds.md / .json.
+  summary   only re-reads the reports of DIR's run folders (DIR/seed-K, and any other folder or link to one holding a
+            synthetic.json: runs that differ in something else, the CPU kernels say) and writes DIR/seeds.md / .json.
 
 --seeds N: the steps for seeds S, S + 1, ..., S + N - 1 (S = --seed), each into DIR/seed-K, then DIR/seeds.md and
 seeds.json: every figure as mean ± sd over the finished seeds (galore_cli.synthetic_seeds).

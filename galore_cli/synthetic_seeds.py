@@ -37,9 +37,12 @@ def percent(coverage: float) -> str:
 
 
 def seed_folders(out: Path) -> list[Path]:
-    """DIR/seed-K folders holding a finished run, in seed order."""
-    found = [p for p in out.glob("seed-*") if (p / "synthetic.json").is_file() and p.name[5:].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[5:]))
+    """The finished runs under ``out``: its DIR/seed-K folders in seed order, then any other folder (or link to
+    one) holding a synthetic.json, by name: runs of one seed that differ otherwise (the CPU kernels, say)."""
+    found = [p for p in out.iterdir() if (p / "synthetic.json").is_file()] if out.is_dir() else []
+    seeds = sorted((p for p in found if p.name.startswith("seed-") and p.name[5:].isdigit()),
+                   key=lambda p: int(p.name[5:]))
+    return seeds + sorted((p for p in found if p not in seeds), key=lambda p: p.name)
 
 
 def _stat(values: list) -> list | None:
@@ -96,7 +99,11 @@ def summarise_reports(reports: list[dict]) -> dict:
         pearson[key] = _stat([trained(r)["strength_precision"].get(key, {}).get("pearson") for r in reports])
     return {"seeds": len(reports), "accuracy": _stat([r["accuracy"]["top1"] for r in reports]),
             "images_per_second": _stat([trained(r)["images"] / max(trained(r)["seconds"], 1e-9) for r in reports]),
-            "regions": regions, "construction": construction, "piou": piou, "pearson": pearson}
+            "regions": regions, "construction": construction, "piou": piou, "pearson": pearson,
+            "runs": [{"top1": r["accuracy"]["top1"], "data_sha256": r.get("data_sha256"),
+                      "weights_sha256": r.get("weights_sha256"),
+                      "kernels": ", ".join(f"{k} {v}" for k, v in (r.get("kernels") or {}).items()) or "unrecorded"}
+                     for r in reports]}
 
 
 def render(summary: dict, seeds: list[str]) -> str:
@@ -105,9 +112,13 @@ def render(summary: dict, seeds: list[str]) -> str:
         return "-" if stat is None else f"{stat[0]:.3f} ± {stat[1]:.3f}"
 
     head = " | ".join(f"P @ {percent(c)} | R @ {percent(c)}" for c in COVERAGES)
-    lines = [f"# Synthetic benchmark over {summary['seeds']} seeds ({', '.join(seeds)})", "",
-             "Every figure: mean ± population sd over the seeds (each seed: its own data set and classifier; a "
-             "baseline's 3 draws per seed averaged first).", "",
+    runs = "seeds" if all(n.startswith("seed-") for n in seeds) else "runs"
+    lines = [f"# Synthetic benchmark over {summary['seeds']} {runs} ({', '.join(seeds)})", "",
+             f"Every figure: mean ± population sd over the {runs} (a seed-K run: its own data set and classifier; a "
+             "baseline's 3 draws per run averaged first).", "",
+             *(f"- {name}: held-out top-1 {run['top1']:.3f}, data sha256 `{str(run['data_sha256'])[:16]}`, weights "
+               f"sha256 `{str(run['weights_sha256'])[:16]}`, trained with {run['kernels']}"
+               for name, run in zip(seeds, summary.get("runs", []))), "",
              f"Held-out top-1: {cell(summary['accuracy'])}; the protocol with every kind: "
              f"{cell(summary['images_per_second'])} images/s.", ""]
     for title, table in (("against the protocol's ground truth (Table III)", summary["regions"]),

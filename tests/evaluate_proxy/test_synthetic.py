@@ -267,7 +267,11 @@ def test_seeds_summary_gives_mean_and_sd_over_the_seed_folders(quick, tmp_path, 
     assert prior == pytest.approx([np.mean([at(covs, d, 0.1) for d in draws]), 0.0], abs=1e-4)  # same in both
     text = (tmp_path / "seeds.md").read_text()
     assert "over 2 seeds (seed-0, seed-1)" in text and "| deliberative/2 | object prior |" in text
+    assert f"weights sha256 `{report['weights_sha256'][:16]}`" in text
     assert "## PIoU and Table II" in capsys.readouterr().out
+    (tmp_path / "native").symlink_to(tmp_path / "seed-1")  # a run of another kind beside the seeds: a run too
+    assert main(["evaluate", "synthetic", "summary", "--out", str(tmp_path)]) == 0
+    assert "over 3 runs (seed-0, seed-1, native)" in (tmp_path / "seeds.md").read_text()
     assert main(["evaluate", "synthetic", "summary", "--out", str(tmp_path / "none")]) == 2
 
 
