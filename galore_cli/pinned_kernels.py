@@ -124,3 +124,8 @@ def kernels_in_use() -> dict[str, str]:
 
     return {"aten": torch.backends.cpu.get_cpu_capability().lower(),
             "onednn": os.environ.get("ONEDNN_MAX_CPU_ISA", "native"), "mkl": mkl_branch()}
+
+
+def kernels_text(kernels: dict[str, str] | None) -> str:
+    """A report's kernels dict in words: "aten avx2, onednn AVX2, mkl COMPATIBLE" ("unrecorded" when absent)."""
+    return ", ".join(f"{k} {v}" for k, v in (kernels or {}).items()) or "unrecorded"

@@ -44,7 +44,7 @@ from pathlib import Path
 
 from galore.errors import GaloreError, InvalidArgument
 from galore_cli.machine import cpu_model
-from galore_cli.pinned_kernels import KERNELS, kernels_in_use, pinned_env, run_pinned
+from galore_cli.pinned_kernels import KERNELS, kernels_in_use, kernels_text, pinned_env, run_pinned
 
 from .proxy import _bar, _engine, markdown
 from .status import EXIT_BAD_INPUT, EXIT_IMAGE_FAILED, EXIT_OK, CliError, set_threads
@@ -378,11 +378,11 @@ def render_report(report: dict, proxy_markdown: dict[str, str]) -> str:
 
 def reproduction_rows(report: dict) -> list[str]:
     """Markdown: what another run must match to reproduce this one (data and weights fingerprints, the kernels and
-    threads the classifier was trained with, the library versions)."""
+    threads the classifier was trained and evaluated with, the library versions)."""
     versions = report["machine"].get("versions", {})
 
     def kernels(key: str) -> str:
-        return ", ".join(f"{k} {v}" for k, v in (report.get(key) or {}).items()) or "unrecorded"
+        return kernels_text(report.get(key))
     return ["Reproduction: data sha256 `" + str(report.get("data_sha256", "-"))[:16] + "`, weights sha256 `"
             + str(report.get("weights_sha256") or "-")[:16] + "` (first 16 hex digits); trained with "
             + kernels("kernels") + f" kernels on {report.get('threads') or '?'} threads, evaluated with "

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from galore.evaluate.region_baselines import at
+from galore_cli.pinned_kernels import kernels_text
 
 COVERAGES = (0.005, 0.1)  # Table III's receptive-field unit of a 14 x 14 F, and the reference level
 KEYS = ("attributive/1", "deliberative/2", "deliberative/3", "counterfactual/1", "counterfactual/2")
@@ -102,7 +103,7 @@ def summarise_reports(reports: list[dict]) -> dict:
             "regions": regions, "construction": construction, "piou": piou, "pearson": pearson,
             "runs": [{"top1": r["accuracy"]["top1"], "data_sha256": r.get("data_sha256"),
                       "weights_sha256": r.get("weights_sha256"),
-                      "kernels": ", ".join(f"{k} {v}" for k, v in (r.get("kernels") or {}).items()) or "unrecorded"}
+                      "kernels": kernels_text(r.get("kernels"))}
                      for r in reports]}
 
 
