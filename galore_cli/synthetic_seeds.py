@@ -37,7 +37,7 @@ def percent(coverage: float) -> str:
     return f"{coverage * 100:g}%"
 
 
-def seed_folders(out: Path) -> list[Path]:
+def run_folders(out: Path) -> list[Path]:
     """The finished runs under ``out``: its DIR/seed-K folders in seed order, then any other folder (or link to
     one) holding a synthetic.json, by name: runs of one seed that differ otherwise (the CPU kernels, say)."""
     found = [p for p in out.iterdir() if (p / "synthetic.json").is_file()] if out.is_dir() else []
@@ -141,7 +141,7 @@ def render(summary: dict, seeds: list[str]) -> str:
 
 def summarise(out: Path) -> str:
     """Reads DIR/seed-*/synthetic.json, writes DIR/seeds.json and DIR/seeds.md; returns the markdown."""
-    folders = seed_folders(out)
+    folders = run_folders(out)
     if not folders:
         raise FileNotFoundError(f"no finished seed under {out} (seed-K/synthetic.json)")
     summary = summarise_reports([json.loads((p / "synthetic.json").read_text(encoding="utf-8")) for p in folders])
