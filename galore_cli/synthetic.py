@@ -382,8 +382,9 @@ def reproduction_rows(report: dict) -> list[str]:
     versions = report["machine"].get("versions", {})
     return ["Reproduction: data sha256 `" + str(report.get("data_sha256", "-"))[:16] + "`, weights sha256 `"
             + str(report.get("weights_sha256") or "-")[:16] + "` (first 16 hex digits); trained with "
-            + kernels_text(report.get("kernels")) + f" kernels on {report.get('threads') or '?'} threads, evaluated with "
-            + kernels_text(report.get("evaluation_kernels")) + f" kernels on {report.get('evaluation_threads') or '?'} threads; "
+            + kernels_text(report.get("kernels")) + f" kernels on {report.get('threads') or '?'} threads, "
+            + "evaluated with " + kernels_text(report.get("evaluation_kernels"))
+            + f" kernels on {report.get('evaluation_threads') or '?'} threads; "
             + ", ".join(f"{k} {v}" for k, v in versions.items()) + "."]
 
 
