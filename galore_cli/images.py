@@ -1,6 +1,7 @@
 """Reading image files for the client: bytes to send, and the (H0, W0, 3) uint8 pixels the masks refer to.
 
-EXIF orientation is applied, as the service does, so masks and pixels share one frame.
+EXIF orientation is applied and samples become 8-bit RGB by the service's own rule (``galore.pixels.to_rgb``), so
+masks and pixels share one frame and one look.
 """
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from galore.errors import InvalidArgument
+from galore.pixels import to_rgb
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -36,7 +40,9 @@ def decode(data: bytes, name: str = "image") -> np.ndarray:
     """Encoded bytes -> (H0, W0, 3) uint8 RGB after EXIF orientation; ImageFileError when undecodable."""
     try:
         with Image.open(io.BytesIO(data)) as img:
-            return np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+            return np.asarray(to_rgb(ImageOps.exif_transpose(img), name))
+    except InvalidArgument as exc:
+        raise ImageFileError(name, exc.message) from None
     except UnidentifiedImageError:
         raise ImageFileError(name, "not a readable image (unknown or corrupt format)") from None
     except (OSError, ValueError) as exc:

@@ -85,9 +85,11 @@ class ImageFiles:
         import torch
         from PIL import Image
 
+        from galore.pixels import to_rgb
+
         path, label = self.items[i]
         with Image.open(path) as img:
-            rgb = torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1).contiguous()
+            rgb = torch.from_numpy(np.asarray(to_rgb(img, str(path))).copy()).permute(2, 0, 1).contiguous()
         x, _ = self.preprocess(rgb, field=str(path))
         return x, label
 
@@ -128,7 +130,7 @@ def classifier_of(args, labels: list[str] | None):
         model = zoo.torchvision_classifier(args.arch, len(labels), args.state_dict)
     except ModelError as exc:
         raise InvalidArgument("--state-dict", exc.message) from None
-    return model, labels, zoo.IMAGENET_PREPROCESS
+    return model, labels, zoo.torchvision_preprocess(args.arch)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,5 +1,8 @@
 """Encoded image bytes -> ``(3, H, W)`` uint8 RGB tensor (EXIF orientation applied) and the original's size.
 
+Samples become 8-bit RGB by ``galore.pixels.to_rgb`` (16-bit greyscale scaled, transparency over white, samples
+without an 8-bit scale refused), the rule the client and the evaluation's readers share.
+
 JPEGs are decoded at a reduced scale when the model needs fewer pixels: Pillow's ``draft`` lets libjpeg scale by
 1/2, 1/4 or 1/8 in the DCT domain, far cheaper than decoding every pixel and resizing. The original's size (after
 EXIF orientation) comes from the header, so masks stay exact in original pixels (``galore.ImageRequest``).
@@ -14,6 +17,7 @@ import torch
 from PIL import Image, ImageOps
 
 from galore.errors import InvalidArgument, ResourceExhausted
+from galore.pixels import to_rgb
 
 from .config import Limits
 
@@ -50,10 +54,10 @@ def decode_image(data: bytes, field: str, limits: Limits, min_side: int | None =
             if min_side and image.format == "JPEG" and min(width, height) > 2 * min_side:
                 scale = min(width, height) / min_side
                 image.draft("RGB", (max(1, int(width / scale)), max(1, int(height / scale))))
-            image = ImageOps.exif_transpose(image).convert("RGB")
+            image = to_rgb(ImageOps.exif_transpose(image), field)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ResourceExhausted(field, f"image is too large to decode safely: {exc}") from None
-    except ResourceExhausted:
+    except (ResourceExhausted, InvalidArgument):
         raise
     except Exception as exc:  # Pillow raises many types for corrupt data
         raise InvalidArgument(field, f"cannot decode image ({type(exc).__name__}: {exc})") from None

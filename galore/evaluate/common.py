@@ -83,6 +83,8 @@ def sample_photos(names: Sequence[str] = SAMPLE_PHOTOS) -> list[Photo]:
 def folder_photos(folder: str | Path, limit: int | None = None) -> list[Photo]:
     """Every image file of ``folder`` (sorted by name), as RGB; InvalidArgument for a missing or empty folder."""
     from PIL import Image
+
+    from ..pixels import to_rgb
     path = Path(folder)
     if not path.is_dir():
         raise InvalidArgument("photos", f"{str(path)!r} is not a folder")
@@ -93,9 +95,9 @@ def folder_photos(folder: str | Path, limit: int | None = None) -> list[Photo]:
     for f in files:
         try:
             with Image.open(f) as im:
-                photos.append(Photo(f.stem, rgb_tensor(np.asarray(im.convert("RGB")))))
-        except OSError as exc:
-            raise InvalidArgument("photos", f"cannot read {str(f)!r}: {exc}") from exc
+                photos.append(Photo(f.stem, rgb_tensor(np.asarray(to_rgb(im, "photos")))))
+        except (OSError, InvalidArgument) as exc:
+            raise InvalidArgument("photos", f"cannot read {str(f)!r}: {getattr(exc, 'message', exc)}") from exc
     return photos
 
 

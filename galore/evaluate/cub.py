@@ -85,13 +85,15 @@ class Cub:
         """(3, H, W) uint8 RGB of ``image_id``, decoded at full size (part points are in these pixels)."""
         from PIL import Image, UnidentifiedImageError
 
+        from ..pixels import to_rgb
+
         path = self.root / "images" / self.paths[image_id]
         if not path.is_file():
             raise CubFormatError("images.txt", f"image {image_id}: {path} does not exist")
         try:
             with Image.open(path) as img:
-                rgb = np.asarray(img.convert("RGB"))
-        except (OSError, UnidentifiedImageError) as exc:
+                rgb = np.asarray(to_rgb(img))
+        except (OSError, UnidentifiedImageError, InvalidArgument) as exc:
             raise CubFormatError("images.txt", f"image {image_id}: {path} cannot be decoded ({exc})") from None
         return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()
 

@@ -131,6 +131,27 @@ def test_one_bad_image_in_a_batch_of_good_ones(grpc_client, chelsea, coffee):
     assert response.images[2].attributive.region.mask.pixel_count > 0
 
 
+def test_a_sixteen_bit_scan_is_seen_as_its_eight_bit_copy_and_float_samples_are_refused(grpc_client, chelsea):
+    """A 16-bit greyscale PNG gets the same answer as its 8-bit copy (Pillow's own conversion would have made it
+    white); a floating-point TIFF in the same batch is refused alone, naming its field."""
+    import numpy as np
+
+    grey = np.asarray(Image.open(io.BytesIO(chelsea)).convert("L"))
+    encoded = []
+    for image, fmt in ((Image.fromarray(grey), "PNG"), (Image.fromarray(grey.astype(np.uint16) * 257), "PNG"),
+                       (Image.fromarray(grey.astype(np.float32)), "TIFF")):
+        buffer = io.BytesIO()
+        image.save(buffer, fmt)
+        encoded.append(buffer.getvalue())
+    response = grpc_client.explain(encoded, pb.ExplainOptions(kinds=[pb.EXPLANATION_KIND_ATTRIBUTIVE]))
+    eight, sixteen, floating = response.images
+    assert (eight.status.code, sixteen.status.code) == ("OK", "OK")
+    assert [(c.label, round(c.probability, 4)) for c in sixteen.top_classes] == \
+        [(c.label, round(c.probability, 4)) for c in eight.top_classes]
+    assert (floating.status.code, floating.status.field) == ("INVALID_ARGUMENT", "images[2].data")
+    assert "floating-point" in floating.status.message
+
+
 def test_deadline_is_propagated(grpc_client, chelsea):
     # 5 ms: shorter than the batch delay both hosts hold a lone request for (maxBatchDelay 20 ms), so no engine or
     # machine answers in time

@@ -104,6 +104,73 @@ def test_decode_gives_chw_uint8_rgb_and_enforces_limits():
         decode_image(_png(7, 3)[:40], "x", Limits())
 
 
+def _encoded(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def _pgm16(samples: np.ndarray) -> bytes:
+    """A binary 16-bit PGM (maxval 65535): Pillow reads it as mode I, 32-bit integers."""
+    return f"P5 {samples.shape[1]} {samples.shape[0]} 65535\n".encode() + samples.astype(">u2").tobytes()
+
+
+GREY16 = np.array([[0, 257, 32896], [65535, 65280, 128]], dtype=np.uint16)
+GREY16_AS_8 = [[0, 1, 128], [255, 254, 0]]  # round(v * 255 / 65535), by hand
+
+
+@pytest.mark.parametrize("encoded", [
+    pytest.param(lambda: _encoded(Image.fromarray(GREY16), "PNG"), id="png-16-bit"),
+    pytest.param(lambda: _encoded(Image.fromarray(GREY16), "TIFF"), id="tiff-16-bit"),
+    pytest.param(lambda: _pgm16(GREY16), id="pgm-16-bit"),
+])
+def test_sixteen_bit_greyscale_is_scaled_not_clipped(encoded):
+    """Pillow's convert("RGB") clips 16-bit samples at 255 (a 16-bit photo came out white); every 16-bit greyscale
+    reaches the model scaled to 0..255, and the client reads the same pixels as the service."""
+    from galore_cli.images import decode
+
+    data = encoded()
+    image, original = decode_image(data, "images[0].data", Limits())
+    assert original == (2, 3)
+    for channel in image:
+        assert channel.tolist() == GREY16_AS_8
+    assert np.array_equal(decode(data), image.permute(1, 2, 0).numpy())
+
+
+def test_transparent_pixels_show_white_as_a_viewer_shows_them():
+    """Alpha is composited over white, not dropped: a fully transparent black pixel is white, a half-transparent one
+    halfway; a palette's transparent entry likewise."""
+    from galore_cli.images import decode
+
+    rgba = np.array([[[0, 0, 0, 0], [0, 0, 0, 255], [0, 0, 0, 128], [200, 100, 50, 255]]], dtype=np.uint8)
+    data = _encoded(Image.fromarray(rgba, "RGBA"), "PNG")
+    image, _ = decode_image(data, "images[0].data", Limits())
+    assert image[:, 0, 0].tolist() == [255, 255, 255] and image[:, 0, 1].tolist() == [0, 0, 0]
+    assert all(abs(v - 127) <= 1 for v in image[:, 0, 2].tolist())  # 255 x (1 - 128 / 255)
+    assert image[:, 0, 3].tolist() == [200, 100, 50]
+    assert np.array_equal(decode(data), image.permute(1, 2, 0).numpy())
+    palette = Image.fromarray(np.array([[0, 1]], dtype=np.uint8), "P")
+    palette.putpalette([0, 0, 0, 10, 20, 30])
+    palette.info["transparency"] = 0
+    image, _ = decode_image(_encoded(palette, "PNG"), "images[0].data", Limits())
+    assert image[:, 0, 0].tolist() == [255, 255, 255] and image[:, 0, 1].tolist() == [10, 20, 30]
+
+
+@pytest.mark.parametrize("samples, says", [
+    (np.array([[0.0, 0.5]], dtype=np.float32), "floating-point samples"),
+    (np.array([[0, 70000]], dtype=np.int32), "outside 0..65535"),
+])
+def test_samples_without_an_eight_bit_scale_are_refused_naming_the_field(samples, says):
+    from galore_cli.images import ImageFileError, decode
+
+    data = _encoded(Image.fromarray(samples), "TIFF")
+    with pytest.raises(InvalidArgument) as caught:
+        decode_image(data, "images[3].data", Limits())
+    assert caught.value.field == "images[3].data" and says in caught.value.message
+    with pytest.raises(ImageFileError, match=says):
+        decode(data, "scan.tif")
+
+
 @pytest.mark.parametrize("orientation", [1, 6])
 def test_jpeg_decodes_at_reduced_scale_with_the_original_size(orientation):
     """A 2000 x 1500 JPEG needs only a 256-pixel shorter side: libjpeg's DCT scaling decodes it at 1/4 (500 x 375),
