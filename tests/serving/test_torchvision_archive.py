@@ -126,3 +126,27 @@ def test_build_rejects_bad_inputs(archive, tmp_path):
     with pytest.raises(BuildError, match="durian"):
         build_torchvision(tmp_path, "resnet18", folder / "w.pt", folder / "labels.txt",
                           exemplar_bank=tmp_path / "bank")
+
+
+@pytest.mark.parametrize("arch", ["regnet_y_400mf", "swin_t"])
+def test_an_architecture_beyond_the_papers_builds_and_explains_every_kind(arch, archive, tmp_path):
+    """zoo.TORCHVISION_ARCHS takes every torchvision classifier with a spatial feature map: an archive of a RegNet
+    (squeeze-excitation, grouped convolutions) and of a Swin transformer (F is its last stage, permuted back to
+    (C, h, w)) is built by the real script and explains every kind in TorchServe's own loader. A ViT has no such map
+    and is refused at build."""
+    folder, _ = archive
+    torch.manual_seed(0)
+    torch.save(torchvision.models.get_model(arch, num_classes=3).state_dict(), tmp_path / "w.pt")
+    mar = build_torchvision(tmp_path / "out", arch, tmp_path / "w.pt", folder / "labels.txt", name="wide")
+    with loaded_archive(mar, tmp_path / "model", "wide", 2) as service:
+        photo = encode(data.chelsea())
+        predicted = explain(service, pb.ExplainRequest(images=[pb.Image(data=photo)], options=pb.ExplainOptions(
+            prediction_only=True))).images[0].top_classes[0].class_id
+        options = pb.ExplainOptions(kinds=list(pb.ExplanationKind.values())[1:], top_e=3, dims=[2, 3],
+                                    counter_classes=[pb.CounterClass(class_id=(predicted + 1) % 3)])
+        image = explain(service, pb.ExplainRequest(images=[pb.Image(data=photo)], options=options)).images[0]
+    assert image.status.code == "OK", image.status.message
+    assert image.attributive.region.mask.pixel_count > 0 and image.self_aware.region.mask.height == 300
+    assert image.counterfactual.query.mask.width == 451
+    with pytest.raises(BuildError, match="--arch"):
+        build_torchvision(tmp_path, "vit_b_16", folder / "w.pt", folder / "labels.txt")
