@@ -36,6 +36,7 @@ from .device import host_side, synchronize, to_host
 from .errors import DeviceUnusable, FailedPrecondition, GaloreError, InvalidArgument, ResourceExhausted
 from .exemplars import ExemplarStore, Features
 from .kinds import Prediction, measure_batch, plan, units_of
+from .labels import unique_labels
 from .model import SplitModel, fold_batch_norms, split_classifier
 from .options import (DEFAULT_MODEL, DEFAULT_PRECISION, Attribution, ExplainOptions, Precision, Score,
                       class_in_range)
@@ -123,7 +124,7 @@ class Engine:
         fold = self.precision is Precision.FP32
         self.split = _for_inference(split, self.device, memory, fold)
         self.hardness = _for_inference(hardness, self.device, memory, fold) if hardness is not None else None
-        self.labels = tuple(labels)
+        self.labels = unique_labels(labels, "labels")
         self.preprocess = preprocess
         self.grid = WorkingGrid(working_grid or preprocess.crop, preprocess.crop)
         self.exemplars = ExemplarStore(exemplar_cache_size)

@@ -112,16 +112,14 @@ def classifier_of(args, labels: list[str] | None):
     """(model, labels, preprocess) of the frozen classifier the flags name; a bad flag raises InvalidArgument
     naming it (e.g. "--labels")."""
     from galore import zoo
+    from galore.labels import read_labels
 
     if args.arch is None:
         if args.state_dict or args.labels:
             raise InvalidArgument("--arch", "--state-dict and --labels need --arch")
         return zoo.efficientnet_lite0(), zoo.imagenet_labels(), zoo.LITE_PREPROCESS
     if args.labels:
-        path = Path(args.labels)
-        if not path.is_file():
-            raise InvalidArgument("--labels", f"{path} does not exist")
-        labels = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        labels = list(read_labels(args.labels, "--labels"))
     if not labels:
         raise InvalidArgument("--labels", "--arch needs --labels (one label per line)")
     if args.state_dict and not Path(args.state_dict).is_file():

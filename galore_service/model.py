@@ -5,20 +5,13 @@ import logging
 from pathlib import Path
 
 from galore.errors import InvalidArgument
+from galore.labels import read_labels
 
 from .config import HandlerConfig
 from .decode import DRAFT_OVERSAMPLE, decode_image
 
 logger = logging.getLogger(__name__)
 BANK_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
-
-
-def read_labels(path: str) -> list[str]:
-    """One label per line, in class-id order; blank lines are not allowed."""
-    labels = Path(path).read_text(encoding="utf-8").splitlines()
-    if not labels or any(not label.strip() for label in labels):
-        raise InvalidArgument("handler.labels", f"{path}: need one non-empty label per line")
-    return [label.strip() for label in labels]
 
 
 def build_engine(config: HandlerConfig, device: str):
@@ -34,7 +27,8 @@ def build_engine(config: HandlerConfig, device: str):
         if config.labels is None:
             raise InvalidArgument("handler.labels", f"a label file is required for {config.model}")
         engine = Engine.from_torchvision(
-            config.model, state_dict=config.state_dict, labels=read_labels(config.labels), layer=config.layer,
+            config.model, state_dict=config.state_dict, labels=read_labels(config.labels, "handler.labels"),
+            layer=config.layer,
             hardness_arch=config.hardness_arch, hardness_state_dict=config.hardness_state_dict, device=device,
             working_grid=config.working_grid, precision=config.precision)
     if config.exemplar_bank:

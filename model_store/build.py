@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from galore.errors import InvalidArgument
 from galore.options import DEFAULT_MODEL
 from galore.options import DEFAULT_PRECISION, Precision
 
@@ -62,12 +63,12 @@ def _check_state_dict(path: Path, option: str) -> None:
 
 
 def _read_labels(path: Path) -> list[str]:
-    if not path.is_file():
-        raise BuildError(f"--labels: {path} does not exist")
-    labels = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    if not labels or any(not label for label in labels):
-        raise BuildError(f"--labels: {path} needs one non-empty label per line")
-    return labels
+    from galore.labels import read_labels
+
+    try:
+        return list(read_labels(path, "--labels"))
+    except InvalidArgument as exc:
+        raise BuildError(f"--labels: {exc.message}") from None
 
 
 def _copy_bank(bank: Path, labels: list[str], staging: Path) -> int:
