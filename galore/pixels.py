@@ -21,6 +21,9 @@ from PIL import Image
 
 from .errors import InvalidArgument
 
+# Files a folder of images contributes (an exemplar bank, a photo folder, an ImageFolder, a load test): formats
+# Pillow reads, by suffix, lower-cased
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 BACKGROUND = (255, 255, 255)  # what transparent pixels show: a viewer's white page
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")  # Pillow's 16-bit greyscale modes
 _ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")

@@ -13,9 +13,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from galore.errors import InvalidArgument
-from galore.pixels import to_rgb
+from galore.pixels import IMAGE_SUFFIXES, to_rgb
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 class ImageFileError(ValueError):

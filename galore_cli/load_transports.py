@@ -16,6 +16,7 @@ from typing import Mapping
 
 from PIL import Image as PILImage
 
+from galore.pixels import IMAGE_SUFFIXES
 from galore_api.v1 import explainer_pb2
 from galore_client.client import GrpcClient, RestClient
 from galore_client.client import build_request as build_explain_request
@@ -23,7 +24,6 @@ from galore_client.errors import GaloreClientError
 from galore_client.settings import ExplainSettings
 from galore_client.typed import settings_to_proto
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 SAMPLE_PHOTOS = ("chelsea", "astronaut", "coffee", "rocket")  # skimage.data RGB photos shipped in its wheel
 GRPC_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 

@@ -23,10 +23,10 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from galore.errors import GaloreError, InvalidArgument, ModelError
+from galore.pixels import IMAGE_SUFFIXES
 
 from .status import EXIT_BAD_INPUT, EXIT_OK, CliError, set_threads
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 def add_parser(commands) -> argparse.ArgumentParser:

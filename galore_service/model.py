@@ -6,12 +6,12 @@ from pathlib import Path
 
 from galore.errors import InvalidArgument
 from galore.labels import read_labels
+from galore.pixels import IMAGE_SUFFIXES
 
 from .config import HandlerConfig
 from .decode import DRAFT_OVERSAMPLE, decode_image
 
 logger = logging.getLogger(__name__)
-BANK_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 
 def build_engine(config: HandlerConfig, device: str):
@@ -42,7 +42,7 @@ def load_exemplar_bank(engine, folder: Path, config: HandlerConfig) -> int:
     for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
         class_id = engine.class_id(class_dir.name)
         for image_path in sorted(class_dir.iterdir()):
-            if image_path.suffix.lower() not in BANK_SUFFIXES:
+            if image_path.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
             key = f"bank/{class_dir.name}/{image_path.name}"
             image, original = decode_image(image_path.read_bytes(), key, config.limits,

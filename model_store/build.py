@@ -9,7 +9,8 @@
         [--layer layer4] [--hardness-arch resnet18 --hardness-state-dict h.pt] [--exemplar-bank bank/] \\
         [--name my_model] --out model_store
         -> a torchvision classifier; weights, labels, hardness predictor and exemplar bank (class_name/*.jpg,
-           whose features the worker computes once at load and caches) are copied into the archive.
+           whose features the worker computes once at load and caches) are copied into the archive, which is then
+           loaded once on the CPU with the worker's own code: what would fail a deployment fails the build.
 
 Every archive carries the handler package and the generated galore_api code (run ``make protos`` first), and a
 model-config yaml with TorchServe batching (batchSize, maxBatchDelay) and the handler's limits.
@@ -27,6 +28,7 @@ import torch
 import yaml
 
 from galore.errors import InvalidArgument
+from galore.pixels import IMAGE_SUFFIXES
 from galore.options import DEFAULT_MODEL
 from galore.options import DEFAULT_PRECISION, Precision
 
@@ -36,7 +38,6 @@ HANDLER = REPO / "handlers" / "galore_handler.py"  # the archive's TorchServe en
 # Packed at the archive's root, which TorchServe puts on the worker's sys.path: the TorchServe adapter, the service
 # core, the wire's terms and the generated galore.v1 code (the engine, galore/, comes from the environment).
 ARCHIVED_PACKAGES = ("handlers", "galore_service", "galore_wire", "galore_api")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 
 class BuildError(ValueError):
@@ -160,7 +161,24 @@ def build_torchvision(out: Path, arch: str, state_dict: Path, labels: Path, name
         if exemplar_bank is not None:
             _copy_bank(exemplar_bank, label_list, staging)
             section["exemplar_bank"] = "exemplars"
+        _check_loads(section, staging)
         return archive(name or arch, section, out, staging, **batching)
+
+
+def _check_loads(section: dict, staging: Path) -> None:
+    """Loads the staged files on the CPU with the worker's own code (``galore_service.model.build_engine``): weights
+    that do not fit the architecture, labels that do not match its outputs, an unknown layer or a bank image that
+    does not decode fail the build, not the deployment."""
+    from galore.errors import GaloreError
+    from galore_service.config import HandlerConfig
+    from galore_service.model import build_engine
+
+    handler = yaml.safe_load(DEFAULT_CONFIG.read_text(encoding="utf-8")).get("handler", {})
+    config = HandlerConfig.from_model_yaml({"handler": {**handler, **section}}, str(staging))
+    try:
+        build_engine(config, "cpu")
+    except GaloreError as exc:
+        raise BuildError(f"the archive would not load in a worker: {exc.field}: {exc.message}") from None
 
 
 def main(argv=None) -> None:

@@ -18,6 +18,7 @@ import torch
 from ..combiner import combine
 from ..kinds import TABLE_I
 from ..errors import InvalidArgument
+from ..pixels import IMAGE_SUFFIXES
 from ..exemplars import Features
 from ..model import SplitModel
 from ..options import Attribution, ExplainOptions, Kind, Score, Target
@@ -26,7 +27,6 @@ from ..regions import WorkingGrid
 from ..rows import Row, RowMaps, attribute_rows, group_of
 
 SAMPLE_PHOTOS = ("chelsea", "astronaut", "coffee", "rocket", "camera")  # skimage.data photos shipped in its wheel
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 BATCH = 16  # perturbed inputs per forward
 
 

@@ -128,6 +128,25 @@ def test_build_rejects_bad_inputs(archive, tmp_path):
                           exemplar_bank=tmp_path / "bank")
 
 
+def test_build_fails_where_a_worker_would_fail_to_load(archive, tmp_path):
+    """The build loads the staged archive with the worker's own code: what would have failed the deployment fails
+    the build, naming what is wrong."""
+    folder, _ = archive
+    (tmp_path / "four.txt").write_text("apple\nbanana\ncherry\ndurian\n")
+    torch.save(torchvision.models.resnet34(num_classes=3).state_dict(), tmp_path / "r34.pt")
+    (tmp_path / "bank" / "banana").mkdir(parents=True)
+    (tmp_path / "bank" / "banana" / "x.jpg").write_bytes(b"not a jpeg at all")
+    for kwargs, says in (({"state_dict": tmp_path / "r34.pt"}, "state_dict: does not fit resnet18 with 3 classes"),
+                         ({"labels": tmp_path / "four.txt"}, "state_dict: does not fit resnet18 with 4 classes"),
+                         ({"layer": "layer9"}, "layer: no node or module named 'layer9'"),
+                         ({"exemplar_bank": tmp_path / "bank"}, "bank/banana/x.jpg: cannot decode image")):
+        arguments = {"state_dict": folder / "w.pt", "labels": folder / "labels.txt"} | kwargs
+        with pytest.raises(BuildError, match="would not load in a worker") as caught:
+            build_torchvision(tmp_path / "out", "resnet18", **arguments)
+        assert says in str(caught.value)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("arch", ["regnet_y_400mf", "swin_t"])
 def test_an_architecture_beyond_the_papers_builds_and_explains_every_kind(arch, archive, tmp_path):
     """zoo.TORCHVISION_ARCHS takes every torchvision classifier with a spatial feature map: an archive of a RegNet
