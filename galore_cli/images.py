@@ -16,7 +16,6 @@ from galore.errors import InvalidArgument
 from galore.pixels import IMAGE_SUFFIXES, to_rgb
 
 
-
 class ImageFileError(ValueError):
     """An image argument cannot be used; the message names the file (``path``) and the ``reason``."""
 

@@ -28,7 +28,6 @@ from galore.pixels import IMAGE_SUFFIXES
 from .status import EXIT_BAD_INPUT, EXIT_OK, CliError, set_threads
 
 
-
 def add_parser(commands) -> argparse.ArgumentParser:
     from galore.hardness_training import HardnessTraining
     from galore.zoo import TORCHVISION_ARCHS
