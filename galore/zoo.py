@@ -56,7 +56,7 @@ LITE_PREPROCESS = LITE_MODELS["efficientnet_lite0"].preprocess  # resize 256, cr
 # Every torchvision image classifier whose graph has a spatial feature map F: CNNs, Swin and MaxViT (their last stage
 # is a (C, h, w) map). Not the ViTs: their features are a sequence of tokens, with no cell a region could be.
 # Measured: every one of these explains an image with every kind and attribution function (random weights, 10
-# classes; tests/engine/test_torchvision_archs.py runs one per family).
+# classes; tests/engine/test_layers.py walks the layers of one per family, test_torchvision_zoo.py the inputs).
 TORCHVISION_ARCHS = tuple(name for name in torchvision.models.list_models(module=torchvision.models)
                           if not name.startswith("vit_"))
 

@@ -18,7 +18,7 @@ import torch
 from ..combiner import combine
 from ..kinds import TABLE_I
 from ..errors import InvalidArgument
-from ..pixels import IMAGE_SUFFIXES
+from ..pixels import IMAGE_SUFFIXES, to_rgb
 from ..exemplars import Features
 from ..model import SplitModel
 from ..options import Attribution, ExplainOptions, Kind, Score, Target
@@ -84,7 +84,6 @@ def folder_photos(folder: str | Path, limit: int | None = None) -> list[Photo]:
     """Every image file of ``folder`` (sorted by name), as RGB; InvalidArgument for a missing or empty folder."""
     from PIL import Image
 
-    from ..pixels import to_rgb
     path = Path(folder)
     if not path.is_dir():
         raise InvalidArgument("photos", f"{str(path)!r} is not a folder")
