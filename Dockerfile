@@ -23,9 +23,10 @@ ENV PIP_NO_CACHE_DIR=1 \
     PATH=/opt/venv/bin:$PATH
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
+# gcc builds the one compiled module, the regions kernel (galore/_regions.c); the runtime stage needs no compiler.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends make \
+ && apt-get install -y --no-install-recommends make gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/*
 
 # torch first and alone, from the index of the chosen variant (PyPI's Linux wheels are the CUDA builds).
@@ -38,7 +39,7 @@ RUN python -m venv /opt/venv \
  && pip install --index-url "${index}" "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
 
 WORKDIR /src
-COPY pyproject.toml Makefile ./
+COPY pyproject.toml setup.py Makefile ./
 COPY protos/ protos/
 COPY galore/ galore/
 COPY galore_wire/ galore_wire/
@@ -62,7 +63,7 @@ RUN pip install . \
  && flags="" && if [ "${TORCH_VARIANT}" = cuda ]; then flags="${GPU_ARCHIVE_FLAGS}"; fi \
  && make protos archive VENV=/opt/venv PY=/opt/venv/bin/python STAMP=/opt/venv/.installed ARCHIVE_FLAGS="${flags}" \
  && pip install --no-deps --force-reinstall . \
- && python -I -c "import galore, galore_wire, galore_service, handlers, galore_gateway, galore_kserve, galore_cli.main, galore_api.v1.explainer_pb2"
+ && python -I -c "import galore._regions, galore_wire, galore_service, handlers, galore_gateway, galore_kserve, galore_cli.main, galore_api.v1.explainer_pb2"
 
 # ---- runtime: Java for the TorchServe frontend, the venv, the archive, the container config ----------------------
 FROM ${PYTHON_IMAGE} AS runtime

@@ -7,7 +7,9 @@ give the same cells (tau, counts and masks exactly, ties included): on the CPU t
 most BLOCK x BLOCK cells inside which each map is bilinear, so its four corners bound a block; a threshold is
 bracketed from these bounds and only the blocks that straddle it are upsampled (``_Blocks``, about a fifth of the
 cells at a 10 % coverage of 7 x 7 maps); elsewhere every cell is upsampled and selected without a host read
-(``WorkingGrid.sync_free``). A mask reaches original pixels through the exact inverse of resize + crop: each
+(``WorkingGrid.sync_free``). Where the C kernel is built (``galore/_regions.c``, by ``pip install``) the CPU runs
+it instead of the torch block path: the same cells, in a few calls per batch instead of a few hundred
+(``WorkingGrid.compiled``). A mask reaches original pixels through the exact inverse of resize + crop: each
 original pixel takes the cell its centre falls in (``masks.CellFrame``); pixels outside the crop are never selected.
 
 Example:
@@ -30,6 +32,13 @@ import torch
 from .masks import CellFrame
 from .options import Threshold
 from .preprocess import Geometry
+
+try:  # the regions stage in C (galore/_regions.c); absent where no compiler built it: the torch paths run
+    from . import _regions as _kernel
+except ImportError:  # pragma: no cover - depends on the build
+    _kernel = None
+
+COMPILED = _kernel is not None  # whether this install has the C kernel
 
 CHUNK_CELLS = 16_000_000  # working-grid values per chunk (64 MB of float32): bounds memory for any number of maps
 
@@ -91,13 +100,19 @@ class WorkingGrid:
 
     ``sync_free``: measure without reading any device value on the host (full-width ``torch.where`` instead of
     data-dependent branches; the counting passes run over every map). None (default): sync-free on every device but
-    the CPU, where a host read costs no synchronisation and the branches skip most of the work."""
+    the CPU, where a host read costs no synchronisation and the branches skip most of the work.
 
-    def __init__(self, side: int, crop: int, sync_free: bool | None = None):
+    ``compiled``: off the sync-free path, measure and cut masks with the C kernel (``COMPILED``) rather than the
+    torch block path; the same numbers. None (default): where it is built; True requires it."""
+
+    def __init__(self, side: int, crop: int, sync_free: bool | None = None, compiled: bool | None = None):
         if side < 1:
             raise ValueError(f"working grid side must be >= 1, got {side}")
+        if compiled and not COMPILED:
+            raise RuntimeError("the regions kernel galore._regions is not built: pip install the package with a C "
+                               "compiler present")
         self.side, self.crop = int(side), int(crop)
-        self.sync_free = sync_free
+        self.sync_free, self.compiled = sync_free, compiled
 
     @property
     def cells(self) -> int:
@@ -114,6 +129,11 @@ class WorkingGrid:
     def is_sync_free(self, device: torch.device) -> bool:
         return device.type != "cpu" if self.sync_free is None else bool(self.sync_free)
 
+    def _uses_kernel(self, maps: torch.Tensor) -> bool:
+        """The C kernel takes these maps: CPU, off the sync-free path, finite (the torch paths handle the rest)."""
+        return (COMPILED and self.compiled is not False and maps.device.type == "cpu"
+                and not self.is_sync_free(maps.device) and bool(torch.isfinite(maps).all()))
+
     def measure(self, maps: torch.Tensor, rule: Rule, count_positive: torch.Tensor | None = None) -> Measured:
         """Thresholds every map (M, h, w) by ``rule``; only positive cells can be kept. Chunked over maps so the
         working values never exceed CHUNK_CELLS. ``count_positive`` (M,) bool: maps whose positive cells to count.
@@ -129,8 +149,11 @@ class WorkingGrid:
                 return _measure_sync_free(values, k, absolute, positive, scale, k_max, rule.any_absolute)
         else:
             blocks = _blocks(self.side, *maps.shape[-2:], str(device))
+            kernel = self._uses_kernel(maps)
 
             def measure(coarse, k, absolute, positive, scale):
+                if kernel and coarse.shape[0]:
+                    return _measure_compiled(coarse, k, absolute, positive, scale, blocks)
                 return _measure_blocks(coarse, k, absolute, positive, scale, blocks)
         sync_free = self.is_sync_free(device)
         step = max(1, CHUNK_CELLS // self.cells)
@@ -165,6 +188,8 @@ class WorkingGrid:
         """(M, h, w) maps and their thresholds (M,) -> kept cells (M, G, G) bool. Off the sync-free path only the
         blocks that straddle tau are upsampled (``_Blocks.at_least``)."""
         tau = tau.to(maps.device)
+        if self._uses_kernel(maps):
+            return _masks_compiled(maps, tau, _blocks(self.side, *maps.shape[-2:], "cpu"))
         if self.is_sync_free(maps.device) or not bool(torch.isfinite(maps).all()):
             return self.upsample(maps) >= tau[:, None, None]
         blocks = _blocks(self.side, *maps.shape[-2:], str(maps.device))
@@ -220,6 +245,8 @@ class _Axis:
         self.corners = torch.stack([first, first + sizes - 1], 1).flatten().to(device)  # (2S,)
         self.segment = torch.repeat_interleave(torch.arange(len(starts), device="cpu"), sizes).to(device)  # (side,)
         self.sizes, self.sizes_host = sizes.to(device), sizes
+        # the C kernel's view of the axis (host, contiguous): i0, i1 int64, w0, w1 float32
+        self.host = tuple(np.ascontiguousarray(a.numpy()) for a in (i0, (i0 + 1).clamp(max=n - 1), 1 - frac, frac))
         self.first_i0 = i0[first].to(device)  # (S,) the segment's i0 (and i1 = min(i0 + 1, n - 1)): shared
         self.first_i1 = (i0[first] + 1).clamp(max=n - 1).to(device)
         # (S, n) float64: each segment's weights summed, so a block's sum is Sy @ map @ Sx^T (``_Bounded.sums``)
@@ -473,6 +500,40 @@ def _measure_blocks(maps: torch.Tensor, k: torch.Tensor, absolute: torch.Tensor,
     if bool(count_positive.any()):
         positive = torch.where(count_positive, c.count(torch.where(count_positive, 0.0, inf), strict=True)[0], -1)
     return Measured(wanted, tau, kept, positive, strength)
+
+
+def _kernel_args(maps: torch.Tensor, blocks: _Blocks) -> tuple:
+    """The C kernel's leading arguments: the maps (M, h, w) as contiguous float32, their shape, the grid's side and
+    both axes."""
+    M, h, w = maps.shape
+    data = np.ascontiguousarray(maps.detach().float().numpy())
+    return (data, M, h, w, blocks.side, *blocks.y.host, *blocks.x.host)
+
+
+def _measure_compiled(maps: torch.Tensor, k: torch.Tensor, absolute: torch.Tensor, count_positive: torch.Tensor,
+                      scale: torch.Tensor, blocks: _Blocks) -> Measured:
+    """``_measure_blocks`` by the C kernel (``galore/_regions.c``) for finite CPU maps (M, h, w), M >= 1: every cell
+    computed as ``WorkingGrid.upsample`` does, bit for bit, tau bracketed from 8 x 8 tiles and one quickselect over
+    the straddling tiles' cells; strengths summed in float64."""
+    M = maps.shape[0]
+    floor = torch.finfo(torch.float32).tiny
+    limit = torch.nextafter(absolute.float() * scale.float().clamp_min(floor),
+                            torch.tensor(math.inf, device="cpu"))  # map / scale > T
+    out = {"wanted": np.empty(M, np.int64), "tau": np.empty(M, np.float32), "kept": np.empty(M, np.int64),
+           "positive": np.empty(M, np.int64), "strength": np.empty(M, np.float32)}
+    _kernel.measure(*_kernel_args(maps, blocks), np.ascontiguousarray(k.numpy(), dtype=np.int64),
+                    np.ascontiguousarray(limit.numpy()), np.ascontiguousarray(count_positive.numpy(), dtype=np.uint8),
+                    out["wanted"], out["tau"], out["kept"], out["positive"], out["strength"])
+    return Measured(*(torch.from_numpy(out[f]) for f in ("wanted", "tau", "kept", "positive", "strength")))
+
+
+def _masks_compiled(maps: torch.Tensor, tau: torch.Tensor, blocks: _Blocks) -> torch.Tensor:
+    """(M, G, G) bool: ``WorkingGrid.cell_masks`` by the C kernel, for finite CPU maps."""
+    M, G = maps.shape[0], blocks.side
+    out = torch.empty(M, G, G, dtype=torch.bool, device="cpu")
+    if M:
+        _kernel.masks(*_kernel_args(maps, blocks), np.ascontiguousarray(tau.float().numpy()), out.numpy())
+    return out
 
 
 def _measure(values: torch.Tensor, k: torch.Tensor, absolute: torch.Tensor, count_positive: torch.Tensor,

@@ -33,6 +33,9 @@ def build_engine(config: HandlerConfig, device: str):
             working_grid=config.working_grid, precision=config.precision)
     if config.exemplar_bank:
         load_exemplar_bank(engine, Path(config.exemplar_bank), config)
+    from galore.regions import COMPILED
+    logger.info("engine %s on %s: regions by %s", config.model, device,
+                "the C kernel" if COMPILED else "torch (galore._regions is not built: no C compiler at install)")
     return engine
 
 

@@ -39,3 +39,17 @@ def require_tool(*names: str, purpose: str) -> str:
     if in_ci():
         pytest.fail(f"CI=true: {message}", pytrace=False)
     pytest.skip(message)
+
+
+def require_regions_kernel() -> None:
+    """The regions stage's C kernel (galore/_regions.c), built by `make venv` (pip install with gcc): skip without
+    it (the torch paths run instead), FAIL under CI=true, where `make test` builds it."""
+    from galore.regions import COMPILED
+
+    if COMPILED:
+        return
+    message = ("galore._regions is not built (no C compiler when the package was installed); "
+               "`make venv` builds it with gcc")
+    if in_ci():
+        pytest.fail(f"CI=true: {message}", pytrace=False)
+    pytest.skip(message)

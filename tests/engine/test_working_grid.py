@@ -17,6 +17,7 @@ from galore.masks import CellFrame, coco_string, rle_counts, rle_from_mask
 from galore.preprocess import Preprocess
 from galore.regions import WorkingGrid
 
+from ..tools import require_regions_kernel
 from .conftest import IDENTITY_PREP, gray_pool_model, photo, quadrant_image
 from .reference_regions import full_resolution_region, regions
 
@@ -195,25 +196,34 @@ def check_against_sorting(values: torch.Tensor, k: torch.Tensor, limit: float, g
         assert int(got.positive[m]) in (-1, int((v > 0).sum())), m
 
 
-@pytest.mark.parametrize("sync_free", [False, True], ids=["blocks (CPU)", "sync-free"])
+PATHS = {"compiled (CPU)": {"sync_free": False, "compiled": True},
+         "torch blocks (CPU)": {"sync_free": False, "compiled": False},
+         "sync-free": {"sync_free": True}}
+
+
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("side, h, w", [(224, 7, 7), (37, 5, 3), (16, 4, 4), (10, 12, 9), (1, 3, 3), (16, 16, 1),
-                                         (32, 2, 32)])
-def test_grid_measure_and_masks_equal_the_sorting_reference_with_ties(side, h, w, sync_free):
-    """The whole working-grid measure of feature-grid maps, on the CPU by blocks (bounds from each block's corners,
-    only the blocks that straddle a threshold upsampled) and sync-free, against a sort of every upsampled value.
+                                         (32, 2, 32), (260, 9, 9), (9, 1, 1)])
+def test_grid_measure_and_masks_equal_the_sorting_reference_with_ties(side, h, w, path):
+    """The whole working-grid measure of feature-grid maps, on the CPU by the C kernel (8 x 8 tiles, short ones at
+    the edges when 8 does not divide the side) and by torch blocks (bounds from each block's corners, only the
+    blocks that straddle a threshold upsampled), and sync-free, against a sort of every upsampled value.
     Regular tilings of 8 x 8, 1 x 8 and 8 x 1 blocks (224 over 7 x 7, 16 over 16 x 1, 32 over 2 x 32) and
     irregular ones (the rest) take the block path's two ways of upsampling and writing a block.
     Integer maps make plateaus: many cells tie at tau; absolute T, few-positive and all-zero maps included, and the
     masks equal ``values >= tau`` cell for cell."""
     from galore.regions import Rule
 
+    if PATHS[path].get("compiled"):
+        require_regions_kernel()
     g = torch.Generator().manual_seed(side)
     M = 40
     maps = torch.randint(-2, 4, (M, h, w), generator=g).float()
     maps[0], maps[1], maps[2, 0, 0] = -1.0, 0.0, 5.0  # no positive cell; all zero; one peak
     maps[3] = torch.randn(h, w, generator=g)  # no ties
     maps[4] = torch.randn(h, w, generator=g) * 1e-30  # tiny values
-    grid = WorkingGrid(side, 224, sync_free=sync_free)
+    maps[8] = -0.0  # negative zeros: equal to zero, never positive
+    grid = WorkingGrid(side, 224, **PATHS[path])
     values = grid.upsample(maps).flatten(1)
     N = values.shape[1]
     k = torch.randint(0, N + 1, (M,), generator=g)
@@ -237,11 +247,13 @@ def test_grid_measure_and_masks_equal_the_sorting_reference_with_ties(side, h, w
     assert torch.equal(grid.cell_masks(maps, got.tau).flatten(1), values >= got.tau[:, None])
 
 
-@pytest.mark.parametrize("sync_free", [False, True], ids=["blocks (CPU)", "sync-free"])
-def test_measure_of_no_maps_is_empty_with_the_dtypes_of_many(sync_free):
+@pytest.mark.parametrize("path", PATHS)
+def test_measure_of_no_maps_is_empty_with_the_dtypes_of_many(path):
     from galore.regions import Rule
 
-    grid = WorkingGrid(224, 224, sync_free=sync_free)
+    if PATHS[path].get("compiled"):
+        require_regions_kernel()
+    grid = WorkingGrid(224, 224, **PATHS[path])
     rule = Rule.coverage_of(Threshold(coverage=0.1), grid.cells)
     none, some = (grid.measure(torch.rand(n, 7, 7), rule.expand(n)) for n in (0, 2))
     for f in ("wanted", "tau", "kept", "positive", "strength"):
@@ -261,3 +273,23 @@ def test_batched_pixel_counts_and_boxes_equal_the_per_mask_ones():
         cells[0] = False
         counts, boxes = frame.summaries(cells)
         assert counts == [frame.pixel_count(c) for c in cells] and boxes == [frame.bbox(c) for c in cells]
+
+
+def test_the_compiled_kernel_and_the_torch_blocks_give_the_same_bits_on_real_maps():
+    """Lite0-like maps (7 x 7 Gaussians, 224 grid) at the engine's coverages: tau, counts and masks identical between
+    the C kernel and the torch block path; strengths to float64 rounding."""
+    from galore.regions import Rule
+
+    require_regions_kernel()
+    g = torch.Generator().manual_seed(1)
+    maps = torch.randn(64, 7, 7, generator=g).exp() * torch.rand(64, 1, 1, generator=g)
+    maps[::5] = torch.relu(torch.randn(13, 7, 7, generator=g))  # plateaus of zeros
+    for coverage in (0.005, 0.1, 0.5, 1.0):
+        rule = Rule.coverage_of(Threshold(coverage=coverage), 224 * 224).expand(64)
+        flags = torch.arange(64) % 2 == 0
+        c, t = (WorkingGrid(224, 224, sync_free=False, compiled=on) for on in (True, False))
+        a, b = c.measure(maps, rule, flags), t.measure(maps, rule, flags)
+        for f in ("wanted", "tau", "kept", "positive"):
+            assert torch.equal(getattr(a, f), getattr(b, f)), (coverage, f)
+        torch.testing.assert_close(a.strength, b.strength, rtol=1e-5, atol=0)
+        assert torch.equal(c.cell_masks(maps, a.tau), t.cell_masks(maps, b.tau)), coverage
