@@ -39,7 +39,7 @@ import torchvision.transforms.v2.functional as TF
 from engine_throughput import engine_version, machine, photo, setup, wait_for_quiet
 from galore import ExplainOptions, ImageRequest, Kind, MaskEncoding, Precision
 from galore.precision import resolve
-from galore.regions import WorkingGrid
+from galore.regions import COMPILED, WorkingGrid
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
 
@@ -87,6 +87,7 @@ def sweep(args) -> list[dict]:
         bench = setup(arch)
         if args.working_grid:
             bench.engine.grid = WorkingGrid(args.working_grid, bench.engine.preprocess.crop)
+        bench.engine.grid.compiled = {"compiled": True, "torch": False}[args.regions]
         sizes = [float(s) for s in args.sizes.split(",")]
         photo_sets = {mp: resized(mp) for mp in sizes}
         methods = {"pred": ExplainOptions(kinds=frozenset()), "default": ExplainOptions(),
@@ -241,6 +242,8 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-wait", type=float, default=5.0, help="seconds to wait for a quiet machine per round")
     p.add_argument("--working-grid", type=int, help="side G of the regions' grid (default: the model's crop)")
+    p.add_argument("--regions", choices=("compiled", "torch"), default="compiled",
+                   help="the CPU regions stage: the C kernel (the default where built) or its torch path")
     p.add_argument("--precision", help="backbone precisions to compare, e.g. nchw,fp32,bf16 (see above)")
     p.add_argument("--rss", action="store_true", help="peak RSS of one 24 MP request with 969 maps")
     p.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
@@ -250,7 +253,9 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     if args.rss_child:
         return peak_rss()
-    print(f"Machine: {machine()}; {engine_version()}\n")
+    if args.regions == "compiled" and not COMPILED:
+        raise SystemExit("--regions compiled: galore._regions is not built (pip install the package with gcc)")
+    print(f"Machine: {machine()}; {engine_version()}; regions stage: {args.regions}\n")
     if args.rss:
         out = subprocess.run([sys.executable, __file__, "--rss-child", "--threads", str(args.threads)],
                              capture_output=True, text=True, check=True)

@@ -19,6 +19,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 
 #define TILE 8          /* most cells of a tile's side (galore.regions.BLOCK) */
 #define BINS 1024       /* slices of a bracket: a histogram narrows it, the quickselect sees one slice's values */
@@ -294,9 +295,13 @@ static int segments(const int64_t *i0, int G, int32_t *first, int32_t *len) {
     return n;
 }
 
-/* One scratch arena per thread, grown to the largest grid seen and kept: a fresh allocation per call would be
- * mapped and page-faulted anew every time (glibc maps blocks this large), which costs more than measuring. */
-static _Thread_local struct { char *data; size_t size; } arena;
+/* A map's scratch (bounds, first lerp, candidates, slots), carved from ``at``; ``scratch_bytes`` of it. */
+static size_t scratch_bytes(int G, int h) {
+    const size_t N = (size_t)G * G;
+    return ((4 * N + 63) & ~(size_t)63) * 2 + ((sizeof(float) * (size_t)h * G + 63) & ~(size_t)63)
+           + ((sizeof(float) * (N > 2 * (size_t)G ? N : 2 * (size_t)G) + 63) & ~(size_t)63)
+           + ((sizeof(int16_t) * N + 63) & ~(size_t)63) + 64;
+}
 
 static void *carve(char **at, size_t bytes) {
     void *out = *at;
@@ -304,25 +309,34 @@ static void *carve(char **at, size_t bytes) {
     return out;
 }
 
-/* Scratch for a G x G grid over h x w maps. The axes are set by ``axes``, the tiles by ``tiles``. */
+static void scratch(Grid *g, char *data) {
+    const size_t N = (size_t)g->G * g->G; /* at most one tile per cell */
+    char *at = (char *)(((uintptr_t)data + 63) & ~(uintptr_t)63);
+    g->lo = carve(&at, 4 * N), g->hi = carve(&at, 4 * N);
+    g->cols = carve(&at, sizeof(float) * (size_t)g->h * g->G);
+    g->cand = carve(&at, sizeof(float) * (N > 2 * (size_t)g->G ? N : 2 * (size_t)g->G));
+    g->slots = carve(&at, sizeof(int16_t) * N);
+}
+
+/* The calling thread's arena, grown to the largest grid seen and kept: a fresh allocation per call would be mapped
+ * and page-faulted anew every time (glibc maps blocks this large). Helper threads (``run``) allocate their own. */
+static _Thread_local struct { char *data; size_t size; } arena;
+
+/* Grid and scratch for a G x G grid over h x w maps on the calling thread; the axes are set by ``axes``, then the
+ * tiles by ``tiles``. */
 static int grid_init(Grid *g, int G, int h, int w) {
     g->G = G, g->h = h, g->w = w;
-    const size_t N = (size_t)G * G, T = N; /* at most one tile per cell */
-    const size_t sizes[10] = {4 * (size_t)G, 4 * (size_t)G, 4 * (size_t)G, 4 * (size_t)G, 4 * T, 4 * T, 4 * T,
-                              sizeof(float) * (size_t)h * G, sizeof(float) * (N > 2 * (size_t)G ? N : 2 * (size_t)G),
-                              sizeof(int16_t) * N};
-    size_t need = 0;
-    for (int i = 0; i < 10; i++) need += (sizes[i] + 63) & ~(size_t)63;
+    const size_t shared = 4 * 4 * ((size_t)G + 16) + 4 * (size_t)G * G + 64 * 6, need = shared + scratch_bytes(G, h);
     if (need > arena.size) {
-        char *grown = realloc(arena.data, need + 64);
+        char *grown = realloc(arena.data, need);
         if (!grown) return -1;
         arena.data = grown, arena.size = need;
     }
     char *at = (char *)(((uintptr_t)arena.data + 63) & ~(uintptr_t)63);
-    g->y_first = carve(&at, sizes[0]), g->y_len = carve(&at, sizes[1]);
-    g->x_first = carve(&at, sizes[2]), g->x_len = carve(&at, sizes[3]);
-    g->size = carve(&at, sizes[4]), g->lo = carve(&at, sizes[5]), g->hi = carve(&at, sizes[6]);
-    g->cols = carve(&at, sizes[7]), g->cand = carve(&at, sizes[8]), g->slots = carve(&at, sizes[9]);
+    g->y_first = carve(&at, 4 * (size_t)G), g->y_len = carve(&at, 4 * (size_t)G);
+    g->x_first = carve(&at, 4 * (size_t)G), g->x_len = carve(&at, 4 * (size_t)G);
+    g->size = carve(&at, 4 * (size_t)G * G);
+    scratch(g, at);
     return 0;
 }
 
@@ -331,6 +345,52 @@ static void tiles(Grid *g) {
     g->nx = segments(g->x.i0, g->G, g->x_first, g->x_len);
     for (int sy = 0, t = 0; sy < g->ny; sy++)
         for (int sx = 0; sx < g->nx; sx++, t++) g->size[t] = g->y_len[sy] * g->x_len[sx];
+}
+
+/* ---- Maps in parallel: a contiguous range of maps per thread --------------------------------------------------- */
+
+typedef struct Job {
+    Grid g;
+    int first, last;             /* maps [first, last) */
+    const float *maps;
+    const int64_t *k;            /* measure */
+    const float *limit, *tau_in; /* measure; masks */
+    const uint8_t *flags;
+    int64_t *wanted, *kept, *positive;
+    float *tau, *strength;
+    uint8_t *out;                /* masks */
+    void *(*work)(void *);       /* measure_maps or mask_maps, on a Job */
+} Job;
+
+/* Runs job->work over maps [0, M) on ``threads`` threads (the caller's included): each helper thread gets its own
+ * scratch; a helper that cannot start leaves its range to the caller. */
+static void run(Job *job, int M, int threads) {
+    enum { MOST = 64 };
+    threads = threads < 1 ? 1 : threads > MOST ? MOST : threads > M ? (M > 0 ? M : 1) : threads;
+    Job jobs[MOST];
+    pthread_t ids[MOST];
+    int started[MOST] = {0};
+    char *own[MOST] = {0};
+    for (int t = 0; t < threads; t++) {
+        jobs[t] = *job;
+        jobs[t].first = (int)((int64_t)M * t / threads), jobs[t].last = (int)((int64_t)M * (t + 1) / threads);
+    }
+    for (int t = 1; t < threads; t++) {
+        own[t] = malloc(scratch_bytes(job->g.G, job->g.h));
+        if (!own[t]) continue;
+        scratch(&jobs[t].g, own[t]);
+        started[t] = pthread_create(&ids[t], NULL, job->work, &jobs[t]) == 0;
+    }
+    job->work(&jobs[0]);
+    for (int t = 1; t < threads; t++) {
+        if (started[t]) {
+            pthread_join(ids[t], NULL);
+        } else {
+            jobs[t].g = job->g; /* the caller's scratch */
+            job->work(&jobs[t]);
+        }
+        free(own[t]);
+    }
 }
 
 /* ---- Python bindings: contiguous buffers (numpy arrays), checked for size and item size ---------------------- */
@@ -364,25 +424,95 @@ static int axes(Grid *g, Py_buffer *ax, int G) {
     return 0;
 }
 
+/* Thresholds maps [first, last) of a measure Job. */
+static void *measure_maps(void *p) {
+    Job *j = p;
+    Grid *g = &j->g;
+    const int64_t N = (int64_t)g->G * g->G;
+    for (int i = j->first; i < j->last; i++) {
+        if (j->k[i] == 0 && !j->flags[i]) { /* nothing wanted, nothing to count */
+            j->wanted[i] = 0, j->tau[i] = INFINITY, j->kept[i] = 0, j->positive[i] = -1, j->strength[i] = 0.0f;
+            continue;
+        }
+        load(g, j->maps + (size_t)i * g->h * g->w);
+        int64_t want, n = 0;
+        double total = 0.0;
+        float t = INFINITY;
+        if (j->k[i] >= 0) {
+            want = j->k[i] < N ? j->k[i] : N;
+            if (want > 0) t = kth_largest(g, want, &n, &total);
+        } else { /* absolute: the cells >= limit (just above T x scale) */
+            t = j->limit[i];
+            at_least(g, t, &want, &total);
+            n = want;
+        }
+        if (want == 0) {
+            t = INFINITY, n = 0, total = 0.0;
+        } else if (t <= 0.0f) { /* fewer positive cells than wanted: keep every positive one */
+            t = FLT_MIN;
+            at_least(g, t, &n, &total);
+        }
+        j->positive[i] = j->flags[i] ? positive_cells(g) : -1;
+        j->wanted[i] = want, j->tau[i] = t, j->kept[i] = n;
+        j->strength[i] = n > 0 ? (float)(total / (double)n) : 0.0f;
+    }
+    return NULL;
+}
+
+/* Cuts the masks of maps [first, last) of a masks Job: row by row, whole tiles as runs, straddling ones cell by
+ * cell. */
+static void *mask_maps(void *p) {
+    Job *j = p;
+    Grid *g = &j->g;
+    const int G = g->G;
+    for (int i = j->first; i < j->last; i++) {
+        load(g, j->maps + (size_t)i * g->h * g->w);
+        uint8_t *mask = j->out + (size_t)i * G * G;
+        const float ti = j->tau_in[i];
+        for (int sy = 0; sy < g->ny; sy++) {
+            const float *lo = g->lo + (size_t)sy * g->nx, *hi = g->hi + (size_t)sy * g->nx;
+            for (int r = g->y_first[sy]; r < g->y_first[sy] + g->y_len[sy]; r++) {
+                uint8_t *row = mask + (size_t)r * G;
+                for (int sx = 0; sx < g->nx; sx++) {
+                    const int j0 = g->x_first[sx], n = g->x_len[sx];
+                    if (lo[sx] >= ti || hi[sx] < ti) {
+                        const uint64_t on = lo[sx] >= ti ? 0x0101010101010101u : 0u;
+                        if (n == 8) {
+                            memcpy(row + j0, &on, 8); /* one store */
+                        } else {
+                            for (int c = 0; c < n; c++) row[j0 + c] = (uint8_t)on;
+                        }
+                    } else {
+                        cells(g, r, j0, n, g->tile);
+                        for (int c = 0; c < n; c++) row[j0 + c] = g->tile[c] >= ti;
+                    }
+                }
+            }
+        }
+    }
+    return NULL;
+}
+
 PyDoc_STRVAR(measure_doc,
 "measure(maps, M, h, w, G, y_i0, y_i1, y_w0, y_w1, x_i0, x_i1, x_w0, x_w1, k, limit, count_positive,\n"
-"        wanted, tau, kept, positive, strength)\n\n"
+"        wanted, tau, kept, positive, strength, threads)\n\n"
 "Thresholds M maps (float32 (M, h, w), finite) on the G x G working grid. k (int64 (M,)): cells wanted, or -1\n"
 "where limit (float32 (M,)) is the absolute threshold; count_positive (uint8 (M,)). Writes wanted, kept,\n"
-"positive (int64 (M,); positive -1 where not asked), tau and strength (float32 (M,)).");
+"positive (int64 (M,); positive -1 where not asked), tau and strength (float32 (M,)). The maps are shared among\n"
+"``threads`` threads, the caller's included.");
 
 static PyObject *measure(PyObject *self, PyObject *args) {
     Py_buffer maps, ax[AXIS_BUFFERS], k, limit, flags, wanted, tau, kept, positive, strength;
-    int M, h, w, G;
-    if (!PyArg_ParseTuple(args, "y*iiiiy*y*y*y*y*y*y*y*y*y*y*w*w*w*w*w*", &maps, &M, &h, &w, &G, &ax[0], &ax[1],
+    int M, h, w, G, threads;
+    if (!PyArg_ParseTuple(args, "y*iiiiy*y*y*y*y*y*y*y*y*y*y*w*w*w*w*w*i", &maps, &M, &h, &w, &G, &ax[0], &ax[1],
                           &ax[2], &ax[3], &ax[4], &ax[5], &ax[6], &ax[7], &k, &limit, &flags, &wanted, &tau, &kept,
-                          &positive, &strength))
+                          &positive, &strength, &threads))
         return NULL;
     Py_buffer *all[] = {&maps, &ax[0], &ax[1], &ax[2], &ax[3], &ax[4], &ax[5], &ax[6], &ax[7], &k, &limit,
                         &flags, &wanted, &tau, &kept, &positive, &strength};
     const int n_all = sizeof(all) / sizeof(all[0]);
     PyObject *result = NULL;
-    Grid g = {0};
+    Job job = {0};
     if (M < 0 || h < 1 || w < 1 || G < 1 || G > 32768) {
         PyErr_SetString(PyExc_ValueError, "M >= 0, h, w >= 1, 1 <= G <= 32768");
         goto done;
@@ -391,46 +521,17 @@ static PyObject *measure(PyObject *self, PyObject *args) {
         || check(&flags, M, 1, "count_positive") || check(&wanted, M, 8, "wanted") || check(&tau, M, 4, "tau")
         || check(&kept, M, 8, "kept") || check(&positive, M, 8, "positive") || check(&strength, M, 4, "strength"))
         goto done;
-    if (grid_init(&g, G, h, w)) {
+    if (grid_init(&job.g, G, h, w)) {
         PyErr_NoMemory();
         goto done;
     }
-    if (axes(&g, ax, G)) goto done;
-    tiles(&g);
-    const int64_t N = (int64_t)G * G;
-    const float *m = maps.buf, *lim = limit.buf;
-    const int64_t *kk = k.buf;
-    const uint8_t *fl = flags.buf;
-    int64_t *o_wanted = wanted.buf, *o_kept = kept.buf, *o_pos = positive.buf;
-    float *o_tau = tau.buf, *o_strength = strength.buf;
+    if (axes(&job.g, ax, G)) goto done;
+    tiles(&job.g);
+    job.maps = maps.buf, job.k = k.buf, job.limit = limit.buf, job.flags = flags.buf;
+    job.wanted = wanted.buf, job.tau = tau.buf, job.kept = kept.buf, job.positive = positive.buf;
+    job.strength = strength.buf, job.work = measure_maps;
     Py_BEGIN_ALLOW_THREADS
-    for (int i = 0; i < M; i++) {
-        if (kk[i] == 0 && !fl[i]) { /* nothing wanted, nothing to count */
-            o_wanted[i] = 0, o_tau[i] = INFINITY, o_kept[i] = 0, o_pos[i] = -1, o_strength[i] = 0.0f;
-            continue;
-        }
-        load(&g, m + (size_t)i * h * w);
-        int64_t want, n = 0;
-        double total = 0.0;
-        float t = INFINITY;
-        if (kk[i] >= 0) {
-            want = kk[i] < N ? kk[i] : N;
-            if (want > 0) t = kth_largest(&g, want, &n, &total);
-        } else { /* absolute: the cells >= limit (just above T x scale) */
-            t = lim[i];
-            at_least(&g, t, &want, &total);
-            n = want;
-        }
-        if (want == 0) {
-            t = INFINITY, n = 0, total = 0.0;
-        } else if (t <= 0.0f) { /* fewer positive cells than wanted: keep every positive one */
-            t = FLT_MIN;
-            at_least(&g, t, &n, &total);
-        }
-        const int64_t pos = fl[i] ? positive_cells(&g) : -1;
-        o_wanted[i] = want, o_tau[i] = t, o_kept[i] = n, o_pos[i] = pos;
-        o_strength[i] = n > 0 ? (float)(total / (double)n) : 0.0f;
-    }
+    run(&job, M, threads);
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
 done:
@@ -439,61 +540,35 @@ done:
 }
 
 PyDoc_STRVAR(masks_doc,
-"masks(maps, M, h, w, G, y_i0, y_i1, y_w0, y_w1, x_i0, x_i1, x_w0, x_w1, tau, out)\n\n"
-"out (1-byte items (M, G, G)) = each working-grid cell's value >= tau (float32 (M,)).");
+"masks(maps, M, h, w, G, y_i0, y_i1, y_w0, y_w1, x_i0, x_i1, x_w0, x_w1, tau, out, threads)\n\n"
+"out (1-byte items (M, G, G)) = each working-grid cell's value >= tau (float32 (M,)), on ``threads`` threads.");
 
 static PyObject *masks(PyObject *self, PyObject *args) {
     Py_buffer maps, ax[AXIS_BUFFERS], tau, out;
-    int M, h, w, G;
-    if (!PyArg_ParseTuple(args, "y*iiiiy*y*y*y*y*y*y*y*y*w*", &maps, &M, &h, &w, &G, &ax[0], &ax[1], &ax[2], &ax[3],
-                          &ax[4], &ax[5], &ax[6], &ax[7], &tau, &out))
+    int M, h, w, G, threads;
+    if (!PyArg_ParseTuple(args, "y*iiiiy*y*y*y*y*y*y*y*y*w*i", &maps, &M, &h, &w, &G, &ax[0], &ax[1], &ax[2],
+                          &ax[3], &ax[4], &ax[5], &ax[6], &ax[7], &tau, &out, &threads))
         return NULL;
     Py_buffer *all[] = {&maps, &ax[0], &ax[1], &ax[2], &ax[3], &ax[4], &ax[5], &ax[6], &ax[7], &tau, &out};
     const int n_all = sizeof(all) / sizeof(all[0]);
     PyObject *result = NULL;
-    Grid g = {0};
+    Job job = {0};
     if (M < 0 || h < 1 || w < 1 || G < 1 || G > 32768) {
         PyErr_SetString(PyExc_ValueError, "M >= 0, h, w >= 1, 1 <= G <= 32768");
         goto done;
     }
-    const size_t N = (size_t)G * G;
     if (check(&maps, (Py_ssize_t)M * h * w, 4, "maps") || check(&tau, M, 4, "tau")
-        || check(&out, (Py_ssize_t)(M * N), 1, "out"))
+        || check(&out, (Py_ssize_t)M * G * G, 1, "out"))
         goto done;
-    if (grid_init(&g, G, h, w)) {
+    if (grid_init(&job.g, G, h, w)) {
         PyErr_NoMemory();
         goto done;
     }
-    if (axes(&g, ax, G)) goto done;
-    tiles(&g);
-    const float *m = maps.buf, *t = tau.buf;
-    uint8_t *o = out.buf;
+    if (axes(&job.g, ax, G)) goto done;
+    tiles(&job.g);
+    job.maps = maps.buf, job.tau_in = tau.buf, job.out = out.buf, job.work = mask_maps;
     Py_BEGIN_ALLOW_THREADS
-    for (int i = 0; i < M; i++) {
-        load(&g, m + (size_t)i * h * w);
-        uint8_t *mask = o + (size_t)i * N;
-        const float ti = t[i];
-        for (int sy = 0; sy < g.ny; sy++) { /* row by row: whole tiles as runs, straddling ones cell by cell */
-            const float *lo = g.lo + (size_t)sy * g.nx, *hi = g.hi + (size_t)sy * g.nx;
-            for (int r = g.y_first[sy]; r < g.y_first[sy] + g.y_len[sy]; r++) {
-                uint8_t *row = mask + (size_t)r * G;
-                for (int sx = 0; sx < g.nx; sx++) {
-                    const int j0 = g.x_first[sx], n = g.x_len[sx];
-                    if (lo[sx] >= ti || hi[sx] < ti) {
-                        const uint64_t on = lo[sx] >= ti ? 0x0101010101010101u : 0u;
-                        if (n == 8) {
-                            memcpy(row + j0, &on, 8); /* one store */
-                        } else {
-                            for (int j = 0; j < n; j++) row[j0 + j] = (uint8_t)on;
-                        }
-                    } else {
-                        cells(&g, r, j0, n, g.tile);
-                        for (int j = 0; j < n; j++) row[j0 + j] = g.tile[j] >= ti;
-                    }
-                }
-            }
-        }
-    }
+    run(&job, M, threads);
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
 done:

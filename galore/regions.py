@@ -502,6 +502,9 @@ def _measure_blocks(maps: torch.Tensor, k: torch.Tensor, absolute: torch.Tensor,
     return Measured(wanted, tau, kept, positive, strength)
 
 
+KERNEL_MAPS_PER_THREAD = 8  # the C kernel shares maps among torch's intra-op threads, at least this many each
+
+
 def _kernel_args(maps: torch.Tensor, blocks: _Blocks) -> tuple:
     """The C kernel's leading arguments: the maps (M, h, w) as contiguous float32, their shape, the grid's side and
     both axes."""
@@ -510,11 +513,17 @@ def _kernel_args(maps: torch.Tensor, blocks: _Blocks) -> tuple:
     return (data, M, h, w, blocks.side, *blocks.y.host, *blocks.x.host)
 
 
+def _kernel_threads(M: int) -> int:
+    """Threads for M maps: torch's intra-op threads (the worker's setting), each with enough maps to pay for one."""
+    return max(1, min(torch.get_num_threads(), M // KERNEL_MAPS_PER_THREAD))
+
+
 def _measure_compiled(maps: torch.Tensor, k: torch.Tensor, absolute: torch.Tensor, count_positive: torch.Tensor,
                       scale: torch.Tensor, blocks: _Blocks) -> Measured:
     """``_measure_blocks`` by the C kernel (``galore/_regions.c``) for finite CPU maps (M, h, w), M >= 1: every cell
-    computed as ``WorkingGrid.upsample`` does, bit for bit, tau bracketed from 8 x 8 tiles and one quickselect over
-    the straddling tiles' cells; strengths summed in float64."""
+    computed as ``WorkingGrid.upsample`` does, bit for bit, tau bracketed from the corner bounds of tiles of at most
+    8 x 8 cells and one quickselect over a slice of the straddling tiles' cells; strengths summed in float64; the
+    maps shared among threads (``_kernel_threads``)."""
     M = maps.shape[0]
     floor = torch.finfo(torch.float32).tiny
     limit = torch.nextafter(absolute.float() * scale.float().clamp_min(floor),
@@ -523,7 +532,7 @@ def _measure_compiled(maps: torch.Tensor, k: torch.Tensor, absolute: torch.Tenso
            "positive": np.empty(M, np.int64), "strength": np.empty(M, np.float32)}
     _kernel.measure(*_kernel_args(maps, blocks), np.ascontiguousarray(k.numpy(), dtype=np.int64),
                     np.ascontiguousarray(limit.numpy()), np.ascontiguousarray(count_positive.numpy(), dtype=np.uint8),
-                    out["wanted"], out["tau"], out["kept"], out["positive"], out["strength"])
+                    out["wanted"], out["tau"], out["kept"], out["positive"], out["strength"], _kernel_threads(M))
     return Measured(*(torch.from_numpy(out[f]) for f in ("wanted", "tau", "kept", "positive", "strength")))
 
 
@@ -532,7 +541,8 @@ def _masks_compiled(maps: torch.Tensor, tau: torch.Tensor, blocks: _Blocks) -> t
     M, G = maps.shape[0], blocks.side
     out = torch.empty(M, G, G, dtype=torch.bool, device="cpu")
     if M:
-        _kernel.masks(*_kernel_args(maps, blocks), np.ascontiguousarray(tau.float().numpy()), out.numpy())
+        _kernel.masks(*_kernel_args(maps, blocks), np.ascontiguousarray(tau.float().numpy()), out.numpy(),
+                      _kernel_threads(M))
     return out
 
 

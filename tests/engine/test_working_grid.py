@@ -277,19 +277,24 @@ def test_batched_pixel_counts_and_boxes_equal_the_per_mask_ones():
 
 def test_the_compiled_kernel_and_the_torch_blocks_give_the_same_bits_on_real_maps():
     """Lite0-like maps (7 x 7 Gaussians, 224 grid) at the engine's coverages: tau, counts and masks identical between
-    the C kernel and the torch block path; strengths to float64 rounding."""
+    the C kernel (its maps shared among 1 to 8 threads) and the torch block path; strengths to float64 rounding."""
     from galore.regions import Rule
 
     require_regions_kernel()
     g = torch.Generator().manual_seed(1)
     maps = torch.randn(64, 7, 7, generator=g).exp() * torch.rand(64, 1, 1, generator=g)
     maps[::5] = torch.relu(torch.randn(13, 7, 7, generator=g))  # plateaus of zeros
-    for coverage in (0.005, 0.1, 0.5, 1.0):
-        rule = Rule.coverage_of(Threshold(coverage=coverage), 224 * 224).expand(64)
-        flags = torch.arange(64) % 2 == 0
-        c, t = (WorkingGrid(224, 224, sync_free=False, compiled=on) for on in (True, False))
-        a, b = c.measure(maps, rule, flags), t.measure(maps, rule, flags)
-        for f in ("wanted", "tau", "kept", "positive"):
-            assert torch.equal(getattr(a, f), getattr(b, f)), (coverage, f)
-        torch.testing.assert_close(a.strength, b.strength, rtol=1e-5, atol=0)
-        assert torch.equal(c.cell_masks(maps, a.tau), t.cell_masks(maps, b.tau)), coverage
+    before = torch.get_num_threads()
+    try:
+        for coverage, threads in ((0.005, 1), (0.1, 2), (0.5, 3), (1.0, 8)):  # the kernel's threads follow torch's
+            torch.set_num_threads(threads)
+            rule = Rule.coverage_of(Threshold(coverage=coverage), 224 * 224).expand(64)
+            flags = torch.arange(64) % 2 == 0
+            c, t = (WorkingGrid(224, 224, sync_free=False, compiled=on) for on in (True, False))
+            a, b = c.measure(maps, rule, flags), t.measure(maps, rule, flags)
+            for f in ("wanted", "tau", "kept", "positive"):
+                assert torch.equal(getattr(a, f), getattr(b, f)), (coverage, f)
+            torch.testing.assert_close(a.strength, b.strength, rtol=1e-5, atol=0)
+            assert torch.equal(c.cell_masks(maps, a.tau), t.cell_masks(maps, b.tau)), coverage
+    finally:
+        torch.set_num_threads(before)
