@@ -493,6 +493,32 @@ static void *mask_maps(void *p) {
     return NULL;
 }
 
+/* The checks and set-up both calls share: the shapes, the maps' buffer, the grid and its scratch, the axes and the
+ * tiles. Returns -1 with a Python error set. */
+static int prepare(Job *job, const Py_buffer *maps, Py_buffer *ax, int M, int h, int w, int G) {
+    if (M < 0 || h < 1 || w < 1 || G < 1 || G > 32768) {
+        PyErr_SetString(PyExc_ValueError, "M >= 0, h, w >= 1, 1 <= G <= 32768");
+        return -1;
+    }
+    if (check(maps, (Py_ssize_t)M * h * w, 4, "maps")) return -1;
+    if (grid_init(&job->g, G, h, w)) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (axes(&job->g, ax, G)) return -1;
+    tiles(&job->g);
+    job->maps = maps->buf;
+    return 0;
+}
+
+/* Runs the job over M maps on ``threads`` threads without the GIL. */
+static PyObject *launch(Job *job, int M, int threads) {
+    Py_BEGIN_ALLOW_THREADS
+    run(job, M, threads);
+    Py_END_ALLOW_THREADS
+    return Py_NewRef(Py_None);
+}
+
 PyDoc_STRVAR(measure_doc,
 "measure(maps, M, h, w, G, y_i0, y_i1, y_w0, y_w1, x_i0, x_i1, x_w0, x_w1, k, limit, count_positive,\n"
 "        wanted, tau, kept, positive, strength, threads)\n\n"
@@ -513,27 +539,14 @@ static PyObject *measure(PyObject *self, PyObject *args) {
     const int n_all = sizeof(all) / sizeof(all[0]);
     PyObject *result = NULL;
     Job job = {0};
-    if (M < 0 || h < 1 || w < 1 || G < 1 || G > 32768) {
-        PyErr_SetString(PyExc_ValueError, "M >= 0, h, w >= 1, 1 <= G <= 32768");
+    if (check(&k, M, 8, "k") || check(&limit, M, 4, "limit") || check(&flags, M, 1, "count_positive")
+        || check(&wanted, M, 8, "wanted") || check(&tau, M, 4, "tau") || check(&kept, M, 8, "kept")
+        || check(&positive, M, 8, "positive") || check(&strength, M, 4, "strength")
+        || prepare(&job, &maps, ax, M, h, w, G))
         goto done;
-    }
-    if (check(&maps, (Py_ssize_t)M * h * w, 4, "maps") || check(&k, M, 8, "k") || check(&limit, M, 4, "limit")
-        || check(&flags, M, 1, "count_positive") || check(&wanted, M, 8, "wanted") || check(&tau, M, 4, "tau")
-        || check(&kept, M, 8, "kept") || check(&positive, M, 8, "positive") || check(&strength, M, 4, "strength"))
-        goto done;
-    if (grid_init(&job.g, G, h, w)) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    if (axes(&job.g, ax, G)) goto done;
-    tiles(&job.g);
-    job.maps = maps.buf, job.k = k.buf, job.limit = limit.buf, job.flags = flags.buf;
-    job.wanted = wanted.buf, job.tau = tau.buf, job.kept = kept.buf, job.positive = positive.buf;
-    job.strength = strength.buf, job.work = measure_maps;
-    Py_BEGIN_ALLOW_THREADS
-    run(&job, M, threads);
-    Py_END_ALLOW_THREADS
-    result = Py_NewRef(Py_None);
+    job.k = k.buf, job.limit = limit.buf, job.flags = flags.buf, job.wanted = wanted.buf, job.tau = tau.buf;
+    job.kept = kept.buf, job.positive = positive.buf, job.strength = strength.buf, job.work = measure_maps;
+    result = launch(&job, M, threads);
 done:
     for (int i = 0; i < n_all; i++) PyBuffer_Release(all[i]);
     return result;
@@ -553,24 +566,11 @@ static PyObject *masks(PyObject *self, PyObject *args) {
     const int n_all = sizeof(all) / sizeof(all[0]);
     PyObject *result = NULL;
     Job job = {0};
-    if (M < 0 || h < 1 || w < 1 || G < 1 || G > 32768) {
-        PyErr_SetString(PyExc_ValueError, "M >= 0, h, w >= 1, 1 <= G <= 32768");
+    if (check(&tau, M, 4, "tau") || check(&out, (Py_ssize_t)M * (G > 0 ? G : 0) * (G > 0 ? G : 0), 1, "out")
+        || prepare(&job, &maps, ax, M, h, w, G))
         goto done;
-    }
-    if (check(&maps, (Py_ssize_t)M * h * w, 4, "maps") || check(&tau, M, 4, "tau")
-        || check(&out, (Py_ssize_t)M * G * G, 1, "out"))
-        goto done;
-    if (grid_init(&job.g, G, h, w)) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    if (axes(&job.g, ax, G)) goto done;
-    tiles(&job.g);
-    job.maps = maps.buf, job.tau_in = tau.buf, job.out = out.buf, job.work = mask_maps;
-    Py_BEGIN_ALLOW_THREADS
-    run(&job, M, threads);
-    Py_END_ALLOW_THREADS
-    result = Py_NewRef(Py_None);
+    job.tau_in = tau.buf, job.out = out.buf, job.work = mask_maps;
+    result = launch(&job, M, threads);
 done:
     for (int i = 0; i < n_all; i++) PyBuffer_Release(all[i]);
     return result;

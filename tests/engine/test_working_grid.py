@@ -298,3 +298,27 @@ def test_the_compiled_kernel_and_the_torch_blocks_give_the_same_bits_on_real_map
             assert torch.equal(c.cell_masks(maps, a.tau), t.cell_masks(maps, b.tau)), coverage
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_kernel_refuses_buffers_that_do_not_fit_naming_them():
+    """Its own checks, so a wrong call raises instead of reading or writing out of bounds."""
+    from galore import regions
+    from galore.regions import _blocks, _kernel_args
+
+    require_regions_kernel()
+    maps = torch.rand(3, 7, 7)
+    args = list(_kernel_args(maps, _blocks(224, 7, 7, "cpu")))
+    k, limit, flags = np.full(3, 10, np.int64), np.zeros(3, np.float32), np.zeros(3, np.uint8)
+    outs = [np.empty(3, np.int64), np.empty(3, np.float32), np.empty(3, np.int64), np.empty(3, np.int64),
+            np.empty(3, np.float32)]
+    regions._kernel.measure(*args, k, limit, flags, *outs, 2)  # fits
+    with pytest.raises(ValueError, match="k: expected 3 items"):
+        regions._kernel.measure(*args, k[:2], limit, flags, *outs, 2)
+    with pytest.raises(ValueError, match="maps: expected"):
+        regions._kernel.measure(*([args[0][:2]] + args[1:]), k, limit, flags, *outs, 2)
+    bad_axis = args[5].copy()
+    bad_axis[0] = 7  # a feature row index outside the 7 rows
+    with pytest.raises(ValueError, match="y axis: feature index out of"):
+        regions._kernel.measure(*(args[:5] + [bad_axis] + args[6:]), k, limit, flags, *outs, 2)
+    with pytest.raises(ValueError, match="out: expected"):
+        regions._kernel.masks(*args, np.zeros(3, np.float32), np.zeros((3, 224, 223), np.bool_), 1)
