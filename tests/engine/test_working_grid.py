@@ -322,3 +322,58 @@ def test_the_kernel_refuses_buffers_that_do_not_fit_naming_them():
         regions._kernel.measure(*(args[:5] + [bad_axis] + args[6:]), k, limit, flags, *outs, 2)
     with pytest.raises(ValueError, match="out: expected"):
         regions._kernel.masks(*args, np.zeros(3, np.float32), np.zeros((3, 224, 223), np.bool_), 1)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_kernel_equals_every_cell_on_random_grids_and_magnitudes(seed):
+    """Random grid sides and feature grids (irregular tilings, 1 x 1 maps), counts, absolute thresholds, and values
+    from denormal to 1e37: the C kernel's tau, counts, positives and masks equal the sync-free path's, which
+    upsamples and selects every cell."""
+    from galore.regions import Rule
+
+    require_regions_kernel()
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(15):
+        side, h, w, M = (int(torch.randint(lo, hi, (1,), generator=g)) for lo, hi in ((1, 261), (1, 15), (1, 15),
+                                                                                       (1, 12)))
+        scale = 10.0 ** torch.randint(-40, 38, (M, 1, 1), generator=g).double()
+        maps = (torch.randn(M, h, w, generator=g, dtype=torch.float64) * scale).float()
+        maps[torch.rand(M, generator=g) < 0.2] = maps[0].round()  # plateaus
+        N = side * side
+        k = torch.randint(0, N + 2, (M,), generator=g)
+        k[torch.rand(M, generator=g) < 0.2] = -1
+        rule = Rule(k, torch.rand(M, generator=g), None, k_max=N, any_absolute=True)
+        flags = torch.rand(M, generator=g) < 0.5
+        kernel, every = WorkingGrid(side, 224, sync_free=False, compiled=True), WorkingGrid(side, 224, sync_free=True)
+        a, b = kernel.measure(maps, rule, flags), every.measure(maps, rule, flags)
+        for f in ("wanted", "tau", "kept"):
+            assert torch.equal(getattr(a, f), getattr(b, f)), (side, h, w, f)
+        assert torch.equal(a.positive[flags], b.positive[flags])
+        assert torch.equal(kernel.cell_masks(maps, a.tau), every.cell_masks(maps, b.tau))
+
+
+def test_tile_bounds_keep_their_rounding_margin():
+    """A constant map's cells are not all equal after the two lerps' roundings, and its largest cells can lie
+    inside tiles, above every tile corner (the bilinear bound holds only up to rounding). An absolute threshold at
+    that largest value must still find them: the kernel and the torch blocks widen every tile's bounds (MARGIN),
+    and agree with the path that upsamples every cell."""
+    from galore.regions import Rule
+
+    require_regions_kernel()
+    g = torch.Generator().manual_seed(5)
+    checked = 0
+    for c in torch.rand(100, generator=g).tolist():
+        maps = torch.full((1, 5, 5), c)
+        every = WorkingGrid(224, 224, sync_free=True)
+        peak = every.upsample(maps).max()
+        T = torch.nextafter(peak, torch.tensor(0.0)) / peak  # T x peak rounds just below the peak
+        limit = torch.nextafter((T * peak).float(), torch.tensor(math.inf))
+        if limit != peak:
+            continue
+        rule = Rule(torch.tensor([-1]), T.reshape(1), None, k_max=0, any_absolute=True)
+        b = every.measure(maps, rule)
+        for compiled in (True, False):  # the C kernel and the torch blocks (``_Blocks.MARGIN``)
+            a = WorkingGrid(224, 224, sync_free=False, compiled=compiled).measure(maps, rule)
+            assert int(b.wanted[0]) > 0 and torch.equal(a.wanted, b.wanted) and torch.equal(a.kept, b.kept), c
+        checked += 1
+    assert checked >= 10  # the construction holds for most values
