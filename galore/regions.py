@@ -236,8 +236,9 @@ class _Axis:
             if not starts or i != int(i0[r - 1]) or r - starts[-1] >= BLOCK:
                 starts.append(r)
         sizes = torch.diff(torch.tensor(starts + [side], dtype=torch.long, device="cpu"))
-        self.i0, self.i1 = i0.to(device), (i0 + 1).clamp(max=n - 1).to(device)
-        self.w0, self.w1 = (1 - frac).to(device), frac.to(device)
+        i1, w0 = (i0 + 1).clamp(max=n - 1), 1 - frac
+        self.host = tuple(a.numpy() for a in (i0, i1, w0, frac))  # the C kernel's view: int64, int64, float32 x 2
+        self.i0, self.i1, self.w0, self.w1 = i0.to(device), i1.to(device), w0.to(device), frac.to(device)
         first = torch.tensor(starts, dtype=torch.long, device="cpu")
         offsets = torch.arange(BLOCK, device="cpu")
         self.cells = torch.minimum(first[:, None] + offsets, (first + sizes - 1)[:, None]).to(device)  # (S, BLOCK)
@@ -245,10 +246,8 @@ class _Axis:
         self.corners = torch.stack([first, first + sizes - 1], 1).flatten().to(device)  # (2S,)
         self.segment = torch.repeat_interleave(torch.arange(len(starts), device="cpu"), sizes).to(device)  # (side,)
         self.sizes, self.sizes_host = sizes.to(device), sizes
-        # the C kernel's view of the axis (host, contiguous): i0, i1 int64, w0, w1 float32
-        self.host = tuple(np.ascontiguousarray(a.numpy()) for a in (i0, (i0 + 1).clamp(max=n - 1), 1 - frac, frac))
         self.first_i0 = i0[first].to(device)  # (S,) the segment's i0 (and i1 = min(i0 + 1, n - 1)): shared
-        self.first_i1 = (i0[first] + 1).clamp(max=n - 1).to(device)
+        self.first_i1 = i1[first].to(device)
         # (S, n) float64: each segment's weights summed, so a block's sum is Sy @ map @ Sx^T (``_Bounded.sums``)
         self.weight_sums = torch.zeros(len(starts), n, dtype=torch.float64, device="cpu").index_add_(
             0, torch.repeat_interleave(torch.arange(len(starts), device="cpu"), sizes),
