@@ -318,8 +318,8 @@ static void scratch(Grid *g, char *data) {
     g->slots = carve(&at, sizeof(int16_t) * N);
 }
 
-/* The calling thread's arena, grown to the largest grid seen and kept: a fresh allocation per call would be mapped
- * and page-faulted anew every time (glibc maps blocks this large). Helper threads (``run``) allocate their own. */
+/* The calling thread's arena, grown to the largest grid seen and kept, so that a call does not map and fault in
+ * fresh pages (glibc maps blocks of this size). Helper threads (``run``) allocate their own per call. */
 static _Thread_local struct { char *data; size_t size; } arena;
 
 /* Grid and scratch for a G x G grid over h x w maps on the calling thread; the axes are set by ``axes``, then the
