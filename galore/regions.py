@@ -186,7 +186,7 @@ class WorkingGrid:
 
     def cell_masks(self, maps: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
         """(M, h, w) maps and their thresholds (M,) -> kept cells (M, G, G) bool. Off the sync-free path only the
-        blocks that straddle tau are upsampled (``_Blocks.at_least``)."""
+        blocks that straddle tau are upsampled (by the C kernel where built, else ``_Bounded.masks``)."""
         tau = tau.to(maps.device)
         if self._uses_kernel(maps):
             return _masks_compiled(maps, tau, _blocks(self.side, *maps.shape[-2:], "cpu"))
