@@ -92,17 +92,22 @@ def test_retries_give_up_after_the_configured_attempts_with_the_servers_message(
 
 
 def test_retries_are_jittered(flaky):
-    """20 clients, each refused once: the gaps before their retries spread around the backoff. Scheduling delays
-    only lengthen a gap, so a gap shorter than the backoff is jitter, measured."""
-    backoff = 0.2
-    gaps = []
-    for _ in range(20):
-        servicer, port = flaky(failures=1)
+    """20 clients at once, each refused once, with a 2 s backoff: gRPC waits 1.6-2.4 s (+-20 %) before each retry.
+    Scheduling delays only lengthen a gap, so a gap shorter than the backoff is jitter, measured. The backoff is long
+    so that delays of a loaded machine (tens of ms) leave most of the jitter's range visible: with delays of 40 ms,
+    a gap falls below 0.97 x backoff with probability 0.37 each, so all 20 miss it with probability 1e-4."""
+    backoff, clients = 2.0, 20
+    servers = [flaky(failures=1) for _ in range(clients)]
+
+    def call(port: int) -> None:
         with GaloreClient(f"grpc://127.0.0.1:{port}", retries=1, backoff_s=backoff) as client:
             client.model_info()
-        gaps += servicer.gaps()
-    assert min(gaps) >= 0.8 * backoff * 0.99, gaps
-    assert sum(gap < 0.97 * backoff for gap in gaps) >= 3, gaps
+
+    with futures.ThreadPoolExecutor(max_workers=clients) as pool:
+        list(pool.map(call, [port for _, port in servers]))
+    gaps = [gap for servicer, _ in servers for gap in servicer.gaps()]
+    assert len(gaps) == clients and min(gaps) >= 0.8 * backoff * 0.99, gaps
+    assert any(gap < 0.97 * backoff for gap in gaps), gaps
 
 
 def test_the_retry_budget_stops_retries_while_most_calls_fail(flaky):
