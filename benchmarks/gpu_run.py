@@ -3,7 +3,8 @@
     benchmarks/gpu.sh                      # make gpu-bench: on a CUDA GPU; fails at once without one
     benchmarks/gpu.sh --device cpu         # dry run: the same steps at the smallest sizes (make test runs it)
 
-Steps (each recorded in gpu.json and summarised in gpu.md; a step that cannot run says why):
+Steps (each recorded in gpu.json and summarised in gpu.md, both rewritten after every step so that a run cut short
+keeps what it finished; a step that cannot run says why):
   smoke       every kind alone and all together, with and without a counterfactual: zero INTERNAL.
   fidelity    the device engine against a CPU fp32 engine on the same photos, per backbone precision (fp32 =
               IEEE, tf32, bf16, fp16; those the device supports): top-5 agreement, attributive mask IoU on the
@@ -11,7 +12,11 @@ Steps (each recorded in gpu.json and summarised in gpu.md; a step that cannot ru
   syncs       host-device synchronisations per batch at B = 1, 4, 16, 64 (galore.device.SyncCounter; on CUDA
               also the driver's count, torch.cuda.set_sync_debug_mode).
   throughput  images/s and p50/p99 per stage (the engine's synchronised stage timings) for EfficientNet-Lite0,
-              ResNet-50 and VGG16 (random weights), prediction only and each kind.
+              ResNet-50 and VGG16 (random weights), prediction only, each kind alone and all six together.
+  precisions  images/s of prediction only and of all six types per backbone precision (fp32 = IEEE, tf32, bf16,
+              fp16), the same three models; the fidelity step says which of them keep the answers.
+  photo_sizes all six types against prediction only (images/s and their ratio) for EfficientNet-Lite0 and
+              ResNet-50 at 0.15 and 12 MP, batch 1 and 8: the CPU sweep's target (>= 0.9) on the device.
   memory      peak CUDA memory over batch size and working grid.
   oom         an out-of-memory error forced by a memory cap: RESOURCE_EXHAUSTED for the batch's images, then the
               same engine answers again once the cap is lifted.
@@ -42,16 +47,22 @@ from galore_cli.machine import cpu_model  # noqa: E402
 PHOTOS = ("chelsea", "astronaut", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "colorwheel")
 COUNTERS = ((340, "coffee"), (291, "cat"))  # zebra, lion, with bank exemplars
 FULL = {"batches": (1, 4, 16, 64), "models": ("efficientnet_lite0", "resnet50", "vgg16"), "repeats": 20,
-        "throughput_batch": 16, "grids": (56, 112, 224), "fidelity_photos": 7}
+        "throughput_batch": 16, "grids": (56, 112, 224), "fidelity_photos": 7,
+        "photo_models": ("efficientnet_lite0", "resnet50"), "photo_mp": (0.15, 12.0), "photo_batches": (1, 8)}
+ALL = ExplainOptions(kinds=frozenset(Kind), dims=(2, 3), top_e=5, counter_classes=tuple(c for c, _ in COUNTERS))
 DRY = {"batches": (1, 2), "models": ("efficientnet_lite0",), "repeats": 1, "throughput_batch": 1, "grids": (56,),
-       "fidelity_photos": 1}  # the dry run checks that every step runs, nothing more
+       "fidelity_photos": 1, "photo_models": ("efficientnet_lite0",), "photo_mp": (0.15,), "photo_batches": (1,)}  # the dry run checks that every step runs, nothing more
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="cuda[:N] (default), or cpu for the dry run")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--steps", default="smoke,fidelity,syncs,throughput,memory,oom")
+    parser.add_argument("--steps", default="smoke,fidelity,syncs,throughput,precisions,photo_sizes,memory,oom")
+    parser.add_argument("--regions", choices=("auto", "host", "device"), default="auto",
+                        help="where the regions are measured off the CPU: the engine's choice (auto), the coarse maps "
+                             "copied to the host for the C kernel (host), or the device's sync-free path (device)")
+    parser.add_argument("--repeats", type=int, help="timed calls per throughput row (default: 20 on CUDA, 1 dry)")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -62,9 +73,14 @@ def main() -> int:
         print(f"gpu-bench: unsupported device {device}", file=sys.stderr)
         return 2
     sizes = FULL if device.type == "cuda" else DRY
+    if args.repeats is not None:
+        if args.repeats < 1:
+            parser.error(f"--repeats: must be at least 1, got {args.repeats}")
+        sizes = {**sizes, "repeats": args.repeats}
+    sizes = {**sizes, "on_host": {"auto": None, "host": True, "device": False}[args.regions]}
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"device": _device_name(device), "torch": torch.__version__, "commit": _commit(), "dry_run":
-              device.type != "cuda", "sizes": sizes, "steps": {}}
+              device.type != "cuda", "regions": args.regions, "sizes": sizes, "steps": {}}
     photos = [_photo(name) for name in PHOTOS]
     started = time.perf_counter()
     failed = []
@@ -76,11 +92,10 @@ def main() -> int:
             report["steps"][step] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
             failed.append(step)
         report["steps"][step]["seconds"] = round(time.perf_counter() - t0, 2)
+        report["seconds"] = round(time.perf_counter() - started, 1)
+        write(report, args.out)
         print(f"gpu-bench: {step} {'FAILED' if step in failed else 'done'} in "
               f"{report['steps'][step]['seconds']} s", flush=True)
-    report["seconds"] = round(time.perf_counter() - started, 1)
-    (args.out / "gpu.json").write_text(json.dumps(report, indent=1, default=str))
-    (args.out / "gpu.md").write_text(markdown(report))
     print((args.out / "gpu.md").read_text())
     if failed:
         print(f"gpu-bench: steps failed: {failed} (tracebacks in {args.out / 'gpu.json'})", file=sys.stderr)
@@ -88,13 +103,18 @@ def main() -> int:
     return 0
 
 
+def write(report: dict, out: Path) -> None:
+    (out / "gpu.json").write_text(json.dumps(report, indent=1, default=str))
+    (out / "gpu.md").write_text(markdown(report))
+
+
 # ---- steps ----------------------------------------------------------------------------------------------------
 def smoke(device, sizes, photos) -> dict:
-    engine = _lite(device)
+    engine = _lite(device, sizes)
     counter = tuple(c for c, _ in COUNTERS)
     cases = {kind.value: ExplainOptions(kinds=frozenset({kind}), dims=(2, 3), top_e=5, counter_classes=counter)
              for kind in Kind}
-    cases["all"] = ExplainOptions(kinds=frozenset(Kind), dims=(2, 3), top_e=5, counter_classes=counter)
+    cases["all"] = ALL
     cases["all but counterfactual"] = ExplainOptions(kinds=frozenset(Kind) - {Kind.COUNTERFACTUAL}, dims=(2, 3),
                                                      top_e=5)
     cases["prediction only"] = ExplainOptions(kinds=frozenset())
@@ -111,7 +131,7 @@ def smoke(device, sizes, photos) -> dict:
 
 
 def fidelity(device, sizes, photos) -> dict:
-    reference = _lite(torch.device("cpu"))
+    reference = _lite(torch.device("cpu"), {**sizes, "on_host": None})
     options = ExplainOptions(kinds=frozenset({Kind.ATTRIBUTIVE}))
     requests = [ImageRequest(p, options) for p in photos[:sizes["fidelity_photos"]]]
     expected = reference.explain(requests)
@@ -122,7 +142,7 @@ def fidelity(device, sizes, photos) -> dict:
         if why_not:
             out[precision.value] = {"skipped": why_not}
             continue
-        got = _lite(device, precision).explain(requests)
+        got = _lite(device, sizes, precision).explain(requests)
         top5 = [[c.class_id for c in g.top_classes[:5]] == [c.class_id for c in e.top_classes[:5]]
                 for g, e in zip(got, expected)]
         ious = [_iou(g.attributive.region.cells, e.attributive.region.cells) for g, e in zip(got, expected)]
@@ -135,8 +155,8 @@ def fidelity(device, sizes, photos) -> dict:
 
 
 def syncs(device, sizes, photos) -> dict:
-    engine = _lite(device)
-    options = ExplainOptions(kinds=frozenset(Kind), dims=(2, 3), top_e=5, counter_classes=tuple(c for c, _ in COUNTERS))
+    engine = _lite(device, sizes)
+    options = ALL
     engine.explain([ImageRequest(photos[0], options)])
     if device.type == "cpu":
         engine.grid.sync_free = True  # count the path that runs on a GPU
@@ -167,33 +187,84 @@ def throughput(device, sizes, photos) -> dict:
     counter = tuple(c for c, _ in COUNTERS)
     for kind in Kind:
         modes[kind.value] = ExplainOptions(kinds=frozenset({kind}), dims=(2, 3), top_e=5, counter_classes=counter)
+    modes["all"] = ALL
     B, out = sizes["throughput_batch"], {}
     for model in sizes["models"]:
-        engine = _lite(device) if model == "efficientnet_lite0" else _torchvision(model, device)
+        engine = _lite(device, sizes) if model == "efficientnet_lite0" else _torchvision(model, device, sizes)
         for mode, options in modes.items():
-            requests = [ImageRequest(photos[i % len(photos)], options) for i in range(B)]
-            engine.explain(requests)  # warm-up
-            totals, stages = [], {}
-            for _ in range(sizes["repeats"]):
-                timings: dict[str, float] = {}
-                t0 = time.perf_counter()
-                engine.explain(requests, timings=timings)
-                totals.append(time.perf_counter() - t0)
-                for stage, seconds in timings.items():
-                    stages.setdefault(stage, []).append(seconds)
-            out[f"{model} {mode}"] = {
-                "images_per_s": round(B / statistics.median(totals), 2),
-                "stages_ms": {s: {"p50": round(_pct(v, 50) * 1e3, 2), "p99": round(_pct(v, 99) * 1e3, 2)}
-                              for s, v in stages.items()}}
+            out[f"{model} {mode}"] = _timed(engine, [ImageRequest(photos[i % len(photos)], options)
+                                                     for i in range(B)], sizes["repeats"])
         del engine
     return out
+
+
+def precisions(device, sizes, photos) -> dict:
+    B, out = sizes["throughput_batch"], {}
+    for model in sizes["models"]:
+        for precision in (Precision.FP32, Precision.TF32, Precision.BF16, Precision.FP16):
+            why_not = "dry run: fp32 only" if device.type == "cpu" and precision is not Precision.FP32 else \
+                _unsupported(precision, device)
+            if why_not:
+                out[f"{model} {precision.value}"] = {"skipped": why_not}
+                continue
+            engine = (_lite(device, sizes, precision) if model == "efficientnet_lite0"
+                      else _torchvision(model, device, sizes, precision))
+            for mode, options in (("prediction", ExplainOptions(kinds=frozenset())), ("all", ALL)):
+                out[f"{model} {precision.value} {mode}"] = _timed(
+                    engine, [ImageRequest(photos[i % len(photos)], options) for i in range(B)], sizes["repeats"])
+            del engine
+    return out
+
+
+def photo_sizes(device, sizes, photos) -> dict:
+    out = {}
+    for model in sizes["photo_models"]:
+        engine = _lite(device, sizes) if model == "efficientnet_lite0" else _torchvision(model, device, sizes)
+        for mp in sizes["photo_mp"]:
+            resized = [_resized(p, mp) for p in photos[:4]]
+            for B in sizes["photo_batches"]:
+                images = [resized[i % len(resized)] for i in range(B)]
+                pred = _timed(engine, [ImageRequest(x, ExplainOptions(kinds=frozenset())) for x in images],
+                              sizes["repeats"])
+                every = _timed(engine, [ImageRequest(x, ALL) for x in images], sizes["repeats"])
+                out[f"{model} {mp} MP B={B}"] = {"prediction_images_per_s": pred["images_per_s"],
+                                                 "all_images_per_s": every["images_per_s"],
+                                                 "all_over_prediction": round(every["images_per_s"]
+                                                                              / pred["images_per_s"], 3),
+                                                 "all_stages_ms": every["stages_ms"]}
+        del engine
+    return out
+
+
+def _resized(img: torch.Tensor, mp: float) -> torch.Tensor:
+    """A uint8 photo resized (antialiased) to about ``mp`` megapixels, its aspect kept."""
+    import torchvision.transforms.v2.functional as TF
+    _, h, w = img.shape
+    scale = (mp * 1e6 / (h * w)) ** 0.5
+    return TF.resize(img, [round(h * scale), round(w * scale)], antialias=True)
+
+
+def _timed(engine: Engine, requests: list[ImageRequest], repeats: int) -> dict:
+    """images/s (median of ``repeats`` calls after a warm-up) and p50 / p99 ms per stage."""
+    engine.explain(requests)  # warm-up
+    totals, stages = [], {}
+    for _ in range(repeats):
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        engine.explain(requests, timings=timings)
+        totals.append(time.perf_counter() - t0)
+        for stage, seconds in timings.items():
+            stages.setdefault(stage, []).append(seconds)
+    return {"images_per_s": round(len(requests) / statistics.median(totals), 2),
+            "stages_ms": {s: {"p50": round(_pct(v, 50) * 1e3, 2), "p99": round(_pct(v, 99) * 1e3, 2)}
+                          for s, v in stages.items()}}
 
 
 def memory(device, sizes, photos) -> dict:
     if device.type != "cuda":
         return {"skipped": "peak memory is a CUDA figure"}
-    engine = _lite(device)
-    options = ExplainOptions(kinds=frozenset(Kind), dims=(2, 3), top_e=5, counter_classes=tuple(c for c, _ in COUNTERS))
+    engine = _lite(device, sizes)
+    options = ALL
     out = {}
     for grid in sizes["grids"]:
         engine.grid = WorkingGrid(grid, engine.preprocess.crop)
@@ -208,18 +279,19 @@ def memory(device, sizes, photos) -> dict:
 def oom(device, sizes, photos) -> dict:
     if device.type != "cuda":
         return {"skipped": "forcing an out-of-memory error needs a CUDA memory cap"}
-    engine = _lite(device)
+    engine = _lite(device, sizes)
     options = ExplainOptions(kinds=frozenset(Kind), dims=(2, 3), top_e=5)
     requests = [ImageRequest(photos[i % len(photos)], options) for i in range(8)]
     engine.explain(requests)
     torch.cuda.empty_cache()
     total = torch.cuda.get_device_properties(device).total_memory
     in_use = torch.cuda.memory_allocated(device)
-    torch.cuda.set_per_process_memory_fraction(min(1.0, (in_use + 2**20) / total), device)
+    index = device.index if device.index is not None else torch.cuda.current_device()  # the call wants an index
+    torch.cuda.set_per_process_memory_fraction(min(1.0, (in_use + 2**20) / total), index)
     try:
         capped = engine.explain(requests)
     finally:
-        torch.cuda.set_per_process_memory_fraction(1.0, device)
+        torch.cuda.set_per_process_memory_fraction(1.0, index)
     after = engine.explain(requests)
     codes = sorted({r.error.code if r.error else "OK" for r in capped})
     recovered = all(r.ok for r in after)
@@ -228,20 +300,23 @@ def oom(device, sizes, photos) -> dict:
     return {"capped_codes": codes, "recovered": recovered}
 
 
-STEPS = {"smoke": smoke, "fidelity": fidelity, "syncs": syncs, "throughput": throughput, "memory": memory,
-         "oom": oom}
+STEPS = {"smoke": smoke, "fidelity": fidelity, "syncs": syncs, "throughput": throughput, "precisions": precisions,
+         "photo_sizes": photo_sizes, "memory": memory, "oom": oom}
 
 
 # ---- helpers --------------------------------------------------------------------------------------------------
-def _lite(device: torch.device, precision: Precision = Precision.FP32) -> Engine:
+def _lite(device: torch.device, sizes: dict, precision: Precision = Precision.FP32) -> Engine:
     engine = Engine.default(device=device, precision=precision)
+    engine.grid.on_host = sizes["on_host"]
     for class_id, name in COUNTERS:
         engine.add_exemplar(class_id, _photo(name), f"bank:{name}")
     return engine
 
 
-def _torchvision(arch: str, device: torch.device) -> Engine:
-    engine = Engine.from_torchvision(arch, imagenet_labels(), device=device)
+def _torchvision(arch: str, device: torch.device, sizes: dict, precision: Precision = Precision.FP32) -> Engine:
+    torch.manual_seed(0)  # the same random weights in every step and precision
+    engine = Engine.from_torchvision(arch, imagenet_labels(), device=device, precision=precision)
+    engine.grid.on_host = sizes["on_host"]
     for class_id, name in COUNTERS:
         engine.add_exemplar(class_id, _photo(name), f"bank:{name}")
     return engine
@@ -298,10 +373,12 @@ def markdown(report: dict) -> str:
         if "error" in result:
             lines += [f"FAILED: {result['error']}", ""]
             continue
-        if step == "throughput":
+        if step in ("throughput", "precisions"):
             lines += ["| model, mode | images/s | stage p50 / p99 ms |", "|---|---:|---|"]
             for name, row in result.items():
-                if isinstance(row, dict):
+                if isinstance(row, dict) and "skipped" in row:
+                    lines.append(f"| {name} | skipped: {row['skipped']} | |")
+                elif isinstance(row, dict):
                     stages = ", ".join(f"{s} {v['p50']} / {v['p99']}" for s, v in row["stages_ms"].items())
                     lines.append(f"| {name} | {row['images_per_s']} | {stages} |")
             lines.append("")

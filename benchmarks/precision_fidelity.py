@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/precision_fidelity.py --models lite0 --fp32-convs 8   # bf16 but the last 8 convs
     .venv/bin/python benchmarks/precision_fidelity.py --models lite1,lite2           # the other ImageNet Lites
     .venv/bin/python benchmarks/precision_fidelity.py --models lite0,lite1,lite2 --cascade   # bf16, fp32 on near ties
+    .venv/bin/python benchmarks/precision_fidelity.py --device cuda --precision bf16   # a GPU's bf16 against the CPU
 
 Each photo of skimage.data is used whole, mirrored, and as two 70 % crops (32 images). Both engines share one split
 model (EfficientNet-Lite0/1/2, ``liteN`` or ``efficientnet_liteN``, with their ImageNet weights at their native
@@ -23,6 +24,7 @@ itself; the table gives, per (dc, di), how often the cascade re-runs and the fid
 from __future__ import annotations
 
 import argparse
+import copy
 
 import numpy as np
 import skimage.data
@@ -87,9 +89,11 @@ def lite_name(model: str) -> str | None:
     return name if name in zoo.LITE_MODELS else None
 
 
-def engines(model: str, precision: Precision, fp32_convs: int = 0) -> tuple[Engine, Engine]:
-    """fp32 reference and the reduced engine; with ``fp32_convs`` > 0 the reduced one runs its backbone in
-    ``precision`` up to its last ``fp32_convs`` convolutions and in fp32 from there (``MixedBackbone``)."""
+def engines(model: str, precision: Precision, fp32_convs: int = 0,
+            device: torch.device = torch.device("cpu")) -> tuple[Engine, Engine]:
+    """The CPU fp32 reference and the reduced engine on ``device`` (its own copy of the split model off the CPU);
+    with ``fp32_convs`` > 0 the reduced one runs its backbone in ``precision`` up to its last ``fp32_convs``
+    convolutions and in fp32 from there (``MixedBackbone``)."""
     torch.manual_seed(0)
     labels = zoo.imagenet_labels()
     if lite_name(model):
@@ -98,9 +102,11 @@ def engines(model: str, precision: Precision, fp32_convs: int = 0) -> tuple[Engi
     else:
         split, prep = split_classifier(getattr(torchvision.models, model)().eval()), zoo.IMAGENET_PREPROCESS
     ref = Engine(model, split, labels, prep, device="cpu", precision=Precision.FP32)
+    if device.type != "cpu":
+        split = copy.deepcopy(split)
     if fp32_convs <= 0:
-        return ref, Engine(model, split, labels, prep, device="cpu", precision=precision)
-    low = Engine(model, split, labels, prep, device="cpu", precision=Precision.FP32, channels_last=False)
+        return ref, Engine(model, split, labels, prep, device=device, precision=precision)
+    low = Engine(model, split, labels, prep, device=device, precision=Precision.FP32, channels_last=False)
     low.split = SplitModel(MixedBackbone(split.backbone, fp32_convs), low.split.head, split.layer,
                            split.feature_shape, split.input_size)  # BatchNorms unfolded, as in bf16
     return ref, low
@@ -169,14 +175,17 @@ def cascade_table(rows: list[dict], marks: list[tuple[float, float]]) -> list[st
     return out
 
 
-def machine() -> str:
-    return f"{cpu_model()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+def machine(device: torch.device) -> str:
+    cpu = f"{cpu_model()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return cpu if device.type == "cpu" else f"{torch.cuda.get_device_name(device)} against the CPU ({cpu})"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="lite0,resnet50,vgg16")
-    p.add_argument("--precision", default="bf16", choices=[x.value for x in Precision if x is not Precision.FP32])
+    p.add_argument("--precision", default="bf16", choices=[x.value for x in Precision],
+                   help="the reduced engine's backbone precision (fp32: only with --device, the device against the CPU)")
+    p.add_argument("--device", default="cpu", help="the reduced engine's device, e.g. cuda (the reference: CPU fp32)")
     p.add_argument("--fp32-convs", type=int, default=0,
                    help="run the backbone's last N convolutions (and what follows) in fp32, the rest in --precision")
     p.add_argument("--cascade", action="store_true",
@@ -184,15 +193,18 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
+    device = torch.device(args.device)
+    if args.precision == Precision.FP32.value and device.type == "cpu":
+        p.error("--precision fp32 compares a device with the CPU: give --device too")
     torch.set_num_threads(args.threads)
     images = photos()
-    print(f"Machine: {machine()}; {len(images)} images ({len(PHOTOS)} skimage photos x 4 views)\n")
+    print(f"Machine: {machine(device)}; {len(images)} images ({len(PHOTOS)} skimage photos x 4 views)\n")
     print("| model | weights | precision | top-1 agreement | max prob diff | map corr min / median / mean "
           "| mask IoU min / mean | same top insecurity | Kendall tau (mean) | rule holds |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     cascades = {}
     for model in args.models.split(","):
-        ref_engine, low_engine = engines(model, Precision(args.precision), args.fp32_convs)
+        ref_engine, low_engine = engines(model, Precision(args.precision), args.fp32_convs, device)
         rows, marks = [], []
         for i in range(0, len(images), args.batch):
             reqs = [ImageRequest(x, OPTIONS) for x in images[i:i + args.batch]]
@@ -205,7 +217,7 @@ def main() -> None:
         same = sum(r["same_top"] for r in rows)
         holds = top1 >= 0.99 and min(corr) >= 0.99 and same == len(rows)
         label = (f"{args.precision}, last {args.fp32_convs} convs fp32" if args.fp32_convs > 0
-                 else low_engine.precision.value)
+                 else low_engine.precision.value) + ("" if device.type == "cpu" else f" on {device.type}")
         print(f"| {model} | {'ImageNet' if lite_name(model) else 'random'} | {label} | "
               f"{top1:.1%} | {max(r['dprob'] for r in rows):.4f} | "
               f"{min(corr):.4f} / {np.median(corr):.4f} / {np.mean(corr):.4f} | "

@@ -103,16 +103,23 @@ class WorkingGrid:
     the CPU, where a host read costs no synchronisation and the branches skip most of the work.
 
     ``compiled``: off the sync-free path, measure and cut masks with the C kernel (``COMPILED``) rather than the
-    torch block path; the same numbers. None (default): where it is built; True requires it."""
+    torch block path; the same numbers. None (default): where it is built; True requires it.
 
-    def __init__(self, side: int, crop: int, sync_free: bool | None = None, compiled: bool | None = None):
+    ``on_host``: off the CPU, bring a batch's coarse maps (M, h, w; a few KB) to the host in one copy and measure
+    them there with the C kernel, rather than on the device (whose sync-free path is hundreds of small kernels:
+    on an H200 it took longer than the forward). None (default): for batches of at most HOST_MAPS maps, where the
+    kernel is built, ``compiled`` allows it and ``sync_free`` is not forced on; True: always, on every device (the
+    CPU's copy is a no-op); False: never."""
+
+    def __init__(self, side: int, crop: int, sync_free: bool | None = None, compiled: bool | None = None,
+                 on_host: bool | None = None):
         if side < 1:
             raise ValueError(f"working grid side must be >= 1, got {side}")
-        if compiled and not COMPILED:
+        if (compiled or on_host) and not COMPILED:
             raise RuntimeError("the regions kernel galore._regions is not built: pip install the package with a C "
                                "compiler present")
         self.side, self.crop = int(side), int(crop)
-        self.sync_free, self.compiled = sync_free, compiled
+        self.sync_free, self.compiled, self.on_host = sync_free, compiled, on_host
 
     @property
     def cells(self) -> int:
@@ -128,6 +135,14 @@ class WorkingGrid:
 
     def is_sync_free(self, device: torch.device) -> bool:
         return device.type != "cpu" if self.sync_free is None else bool(self.sync_free)
+
+    def measures_on_host(self, device: torch.device, maps: int) -> bool:
+        """Whether a batch of ``maps`` maps on ``device`` is copied to the host and measured there (``on_host``; on
+        the CPU the copy is a no-op, so only True takes that path there). None: at most HOST_MAPS maps."""
+        if self.on_host is not None:
+            return self.on_host
+        return (device.type != "cpu" and maps <= HOST_MAPS and COMPILED and self.compiled is not False
+                and self.sync_free is not True)
 
     def _uses_kernel(self, maps: torch.Tensor) -> bool:
         """The C kernel takes these maps: CPU, off the sync-free path, finite (the torch paths handle the rest)."""
@@ -212,6 +227,12 @@ def _axis_cells(n: int, scale: float, offset: int, crop: int, side: int) -> np.n
     cell = np.minimum(np.floor(pos * side / crop), side - 1).astype(np.int64)
     return np.where((pos >= 0) & (pos < crop), cell, -1)
 
+
+# Off the CPU, batches of at most this many maps are measured on the host (``WorkingGrid.on_host``). On an H200 with
+# a 16-core host (BENCHMARKS.md, "The GPU path") one image of all six types (26 maps) took 6.7 ms there against
+# 12.4 ms on the device; 8 images (about 200 maps) 31.6 against 26.2 ms: the host's cost grows with the maps, the
+# device's is mostly launches. 64 keeps the host below that crossover (about 4 images of all six types).
+HOST_MAPS = 64
 
 BLOCK = 8  # the host path's block side, in working-grid cells (``_Blocks``)
 

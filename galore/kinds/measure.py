@@ -48,9 +48,11 @@ class _Block:
 
 def measure_batch(grid: WorkingGrid, items: list[tuple[ExplainOptions, Prediction, Plan, Features]],
                   labels: tuple[str, ...], results: list[ImageResult]) -> None:
-    """Regions of every image of the batch, measured together; fills ``results`` (one per item). Everything up to
-    the masks stays on the maps' device, and off the CPU reads no device value on the host (the working grid's
-    sync-free path); the masks, maps and strengths of the regions returned then come to the host in ONE copy."""
+    """Regions of every image of the batch, measured together; fills ``results`` (one per item). Off the CPU the
+    batch's maps cross to the host in ONE copy: where ``grid.measures_on_host`` (few maps, the C kernel built), the
+    coarse maps before measuring, which then runs on the host; else everything up to the masks stays on the device without
+    reading a device value (the working grid's sync-free path), and the masks, maps and strengths of the regions
+    returned come over."""
     blocks, s0, e0 = [], 0, 0
     for i, (_, _, p, _) in enumerate(items):
         for unit, m in p.parts:
@@ -59,8 +61,22 @@ def measure_batch(grid: WorkingGrid, items: list[tuple[ExplainOptions, Predictio
     if not blocks:
         return
     singles = torch.cat([b.maps.maps for b in blocks])  # (S, h, w)
-    device, n_single = singles.device, singles.shape[0]
     sides = torch.cat([b.maps.sides for b in blocks if b.maps.n_sides] or [singles.new_zeros((0, *singles.shape[1:]))])  # (E, h, w)
+    shared = torch.cat([b.maps.shared for b in blocks])  # (S,)
+    if grid.measures_on_host(singles.device, singles.shape[0] + sides.shape[0]):  # the batch's one copy to the host: the coarse maps, not the masks
+        singles, sides, shared = to_host([singles.float(), sides.float(), shared])
+        with host_side():
+            _measure_maps(grid, items, labels, results, blocks, singles, sides, shared, copied=True)
+    else:
+        _measure_maps(grid, items, labels, results, blocks, singles, sides, shared, copied=False)
+
+
+def _measure_maps(grid: WorkingGrid, items, labels: tuple[str, ...], results: list[ImageResult],
+                    blocks: list[_Block], singles: torch.Tensor, sides: torch.Tensor, shared: torch.Tensor,
+                    copied: bool) -> None:
+    """``measure_batch`` for its maps: singles (S, h, w), sides (E, h, w), shared (S,), all on one device;
+    ``copied``: they are the host copies of device maps (the returned values need no copy of their own)."""
+    device, n_single = singles.device, singles.shape[0]
     # host bookkeeping: each paired row, the pair each side belongs to, and a bound on the paired row's cell count
     # (its coverage; all cells for an absolute T)
     paired_rows, side_owner, paired_bound = [], [], []
@@ -91,14 +107,15 @@ def measure_batch(grid: WorkingGrid, items: list[tuple[ExplainOptions, Predictio
     # shared evidence (eq. 5), at least SHARED_EVIDENCE_RATIO of the strongest such one
     fixed = [b.s0 + j for b in blocks for j in _unranked(b.maps)]
     segments = [([b.s0 + r for r in g.rows], g.most) for b in blocks for g in b.maps.ranked]
-    shared = torch.cat([b.maps.shared for b in blocks])  # (S,)
     usable = _shared_enough(strength, (first.kept[:n_single] > 0) & shared, [rows for rows, _ in segments], device)
     candidates, alive = _strongest(strength, usable, segments, device)
     chosen = torch.cat([to_device(fixed, device, torch.long), candidates])
     heat = torch.cat([singles[chosen], sides])  # (R, h, w)
-    cells, heat, strengths, candidates, alive = to_host([
-        grid.cell_masks(heat, torch.cat([tau[chosen], side_tau])), heat.detach().float(),
-        torch.cat([strength[chosen], side_strength]), candidates, alive])  # the batch's one copy to the host
+    returned_values = [grid.cell_masks(heat, torch.cat([tau[chosen], side_tau])), heat.detach().float(),
+                       torch.cat([strength[chosen], side_strength]), candidates, alive]
+    if not copied:  # the batch's one copy to the host
+        returned_values = to_host(returned_values)
+    cells, heat, strengths, candidates, alive = (t.detach() for t in returned_values)
 
     with host_side():
         cells, strengths = cells.numpy(), strengths.tolist()

@@ -21,7 +21,7 @@ from galore.engine import _Clock
 from galore.exemplars import Features
 from galore.kinds import Prediction, measure_batch, plan
 from galore.options import Attribution, Threshold
-from galore.regions import Rule, WorkingGrid
+from galore.regions import COMPILED, HOST_MAPS, Rule, WorkingGrid
 from galore.results import ImageResult
 from galore.rows import HeadPass, Row, attribute_rows, group_of
 
@@ -121,9 +121,11 @@ def test_attribution_table_i_and_regions_run_on_meta_up_to_the_host_copy(attribu
         assert all(m.maps.device.type == "meta" and (m.sides is None or m.sides.device.type == "meta")
                    for _, m in p.parts)
         items.append((options, pred, p, f))
-    with pytest.raises(NotImplementedError) as excinfo:
-        measure_batch(engine.grid, items, tuple(LABELS), [ImageResult() for _ in items])
-    _stopped_at_the_host_copy(excinfo)
+    for on_host in (False, True):  # the sync-free path on the device, then the coarse maps' copy to the host
+        engine.grid.on_host = on_host
+        with pytest.raises(NotImplementedError) as excinfo:
+            measure_batch(engine.grid, items, tuple(LABELS), [ImageResult() for _ in items])
+        _stopped_at_the_host_copy(excinfo)
 
 
 def test_a_cached_exemplar_does_not_keep_its_batch_alive(tiny_engine):
@@ -145,11 +147,14 @@ def _requests(n: int) -> list[ImageRequest]:
             for i in range(n)]
 
 
-def test_a_batch_costs_two_syncs_whatever_its_size():
-    """With the regions' sync-free path (the one off the CPU): the prediction's copy and the regions' copy, for 1
-    image or 8, every kind, a counterfactual exemplar per image (SyncCounter: device.py)."""
+@pytest.mark.parametrize("grid", [{"sync_free": True}, {"on_host": True}])
+def test_a_batch_costs_two_syncs_whatever_its_size(grid):
+    """With either regions path off the CPU (sync-free on the device; the coarse maps copied and measured on the
+    host): the prediction's copy and the regions' copy, for 1 image or 8, every kind, a counterfactual exemplar per
+    image (SyncCounter: device.py)."""
     engine = Engine.from_module("tiny", gray_pool_model(), LABELS, IDENTITY_PREP, layer="1", device="cpu")
-    engine.grid.sync_free = True
+    for name, value in grid.items():
+        setattr(engine.grid, name, value)
     counts = {}
     for n in (1, 8):
         with SyncCounter() as syncs:
@@ -157,6 +162,17 @@ def test_a_batch_costs_two_syncs_whatever_its_size():
         assert all(r.ok for r in results)
         counts[n] = dict(syncs.points)
     assert counts == {1: {"to_host": 2}, 8: {"to_host": 2}}
+
+
+def test_off_the_cpu_few_maps_are_measured_on_the_host_where_the_kernel_is_built():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")  # devices as names: no GPU needed
+    assert WorkingGrid(224, 224).measures_on_host(cuda, HOST_MAPS) is COMPILED
+    assert not WorkingGrid(224, 224).measures_on_host(cuda, HOST_MAPS + 1)
+    assert not WorkingGrid(224, 224).measures_on_host(cpu, 1)
+    assert not WorkingGrid(224, 224, compiled=False).measures_on_host(cuda, 1)
+    assert not WorkingGrid(224, 224, sync_free=True).measures_on_host(cuda, 1)
+    assert not WorkingGrid(224, 224, on_host=False).measures_on_host(cuda, 1)
+    assert WorkingGrid(224, 224, on_host=True).measures_on_host(cpu, 10 * HOST_MAPS) is True
 
 
 def test_the_sync_counter_counts_reads_and_list_indexing_but_not_the_host_side():
@@ -174,18 +190,19 @@ def test_the_sync_counter_counts_reads_and_list_indexing_but_not_the_host_side()
 
 
 def test_sync_free_regions_give_the_same_results_as_the_cpu_path():
-    """The engine's answers do not depend on which regions path ran: masks, kept cells and strengths agree."""
+    """The engine's answers do not depend on which regions path ran (the CPU's, sync-free, maps copied to the host
+    first): masks, kept cells and strengths agree."""
     engines = []
-    for sync_free in (False, True):
+    for sync_free, on_host in ((False, None), (True, None), (None, True)):  # CPU, sync-free, copied to the host
         engine = Engine.from_module("tiny", gray_pool_model(), LABELS, IDENTITY_PREP, layer="1", device="cpu")
-        engine.grid.sync_free = sync_free
+        engine.grid.sync_free, engine.grid.on_host = sync_free, on_host
         engines.append(engine)
     for threshold in (Threshold(coverage=0.5), Threshold(absolute=0.3)):
         requests = [ImageRequest(r.image, ExplainOptions(kinds=ALL_KINDS, dims=(2, 3), top_e=3, counter_classes=(1,),
                                                          threshold=threshold), exemplars=r.exemplars)
                     for r in _requests(3)]
-        a, b = (e.explain(requests) for e in engines)
-        for x, y in zip(a, b):
+        a, *others = (e.explain(requests) for e in engines)
+        for x, y in ((x, y) for b in others for x, y in zip(a, b)):
             assert x.ok and y.ok
             regions = [(x.attributive.region, y.attributive.region), (x.self_aware.region, y.self_aware.region),
                        (x.counterfactual.query, y.counterfactual.query)]

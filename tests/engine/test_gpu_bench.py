@@ -33,10 +33,14 @@ def test_the_cpu_dry_run_goes_through_every_step(tmp_path):
     report = json.loads((tmp_path / "gpu.json").read_text())
     assert report["dry_run"] is True
     steps = report["steps"]
-    assert set(steps) == {"smoke", "fidelity", "syncs", "throughput", "memory", "oom"}
+    assert set(steps) == {"smoke", "fidelity", "syncs", "throughput", "precisions", "photo_sizes", "memory",
+                          "oom"}
     assert not any("error" in step for step in steps.values())
     assert steps["smoke"]["internal"] == 0
     assert steps["fidelity"]["fp32"]["top5_agree"] == "1/1"  # CPU against CPU: the same engine
     assert {row["counted"] for row in steps["syncs"].values() if isinstance(row, dict)} == {2}
-    assert "efficientnet_lite0 prediction" in steps["throughput"]
+    assert {"efficientnet_lite0 prediction", "efficientnet_lite0 all"} <= set(steps["throughput"])
+    assert steps["precisions"]["efficientnet_lite0 fp32 all"]["images_per_s"] > 0
+    assert steps["precisions"]["efficientnet_lite0 bf16"] == {"skipped": "dry run: fp32 only"}
+    assert steps["photo_sizes"]["efficientnet_lite0 0.15 MP B=1"]["all_over_prediction"] > 0
     assert "DRY RUN" in (tmp_path / "gpu.md").read_text()
