@@ -2,6 +2,7 @@
 
     benchmarks/gpu.sh                      # make gpu-bench: on a CUDA GPU; fails at once without one
     benchmarks/gpu.sh --device cpu         # dry run: the same steps at the smallest sizes (make test runs it)
+    benchmarks/gpu.sh --regions host --steps photo_sizes --repeats 10   # one step, regions measured on the host
 
 Steps (each recorded in gpu.json and summarised in gpu.md, both rewritten after every step so that a run cut short
 keeps what it finished; a step that cannot run says why):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
 import torch
@@ -57,13 +57,15 @@ class ImageRequest:
     """One image to explain.
 
     image: (3, H, W) uint8 RGB. original_size: (H0, W0) of the original when ``image`` is a reduced decode of it
-    (JPEG DCT scaling); masks and sizes are then in the original's pixels. exemplars: counter class id -> (3, H, W)
+    (JPEG DCT scaling); masks and sizes are then in the original's pixels. options: None (the default) means the
+    defaults for the engine's model (``ExplainOptions.defaults_for``: E and K at most its class count), so an
+    image without options is explained on a 3-class model too. exemplars: counter class id -> (3, H, W)
     uint8 exemplar image supplied with this request (overrides the model's exemplar bank). field: the request
     field that errors about this image name (e.g. "images[2].data"); tag: how logs name it (e.g. a request id).
     """
 
     image: torch.Tensor
-    options: ExplainOptions = field(default_factory=ExplainOptions)
+    options: ExplainOptions | None = None
     exemplars: Mapping[int, torch.Tensor] = field(default_factory=dict)
     original_size: tuple[int, int] | None = None
     exemplar_sizes: Mapping[int, tuple[int, int]] = field(default_factory=dict)  # like original_size, per exemplar
@@ -271,6 +273,8 @@ class Engine:
         queries, pending = [], {}
         for i, req in enumerate(requests):
             try:
+                if req.options is None:
+                    req = replace(req, options=ExplainOptions.defaults_for(len(self.labels)))
                 self._validate(req)
                 x, geo = self.preprocess.crop_uint8(req.image, req.original_size, req.field)
                 keys = self.exemplars.request_keys(dict(req.exemplars), dict(req.exemplar_sizes), pending,

@@ -10,7 +10,7 @@ Example:
 from __future__ import annotations
 
 import enum
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import TypeVar
 
 from .errors import InvalidArgument
@@ -196,6 +196,21 @@ class ExplainOptions:
         if len(set(self.counter_classes)) != len(self.counter_classes):
             raise InvalidArgument("options.counter_classes", f"repeated class in {list(self.counter_classes)}")
 
+    @classmethod
+    def defaults_for(cls, num_classes: int) -> "ExplainOptions":
+        """The defaults for a model of ``num_classes`` classes: E and K shrink to C where it has fewer classes than
+        their defaults (a 3-class model deliberates over its 3 classes and reports 3), everything else as the
+        defaults. What an image with no options gets (``ImageRequest(options=None)``); the service's unset fields
+        shrink the same way (``default_count``). A model of one class cannot take the default V = 2: that raises
+        InvalidArgument naming ``options.dims[0]``.
+
+        Example:
+            >>> o = ExplainOptions.defaults_for(3)
+            >>> o.top_e, o.top_k, o.dims
+            (3, 3, (2,))
+        """
+        return replace(cls(), top_e=default_count("top_e", num_classes), top_k=default_count("top_k", num_classes))
+
     def check_classes(self, num_classes: int, counts: bool = False) -> None:
         """The rules that need the model's class count C: the explained and counter classes are ids in [0, C), and
         deliberation draws its E classes from the C. ``counts`` (the service, whose defaults already shrink to C):
@@ -208,6 +223,14 @@ class ExplainOptions:
             class_in_range(self.explained_class, num_classes, "options.explained_class")
         for c in self.counter_classes:
             class_in_range(c, num_classes, "options.counter_classes")
+
+
+def default_count(name: str, num_classes: int) -> int:
+    """The default of a class count option (``top_e`` or ``top_k``) for a model of ``num_classes`` classes: the
+    dataclass default, at most C."""
+    if name not in ("top_e", "top_k"):
+        raise ValueError(f"default_count: {name!r} is not a class count (top_e or top_k)")
+    return min(ExplainOptions.__dataclass_fields__[name].default, num_classes)
 
 
 def class_in_range(class_id: object, num_classes: int, field_name: str) -> int:

@@ -9,7 +9,7 @@ import torch
 from galore import masks
 from galore.errors import GaloreError, InvalidArgument
 from galore.options import (Attribution, ExemplarPolicy, ExplainOptions, Kind, MaskEncoding, Score, Shape, Target,
-                            Threshold)
+                            Threshold, default_count)
 from galore.results import Attributive, Counterfactual, ImageResult, Insecurity, Region
 from galore_api.v1 import explainer_pb2 as pb
 from galore_wire.contract import PROTO_ENUMS, engine_member, proto_number
@@ -74,13 +74,13 @@ def to_options(message: pb.ExplainOptions, counter_ids: tuple[int, ...], num_cla
         clip_negative=message.clip_negative if message.HasField("clip_negative") else defaults.clip_negative,
         normalize=message.normalize,
         # defaults shrink to models with fewer classes than the default E / top-k
-        top_e=_count(message.top_e, min(defaults.top_e, num_classes)),
+        top_e=_count(message.top_e, default_count("top_e", num_classes)),
         dims=tuple(sorted(set(message.dims))) or defaults.dims,
         max_insecurities=_count(message.max_insecurities, defaults.max_insecurities),
         counter_classes=counter_ids,
         threshold=_threshold(message),
         include_heatmaps=message.include_heatmaps,
-        top_k=_count(message.top_k, min(defaults.top_k, num_classes)),
+        top_k=_count(message.top_k, default_count("top_k", num_classes)),
         ig_steps=_count(message.ig_steps, defaults.ig_steps),
         mask_encoding=to_galore_enum(MaskEncoding, message.mask_encoding, "options.mask_encoding",
                                      defaults.mask_encoding),

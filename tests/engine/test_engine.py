@@ -149,6 +149,17 @@ def test_bad_input_raises_or_reports_named_fields(tiny_engine, lite_engine):
     assert res.error.code == "RESOURCE_EXHAUSTED" and "9880 ambiguity maps" in res.error.message
 
 
+def test_an_image_without_options_gets_the_defaults_for_a_model_of_few_classes(tiny_engine):
+    """The tiny model has 3 classes: no options means E = K = 3 (ExplainOptions.defaults_for), as the service's
+    unset fields; explicit options keep their values and are refused naming the field."""
+    (res,) = tiny_engine.explain([ImageRequest(quadrant_image())])
+    assert res.ok, res.error
+    assert len(res.top_classes) == 3 and res.attributive is not None and res.counterfactual is not None
+    assert {c for i in res.deliberative[2] for c in i.class_ids} <= {0, 1, 2} and res.deliberative[2]
+    (res,) = tiny_engine.explain([ImageRequest(quadrant_image(), ExplainOptions())])
+    assert res.error.field == "options.top_e" and "3 classes" in res.error.message
+
+
 def test_easiness_with_hardness_predictor():
     torch.manual_seed(0)
     hardness = nn.Sequential(nn.Conv2d(3, 2, 1), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(8, 1)).eval()

@@ -11,7 +11,7 @@ from PIL import Image
 from galore import masks
 from galore.errors import InvalidArgument, ResourceExhausted
 from galore.options import DEFAULT_PRECISION, MaskEncoding, Precision
-from galore.options import Attribution, Kind, Score, Target
+from galore.options import Attribution, ExplainOptions, Kind, Score, Target
 from galore_api.v1 import explainer_pb2 as pb
 from galore_client.client import decode_mask
 from galore_gateway.config import ENVELOPE_BYTES, GatewayConfig
@@ -76,6 +76,8 @@ def test_options_defaults_and_counts():
     assert options.kinds == frozenset() and options.clip_negative is False and options.dims == (2, 3)
     assert options.threshold.absolute == 0.5 and options.threshold.coverage is None
     assert options.counter_classes == (7,)
+    small = convert.to_options(pb.ExplainOptions(), (), 3)  # unset counts shrink to a 3-class model, as the engine's
+    assert (small.top_e, small.top_k) == (3, 3) and small == ExplainOptions.defaults_for(3)
     for bad, field in ((pb.ExplainOptions(top_k=-1), "options.top_k"), (pb.ExplainOptions(top_k=1001), "options.top_k"),
                        (pb.ExplainOptions(ig_steps=5000), "options.ig_steps"),
                        (pb.ExplainOptions(threshold=pb.Threshold(absolute=1.0)), "options.threshold.absolute"),
