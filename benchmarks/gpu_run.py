@@ -51,8 +51,9 @@ FULL = {"batches": (1, 4, 16, 64), "models": ("efficientnet_lite0", "resnet50", 
         "throughput_batch": 16, "grids": (56, 112, 224), "fidelity_photos": 7,
         "photo_models": ("efficientnet_lite0", "resnet50"), "photo_mp": (0.15, 12.0), "photo_batches": (1, 8)}
 ALL = ExplainOptions(kinds=frozenset(Kind), dims=(2, 3), top_e=5, counter_classes=tuple(c for c, _ in COUNTERS))
+# the dry run checks that every step runs, nothing more
 DRY = {"batches": (1, 2), "models": ("efficientnet_lite0",), "repeats": 1, "throughput_batch": 1, "grids": (56,),
-       "fidelity_photos": 1, "photo_models": ("efficientnet_lite0",), "photo_mp": (0.15,), "photo_batches": (1,)}  # the dry run checks that every step runs, nothing more
+       "fidelity_photos": 1, "photo_models": ("efficientnet_lite0",), "photo_mp": (0.15,), "photo_batches": (1,)}
 
 
 def main() -> int:

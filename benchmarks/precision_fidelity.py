@@ -184,7 +184,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="lite0,resnet50,vgg16")
     p.add_argument("--precision", default="bf16", choices=[x.value for x in Precision],
-                   help="the reduced engine's backbone precision (fp32: only with --device, the device against the CPU)")
+                   help="the reduced engine's backbone precision (fp32 only with --device: the device against the CPU)")
     p.add_argument("--device", default="cpu", help="the reduced engine's device, e.g. cuda (the reference: CPU fp32)")
     p.add_argument("--fp32-convs", type=int, default=0,
                    help="run the backbone's last N convolutions (and what follows) in fp32, the rest in --precision")

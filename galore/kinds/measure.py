@@ -49,10 +49,10 @@ class _Block:
 def measure_batch(grid: WorkingGrid, items: list[tuple[ExplainOptions, Prediction, Plan, Features]],
                   labels: tuple[str, ...], results: list[ImageResult]) -> None:
     """Regions of every image of the batch, measured together; fills ``results`` (one per item). Off the CPU the
-    batch's maps cross to the host in ONE copy: where ``grid.measures_on_host`` (few maps, the C kernel built), the
-    coarse maps before measuring, which then runs on the host; else everything up to the masks stays on the device without
-    reading a device value (the working grid's sync-free path), and the masks, maps and strengths of the regions
-    returned come over."""
+    batch's maps cross to the host in ONE copy: where ``grid.measures_on_host`` (few maps, the C kernel built),
+    the coarse maps, before measuring on the host; else everything up to the masks stays on the device without
+    reading a device value (the working grid's sync-free path), and the regions' masks, maps and strengths come
+    over at the end."""
     blocks, s0, e0 = [], 0, 0
     for i, (_, _, p, _) in enumerate(items):
         for unit, m in p.parts:
@@ -63,8 +63,8 @@ def measure_batch(grid: WorkingGrid, items: list[tuple[ExplainOptions, Predictio
     singles = torch.cat([b.maps.maps for b in blocks])  # (S, h, w)
     sides = torch.cat([b.maps.sides for b in blocks if b.maps.n_sides] or [singles.new_zeros((0, *singles.shape[1:]))])  # (E, h, w)
     shared = torch.cat([b.maps.shared for b in blocks])  # (S,)
-    if grid.measures_on_host(singles.device, singles.shape[0] + sides.shape[0]):  # the batch's one copy to the host: the coarse maps, not the masks
-        singles, sides, shared = to_host([singles.float(), sides.float(), shared])
+    if grid.measures_on_host(singles.device, singles.shape[0] + sides.shape[0]):
+        singles, sides, shared = to_host([singles.float(), sides.float(), shared])  # the batch's one copy
         with host_side():
             _measure_maps(grid, items, labels, results, blocks, singles, sides, shared, copied=True)
     else:
@@ -72,8 +72,8 @@ def measure_batch(grid: WorkingGrid, items: list[tuple[ExplainOptions, Predictio
 
 
 def _measure_maps(grid: WorkingGrid, items, labels: tuple[str, ...], results: list[ImageResult],
-                    blocks: list[_Block], singles: torch.Tensor, sides: torch.Tensor, shared: torch.Tensor,
-                    copied: bool) -> None:
+                  blocks: list[_Block], singles: torch.Tensor, sides: torch.Tensor, shared: torch.Tensor,
+                  copied: bool) -> None:
     """``measure_batch`` for its maps: singles (S, h, w), sides (E, h, w), shared (S,), all on one device;
     ``copied``: they are the host copies of device maps (the returned values need no copy of their own)."""
     device, n_single = singles.device, singles.shape[0]
