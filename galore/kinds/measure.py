@@ -115,7 +115,7 @@ def _measure_maps(grid: WorkingGrid, items, labels: tuple[str, ...], results: li
                        torch.cat([strength[chosen], side_strength]), candidates, alive]
     if not copied:  # the batch's one copy to the host
         returned_values = to_host(returned_values)
-    cells, heat, strengths, candidates, alive = (t.detach() for t in returned_values)
+    cells, heat, strengths, candidates, alive = returned_values  # detached: to_host's, or made from its copies
 
     with host_side():
         cells, strengths = cells.numpy(), strengths.tolist()
